@@ -1,0 +1,212 @@
+"""The four analysts. Each turns one ticker's slice of the recorded snapshot into one `Signal`.
+
+The numbers come from `tools/` instruments; what lives here is only the judgement: which numbers
+make a view, how strong it is, and what could not be used (`data_quality`). A missing chain or a
+short history lowers conviction and says so; it never raises.
+
+Per ticker, the volatility and flow analysts share one chain analysis (one implied-vol solve),
+computed once per process through the run's market cache.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import datetime
+
+import numpy as np
+from langgraph.runtime import Runtime
+
+from graph.deps import MarketCache, RunDeps
+from graph.schema import Signal
+from graph.state import AnalystTask
+from graph.timing import timed
+from tools.chain_analysis import ChainAnalysis, analyze_chain
+from tools.providers.base import TickerData
+from tools.social import social_summary
+from tools.technical import technical_score
+from tools.volstats import close_to_close_vol, iv_percentile, iv_rank, yang_zhang_vol
+
+# Implied over realized above this is rich premium; below the lower bound it is cheap.
+RICH_IV_RV = 1.20
+CHEAP_IV_RV = 0.90
+# A technical score needs at least this magnitude to lean a direction.
+TECHNICAL_DEADBAND = 0.15
+
+
+def _finite(x) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _clip01(x: float) -> float:
+    return float(min(1.0, max(0.0, x)))
+
+
+def chain_analysis(market: MarketCache, run_id: str, data: TickerData) -> ChainAnalysis:
+    return market.derived(("chain_analysis", run_id, data.ticker), lambda: analyze_chain(data.chain))
+
+
+def chain_iv(market: MarketCache, run_id: str, data: TickerData) -> np.ndarray:
+    """Implied vol per chain row (NaN where undefined), shared with the analysts."""
+    return chain_analysis(market, run_id, data).iv.vol
+
+
+# --------------------------------------------------------------------------- judgements
+
+
+def vol_surface_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: datetime) -> Signal:
+    quality = list(data.data_quality)
+    bars = data.bars
+    rv20 = _finite(close_to_close_vol(bars.close, window=20)) if len(bars) > 21 else None
+    rv_yz = _finite(yang_zhang_vol(bars.open, bars.high, bars.low, bars.close, window=20)) if len(bars) > 21 else None
+    if rv20 is None:
+        quality.append(f"only {len(bars)} bars: no 20-day realized vol")
+    evidence: dict = {"realized_vol_20d": rv20, "realized_vol_yz_20d": rv_yz}
+    if analysis is None:
+        quality.append("no option chain: no implied vol")
+        return Signal(source="vol_surface", ticker=data.ticker, direction="neutral", conviction=0.0,
+                      edge_type="no_chain", horizon_days=30, as_of=as_of, evidence=evidence, data_quality=quality)
+    quality.extend(analysis.data_quality)
+    atm30 = _finite(analysis.atm_vol_30d)
+    evidence.update({
+        "atm_iv_30d": atm30,
+        "term_slope": _finite(analysis.term_slope),
+        "rr25_30d": _finite(analysis.rr25_30d),
+        "svi_fitted_expiries": analysis.fitted_expiries,
+        "butterfly_violations": analysis.butterfly_violations,
+        "calendar_violations": analysis.calendar_violations,
+        "mispriced_strikes": analysis.mispriced_count,
+        "rejected_quotes": analysis.rejected_quotes,
+    })
+    rank = pct = None
+    if data.atm_iv_history is not None and atm30 is not None:
+        rank, pct = _finite(iv_rank(data.atm_iv_history, atm30)), _finite(iv_percentile(data.atm_iv_history, atm30))
+    if rank is None:
+        quality.append("no 252-day implied-vol history: IV rank unknown")
+    evidence.update({"iv_rank": rank, "iv_percentile": pct})
+    if atm30 is None or rv20 is None or rv20 <= 0:
+        return Signal(source="vol_surface", ticker=data.ticker, direction="neutral", conviction=0.0,
+                      edge_type="insufficient_data", horizon_days=30, as_of=as_of, evidence=evidence, data_quality=quality)
+    ratio = atm30 / rv20
+    evidence["iv_rv_ratio"] = ratio
+    rank_term = 0.0 if rank is None else rank - 0.5  # in [-0.5, 0.5]
+    if ratio >= RICH_IV_RV:
+        direction, edge = "rich", "iv_rich_vs_realized"
+        conviction = _clip01((ratio - 1.0) / 0.6 * 0.7 + max(rank_term, 0.0) * 0.6)
+    elif ratio <= CHEAP_IV_RV:
+        direction, edge = "cheap", "iv_cheap_vs_realized"
+        conviction = _clip01((1.0 - ratio) / 0.3 * 0.7 + max(-rank_term, 0.0) * 0.6)
+    else:
+        direction, edge, conviction = "neutral", "iv_fair", 0.0
+    if analysis.fitted_expiries == 0:
+        conviction *= 0.5  # no surface to confirm the quotes: halve the trust
+        quality.append("no expiry could be fitted: conviction halved")
+    return Signal(source="vol_surface", ticker=data.ticker, direction=direction, conviction=round(conviction, 6),
+                  edge_type=edge, horizon_days=30, as_of=as_of, evidence=evidence, data_quality=quality)
+
+
+def flow_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: datetime) -> Signal:
+    """Dealer positioning: spot above the zero-gamma level with long dealer gamma is a supported,
+    mean-reverting tape (mildly bullish); below it dealers chase moves (bearish risk). Put/call
+    volume far above its usual ~0.9 reads as hedging demand (bearish), far below as call chasing."""
+    quality = list(data.data_quality)
+    if analysis is None or analysis.flow is None:
+        quality.append("no option chain: no flow")
+        return Signal(source="flow", ticker=data.ticker, direction="neutral", conviction=0.0,
+                      edge_type="no_chain", horizon_days=5, as_of=as_of, data_quality=quality)
+    flow = analysis.flow
+    quality.extend(flow.data_quality)
+    spot = data.spot
+    zero = _finite(flow.zero_gamma.level)
+    total_gex = _finite(flow.gamma.total)
+    pcr = _finite(flow.put_call.volume_ratio)
+    evidence = {"total_gex": total_gex, "zero_gamma": zero, "spot": spot, "put_call_volume": pcr,
+                "put_call_oi": _finite(flow.put_call.open_interest_ratio),
+                "unusual_strikes": int(len(flow.unusual.rows))}
+    gamma_term = 0.0
+    if zero is not None:
+        distance = (spot - zero) / spot
+        evidence["spot_vs_zero_gamma"] = distance
+        gamma_term = float(np.clip(distance / 0.03, -1.0, 1.0))
+    else:
+        quality.append(f"zero-gamma level unknown: {flow.zero_gamma.reason}")
+    pcr_term = 0.0 if pcr is None else float(np.clip((0.9 - pcr) / 0.5, -1.0, 1.0))
+    score = 0.6 * gamma_term + 0.4 * pcr_term
+    direction = "bullish" if score > 0.1 else "bearish" if score < -0.1 else "neutral"
+    edge = "dealer_short_gamma" if gamma_term < 0 else "dealer_long_gamma" if gamma_term > 0 else "put_call_skew"
+    return Signal(source="flow", ticker=data.ticker, direction=direction,
+                  conviction=round(_clip01(abs(score)) if direction != "neutral" else 0.0, 6),
+                  edge_type=edge, horizon_days=5, as_of=as_of, evidence=evidence, data_quality=quality)
+
+
+def technical_signal(data: TickerData, as_of: datetime) -> Signal:
+    b = data.bars
+    ts = technical_score(b.open, b.high, b.low, b.close, b.volume)
+    direction = "bullish" if ts.score > TECHNICAL_DEADBAND else "bearish" if ts.score < -TECHNICAL_DEADBAND else "neutral"
+    evidence = {"score": ts.score, **{f"vote_{k}": v for k, v in ts.components.items()},
+                **{k: _finite(v) for k, v in ts.indicators.items()}}
+    return Signal(source="technical", ticker=data.ticker, direction=direction,
+                  conviction=round(abs(ts.score) if direction != "neutral" else 0.0, 6),
+                  edge_type="trend" if abs(ts.components.get("ma_trend", 0.0)) >= 0.5 else "momentum",
+                  horizon_days=10, as_of=as_of, evidence=evidence,
+                  data_quality=list(data.data_quality) + list(ts.data_quality))
+
+
+def social_signal(data: TickerData, as_of: datetime) -> Signal:
+    """Sentiment counts only when people are talking more than usual: a mention spike with a clear
+    tone is a signal; the same tone at a normal volume is noise."""
+    quality = list(data.data_quality)
+    if data.social is None:
+        quality.append("no social feed")
+        return Signal(source="social", ticker=data.ticker, direction="neutral", conviction=0.0,
+                      edge_type="no_feed", horizon_days=3, as_of=as_of, data_quality=quality)
+    summary = social_summary(data.social, as_of)
+    quality.extend(summary.pop("data_quality", []))
+    sentiment = summary.get("mean_sentiment")
+    z = summary.get("mention_zscore")
+    attention = 0.3 if z is None else _clip01(0.3 + max(z, 0.0) / 4.0)
+    score = 0.0 if sentiment is None else sentiment * attention
+    direction = "bullish" if score > 0.1 else "bearish" if score < -0.1 else "neutral"
+    edge = "mention_spike" if z is not None and z >= 2 else "sentiment"
+    evidence = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+    return Signal(source="social", ticker=data.ticker, direction=direction,
+                  conviction=round(_clip01(abs(score) * 1.5) if direction != "neutral" else 0.0, 6),
+                  edge_type=edge, horizon_days=3, as_of=as_of, evidence=evidence, data_quality=quality)
+
+
+# --------------------------------------------------------------------------- graph nodes
+
+
+def _missing(task: AnalystTask) -> Signal:
+    why = task["context"].data_quality.get(task["ticker"], ["no data"])
+    return Signal(source=task["analyst"], ticker=task["ticker"], direction="neutral", conviction=0.0,
+                  edge_type="no_data", horizon_days=0, as_of=task["run"].as_of, data_quality=list(why))
+
+
+def _analyst(name: str, judge):
+    @timed(name)
+    async def node(task: AnalystTask, runtime: Runtime[RunDeps]) -> dict:
+        deps, run = runtime.context, task["run"]
+        snapshot = await deps.market.snapshot(run.run_id)
+        data = snapshot.tickers.get(task["ticker"])
+        if data is None:
+            return {"signals": [_missing(task)]}
+        signal = await asyncio.to_thread(judge, deps.market, run.run_id, data, run.as_of)
+        return {"signals": [signal]}
+
+    node.__name__ = f"{name}_analyst"
+    return node
+
+
+def _with_chain(fn):
+    def judge(market, run_id, data, as_of):
+        analysis = chain_analysis(market, run_id, data) if data.chain is not None else None
+        return fn(data, analysis, as_of)
+    return judge
+
+
+ANALYSTS = {
+    "vol_surface": _analyst("vol_surface", _with_chain(vol_surface_signal)),
+    "flow": _analyst("flow", _with_chain(flow_signal)),
+    "technical": _analyst("technical", lambda market, run_id, data, as_of: technical_signal(data, as_of)),
+    "social": _analyst("social", lambda market, run_id, data, as_of: social_signal(data, as_of)),
+}

@@ -1,0 +1,49 @@
+"""load_context: the account, the book and the market regime as of the run's time.
+
+The market snapshot is fetched from the provider once and recorded; a resumed run (or a replay)
+uses the recording, never a fresh fetch, because a provider asked later answers with a later market.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from langgraph.runtime import Runtime
+
+from graph.deps import RunDeps
+from graph.state import DecisionState, MarketContext
+from graph.timing import timed
+from risk.regime import classify_regime
+from storage.runs import RunRepository
+from tools.volstats import close_to_close_vol
+
+
+@timed("load_context")
+async def load_context(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
+    deps, run = runtime.context, state["run"]
+    runs = RunRepository(deps.db.pool)
+    recorded = await runs.load_snapshot(run.run_id)
+    if recorded is not None:
+        snapshot, digest = recorded
+    else:
+        snapshot = await asyncio.to_thread(deps.provider.snapshot, run.tickers, run.as_of)
+        digest = await runs.record_snapshot(run.run_id, snapshot)
+    deps.market.remember(run.run_id, snapshot)
+
+    benchmark_close = snapshot.benchmark.close
+    realized = close_to_close_vol(benchmark_close, window=20) if len(benchmark_close) > 21 else None
+    realized = None if realized is None or not np.isfinite(realized) else float(realized)
+    regime = classify_regime(
+        float(snapshot.vix.close[-1]), float(snapshot.vix3m.close[-1]), realized, deps.risk_matrix
+    )
+    quality = {t: list(d.data_quality) for t, d in snapshot.tickers.items() if d.data_quality}
+    for ticker in run.tickers:
+        if ticker not in snapshot.tickers:
+            quality[ticker] = [f"provider {snapshot.provider} has no data for {ticker}"]
+    return {
+        "context": MarketContext(
+            regime=regime, account=deps.account, positions=deps.positions,
+            sectors={t: d.sector for t, d in snapshot.tickers.items()},
+            snapshot_sha256=digest, data_quality=quality,
+        )
+    }

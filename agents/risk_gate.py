@@ -1,0 +1,39 @@
+"""The risk gate before structuring (pre_trade) and the portfolio check after sizing (post_trade).
+
+Both call the one risk service in `risk/`; every decision, approved or not, is stored with its
+reasons. A verdict that is inconclusive never reaches the gate: there is nothing to trade.
+"""
+from __future__ import annotations
+
+from langgraph.runtime import Runtime
+
+from graph.deps import RunDeps
+from graph.state import DecisionState
+from graph.timing import timed
+from risk.gate import post_trade, pre_trade
+from storage.decisions import DecisionRepository
+
+
+def tradeable(verdict) -> bool:
+    return verdict.price_view in ("bullish", "bearish") or (verdict.price_view == "neutral" and verdict.vol_view == "rich")
+
+
+@timed("risk_gate")
+async def risk_gate(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
+    deps, run, ctx = runtime.context, state["run"], state["context"]
+    decisions = [
+        pre_trade(v.ticker, ctx.sectors.get(v.ticker, "unknown"), ctx.account, ctx.positions, ctx.regime,
+                  deps.risk_matrix, run.as_of)
+        for v in state.get("verdicts", []) if tradeable(v)
+    ]
+    await DecisionRepository(deps.db.pool).save_risk_decisions(run.run_id, decisions)
+    return {"pre_trade": decisions}
+
+
+@timed("post_trade_check")
+async def post_trade_check(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
+    deps, run, ctx = runtime.context, state["run"], state["context"]
+    sized = [t for t in state.get("sized", []) if t.contracts > 0]
+    decisions = post_trade(sized, ctx.account, ctx.positions, ctx.regime, deps.risk_matrix, ctx.sectors)
+    await DecisionRepository(deps.db.pool).save_risk_decisions(run.run_id, decisions)
+    return {"post_trade": decisions}

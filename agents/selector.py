@@ -1,0 +1,423 @@
+"""Strategy selector and leg optimizer: from a verdict to a priced, checked `TradeProposal`.
+
+Two pure functions; the graph node that calls them lives elsewhere.
+
+* `choose_structure` maps (price view, vol view, regime, IV rank) to a structure name.
+* `build_proposal` picks the expiry and strikes for that structure from an `OptionChain` and a
+  per-row implied-vol array (market IVs, or IVs read off a fitted surface — the caller decides),
+  checks liquidity and prices, and fills a `TradeProposal`, or says why it could not.
+
+Conventions of the proposal (see also graph/schema.py)
+------------------------------------------------------
+* Leg bid/ask/mid are Decimal per share rounded to cents (half-even); `net_debit` is the signed
+  sum of leg mids (positive pay, negative credit) and `natural_debit` the same at the far side
+  of each quote (pay the ask on buys, receive the bid on sells).
+* `max_profit` / `max_loss` are dollars per unit (multiplier applied), exact from the expiry
+  payoff; `breakevens` are terminal underlying prices.
+* Leg Greeks are per share for a LONG option, in tools/pricing units: delta per 1.00 of spot,
+  gamma per 1.00 of spot squared, vega per 1.00 of vol (not per vol point), theta per YEAR of
+  time passing (divide by 365 for per day). Proposal Greeks are sign * ratio sums of them.
+* `probability_of_profit` is risk-neutral, lognormal with the expiry's ATM implied vol
+  (interpolated at the forward from out-of-the-money IVs), exact over the breakeven intervals.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import numpy as np
+
+from config.settings import DecisionConfig
+from graph.schema import OptionLeg, TradeProposal
+from tools.chain import NEW_YORK, OptionChain
+from tools.pricing import bsm_greeks
+from tools.structures import breakevens, max_profit_loss, net_greeks, probability_of_profit
+
+CENT = Decimal("0.01")
+
+# IV rank is a fraction in [0, 1]. It only decides when the debate's vol view is "neutral".
+HIGH_IV_RANK = 0.50
+LOW_IV_RANK = 0.25
+
+# Expiries considered: this window, widened if needed so that it always contains target_dte.
+DTE_WINDOW = (21, 60)
+# A leg chosen by delta must land within this absolute distance of the target |delta|.
+DELTA_TOLERANCE = 0.10
+
+CREDIT_STRUCTURES = ("bull_put_spread", "bear_call_spread", "iron_condor")
+DEBIT_STRUCTURES = ("bull_call_spread", "bear_put_spread")
+SUPPORTED_STRUCTURES = CREDIT_STRUCTURES + DEBIT_STRUCTURES
+
+_PRICE_VIEWS = ("bullish", "bearish", "neutral", "inconclusive")
+_VOL_VIEWS = ("rich", "cheap", "neutral")
+_REGIMES = ("low_vol", "neutral", "high_vol", "crisis")
+
+
+# --------------------------------------------------------------------------- structure choice
+
+
+@dataclass(frozen=True)
+class StructureChoice:
+    structure: str | None  # None: no trade for this view
+    reason: str
+
+
+def _vol_stance(vol_view: str, iv_rank: float | None) -> str:
+    if vol_view in ("rich", "cheap"):
+        return vol_view
+    if iv_rank is not None and iv_rank >= HIGH_IV_RANK:
+        return "rich"
+    if iv_rank is not None and iv_rank <= LOW_IV_RANK:
+        return "cheap"
+    return "neutral"
+
+
+def choose_structure_with_reason(
+    price_view: str, vol_view: str, regime_name: str, iv_rank: float | None
+) -> StructureChoice:
+    """`choose_structure` with the one-line reason for the choice (or for choosing nothing)."""
+    if price_view not in _PRICE_VIEWS:
+        raise ValueError(f"price_view must be one of {_PRICE_VIEWS}, got {price_view!r}")
+    if vol_view not in _VOL_VIEWS:
+        raise ValueError(f"vol_view must be one of {_VOL_VIEWS}, got {vol_view!r}")
+    if regime_name not in _REGIMES:
+        raise ValueError(f"regime_name must be one of {_REGIMES}, got {regime_name!r}")
+    if iv_rank is not None and not (math.isfinite(iv_rank) and 0.0 <= iv_rank <= 1.0):
+        raise ValueError(f"iv_rank is a fraction in [0, 1] (or None), got {iv_rank!r}")
+
+    stance = _vol_stance(vol_view, iv_rank)
+    why_vol = f"vol view {vol_view}" + (f", IV rank {iv_rank:.2f}" if iv_rank is not None else "")
+    if price_view == "inconclusive":
+        return StructureChoice(None, "verdict inconclusive: no trade")
+    if price_view == "bullish":
+        if stance == "rich":
+            return StructureChoice("bull_put_spread", f"bullish and rich vol ({why_vol}): sell a put spread")
+        return StructureChoice("bull_call_spread", f"bullish, vol not rich ({why_vol}): buy a call spread")
+    if price_view == "bearish":
+        if stance == "rich":
+            return StructureChoice("bear_call_spread", f"bearish and rich vol ({why_vol}): sell a call spread")
+        return StructureChoice("bear_put_spread", f"bearish, vol not rich ({why_vol}): buy a put spread")
+    # neutral price view: only a short-vol range trade has an edge, and not in a crisis.
+    if stance != "rich":
+        return StructureChoice(None, f"neutral price view without rich vol ({why_vol}): no edge")
+    if regime_name == "crisis":
+        return StructureChoice(None, "neutral and rich vol, but regime is crisis: no short-vol condor")
+    return StructureChoice("iron_condor", f"neutral and rich vol ({why_vol}): sell an iron condor")
+
+
+def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: float | None) -> str | None:
+    """Structure name for a verdict, or None for no trade.
+
+    `iv_rank` is a fraction in [0, 1] or None. The explicit `vol_view` wins; IV rank only turns
+    a "neutral" vol view into rich (>= 0.50) or cheap (<= 0.25).
+
+    | price view    | vol rich          | vol cheap        | vol neutral      |
+    |---------------|-------------------|------------------|------------------|
+    | bullish       | bull_put_spread   | bull_call_spread | bull_call_spread |
+    | bearish       | bear_call_spread  | bear_put_spread  | bear_put_spread  |
+    | neutral       | iron_condor *     | None             | None             |
+    | inconclusive  | None              | None             | None             |
+
+    * None when the regime is "crisis" (no short-vol range trade into a crisis).
+    Credit spreads sell rich premium; with vol cheap or without a vol edge the direction is
+    expressed with a defined-risk debit spread. Unknown view / regime names or an IV rank
+    outside [0, 1] raise ValueError.
+    """
+    return choose_structure_with_reason(price_view, vol_view, regime_name, iv_rank).structure
+
+
+# --------------------------------------------------------------------------- leg optimizer
+
+
+@dataclass(frozen=True)
+class ProposalResult:
+    """A proposal, or None with a machine `code` and a human `reason`.
+
+    Codes: unsupported_structure, invalid_chain, no_expiry_in_window, nan_iv,
+    no_strike_near_delta, short_strike_itm, no_wing_strike, illiquid_leg, no_credit,
+    credit_exceeds_width, no_debit, debit_exceeds_width, bad_analytics.
+    """
+
+    proposal: TradeProposal | None
+    reason: str | None = None
+    code: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.proposal is not None
+
+
+class _Reject(Exception):
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """One right at one expiry: chain row indices sorted by strike (one row per strike)."""
+
+    rows: np.ndarray
+    strikes: np.ndarray
+    delta: np.ndarray  # BSM delta at the row's IV, NaN where IV is unusable
+
+
+def _cents(x: float) -> Decimal:
+    return Decimal(str(float(x))).quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+def _strike(x: float) -> Decimal:
+    """The listed strike as Decimal without float noise or a spurious '.0' (94.0 -> 94, 92.5 -> 92.5)."""
+    d = Decimal(str(float(x)))
+    return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
+
+
+def _dte(chain: OptionChain, expiry: np.datetime64) -> int:
+    today = chain.as_of.astimezone(NEW_YORK).date()
+    return (expiry.astype(object) - today).days
+
+
+def _pick_expiry(chain: OptionChain, target_dte: int, window: tuple[int, int]) -> np.datetime64:
+    lo, hi = min(window[0], target_dte), max(window[1], target_dte)
+    candidates = [(abs(_dte(chain, e) - target_dte), -_dte(chain, e), e)
+                  for e in chain.expiries if lo <= _dte(chain, e) <= hi]
+    if not candidates:
+        listed = sorted({_dte(chain, e) for e in chain.expiries})
+        raise _Reject("no_expiry_in_window", f"no expiry between {lo} and {hi} DTE (listed DTEs: {listed[:12]})")
+    # Nearest to target; on a tie the later expiry (less gamma).
+    return min(candidates, key=lambda c: (c[0], c[1]))[2]
+
+
+def _slice(chain: OptionChain, iv: np.ndarray, expiry: np.datetime64, is_call: bool) -> _Slice:
+    idx = np.flatnonzero((chain.expiry == expiry) & (chain.is_call == is_call) & np.isfinite(chain.strike))
+    # Some chains list a strike twice per expiry (SPX and SPXW on the monthly date): keep the
+    # row with the tighter quote, then the larger open interest.
+    spread = chain.ask[idx] - chain.bid[idx]
+    spread = np.where(np.isfinite(spread), spread, np.inf)
+    oi = np.where(np.isfinite(chain.open_interest[idx]), chain.open_interest[idx], -1.0)
+    order = np.lexsort((-oi, spread, chain.strike[idx]))
+    idx = idx[order]
+    strikes = chain.strike[idx]
+    first = np.ones(len(idx), dtype=bool)
+    first[1:] = strikes[1:] != strikes[:-1]
+    idx, strikes = idx[first], strikes[first]
+    vol = np.where(iv[idx] > 0, iv[idx], np.nan)
+    t = chain.time_to_expiry[idx]
+    greeks = bsm_greeks(chain.spot, strikes, t, chain.rate, chain.dividend_yield, vol, is_call)
+    return _Slice(idx, strikes, np.asarray(greeks.delta, dtype=float))
+
+
+def _anchor_position(sl: _Slice, target: float, label: str) -> int:
+    finite = np.isfinite(sl.delta)
+    if not finite.any():
+        raise _Reject("nan_iv", f"no usable implied vol for any {label} strike")
+    distance = np.where(finite, np.abs(np.abs(sl.delta) - target), np.inf)
+    pos = int(np.argmin(distance))
+    if distance[pos] > DELTA_TOLERANCE:
+        raise _Reject(
+            "no_strike_near_delta",
+            f"no {label} strike within {DELTA_TOLERANCE} of |delta| {target} "
+            f"(closest {sl.strikes[pos]:g} at {sl.delta[pos]:+.3f})",
+        )
+    return pos
+
+
+def _vertical_positions(sl: _Slice, is_call: bool, target: float, steps: int, anchor_sells: bool,
+                        spot: float) -> tuple[int, int]:
+    """(anchor, wing) positions in the slice; the wing is `steps` listed strikes further OTM."""
+    label = "call" if is_call else "put"
+    anchor = _anchor_position(sl, target, label)
+    if anchor_sells and (sl.strikes[anchor] <= spot if is_call else sl.strikes[anchor] >= spot):
+        raise _Reject("short_strike_itm", f"short {label} strike {sl.strikes[anchor]:g} is not OTM (spot {spot:g})")
+    wing = anchor + steps if is_call else anchor - steps
+    if not 0 <= wing < len(sl.strikes):
+        raise _Reject("no_wing_strike",
+                      f"no {label} strike {steps} steps beyond {sl.strikes[anchor]:g} (edge of the listed strikes)")
+    if not np.isfinite(sl.delta[wing]):
+        raise _Reject("nan_iv", f"no usable implied vol for the {label} wing at {sl.strikes[wing]:g}")
+    return anchor, wing
+
+
+def _liquidity_problem(chain: OptionChain, row: int, side: str, config: DecisionConfig) -> str | None:
+    bid, ask, oi = chain.bid[row], chain.ask[row], chain.open_interest[row]
+    if not (np.isfinite(bid) and np.isfinite(ask)) or bid < 0 or ask <= 0 or ask < bid:
+        return f"no usable quote (bid {bid}, ask {ask})"
+    mid = 0.5 * (bid + ask)
+    if ask - bid > config.max_spread_pct * mid:
+        return f"spread {ask - bid:.2f} is over {config.max_spread_pct:.0%} of mid {mid:.2f}"
+    if config.min_open_interest > 0 and not (np.isfinite(oi) and oi >= config.min_open_interest):
+        return f"open interest {oi} below {config.min_open_interest:g}"
+    if side == "sell" and not bid > 0:
+        return "zero bid on a leg we sell"
+    return None
+
+
+def _make_leg(chain: OptionChain, iv: np.ndarray, row: int, side: str, config: DecisionConfig) -> OptionLeg:
+    right = "C" if chain.is_call[row] else "P"
+    problem = _liquidity_problem(chain, row, side, config)
+    if problem:
+        raise _Reject("illiquid_leg", f"{side} {chain.strike[row]:g}{right}: {problem}")
+    vol = float(iv[row])
+    g = bsm_greeks(chain.spot, chain.strike[row], chain.time_to_expiry[row], chain.rate,
+                   chain.dividend_yield, vol, bool(chain.is_call[row]))
+    bid, ask = _cents(chain.bid[row]), _cents(chain.ask[row])
+    oi = chain.open_interest[row]
+    return OptionLeg(
+        expiry=chain.expiry[row].astype(object),
+        strike=_strike(chain.strike[row]),
+        right=right,
+        side=side,
+        ratio=1,
+        bid=bid,
+        ask=ask,
+        mid=((bid + ask) / 2).quantize(CENT, rounding=ROUND_HALF_EVEN),
+        iv=vol,
+        delta=float(g.delta), gamma=float(g.gamma), vega=float(g.vega), theta=float(g.theta),
+        open_interest=float(oi) if np.isfinite(oi) else None,
+    )
+
+
+def _atm_vol(chain: OptionChain, iv: np.ndarray, expiry: np.datetime64) -> float:
+    """ATM IV at the forward, interpolated in strike over out-of-the-money options."""
+    rows = np.flatnonzero(chain.expiry == expiry)
+    t = float(chain.time_to_expiry[rows[0]])
+    forward = chain.spot * math.exp((chain.rate - chain.dividend_yield) * t)
+    k, vol, calls = chain.strike[rows], iv[rows], chain.is_call[rows]
+    use = np.isfinite(vol) & (vol > 0) & np.where(calls, k >= forward, k < forward)
+    if not use.any():
+        return math.nan
+    order = np.argsort(k[use])
+    return float(np.interp(forward, k[use][order], vol[use][order]))
+
+
+def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.datetime64,
+              config: DecisionConfig) -> list[OptionLeg]:
+    steps = config.wing_width_steps
+    plan = []  # (row, side)
+
+    def vertical(is_call: bool, anchor_sells: bool):
+        sl = _slice(chain, iv, expiry, is_call)
+        target = config.short_delta if anchor_sells else config.long_delta
+        a, w = _vertical_positions(sl, is_call, target, steps, anchor_sells, chain.spot)
+        anchor_side, wing_side = ("sell", "buy") if anchor_sells else ("buy", "sell")
+        plan.extend([(int(sl.rows[a]), anchor_side), (int(sl.rows[w]), wing_side)])
+
+    if structure == "bull_put_spread":
+        vertical(is_call=False, anchor_sells=True)
+    elif structure == "bear_call_spread":
+        vertical(is_call=True, anchor_sells=True)
+    elif structure == "bull_call_spread":
+        vertical(is_call=True, anchor_sells=False)
+    elif structure == "bear_put_spread":
+        vertical(is_call=False, anchor_sells=False)
+    elif structure == "iron_condor":
+        vertical(is_call=False, anchor_sells=True)
+        vertical(is_call=True, anchor_sells=True)
+        short_put, short_call = chain.strike[plan[0][0]], chain.strike[plan[2][0]]
+        if not short_put < short_call:
+            raise _Reject("short_strike_itm", f"short put {short_put:g} is not below short call {short_call:g}")
+    legs = [_make_leg(chain, iv, row, side, config) for row, side in plan]
+    return sorted(legs, key=lambda leg: (leg.strike, leg.right))
+
+
+def _widest_vertical(legs: list[OptionLeg]) -> Decimal:
+    widths = []
+    for right in ("C", "P"):
+        strikes = [leg.strike for leg in legs if leg.right == right]
+        if strikes:
+            widths.append(max(strikes) - min(strikes))
+    return max(widths)
+
+
+def _check_premium(structure: str, net_debit: Decimal, width: Decimal) -> None:
+    if structure in CREDIT_STRUCTURES:
+        if net_debit >= 0:
+            raise _Reject("no_credit", f"{structure} would not collect a credit at mid (net debit {net_debit})")
+        if -net_debit >= width:
+            raise _Reject("credit_exceeds_width", f"credit {-net_debit} is not below the width {width}: bad quotes")
+    else:
+        if net_debit <= 0:
+            raise _Reject("no_debit", f"{structure} would not cost a debit at mid (net debit {net_debit}): bad quotes")
+        if net_debit >= width:
+            raise _Reject("debit_exceeds_width", f"debit {net_debit} is not below the width {width}: no profit possible")
+
+
+def build_proposal(
+    structure: str,
+    ticker: str,
+    chain: OptionChain,
+    iv: np.ndarray,
+    config: DecisionConfig,
+    rationale: str,
+    dte_window: tuple[int, int] = DTE_WINDOW,
+) -> ProposalResult:
+    """Choose expiry and strikes for `structure`, check them, and price the proposal.
+
+    * Expiry: the listed expiry whose calendar DTE (from `chain.as_of`'s New York date) is
+      nearest `config.target_dte` within `dte_window` (widened to contain the target); a tie
+      goes to the later expiry. Only that expiry is tried.
+    * Strikes: the short leg of a credit spread at |delta| `config.short_delta`, the long leg of
+      a debit spread at `config.long_delta` (BSM delta at the row's `iv`, within
+      DELTA_TOLERANCE), the other leg `config.wing_width_steps` listed strikes further OTM.
+      An iron condor is a bull put spread plus a bear call spread.
+    * Every leg: finite quote with ask >= bid, spread <= `max_spread_pct` of mid, open interest
+      >= `min_open_interest`, and a positive bid on legs we sell.
+    * Credit structures need 0 < credit < width; debit structures 0 < debit < width.
+
+    `iv` holds one implied vol per chain row (decimal), NaN where undefined; a length mismatch
+    raises ValueError (a caller bug). Every market-side problem returns a `ProposalResult`
+    with `proposal=None`, a `code` and a `reason`.
+    """
+    iv = np.asarray(iv, dtype=float)
+    if iv.shape != (len(chain),):
+        raise ValueError(f"iv has shape {iv.shape}, the chain has {len(chain)} rows")
+    try:
+        if structure not in SUPPORTED_STRUCTURES:
+            raise _Reject("unsupported_structure", f"{structure!r} is not built yet (supported: {SUPPORTED_STRUCTURES})")
+        multiplier = int(chain.multiplier)
+        if multiplier != chain.multiplier or multiplier <= 0 or not (math.isfinite(chain.spot) and chain.spot > 0):
+            raise _Reject("invalid_chain", f"chain spot {chain.spot} / multiplier {chain.multiplier} unusable")
+        if len(chain) == 0:
+            raise _Reject("no_expiry_in_window", "the chain is empty")
+        expiry = _pick_expiry(chain, config.target_dte, dte_window)
+        legs = _legs_for(structure, chain, iv, expiry, config)
+
+        net_debit = sum((leg.sign * leg.ratio * leg.mid for leg in legs), Decimal(0))
+        natural = sum((leg.sign * leg.ratio * (leg.ask if leg.side == "buy" else leg.bid) for leg in legs), Decimal(0))
+        _check_premium(structure, net_debit, _widest_vertical(legs))
+
+        extremes = max_profit_loss(legs, net_debit).dollars(multiplier)
+        if extremes.profit_unbounded or extremes.loss_unbounded:
+            raise _Reject("bad_analytics", f"{structure} came out with unbounded profit or loss")
+        t = float(chain.time_to_expiry[chain.expiry == expiry][0])
+        atm_vol = _atm_vol(chain, iv, expiry)
+        if not math.isfinite(atm_vol):
+            raise _Reject("nan_iv", f"no out-of-the-money implied vol to read the ATM vol of {expiry}")
+        pop = probability_of_profit(legs, net_debit, chain.spot, t, atm_vol, chain.rate, chain.dividend_yield)
+        greeks = net_greeks(legs)
+        if not all(math.isfinite(x) for x in (pop, greeks.delta, greeks.gamma, greeks.vega, greeks.theta)):
+            raise _Reject("bad_analytics", "probability of profit or net Greeks not finite")
+        proposal = TradeProposal(
+            ticker=ticker,
+            structure=structure,
+            legs=legs,
+            underlying_price=float(chain.spot),
+            net_debit=net_debit,
+            natural_debit=natural,
+            max_profit=extremes.max_profit,
+            max_loss=extremes.max_loss,
+            breakevens=breakevens(legs, net_debit),
+            probability_of_profit=pop,
+            delta=greeks.delta,
+            gamma=greeks.gamma,
+            vega=greeks.vega,
+            theta=greeks.theta,
+            dte=_dte(chain, expiry),
+            multiplier=multiplier,
+            rationale=rationale,
+        )
+    except _Reject as rejected:
+        return ProposalResult(None, rejected.reason, rejected.code)
+    return ProposalResult(proposal)

@@ -1,0 +1,78 @@
+"""Typed configuration: process settings from the environment, decision parameters from YAML.
+
+`Settings` says where things live (database, home directory); `DecisionConfig` holds the knobs a
+run is made with. A run records its `DecisionConfig`, so a replay uses the same values and a fork
+changes them explicitly (`--set key=value`).
+"""
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+def load_yaml(name: str) -> dict[str, Any]:
+    with open(CONFIG_DIR / name, encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HEDGEGRAPH_", extra="ignore")
+
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    home: Path = Field(default=Path.home() / ".hedgegraph")
+    openai_api_key: str | None = Field(default=None, validation_alias="OPENAI_API_KEY", repr=False)
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.home / "pg"
+
+
+class DecisionConfig(BaseModel):
+    """Parameters of one decision run. Frozen: a run's configuration never changes under it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    conviction_threshold: float = Field(0.35, ge=0, le=1)
+    min_agreeing_sources: int = Field(2, ge=1, le=4)
+    debate_rounds: int = Field(1, ge=1, le=5)
+    kelly_multiplier: float = Field(0.5, gt=0, le=1)
+    kelly_prior_win_rate: float = Field(0.55, gt=0, lt=1)
+    kelly_prior_weight: float = Field(20, ge=0)
+    target_dte: int = Field(35, ge=1)
+    short_delta: float = Field(0.25, gt=0, lt=0.5)
+    long_delta: float = Field(0.40, gt=0, lt=1)
+    wing_width_steps: int = Field(2, ge=1)
+    max_spread_pct: float = Field(0.25, gt=0)
+    min_open_interest: float = Field(10, ge=0)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "DecisionConfig":
+        unknown = set(overrides) - set(type(self).model_fields)
+        if unknown:
+            raise ValueError(f"unknown decision settings: {sorted(unknown)}")
+        return type(self).model_validate({**self.model_dump(), **overrides})
+
+
+class Defaults(BaseModel):
+    watchlist: list[str]
+    seed: int
+    provider: str
+    decision: DecisionConfig
+    account: dict[str, Decimal]
+
+
+@lru_cache(maxsize=1)
+def defaults() -> Defaults:
+    return Defaults.model_validate(load_yaml("defaults.yaml"))
+
+
+def settings() -> Settings:
+    return Settings()

@@ -1,0 +1,73 @@
+"""What nodes are run with (LangGraph runtime context): database, provider, debater, limits.
+
+None of this is checkpointed: it is the environment of a run, rebuilt by the runner on resume.
+The market cache keeps the run's recorded snapshot and per-ticker chain analyses in memory so the
+four analysts of a ticker share one implied-vol solve; after a crash it reloads the recording
+from Postgres, never from the provider (which would answer with a later market).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from config.settings import DecisionConfig
+from graph.schema import AccountState, Position
+from storage.database import Database
+from storage.runs import RunRepository
+from tools.providers.base import MarketDataProvider, MarketSnapshot
+
+
+class MissingSnapshot(RuntimeError):
+    pass
+
+
+@dataclass
+class MarketCache:
+    db: Database
+    _snapshots: dict[str, MarketSnapshot] = field(default_factory=dict)
+    _derived: dict[tuple, Any] = field(default_factory=dict)
+    _locks: dict[tuple, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    _load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def remember(self, run_id: str, snapshot: MarketSnapshot) -> None:
+        self._snapshots[run_id] = snapshot
+
+    async def snapshot(self, run_id: str) -> MarketSnapshot:
+        if run_id in self._snapshots:
+            return self._snapshots[run_id]
+        async with self._load_lock:
+            if run_id not in self._snapshots:
+                loaded = await RunRepository(self.db.pool).load_snapshot(run_id)
+                if loaded is None:
+                    raise MissingSnapshot(f"run {run_id} has no recorded market snapshot")
+                self._snapshots[run_id] = loaded[0]
+        return self._snapshots[run_id]
+
+    def derived(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """Compute `key` once per process, even when several threads ask at the same time."""
+        with self._guard:
+            if key in self._derived:
+                return self._derived[key]
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._derived:
+                self._derived[key] = compute()
+            return self._derived[key]
+
+
+@dataclass
+class RunDeps:
+    db: Database
+    provider: MarketDataProvider
+    debater: Any  # agents.debate.Debater
+    decision: DecisionConfig
+    risk_matrix: Any  # risk.limits.RiskMatrix
+    account: AccountState
+    positions: list[Position]
+    market: MarketCache
+    clock: Callable[[], datetime]

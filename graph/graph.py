@@ -1,0 +1,61 @@
+"""The decision graph, wired like the diagram in SPEC.md. Only wiring lives here.
+
+load_context
+  └─ per ticker, in parallel: vol_surface · flow · technical · social   (Send)
+       └─ aggregate_signals → select_candidates
+            └─ debate → risk_gate → strategy_selector → kelly_allocator
+                 └─ post_trade_check → stage_orders
+"""
+from __future__ import annotations
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
+
+from agents.aggregate import aggregate_signals, select_candidates
+from agents.allocator import kelly_allocator
+from agents.analysts import ANALYSTS
+from agents.context import load_context
+from agents.debate import debate
+from agents.risk_gate import post_trade_check, risk_gate
+from agents.staging import stage_orders
+from agents.strategy import strategy_selector
+from graph.deps import RunDeps
+from graph.state import AnalystTask, DecisionState
+
+
+def fan_out_analysts(state: DecisionState) -> list[Send]:
+    """One task per (ticker, analyst): 4 × N tasks that run in the same superstep."""
+    return [
+        Send(name, AnalystTask(run=state["run"], context=state["context"], ticker=ticker, analyst=name))
+        for ticker in state["run"].tickers
+        for name in ANALYSTS
+    ]
+
+
+def build_graph() -> StateGraph:
+    builder = StateGraph(DecisionState, context_schema=RunDeps)
+    builder.add_node("load_context", load_context)
+    for name, analyst in ANALYSTS.items():
+        builder.add_node(name, analyst, input_schema=AnalystTask)
+    builder.add_node("aggregate_signals", aggregate_signals)
+    builder.add_node("select_candidates", select_candidates)
+    builder.add_node("debate", debate)
+    builder.add_node("risk_gate", risk_gate)
+    builder.add_node("strategy_selector", strategy_selector)
+    builder.add_node("kelly_allocator", kelly_allocator)
+    builder.add_node("post_trade_check", post_trade_check)
+    builder.add_node("stage_orders", stage_orders)
+
+    builder.add_edge(START, "load_context")
+    builder.add_conditional_edges("load_context", fan_out_analysts, list(ANALYSTS))
+    for name in ANALYSTS:  # every analyst task finishes in one superstep; aggregate runs once after
+        builder.add_edge(name, "aggregate_signals")
+    builder.add_edge("aggregate_signals", "select_candidates")
+    builder.add_edge("select_candidates", "debate")
+    builder.add_edge("debate", "risk_gate")
+    builder.add_edge("risk_gate", "strategy_selector")
+    builder.add_edge("strategy_selector", "kelly_allocator")
+    builder.add_edge("kelly_allocator", "post_trade_check")
+    builder.add_edge("post_trade_check", "stage_orders")
+    builder.add_edge("stage_orders", END)
+    return builder

@@ -1,0 +1,157 @@
+"""Run the decision graph for one schedule slot: exactly once, resumable, one writer at a time.
+
+The run id is derived from the slot (watchlist, New York date and time) and the inputs that make
+the run reproducible (tickers, seed, provider), and it is also the LangGraph thread id. A
+Postgres advisory lock admits one writer per run; a run that failed or whose process died resumes
+from its last checkpoint; a completed run is never executed again.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from config.settings import DecisionConfig
+from graph.deps import MarketCache, RunDeps
+from graph.graph import build_graph
+from graph.schema import AccountState, Position
+from graph.state import RunInfo
+from storage.database import Database, LockBusy
+from storage.orders import OrderRecord, OrderRepository
+from storage.runs import RunRecord, RunRepository
+from tools.chain import NEW_YORK
+from tools.providers.base import MarketDataProvider
+
+
+class RunBusy(RuntimeError):
+    """Another process is executing this run right now."""
+
+
+class RunFailed(RuntimeError):
+    def __init__(self, run_id: str, cause: BaseException):
+        super().__init__(f"run {run_id} failed: {type(cause).__name__}: {cause}")
+        self.run_id = run_id
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    watchlist: str
+    tickers: list[str]
+    as_of: datetime
+    seed: int
+    provider: str
+    config: DecisionConfig = field(default_factory=DecisionConfig)
+    mode: str = "live"
+
+    def __post_init__(self) -> None:
+        if self.as_of.tzinfo is None:
+            raise ValueError("as_of must be timezone-aware")
+        if not self.tickers:
+            raise ValueError("a run needs at least one ticker")
+        if len(set(self.tickers)) != len(self.tickers):
+            raise ValueError("tickers must be unique")
+
+    @property
+    def slot_key(self) -> str:
+        local = self.as_of.astimezone(NEW_YORK)
+        return f"{self.watchlist}|{local:%Y-%m-%d}|{local:%H:%M}"
+
+    @property
+    def run_id(self) -> str:
+        local = self.as_of.astimezone(NEW_YORK)
+        inputs = "|".join([self.slot_key, ",".join(self.tickers), str(self.seed), self.provider, self.mode])
+        digest = hashlib.sha256(inputs.encode()).hexdigest()[:10]
+        return f"{self.watchlist}-{local:%Y%m%d-%H%M}-{digest}"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run: RunRecord
+    executed: bool  # False when the run had already completed: nothing was added
+    resumed: bool
+    orders: list[OrderRecord]
+    state: dict
+
+
+async def execute_run(
+    db: Database,
+    request: RunRequest,
+    provider: MarketDataProvider,
+    *,
+    debater=None,
+    account: AccountState,
+    positions: list[Position] | None = None,
+    risk_matrix=None,
+    market: MarketCache | None = None,
+    on_node: Callable[[str, dict], None] | None = None,
+) -> RunOutcome:
+    """Execute (or resume, or just report) the run for `request`.
+
+    `on_node(name, update)` is called as each node finishes (progress displays)."""
+    from agents.debate import DeterministicDebater
+    from risk.limits import load_risk_matrix
+
+    runs, orders = RunRepository(db.pool), OrderRepository(db.pool)
+    run_id = request.run_id
+    record = await runs.create_if_absent(
+        run_id=run_id, slot_key=request.slot_key, watchlist=request.watchlist, as_of=request.as_of,
+        tickers=request.tickers, seed=request.seed, provider=request.provider,
+        config=request.config.model_dump(mode="json"), mode=request.mode,
+    )
+    app = build_graph().compile(checkpointer=db.checkpointer)
+    thread = {"configurable": {"thread_id": run_id}}
+    if record.status == "completed":
+        return await _outcome(runs, orders, app, thread, run_id, executed=False, resumed=False)
+    try:
+        async with db.advisory_lock(f"run:{run_id}"):
+            record = await runs.get(run_id)
+            if record.status == "completed":  # finished by another process while we waited
+                return await _outcome(runs, orders, app, thread, run_id, executed=False, resumed=False)
+            deps = RunDeps(
+                db=db, provider=provider, debater=debater or DeterministicDebater(),
+                # The recorded configuration wins: a resumed run continues as it started.
+                decision=DecisionConfig.model_validate(record.config),
+                risk_matrix=risk_matrix or load_risk_matrix(), account=account,
+                positions=list(positions or []), market=market or MarketCache(db),
+                clock=lambda: request.as_of,
+            )
+            await runs.mark_started(run_id)
+            checkpoint = await app.aget_state(thread)
+            resumed = bool(checkpoint.values)
+            try:
+                if not resumed:
+                    info = RunInfo(
+                        run_id=run_id, slot_key=record.slot_key, watchlist=record.watchlist, as_of=record.as_of,
+                        tickers=list(record.tickers), seed=record.seed, provider=record.provider, mode=record.mode,
+                    )
+                    await _drive(app, {"run": info}, thread, deps, on_node)
+                elif checkpoint.next:
+                    await _drive(app, None, thread, deps, on_node)  # continue from the last checkpoint
+                final = (await app.aget_state(thread)).values
+                await runs.record_timings(run_id, [
+                    (t.node, t.ticker, t.started_at, t.duration_ms) for t in final.get("node_timings", [])
+                ])
+            except Exception as exc:
+                await runs.mark_finished(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+                raise RunFailed(run_id, exc) from exc
+            await runs.mark_finished(run_id, "completed")
+            return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=resumed)
+    except LockBusy as exc:
+        raise RunBusy(f"run {run_id} is being executed by another process") from exc
+
+
+async def _drive(app, graph_input, thread, deps: RunDeps, on_node) -> None:
+    async for chunk in app.astream(graph_input, thread, context=deps, stream_mode="updates"):
+        if on_node is not None:
+            for node, update in chunk.items():
+                on_node(node, update or {})
+
+
+async def _outcome(runs, orders, app, thread, run_id, *, executed: bool, resumed: bool) -> RunOutcome:
+    state = (await app.aget_state(thread)).values
+    return RunOutcome(
+        run=await runs.get(run_id), executed=executed, resumed=resumed,
+        orders=await orders.list(run_id=run_id), state=dict(state),
+    )

@@ -1,0 +1,211 @@
+"""The value types that travel through the decision graph.
+
+Every node reads and writes these; they are checkpointed by LangGraph and stored in Postgres, so
+they are plain pydantic models with JSON-safe fields. Money that reaches an order (limit prices,
+premiums, capital at risk) is `Decimal`; analytics (Greeks, probabilities) are floats.
+
+Sign conventions:
+- `OptionLeg.side` is "buy" or "sell"; `ratio` is a positive whole number of contracts per unit.
+- `TradeProposal.net_debit` is per share for one unit of the structure: positive means we pay,
+  negative means we receive a credit.
+- Greeks on a proposal are per unit of the structure, per share, signed for our side.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+AnalystName = Literal["vol_surface", "flow", "technical", "social"]
+Direction = Literal["bullish", "bearish", "neutral", "rich", "cheap"]
+PriceView = Literal["bullish", "bearish", "neutral"]
+VolView = Literal["rich", "cheap", "neutral"]
+RegimeName = Literal["low_vol", "neutral", "high_vol", "crisis"]
+Right = Literal["C", "P"]
+Side = Literal["buy", "sell"]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware")
+    return value
+
+
+class Signal(Frozen):
+    """What one analyst concluded about one ticker (the SPEC signal schema)."""
+
+    source: AnalystName
+    ticker: str
+    direction: Direction  # bullish/bearish/neutral for price; rich/cheap for volatility
+    conviction: float = Field(ge=0.0, le=1.0)
+    edge_type: str  # e.g. "iv_rich_vs_realized", "dealer_short_gamma", "trend", "mention_spike"
+    horizon_days: int = Field(ge=0)
+    as_of: datetime
+    evidence: dict[str, Any] = Field(default_factory=dict)  # the numbers the conviction came from
+    data_quality: list[str] = Field(default_factory=list)  # what was missing or rejected
+
+    _check_as_of = field_validator("as_of")(_aware)
+
+
+class Regime(Frozen):
+    name: RegimeName
+    vix: float
+    vix3m: float
+    term_ratio: float  # VIX / VIX3M; above 1 is backwardation (stress)
+    realized_vol: float | None = None  # SPY 20-day annualized, when known
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Position(Frozen):
+    """An open position, as the risk gate sees it."""
+
+    ticker: str
+    sector: str
+    structure: str
+    quantity: int
+    max_loss: Decimal  # dollars at risk for the whole position (positive)
+    market_value: Decimal = Decimal("0")
+    delta: float = 0.0  # position delta in shares of the underlying
+    gamma: float = 0.0
+    vega: float = 0.0
+    theta: float = 0.0
+    beta: float = 1.0
+    underlying_price: float = 0.0
+    has_naked_short: bool = False
+
+
+class AccountState(Frozen):
+    net_liquidation: Decimal
+    cash: Decimal
+    margin_used: Decimal
+    daily_realized_pnl: Decimal = Decimal("0")
+    # Mark-to-market change of open positions since the daily reset; the hard 3% daily-loss halt
+    # counts realized + unrealized, the realized-loss lockout counts realized only.
+    daily_unrealized_pnl: Decimal = Decimal("0")
+    last_loss_at: datetime | None = None
+    trades_today: int = 0
+    halted: bool = False
+    halt_reason: str | None = None
+
+
+class Candidate(Frozen):
+    """A ticker whose aggregated signals passed the conviction threshold."""
+
+    ticker: str
+    price_view: PriceView
+    vol_view: VolView
+    conviction: float = Field(ge=0.0, le=1.0)
+    score: float  # signed aggregate in [-1, 1]: positive bullish
+    vol_score: float  # signed aggregate in [-1, 1]: positive rich
+    sources: list[AnalystName]
+    reasons: list[str] = Field(default_factory=list)
+
+
+class DebateTurn(Frozen):
+    role: Literal["bull", "bear", "judge"]
+    round: int
+    text: str
+    evidence: list[str] = Field(default_factory=list)
+
+
+class Verdict(Frozen):
+    ticker: str
+    price_view: Literal["bullish", "bearish", "neutral", "inconclusive"]
+    vol_view: VolView
+    confidence: float = Field(ge=0.0, le=1.0)
+    rationale: str
+    debater: str  # "deterministic" or "llm:<model>"
+    rounds: int
+    transcript: list[DebateTurn]
+    memories_used: list[str] = Field(default_factory=list)
+    fallback_reason: str | None = None
+
+
+class RiskReason(Frozen):
+    code: str  # e.g. "daily_loss_halt", "position_size", "naked_short"
+    message: str
+    hard: bool
+    limit: float | None = None
+    value: float | None = None
+
+
+class RiskDecision(Frozen):
+    ticker: str
+    stage: Literal["pre_trade", "post_trade"]
+    approved: bool
+    regime: RegimeName
+    vetoes: list[RiskReason] = Field(default_factory=list)
+    warnings: list[RiskReason] = Field(default_factory=list)
+    requires_acknowledgement: bool = False  # e.g. more than 10 contracts
+
+
+class OptionLeg(Frozen):
+    expiry: date
+    strike: Decimal
+    right: Right
+    side: Side
+    ratio: int = Field(default=1, ge=1)
+    bid: Decimal
+    ask: Decimal
+    mid: Decimal
+    iv: float | None = None
+    delta: float | None = None  # per share, for a long option
+    gamma: float | None = None
+    vega: float | None = None
+    theta: float | None = None
+    open_interest: float | None = None
+
+    @property
+    def sign(self) -> int:
+        return 1 if self.side == "buy" else -1
+
+
+class TradeProposal(Frozen):
+    ticker: str
+    structure: str  # "bull_put_spread", "bear_call_spread", "bull_call_spread", "iron_condor", ...
+    legs: list[OptionLeg]
+    underlying_price: float
+    net_debit: Decimal  # per share per unit; positive pays, negative receives
+    natural_debit: Decimal  # per share per unit at the far side of every leg's quote
+    max_profit: Decimal  # dollars per unit (multiplier applied); may be large for long options
+    max_loss: Decimal  # dollars per unit, positive
+    breakevens: list[float]
+    probability_of_profit: float = Field(ge=0.0, le=1.0)
+    delta: float  # per unit, per share
+    gamma: float
+    vega: float
+    theta: float
+    dte: int
+    multiplier: int = 100
+    rationale: str = ""
+
+
+class SizedTrade(Frozen):
+    proposal: TradeProposal
+    contracts: int = Field(ge=0)
+    kelly_fraction: float  # full-Kelly fraction before scaling
+    applied_fraction: float  # after the fractional multiplier and caps
+    win_rate: float
+    payoff_ratio: float
+    capital_at_risk: Decimal
+    caps_applied: list[str] = Field(default_factory=list)
+
+
+class StagedOrder(Frozen):
+    order_id: str
+    idempotency_key: str
+    run_id: str
+    ticker: str
+    structure: str
+    legs: list[OptionLeg]
+    quantity: int = Field(ge=1)
+    limit_price: Decimal  # per share, signed like net_debit
+    state: str
+    requires_acknowledgement: bool = False
+    created_at: datetime

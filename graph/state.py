@@ -1,0 +1,82 @@
+"""The decision graph's state: what each node reads and writes, with reducers where nodes fan in.
+
+Analysts run in parallel (one task per ticker and analyst), so `signals` and `node_timings`
+accumulate with `operator.add`; every other key is written by exactly one node.
+"""
+from __future__ import annotations
+
+import operator
+from datetime import datetime
+from typing import Annotated, TypedDict
+
+from pydantic import Field
+
+from graph.schema import (
+    AccountState,
+    AnalystName,
+    Candidate,
+    Frozen,
+    Position,
+    Regime,
+    RiskDecision,
+    Signal,
+    SizedTrade,
+    StagedOrder,
+    TradeProposal,
+    Verdict,
+)
+
+
+class RunInfo(Frozen):
+    """Who this run is: its schedule slot and the inputs that make it reproducible."""
+
+    run_id: str
+    slot_key: str
+    watchlist: str
+    as_of: datetime
+    tickers: list[str]
+    seed: int
+    provider: str
+    mode: str = "live"  # "sandbox" for replays and forks: nothing is staged for real
+
+
+class MarketContext(Frozen):
+    """What load_context found: the account, the book and the market regime at `as_of`."""
+
+    regime: Regime
+    account: AccountState
+    positions: list[Position]
+    sectors: dict[str, str]
+    snapshot_sha256: str
+    data_quality: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class NodeTiming(Frozen):
+    node: str
+    ticker: str | None
+    started_at: datetime
+    duration_ms: float
+
+
+class DecisionState(TypedDict, total=False):
+    run: RunInfo
+    context: MarketContext
+    signals: Annotated[list[Signal], operator.add]
+    candidates: list[Candidate]
+    verdicts: list[Verdict]
+    pre_trade: list[RiskDecision]
+    proposals: list[TradeProposal]
+    rejected_proposals: dict[str, str]  # ticker -> why no structure was proposed
+    sized: list[SizedTrade]
+    post_trade: list[RiskDecision]
+    staged: list[StagedOrder]
+    node_timings: Annotated[list[NodeTiming], operator.add]
+
+
+class AnalystTask(TypedDict):
+    """The input of one analyst task, sent per (ticker, analyst) by the fan-out."""
+
+    run: RunInfo
+    context: MarketContext
+    ticker: str
+    analyst: AnalystName

@@ -1,0 +1,375 @@
+"""`hedgegraph`: run decisions, follow schedules, and inspect runs and orders.
+
+Every list/show command takes `--json` for machines; without it, rich tables for people.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from config.settings import defaults, settings
+from service import operations
+from storage.database import DatabaseUnavailable, open_database
+from tools.chain import NEW_YORK
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+runs_app = typer.Typer(no_args_is_help=True, help="Decision runs.")
+orders_app = typer.Typer(no_args_is_help=True, help="Staged orders.")
+db_app = typer.Typer(no_args_is_help=True, help="The database.")
+app.add_typer(runs_app, name="runs")
+app.add_typer(orders_app, name="orders")
+app.add_typer(db_app, name="db")
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _print_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _run_async(coro):
+    try:
+        return asyncio.run(coro)
+    except DatabaseUnavailable as exc:
+        _fail(str(exc))
+
+
+def latest_slot_time(now: datetime) -> tuple[str, datetime]:
+    """The most recent configured slot at or before `now` on an NYSE session: (watchlist, time).
+
+    `hedgegraph run` without `--as-of` decides as of that slot, so a run on a weekend or at night
+    still decides inside session hours, and repeating it the same day repeats the same slot.
+    """
+    from service.scheduler import load_schedule, previous_session, slots_for_session, xnys_calendar
+
+    schedule = load_schedule()
+    day = now.astimezone(NEW_YORK).date()
+    if not xnys_calendar().is_session(day.isoformat()):
+        day = previous_session(day)
+    for _ in range(10):
+        slots = [s for s in slots_for_session(schedule, day) if s.scheduled_at <= now]
+        if slots:
+            latest = max(slots, key=lambda s: s.scheduled_at)
+            return latest.watchlist, latest.scheduled_at
+        day = previous_session(day)
+    raise RuntimeError("no scheduled slot in the last ten sessions")
+
+
+def _parse_as_of(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"--as-of must be ISO 8601 like 2026-11-20T15:30 (New York time if no offset), got {text!r}")
+    return value.replace(tzinfo=NEW_YORK) if value.tzinfo is None else value
+
+
+def _parse_chains(values: list[str]) -> dict[str, Path]:
+    chains = {}
+    for item in values:
+        symbol, sep, path = item.partition("=")
+        if not sep or not symbol or not path:
+            _fail(f"--chain takes SYMBOL=PATH, got {item!r}")
+        chains[symbol.upper()] = Path(path)
+    return chains
+
+
+def _provider(seed: int, chains: dict[str, Path]):
+    from tools.providers.simulated import SimulatedMarket
+
+    provider = SimulatedMarket(seed=seed)
+    if chains:
+        from tools.providers.chain_files import ChainFileOverlay
+
+        provider = ChainFileOverlay(provider, chains)
+    return provider
+
+
+@app.command()
+def run(
+    tickers: Optional[str] = typer.Option(None, help="Comma-separated tickers (default: the default watchlist)."),
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="Decision time, ISO 8601; default: the latest schedule slot."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the simulated market."),
+    chain: list[str] = typer.Option([], "--chain", help="SYMBOL=PATH: use a Cboe quote-table file as SYMBOL's chain."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """One decision run: market data → analysts → debate → risk → strategy → Kelly → staged orders."""
+    d = defaults()
+    ticker_list = [t.strip().upper() for t in tickers.split(",") if t.strip()] if tickers else list(d.watchlist)
+    if as_of:
+        when, watchlist = _parse_as_of(as_of), "adhoc"
+    else:
+        watchlist, when = latest_slot_time(datetime.now(NEW_YORK))
+    if tickers:
+        watchlist = "adhoc"
+    chains = _parse_chains(chain)
+    seed = d.seed if seed is None else seed
+    outcome = _run_async(_run(ticker_list, when, seed, chains, watchlist, quiet=as_json))
+    if as_json:
+        _print_json(operations.jsonable({
+            "run": outcome.run.__dict__, "executed": outcome.executed, "resumed": outcome.resumed,
+            "orders": [operations.order_summary(o) for o in outcome.orders],
+        }))
+        return
+    _render_outcome(outcome)
+
+
+async def _run(tickers, when, seed, chains, watchlist, quiet: bool):
+    provider = _provider(seed, chains)
+    async with open_database(settings()) as db:
+        total_tasks = 10 + 4 * len(tickers)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, disable=quiet, transient=False) as progress:
+            task = progress.add_task(f"decision run {when:%Y-%m-%d %H:%M %Z}", total=total_tasks)
+
+            def on_node(node: str, update: dict) -> None:
+                progress.update(task, advance=1, description=f"{node}")
+
+            outcome = await operations.run_decision(
+                db, provider, watchlist=watchlist, tickers=tickers, as_of=when, seed=seed, on_node=on_node)
+            progress.update(task, completed=total_tasks, description="done")
+        return outcome
+
+
+def _render_outcome(outcome) -> None:
+    run, state = outcome.run, outcome.state
+    status = "already completed — nothing added" if not outcome.executed else ("resumed and completed" if outcome.resumed else "completed")
+    console.print(f"\n[bold]run[/] {run.run_id}  as of {run.as_of.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z}  [green]{status}[/]")
+    ctx = state.get("context")
+    if ctx is not None:
+        r = ctx.regime
+        console.print(f"regime [bold]{r.name}[/]  VIX {r.vix:.2f}  VIX/VIX3M {r.term_ratio:.3f}")
+    signals = Table(title="Signals", show_lines=False)
+    for col in ("ticker", "vol_surface", "flow", "technical", "social"):
+        signals.add_column(col)
+    by_ticker: dict[str, dict[str, str]] = {}
+    for s in state.get("signals", []):
+        by_ticker.setdefault(s.ticker, {})[s.source] = f"{s.direction} {s.conviction:.2f}"
+    for ticker in sorted(by_ticker):
+        row = by_ticker[ticker]
+        signals.add_row(ticker, *(row.get(c, "—") for c in ("vol_surface", "flow", "technical", "social")))
+    console.print(signals)
+
+    verdicts = Table(title="Debate verdicts and risk")
+    for col in ("ticker", "verdict", "vol view", "confidence", "pre-trade", "structure / why not"):
+        verdicts.add_column(col)
+    pre = {d.ticker: d for d in state.get("pre_trade", [])}
+    post = {d.ticker: d for d in state.get("post_trade", [])}
+    proposals = {p.ticker: p.structure for p in state.get("proposals", [])}
+    rejected = state.get("rejected_proposals", {})
+    sized = {t.proposal.ticker: t for t in state.get("sized", [])}
+    for v in state.get("verdicts", []):
+        d = pre.get(v.ticker)
+        gate = "—" if d is None else ("pass" if d.approved else "VETO: " + "; ".join(x.code for x in d.vetoes))
+        what = proposals.get(v.ticker) or rejected.get(v.ticker, "")
+        if v.ticker in sized and sized[v.ticker].contracts == 0:
+            what += f" (0 contracts: {', '.join(sized[v.ticker].caps_applied) or 'no edge'})"
+        if v.ticker in post and not post[v.ticker].approved:
+            what += " POST-TRADE VETO: " + "; ".join(x.code for x in post[v.ticker].vetoes)
+        verdicts.add_row(v.ticker, v.price_view, v.vol_view, f"{v.confidence:.2f}", gate, what)
+    console.print(verdicts)
+    _render_orders(outcome.orders, title="Staged orders")
+
+
+def _render_orders(orders, title: str) -> None:
+    table = Table(title=title)
+    for col in ("order", "ticker", "structure", "legs", "qty", "limit", "max loss/unit", "state", "ack"):
+        table.add_column(col)
+    for o in orders:
+        legs = " ".join(f"{'+' if l['side'] == 'buy' else '-'}{l['ratio']} {l['expiry']} {float(l['strike']):g}{l['right']}" for l in o.legs)
+        table.add_row(o.order_id, o.ticker, o.structure, legs, str(o.quantity), f"{o.limit_price:+.2f}",
+                      str(o.proposal.get("max_loss")), o.state, "yes" if o.requires_acknowledgement else "")
+    if not orders:
+        table.caption = "no orders staged"
+    console.print(table)
+
+
+async def _with_db(fn):
+    async with open_database(settings()) as db:
+        return await fn(db)
+
+
+@runs_app.command("list")
+def runs_list(limit: int = 50, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Recent runs."""
+    rows = _run_async(_with_db(lambda db: operations.list_runs(db, limit)))
+    if as_json:
+        return _print_json(rows)
+    table = Table(title="Runs")
+    for col in ("run_id", "as_of", "status", "tickers", "attempts", "mode"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["run_id"], r["as_of"], r["status"], str(len(r["tickers"])), str(r["attempts"]), r["mode"])
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """One run: its signals, debates, risk decisions, orders and node timings."""
+    data = _run_async(_with_db(lambda db: operations.show_run(db, run_id)))
+    if data is None:
+        _fail(f"no run {run_id}")
+    if as_json:
+        return _print_json(data)
+    run = data["run"]
+    console.print(f"[bold]{run['run_id']}[/] {run['status']} as of {run['as_of']} ({len(run['tickers'])} tickers)")
+    if run.get("error"):
+        console.print(f"[red]error:[/] {run['error']}")
+    t = Table(title="Signals")
+    for col in ("ticker", "source", "direction", "conviction", "edge", "data quality"):
+        t.add_column(col)
+    for s in data["signals"]:
+        t.add_row(s["ticker"], s["source"], s["direction"], f"{s['conviction']:.2f}", s["edge_type"], "; ".join(s["data_quality"])[:60])
+    console.print(t)
+    t = Table(title="Debates")
+    for col in ("ticker", "debater", "verdict", "confidence", "rationale"):
+        t.add_column(col)
+    for d in data["debates"]:
+        t.add_row(d["ticker"], d["debater"], d["price_view"], f"{d['confidence']:.2f}", d["rationale"][:100])
+    console.print(t)
+    t = Table(title="Risk decisions")
+    for col in ("ticker", "stage", "approved", "vetoes", "warnings"):
+        t.add_column(col)
+    for d in data["risk_decisions"]:
+        t.add_row(d["ticker"], d["stage"], str(d["approved"]), "; ".join(v["message"] for v in d["vetoes"])[:90],
+                  "; ".join(w["code"] for w in d["warnings"]))
+    console.print(t)
+    t = Table(title="Orders")
+    for col in ("order", "ticker", "structure", "qty", "limit", "state"):
+        t.add_column(col)
+    for o in data["orders"]:
+        t.add_row(o["order_id"], o["ticker"], o["structure"], str(o["quantity"]), o["limit_price"], o["state"])
+    console.print(t)
+
+
+@orders_app.command("list")
+def orders_list(state: Optional[str] = None, run_id: Optional[str] = typer.Option(None, "--run"),
+                limit: int = 100, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Orders, newest first (filter by --state STAGED, --run RUN_ID)."""
+    rows = _run_async(_with_db(lambda db: operations.list_orders(db, state=state, run_id=run_id, limit=limit)))
+    if as_json:
+        return _print_json(rows)
+    table = Table(title="Orders")
+    for col in ("order", "run", "ticker", "structure", "qty", "limit", "state", "ack"):
+        table.add_column(col)
+    for o in rows:
+        table.add_row(o["order_id"], o["run_id"], o["ticker"], o["structure"], str(o["quantity"]), o["limit_price"],
+                      o["state"], "yes" if o["requires_acknowledgement"] else "")
+    console.print(table)
+
+
+@orders_app.command("show")
+def orders_show(order_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """One order with its legs, sizing and state history."""
+    data = _run_async(_with_db(lambda db: operations.show_order(db, order_id)))
+    if data is None:
+        _fail(f"no order {order_id}")
+    if as_json:
+        return _print_json(data)
+    console.print(f"[bold]{data['order_id']}[/] {data['ticker']} {data['structure']} ×{data['quantity']} "
+                  f"limit {data['limit_price']} [{data['state']}]")
+    legs = Table(title="Legs")
+    for col in ("side", "ratio", "expiry", "strike", "right", "bid", "ask", "iv", "delta"):
+        legs.add_column(col)
+    for l in data["legs"]:
+        legs.add_row(l["side"], str(l["ratio"]), l["expiry"], l["strike"], l["right"], l["bid"], l["ask"],
+                     f"{l['iv']:.3f}" if l.get("iv") is not None else "—",
+                     f"{l['delta']:+.3f}" if l.get("delta") is not None else "—")
+    console.print(legs)
+    p, s = data["proposal"], data["sizing"]
+    console.print(f"max profit {p['max_profit']}  max loss {p['max_loss']}  breakevens {p['breakevens']}  "
+                  f"PoP {p['probability_of_profit']:.2f}")
+    console.print(f"Kelly f*={s['kelly_fraction']:.3f} applied={s['applied_fraction']:.4f} win_rate={s['win_rate']:.3f} "
+                  f"payoff={s['payoff_ratio']:.3f} capital at risk {s['capital_at_risk']} caps {s['caps_applied']}")
+    hist = Table(title="State history")
+    for col in ("at", "from", "to", "actor", "reason"):
+        hist.add_column(col)
+    for h in data["history"]:
+        hist.add_row(str(h["at"]), h["from_state"] or "", h["to_state"], h["actor"], h["reason"] or "")
+    console.print(hist)
+
+
+@app.command()
+def schedule(once: bool = typer.Option(False, help="Run one tick (due slots now) and exit."),
+             poll_seconds: float = typer.Option(20.0, help="Seconds between ticks.")) -> None:
+    """Run the slots of config/schedule.yaml on NYSE trading days (one run per slot, even with two schedulers)."""
+    _run_async(_schedule(once, poll_seconds))
+
+
+async def _schedule(once: bool, poll_seconds: float) -> None:
+    from service.scheduler import Scheduler, load_schedule
+
+    config = load_schedule()
+    d = defaults()
+    async with open_database(settings()) as db:
+        provider = _provider(d.seed, {})
+
+        async def run_slot(slot) -> str:
+            outcome = await operations.run_decision(
+                db, provider, watchlist=slot.watchlist, tickers=list(slot.tickers), as_of=slot.scheduled_at, seed=d.seed)
+            return outcome.run.run_id
+
+        scheduler = Scheduler(db, config, run_slot)
+        if once:
+            for outcome in await scheduler.tick():
+                console.print(outcome)
+            return
+        stop = asyncio.Event()
+        console.print(f"scheduler running ({len(config.slots)} slots a session); Ctrl-C to stop")
+        try:
+            await scheduler.run_forever(stop, poll_seconds=poll_seconds)
+        except asyncio.CancelledError:
+            stop.set()
+
+
+@app.command("chain")
+def chain_command(path: Path, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Analyse one Cboe quote-table file: forwards, SVI fits, arbitrage flags, GEX, max pain, rejects."""
+    from tools.cboe import CboeFormatError, read_cboe_quote_table
+    from tools.chain_analysis import analyze_chain
+
+    try:
+        chain = read_cboe_quote_table(path)
+    except (CboeFormatError, OSError) as exc:
+        _fail(str(exc))
+    analysis = analyze_chain(chain)
+    if as_json:
+        return _print_json(analysis.to_dict())
+    from service.chain_report import render_chain_report
+
+    render_chain_report(analysis, console)
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations (also done automatically on every connect)."""
+    async def go(db):
+        return await db.pool.fetch("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
+    for row in _run_async(_with_db(go)):
+        console.print(f"{row['version']:04d} {row['name']} applied {row['applied_at']:%Y-%m-%d %H:%M}")
+
+
+@db_app.command("url")
+def db_url() -> None:
+    """Where the database is (password redacted)."""
+    from storage.embedded import redact
+
+    s = settings()
+    console.print(redact(s.database_url) if s.database_url else f"embedded PostgreSQL under {s.pg_dir}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    logging.basicConfig(level=logging.WARNING)
+    app()

@@ -1,0 +1,113 @@
+"""What the CLI (and later the HTTP API) can do, as plain async functions returning JSON-safe data.
+
+One place for each operation, so the command line and the service never disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from config.settings import DecisionConfig, defaults
+from graph.runner import RunOutcome, RunRequest, execute_run
+from graph.schema import AccountState, Position
+from storage.database import Database
+from storage.decisions import DecisionRepository
+from storage.orders import OrderRecord, OrderRepository
+from storage.runs import RunRepository
+from tools.providers.base import MarketDataProvider
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "model_dump"):
+        return jsonable(value.model_dump(mode="json"))
+    return value
+
+
+def default_account() -> AccountState:
+    a = defaults().account
+    return AccountState(net_liquidation=a["net_liquidation"], cash=a["cash"], margin_used=a["margin_used"])
+
+
+async def open_exposures(db: Database) -> list[Position]:
+    """Orders not yet closed out count against the limits like positions: staging twice into
+    the same ticker across runs must see the first order's risk."""
+    rows = await db.pool.fetch(
+        """SELECT ticker, structure, quantity, proposal FROM orders
+           WHERE state IN ('STAGED', 'APPROVED', 'SUBMITTED', 'PARTIALLY_FILLED', 'UNKNOWN')"""
+    )
+    positions = []
+    for r in rows:
+        p = r["proposal"]
+        q = r["quantity"]
+        positions.append(Position(
+            ticker=r["ticker"], sector=p.get("sector") or "unknown", structure=r["structure"], quantity=q,
+            max_loss=Decimal(p["max_loss"]) * q, delta=float(p["delta"]) * q * p["multiplier"],
+            gamma=float(p["gamma"]) * q * p["multiplier"], vega=float(p["vega"]) * q * p["multiplier"],
+            theta=float(p["theta"]) * q * p["multiplier"], underlying_price=float(p["underlying_price"]),
+        ))
+    return positions
+
+
+async def run_decision(
+    db: Database, provider: MarketDataProvider, *, watchlist: str, tickers: list[str], as_of: datetime,
+    seed: int, config: DecisionConfig | None = None, on_node=None,
+) -> RunOutcome:
+    request = RunRequest(watchlist=watchlist, tickers=tickers, as_of=as_of, seed=seed, provider=provider.name,
+                         config=config or defaults().decision)
+    return await execute_run(db, request, provider, account=default_account(),
+                             positions=await open_exposures(db), on_node=on_node)
+
+
+def order_summary(order: OrderRecord) -> dict[str, Any]:
+    return jsonable({k: v for k, v in asdict(order).items() if k not in ("proposal", "sizing", "legs")} | {
+        "legs": order.legs,
+        "max_loss_per_unit": order.proposal.get("max_loss"),
+        "max_profit_per_unit": order.proposal.get("max_profit"),
+        "breakevens": order.proposal.get("breakevens"),
+        "probability_of_profit": order.proposal.get("probability_of_profit"),
+        "kelly": {k: order.sizing.get(k) for k in ("kelly_fraction", "applied_fraction", "win_rate",
+                                                   "payoff_ratio", "capital_at_risk", "caps_applied")},
+    })
+
+
+async def list_runs(db: Database, limit: int = 50) -> list[dict[str, Any]]:
+    return [jsonable(asdict(r)) for r in await RunRepository(db.pool).list(limit)]
+
+
+async def show_run(db: Database, run_id: str) -> dict[str, Any] | None:
+    run = await RunRepository(db.pool).get(run_id)
+    if run is None:
+        return None
+    decisions = DecisionRepository(db.pool)
+    timings = await db.pool.fetch(
+        "SELECT node, ticker, duration_ms FROM node_timings WHERE run_id = $1 ORDER BY started_at", run_id)
+    return jsonable({
+        "run": asdict(run),
+        "signals": await decisions.signals(run_id),
+        "debates": await decisions.verdicts(run_id),
+        "risk_decisions": await decisions.risk_decisions(run_id),
+        "orders": [order_summary(o) for o in await OrderRepository(db.pool).list(run_id=run_id)],
+        "node_timings": [dict(t) for t in timings],
+    })
+
+
+async def list_orders(db: Database, state: str | None = None, run_id: str | None = None, limit: int = 100):
+    return [order_summary(o) for o in await OrderRepository(db.pool).list(run_id=run_id, state=state, limit=limit)]
+
+
+async def show_order(db: Database, order_id: str) -> dict[str, Any] | None:
+    repo = OrderRepository(db.pool)
+    order = await repo.get(order_id)
+    if order is None:
+        return None
+    return jsonable(asdict(order) | {"history": await repo.history(order_id)})

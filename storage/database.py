@@ -1,0 +1,116 @@
+"""One handle on the database: the asyncpg pool for our tables and the psycopg pool LangGraph's
+`AsyncPostgresSaver` checkpoints through. Both point at the same database.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from config.settings import Settings
+from storage.embedded import embedded_database_url, redact
+from storage.migrate import apply_migrations
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached or went away."""
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, allow_nan=False)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a name (run id, slot key)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+class LockBusy(RuntimeError):
+    """Another process holds the lock (e.g. is already executing this run)."""
+
+
+@dataclass
+class Database:
+    url: str
+    pool: asyncpg.Pool
+    checkpoint_pool: AsyncConnectionPool
+    checkpointer: AsyncPostgresSaver
+    _server: Any = field(default=None, repr=False)  # keeps an embedded server alive
+
+    @contextlib.asynccontextmanager
+    async def advisory_lock(self, name: str) -> AsyncIterator[None]:
+        """Hold a session advisory lock for `name`; raise `LockBusy` if someone else holds it.
+
+        Session locks die with their connection, so a crashed holder frees the lock by itself.
+        """
+        key = advisory_key(name)
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                raise LockBusy(name)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.checkpoint_pool.close()
+
+
+def resolve_url(settings: Settings) -> tuple[str, Any]:
+    if settings.database_url:
+        return settings.database_url, None
+    return embedded_database_url(settings.pg_dir)
+
+
+async def connect(url: str, server: Any = None, min_size: int = 1, max_size: int = 10) -> Database:
+    """Open pools on `url`, apply migrations and set up the checkpointer's tables."""
+    try:
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {exc}") from exc
+    async with pool.acquire() as conn:
+        await apply_migrations(conn)
+    checkpoint_pool = AsyncConnectionPool(
+        url, min_size=1, max_size=max_size, open=False,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+    )
+    await checkpoint_pool.open(wait=True)
+    from graph.serde import checkpoint_serializer  # the graph decides which of its types may be restored
+
+    saver = AsyncPostgresSaver(checkpoint_pool, serde=checkpoint_serializer())
+    await saver.setup()
+    return Database(url=url, pool=pool, checkpoint_pool=checkpoint_pool, checkpointer=saver, _server=server)
+
+
+@contextlib.asynccontextmanager
+async def open_database(settings: Settings | None = None) -> AsyncIterator[Database]:
+    settings = settings or Settings()
+    url, server = resolve_url(settings)
+    db = await connect(url, server)
+    try:
+        yield db
+    finally:
+        await db.close()

@@ -1,0 +1,101 @@
+"""Runs and what they recorded: the run row, its market snapshot, its node timings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from storage.snapshots import decode_snapshot, encode_snapshot, snapshot_sha256
+from tools.providers.base import MarketSnapshot
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    slot_key: str
+    watchlist: str
+    as_of: datetime
+    tickers: list[str]
+    seed: int
+    provider: str
+    config: dict[str, Any]
+    mode: str
+    parent_run_id: str | None
+    status: str
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> "RunRecord":
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+class RunRepository:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def create_if_absent(
+        self, *, run_id: str, slot_key: str, watchlist: str, as_of: datetime, tickers: list[str],
+        seed: int, provider: str, config: dict[str, Any], mode: str = "live", parent_run_id: str | None = None,
+    ) -> RunRecord:
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                """INSERT INTO runs (run_id, slot_key, watchlist, as_of, tickers, seed, provider, config,
+                                     mode, parent_run_id, status)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending')
+                   ON CONFLICT (run_id) DO NOTHING""",
+                run_id, slot_key, watchlist, as_of, tickers, seed, provider, config, mode, parent_run_id,
+            )
+            return RunRecord.from_row(await conn.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id))
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        row = await self.pool.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id)
+        return RunRecord.from_row(row) if row else None
+
+    async def list(self, limit: int = 50) -> list[RunRecord]:
+        rows = await self.pool.fetch("SELECT * FROM runs ORDER BY created_at DESC, run_id LIMIT $1", limit)
+        return [RunRecord.from_row(r) for r in rows]
+
+    async def mark_started(self, run_id: str) -> None:
+        await self.pool.execute(
+            """UPDATE runs SET status = 'running', attempts = attempts + 1, error = NULL,
+                               started_at = COALESCE(started_at, now())
+               WHERE run_id = $1""",
+            run_id,
+        )
+
+    async def mark_finished(self, run_id: str, status: str, error: str | None = None) -> None:
+        await self.pool.execute(
+            "UPDATE runs SET status = $2, error = $3, finished_at = now() WHERE run_id = $1",
+            run_id, status, error,
+        )
+
+    async def record_snapshot(self, run_id: str, snapshot: MarketSnapshot) -> str:
+        """Store the run's inputs once; a resumed run keeps the first recording. Returns its hash."""
+        payload = encode_snapshot(snapshot)
+        digest = snapshot_sha256(payload)
+        await self.pool.execute(
+            """INSERT INTO market_snapshots (run_id, provider, as_of, sha256, payload)
+               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id) DO NOTHING""",
+            run_id, snapshot.provider, snapshot.as_of, digest, payload,
+        )
+        return await self.pool.fetchval("SELECT sha256 FROM market_snapshots WHERE run_id = $1", run_id)
+
+    async def load_snapshot(self, run_id: str) -> tuple[MarketSnapshot, str] | None:
+        row = await self.pool.fetchrow("SELECT payload, sha256 FROM market_snapshots WHERE run_id = $1", run_id)
+        if row is None:
+            return None
+        return decode_snapshot(bytes(row["payload"])), row["sha256"]
+
+    async def record_timings(self, run_id: str, timings: list[tuple[str, str | None, datetime, float]]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM node_timings WHERE run_id = $1", run_id)
+            await conn.executemany(
+                "INSERT INTO node_timings (run_id, node, ticker, started_at, duration_ms) VALUES ($1, $2, $3, $4, $5)",
+                [(run_id, *t) for t in timings],
+            )

@@ -1,0 +1,49 @@
+"""Shared fixtures: where the real market data lives, and one embedded Postgres per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real market data not found at {SHARED_DATA}: ../shared must sit beside the repo")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """One embedded Postgres (PG16 + pgvector) for the whole test session."""
+    from storage.embedded import start_embedded_server
+
+    server = start_embedded_server(tmp_path_factory.mktemp("pg"))
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def fresh_database_url(pg_server):
+    """A brand-new, empty database on the session's server (isolation per test)."""
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    pg_server.psql(f"CREATE DATABASE {name};")
+    parts = urlsplit(pg_server.get_uri())
+    yield urlunsplit(parts._replace(path=f"/{name}"))
+    pg_server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
+
+
+@pytest.fixture
+async def db(fresh_database_url):
+    """A migrated database with pools and the LangGraph checkpointer, in a fresh database."""
+    from storage.database import connect
+
+    database = await connect(fresh_database_url, max_size=6)
+    yield database
+    await database.close()
