@@ -21,6 +21,7 @@ from graph.schema import Signal
 from graph.state import AnalystTask
 from graph.timing import timed
 from tools.chain_analysis import ChainAnalysis, analyze_chain
+from tools.flow import unusual_activity
 from tools.providers.base import TickerData
 from tools.social import social_summary
 from tools.technical import technical_score
@@ -47,7 +48,41 @@ def chain_analysis(market: MarketCache, run_id: str, data: TickerData) -> ChainA
 
 def chain_iv(market: MarketCache, run_id: str, data: TickerData) -> np.ndarray:
     """Implied vol per chain row (NaN where undefined), shared with the analysts."""
-    return chain_analysis(market, run_id, data).iv.vol
+    return chain_analysis(market, run_id, data).chain_iv.vol
+
+
+def surface_evidence(analysis: ChainAnalysis) -> tuple[dict, list[str]]:
+    """The surface numbers an approver or researcher would ask for, and what was not usable."""
+    surface = analysis.surface
+    fitted = surface.fitted_slices
+    term = surface.term_structure
+    near_30d = min(fitted, key=lambda sl: abs(sl.t - 30 / 365), default=None)
+    evidence = {
+        "atm_iv_30d": _finite(term.atm_vol_30d),
+        "atm_iv_90d": _finite(term.atm_vol_90d),
+        "term_slope_per_year": _finite(term.slope_per_year),
+        "term_shape": term.shape,
+        "rr25_30d": _finite(near_30d.risk_reversal_25d) if near_30d else None,
+        "bf25_30d": _finite(near_30d.butterfly_25d) if near_30d else None,
+        "svi_fitted_expiries": len(fitted),
+        "svi_worst_rmse_vol_pts": _finite(max((sl.rmse_vol_points for sl in fitted), default=float("nan"))),
+        "butterfly_violations": sum(1 for sl in fitted if not sl.butterfly_ok),
+        "calendar_violations": len(surface.calendar_issues),
+        "mispriced_quotes": int(len(analysis.mispriced.rows)),
+        "usable_quotes": analysis.n_usable_quotes,
+        "rejected_quotes": int(sum(analysis.quote_rejections.values())),
+    }
+    quality = []
+    if analysis.quote_rejections:
+        quality.append("rejected quotes: " + ", ".join(f"{k}={v}" for k, v in sorted(analysis.quote_rejections.items())))
+    if analysis.iv_failures:
+        quality.append("no implied vol: " + ", ".join(f"{k}={v}" for k, v in sorted(analysis.iv_failures.items())))
+    unfitted = len(surface.slices) - len(fitted)
+    if unfitted:
+        quality.append(f"{unfitted} expiries not fitted (fewer than 5 usable strikes or a failed fit)")
+    if term.reason:
+        quality.append(f"term structure: {term.reason}")
+    return evidence, quality
 
 
 # --------------------------------------------------------------------------- judgements
@@ -56,8 +91,8 @@ def chain_iv(market: MarketCache, run_id: str, data: TickerData) -> np.ndarray:
 def vol_surface_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: datetime) -> Signal:
     quality = list(data.data_quality)
     bars = data.bars
-    rv20 = _finite(close_to_close_vol(bars.close, window=20)) if len(bars) > 21 else None
-    rv_yz = _finite(yang_zhang_vol(bars.open, bars.high, bars.low, bars.close, window=20)) if len(bars) > 21 else None
+    rv20 = _finite(close_to_close_vol(bars.close, window=20)[-1]) if len(bars) > 21 else None
+    rv_yz = _finite(yang_zhang_vol(bars.open, bars.high, bars.low, bars.close, window=20)[-1]) if len(bars) > 21 else None
     if rv20 is None:
         quality.append(f"only {len(bars)} bars: no 20-day realized vol")
     evidence: dict = {"realized_vol_20d": rv20, "realized_vol_yz_20d": rv_yz}
@@ -65,23 +100,21 @@ def vol_surface_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: 
         quality.append("no option chain: no implied vol")
         return Signal(source="vol_surface", ticker=data.ticker, direction="neutral", conviction=0.0,
                       edge_type="no_chain", horizon_days=30, as_of=as_of, evidence=evidence, data_quality=quality)
-    quality.extend(analysis.data_quality)
-    atm30 = _finite(analysis.atm_vol_30d)
-    evidence.update({
-        "atm_iv_30d": atm30,
-        "term_slope": _finite(analysis.term_slope),
-        "rr25_30d": _finite(analysis.rr25_30d),
-        "svi_fitted_expiries": analysis.fitted_expiries,
-        "butterfly_violations": analysis.butterfly_violations,
-        "calendar_violations": analysis.calendar_violations,
-        "mispriced_strikes": analysis.mispriced_count,
-        "rejected_quotes": analysis.rejected_quotes,
-    })
+    surface, surface_quality = surface_evidence(analysis)
+    quality.extend(surface_quality)
+    evidence.update(surface)
+    atm30 = surface["atm_iv_30d"]
     rank = pct = None
-    if data.atm_iv_history is not None and atm30 is not None:
-        rank, pct = _finite(iv_rank(data.atm_iv_history, atm30)), _finite(iv_percentile(data.atm_iv_history, atm30))
-    if rank is None:
-        quality.append("no 252-day implied-vol history: IV rank unknown")
+    if data.atm_iv_history is None or atm30 is None:
+        quality.append("no implied-vol history: IV rank unknown")
+    else:
+        rank_stat = iv_rank(data.atm_iv_history, atm30)
+        pct_stat = iv_percentile(data.atm_iv_history, atm30)
+        # volstats speaks in 0..100; the signal evidence and the selector use fractions.
+        rank = None if rank_stat.reason else rank_stat.value / 100.0
+        pct = None if pct_stat.reason else pct_stat.value / 100.0
+        if rank_stat.reason:
+            quality.append(f"IV rank unknown: {rank_stat.reason}")
     evidence.update({"iv_rank": rank, "iv_percentile": pct})
     if atm30 is None or rv20 is None or rv20 <= 0:
         return Signal(source="vol_surface", ticker=data.ticker, direction="neutral", conviction=0.0,
@@ -97,7 +130,7 @@ def vol_surface_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: 
         conviction = _clip01((1.0 - ratio) / 0.3 * 0.7 + max(-rank_term, 0.0) * 0.6)
     else:
         direction, edge, conviction = "neutral", "iv_fair", 0.0
-    if analysis.fitted_expiries == 0:
+    if surface["svi_fitted_expiries"] == 0:
         conviction *= 0.5  # no surface to confirm the quotes: halve the trust
         quality.append("no expiry could be fitted: conviction halved")
     return Signal(source="vol_surface", ticker=data.ticker, direction=direction, conviction=round(conviction, 6),
@@ -105,34 +138,51 @@ def vol_surface_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: 
 
 
 def flow_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: datetime) -> Signal:
-    """Dealer positioning: spot above the zero-gamma level with long dealer gamma is a supported,
-    mean-reverting tape (mildly bullish); below it dealers chase moves (bearish risk). Put/call
-    volume far above its usual ~0.9 reads as hedging demand (bearish), far below as call chasing."""
+    """Dealer positioning and today's order flow.
+
+    Gamma: spot above the zero-gamma level means dealers are long gamma and lean against moves (a
+    supported tape: mildly bullish); below it they chase moves (fragile: bearish). With no
+    crossing within ±20% the sign of total GEX says which side of it spot is on.
+    Flow: the put/call ratio of today's volume against that of the standing open interest. The
+    level of put/call differs by name (index hedgers buy puts all the time); what is informative
+    is today's flow leaning away from the book — more puts than usual is bearish, more calls bullish.
+    """
     quality = list(data.data_quality)
     if analysis is None or analysis.flow is None:
-        quality.append("no option chain: no flow")
+        quality.append("no option chain: no flow" if analysis is None else f"flow not computed: {analysis.flow_error}")
         return Signal(source="flow", ticker=data.ticker, direction="neutral", conviction=0.0,
                       edge_type="no_chain", horizon_days=5, as_of=as_of, data_quality=quality)
     flow = analysis.flow
-    quality.extend(flow.data_quality)
+    quality.extend(flow.notes)
     spot = data.spot
-    zero = _finite(flow.zero_gamma.level)
-    total_gex = _finite(flow.gamma.total)
-    pcr = _finite(flow.put_call.volume_ratio)
-    evidence = {"total_gex": total_gex, "zero_gamma": zero, "spot": spot, "put_call_volume": pcr,
-                "put_call_oi": _finite(flow.put_call.open_interest_ratio),
-                "unusual_strikes": int(len(flow.unusual.rows))}
-    gamma_term = 0.0
+    zero = _finite(flow.zero_gamma_level)
+    total_gex = _finite(flow.total_gamma_exposure)
+    pcr_volume = _finite(flow.put_call_volume_ratio)
+    pcr_oi = _finite(flow.put_call_open_interest_ratio)
+    chain = data.chain
+    unusual = unusual_activity(chain.volume, chain.open_interest)
+    evidence = {"total_gex": total_gex, "zero_gamma": zero, "spot": spot, "put_call_volume": pcr_volume,
+                "put_call_oi": pcr_oi, "unusual_strikes": int(len(unusual.rows))}
     if zero is not None:
         distance = (spot - zero) / spot
         evidence["spot_vs_zero_gamma"] = distance
         gamma_term = float(np.clip(distance / 0.03, -1.0, 1.0))
+    elif total_gex is not None and total_gex != 0:
+        gamma_term = 0.5 if total_gex > 0 else -0.5
+        quality.append(f"no zero-gamma crossing within ±20% ({flow.zero_gamma_reason}); GEX sign used")
     else:
-        quality.append(f"zero-gamma level unknown: {flow.zero_gamma.reason}")
-    pcr_term = 0.0 if pcr is None else float(np.clip((0.9 - pcr) / 0.5, -1.0, 1.0))
-    score = 0.6 * gamma_term + 0.4 * pcr_term
+        gamma_term = 0.0
+        quality.append(f"zero-gamma level unknown: {flow.zero_gamma_reason}")
+    flow_term = 0.0
+    if pcr_volume and pcr_oi:
+        lean = math.log(pcr_volume / pcr_oi)  # > 0: today's flow more put-heavy than the book
+        evidence["flow_put_lean"] = lean
+        flow_term = float(np.clip(-lean / math.log(1.5), -1.0, 1.0))
+    else:
+        quality.append("put/call ratios undefined (no call volume or open interest)")
+    score = 0.5 * gamma_term + 0.5 * flow_term
     direction = "bullish" if score > 0.1 else "bearish" if score < -0.1 else "neutral"
-    edge = "dealer_short_gamma" if gamma_term < 0 else "dealer_long_gamma" if gamma_term > 0 else "put_call_skew"
+    edge = "dealer_short_gamma" if gamma_term < 0 else "dealer_long_gamma" if gamma_term > 0 else "order_flow"
     return Signal(source="flow", ticker=data.ticker, direction=direction,
                   conviction=round(_clip01(abs(score)) if direction != "neutral" else 0.0, 6),
                   edge_type=edge, horizon_days=5, as_of=as_of, evidence=evidence, data_quality=quality)

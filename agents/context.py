@@ -31,7 +31,7 @@ async def load_context(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
     deps.market.remember(run.run_id, snapshot)
 
     benchmark_close = snapshot.benchmark.close
-    realized = close_to_close_vol(benchmark_close, window=20) if len(benchmark_close) > 21 else None
+    realized = close_to_close_vol(benchmark_close, window=20)[-1] if len(benchmark_close) > 21 else None
     realized = None if realized is None or not np.isfinite(realized) else float(realized)
     regime = classify_regime(
         float(snapshot.vix.close[-1]), float(snapshot.vix3m.close[-1]), realized, deps.risk_matrix

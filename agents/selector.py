@@ -14,9 +14,9 @@ Conventions of the proposal (see also graph/schema.py)
   of each quote (pay the ask on buys, receive the bid on sells).
 * `max_profit` / `max_loss` are dollars per unit (multiplier applied), exact from the expiry
   payoff; `breakevens` are terminal underlying prices.
-* Leg Greeks are per share for a LONG option, in tools/pricing units: delta per 1.00 of spot,
-  gamma per 1.00 of spot squared, vega per 1.00 of vol (not per vol point), theta per YEAR of
-  time passing (divide by 365 for per day). Proposal Greeks are sign * ratio sums of them.
+* Leg Greeks are per share for a LONG option, in trader units (graph.schema): delta per 1.00 of
+  spot, gamma per 1.00 of spot squared, vega per vol POINT (tools/pricing's vega / 100), theta
+  per calendar DAY (tools/pricing's theta / 365). Proposal Greeks are sign * ratio sums of them.
 * `probability_of_profit` is risk-neutral, lognormal with the expiry's ATM implied vol
   (interpolated at the forward from out-of-the-money IVs), exact over the breakeven intervals.
 """
@@ -30,7 +30,7 @@ import numpy as np
 
 from config.settings import DecisionConfig
 from graph.schema import OptionLeg, TradeProposal
-from tools.chain import NEW_YORK, OptionChain
+from tools.chain import NEW_YORK, OptionChain, years_to_expiry
 from tools.pricing import bsm_greeks
 from tools.structures import breakevens, max_profit_loss, net_greeks, probability_of_profit
 
@@ -176,7 +176,7 @@ def _strike(x: float) -> Decimal:
 
 def _dte(chain: OptionChain, expiry: np.datetime64) -> int:
     today = chain.as_of.astimezone(NEW_YORK).date()
-    return (expiry.astype(object) - today).days
+    return (np.datetime64(expiry, "D").astype(object) - today).days
 
 
 def _pick_expiry(chain: OptionChain, target_dte: int, window: tuple[int, int]) -> np.datetime64:
@@ -190,7 +190,7 @@ def _pick_expiry(chain: OptionChain, target_dte: int, window: tuple[int, int]) -
     return min(candidates, key=lambda c: (c[0], c[1]))[2]
 
 
-def _slice(chain: OptionChain, iv: np.ndarray, expiry: np.datetime64, is_call: bool) -> _Slice:
+def _slice(chain: OptionChain, iv: np.ndarray, expiry: np.datetime64, t: float, is_call: bool) -> _Slice:
     idx = np.flatnonzero((chain.expiry == expiry) & (chain.is_call == is_call) & np.isfinite(chain.strike))
     # Some chains list a strike twice per expiry (SPX and SPXW on the monthly date): keep the
     # row with the tighter quote, then the larger open interest.
@@ -204,31 +204,30 @@ def _slice(chain: OptionChain, iv: np.ndarray, expiry: np.datetime64, is_call: b
     first[1:] = strikes[1:] != strikes[:-1]
     idx, strikes = idx[first], strikes[first]
     vol = np.where(iv[idx] > 0, iv[idx], np.nan)
-    t = chain.time_to_expiry[idx]
     greeks = bsm_greeks(chain.spot, strikes, t, chain.rate, chain.dividend_yield, vol, is_call)
     return _Slice(idx, strikes, np.asarray(greeks.delta, dtype=float))
 
 
-def _anchor_position(sl: _Slice, target: float, label: str) -> int:
+def _anchor_candidates(sl: _Slice, target: float, label: str) -> list[int]:
+    """Slice positions within DELTA_TOLERANCE of the target |delta|, nearest first."""
     finite = np.isfinite(sl.delta)
     if not finite.any():
         raise _Reject("nan_iv", f"no usable implied vol for any {label} strike")
     distance = np.where(finite, np.abs(np.abs(sl.delta) - target), np.inf)
-    pos = int(np.argmin(distance))
-    if distance[pos] > DELTA_TOLERANCE:
+    order = np.argsort(distance, kind="stable")
+    if distance[order[0]] > DELTA_TOLERANCE:
+        best = order[0]
         raise _Reject(
             "no_strike_near_delta",
             f"no {label} strike within {DELTA_TOLERANCE} of |delta| {target} "
-            f"(closest {sl.strikes[pos]:g} at {sl.delta[pos]:+.3f})",
+            f"(closest {sl.strikes[best]:g} at {sl.delta[best]:+.3f})",
         )
-    return pos
+    return [int(i) for i in order if distance[i] <= DELTA_TOLERANCE]
 
 
-def _vertical_positions(sl: _Slice, is_call: bool, target: float, steps: int, anchor_sells: bool,
-                        spot: float) -> tuple[int, int]:
-    """(anchor, wing) positions in the slice; the wing is `steps` listed strikes further OTM."""
+def _wing_position(sl: _Slice, anchor: int, is_call: bool, steps: int, anchor_sells: bool, spot: float) -> int:
+    """The wing `steps` listed strikes further OTM than the anchor; rejects an ITM short anchor."""
     label = "call" if is_call else "put"
-    anchor = _anchor_position(sl, target, label)
     if anchor_sells and (sl.strikes[anchor] <= spot if is_call else sl.strikes[anchor] >= spot):
         raise _Reject("short_strike_itm", f"short {label} strike {sl.strikes[anchor]:g} is not OTM (spot {spot:g})")
     wing = anchor + steps if is_call else anchor - steps
@@ -237,7 +236,7 @@ def _vertical_positions(sl: _Slice, is_call: bool, target: float, steps: int, an
                       f"no {label} strike {steps} steps beyond {sl.strikes[anchor]:g} (edge of the listed strikes)")
     if not np.isfinite(sl.delta[wing]):
         raise _Reject("nan_iv", f"no usable implied vol for the {label} wing at {sl.strikes[wing]:g}")
-    return anchor, wing
+    return wing
 
 
 def _liquidity_problem(chain: OptionChain, row: int, side: str, config: DecisionConfig) -> str | None:
@@ -254,18 +253,23 @@ def _liquidity_problem(chain: OptionChain, row: int, side: str, config: Decision
     return None
 
 
-def _make_leg(chain: OptionChain, iv: np.ndarray, row: int, side: str, config: DecisionConfig) -> OptionLeg:
+VOL_POINTS = 100.0  # vega per 1.00 of vol -> per vol point
+DAYS_PER_YEAR = 365.0  # theta per year of calendar time -> per day
+
+
+def _make_leg(chain: OptionChain, iv: np.ndarray, t: float, row: int, side: str,
+              config: DecisionConfig) -> OptionLeg:
     right = "C" if chain.is_call[row] else "P"
     problem = _liquidity_problem(chain, row, side, config)
     if problem:
         raise _Reject("illiquid_leg", f"{side} {chain.strike[row]:g}{right}: {problem}")
     vol = float(iv[row])
-    g = bsm_greeks(chain.spot, chain.strike[row], chain.time_to_expiry[row], chain.rate,
+    g = bsm_greeks(chain.spot, chain.strike[row], t, chain.rate,
                    chain.dividend_yield, vol, bool(chain.is_call[row]))
     bid, ask = _cents(chain.bid[row]), _cents(chain.ask[row])
     oi = chain.open_interest[row]
     return OptionLeg(
-        expiry=chain.expiry[row].astype(object),
+        expiry=chain.expiry[row].astype("datetime64[D]").astype(object),
         strike=_strike(chain.strike[row]),
         right=right,
         side=side,
@@ -274,15 +278,15 @@ def _make_leg(chain: OptionChain, iv: np.ndarray, row: int, side: str, config: D
         ask=ask,
         mid=((bid + ask) / 2).quantize(CENT, rounding=ROUND_HALF_EVEN),
         iv=vol,
-        delta=float(g.delta), gamma=float(g.gamma), vega=float(g.vega), theta=float(g.theta),
+        delta=float(g.delta), gamma=float(g.gamma),
+        vega=float(g.vega) / VOL_POINTS, theta=float(g.theta) / DAYS_PER_YEAR,
         open_interest=float(oi) if np.isfinite(oi) else None,
     )
 
 
-def _atm_vol(chain: OptionChain, iv: np.ndarray, expiry: np.datetime64) -> float:
+def _atm_vol(chain: OptionChain, iv: np.ndarray, expiry: np.datetime64, t: float) -> float:
     """ATM IV at the forward, interpolated in strike over out-of-the-money options."""
     rows = np.flatnonzero(chain.expiry == expiry)
-    t = float(chain.time_to_expiry[rows[0]])
     forward = chain.spot * math.exp((chain.rate - chain.dividend_yield) * t)
     k, vol, calls = chain.strike[rows], iv[rows], chain.is_call[rows]
     use = np.isfinite(vol) & (vol > 0) & np.where(calls, k >= forward, k < forward)
@@ -292,33 +296,43 @@ def _atm_vol(chain: OptionChain, iv: np.ndarray, expiry: np.datetime64) -> float
     return float(np.interp(forward, k[use][order], vol[use][order]))
 
 
-def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.datetime64,
+def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.datetime64, t: float,
               config: DecisionConfig) -> list[OptionLeg]:
     steps = config.wing_width_steps
-    plan = []  # (row, side)
 
-    def vertical(is_call: bool, anchor_sells: bool):
-        sl = _slice(chain, iv, expiry, is_call)
+    def vertical(is_call: bool, anchor_sells: bool) -> list[OptionLeg]:
+        """Anchor strikes are tried nearest-delta first; the first with a usable, liquid pair wins.
+
+        When none works the reason reported is the nearest-delta strike's.
+        """
+        sl = _slice(chain, iv, expiry, t, is_call)
         target = config.short_delta if anchor_sells else config.long_delta
-        a, w = _vertical_positions(sl, is_call, target, steps, anchor_sells, chain.spot)
         anchor_side, wing_side = ("sell", "buy") if anchor_sells else ("buy", "sell")
-        plan.extend([(int(sl.rows[a]), anchor_side), (int(sl.rows[w]), wing_side)])
+        first_rejection = None
+        for anchor in _anchor_candidates(sl, target, "call" if is_call else "put"):
+            try:
+                wing = _wing_position(sl, anchor, is_call, steps, anchor_sells, chain.spot)
+                return [_make_leg(chain, iv, t, int(sl.rows[anchor]), anchor_side, config),
+                        _make_leg(chain, iv, t, int(sl.rows[wing]), wing_side, config)]
+            except _Reject as rejected:
+                first_rejection = first_rejection or rejected
+        raise first_rejection
 
     if structure == "bull_put_spread":
-        vertical(is_call=False, anchor_sells=True)
+        legs = vertical(is_call=False, anchor_sells=True)
     elif structure == "bear_call_spread":
-        vertical(is_call=True, anchor_sells=True)
+        legs = vertical(is_call=True, anchor_sells=True)
     elif structure == "bull_call_spread":
-        vertical(is_call=True, anchor_sells=False)
+        legs = vertical(is_call=True, anchor_sells=False)
     elif structure == "bear_put_spread":
-        vertical(is_call=False, anchor_sells=False)
-    elif structure == "iron_condor":
-        vertical(is_call=False, anchor_sells=True)
-        vertical(is_call=True, anchor_sells=True)
-        short_put, short_call = chain.strike[plan[0][0]], chain.strike[plan[2][0]]
-        if not short_put < short_call:
-            raise _Reject("short_strike_itm", f"short put {short_put:g} is not below short call {short_call:g}")
-    legs = [_make_leg(chain, iv, row, side, config) for row, side in plan]
+        legs = vertical(is_call=False, anchor_sells=False)
+    else:  # iron_condor
+        puts = vertical(is_call=False, anchor_sells=True)
+        calls = vertical(is_call=True, anchor_sells=True)
+        if not puts[0].strike < calls[0].strike:
+            raise _Reject("short_strike_itm",
+                          f"short put {puts[0].strike} is not below short call {calls[0].strike}")
+        legs = puts + calls
     return sorted(legs, key=lambda leg: (leg.strike, leg.right))
 
 
@@ -363,7 +377,9 @@ def build_proposal(
       DELTA_TOLERANCE), the other leg `config.wing_width_steps` listed strikes further OTM.
       An iron condor is a bull put spread plus a bear call spread.
     * Every leg: finite quote with ask >= bid, spread <= `max_spread_pct` of mid, open interest
-      >= `min_open_interest`, and a positive bid on legs we sell.
+      >= `min_open_interest`, and a positive bid on legs we sell. Anchor strikes within the
+      delta tolerance are tried nearest-delta first, so an illiquid strike gives way to the
+      next-best liquid one; if none works, the nearest strike's problem is the reason.
     * Credit structures need 0 < credit < width; debit structures 0 < debit < width.
 
     `iv` holds one implied vol per chain row (decimal), NaN where undefined; a length mismatch
@@ -382,7 +398,8 @@ def build_proposal(
         if len(chain) == 0:
             raise _Reject("no_expiry_in_window", "the chain is empty")
         expiry = _pick_expiry(chain, config.target_dte, dte_window)
-        legs = _legs_for(structure, chain, iv, expiry, config)
+        t = float(years_to_expiry(np.array([expiry]), chain.as_of)[0])
+        legs = _legs_for(structure, chain, iv, expiry, t, config)
 
         net_debit = sum((leg.sign * leg.ratio * leg.mid for leg in legs), Decimal(0))
         natural = sum((leg.sign * leg.ratio * (leg.ask if leg.side == "buy" else leg.bid) for leg in legs), Decimal(0))
@@ -391,8 +408,7 @@ def build_proposal(
         extremes = max_profit_loss(legs, net_debit).dollars(multiplier)
         if extremes.profit_unbounded or extremes.loss_unbounded:
             raise _Reject("bad_analytics", f"{structure} came out with unbounded profit or loss")
-        t = float(chain.time_to_expiry[chain.expiry == expiry][0])
-        atm_vol = _atm_vol(chain, iv, expiry)
+        atm_vol = _atm_vol(chain, iv, expiry, t)
         if not math.isfinite(atm_vol):
             raise _Reject("nan_iv", f"no out-of-the-money implied vol to read the ATM vol of {expiry}")
         pop = probability_of_profit(legs, net_debit, chain.spot, t, atm_vol, chain.rate, chain.dividend_yield)

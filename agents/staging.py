@@ -64,6 +64,7 @@ async def stage_orders(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
         if run.mode == "live":
             record, _ = await repo.stage(
                 order_id=order_id, idempotency_key=key, run_id=run.run_id, trade=trade, limit_price=limit,
+                sector=state["context"].sectors.get(trade.proposal.ticker, "unknown"),
                 requires_acknowledgement=decision.requires_acknowledgement,
             )
             created_at, order_state = record.created_at, record.state

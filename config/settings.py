@@ -61,12 +61,35 @@ class DecisionConfig(BaseModel):
         return type(self).model_validate({**self.model_dump(), **overrides})
 
 
+class LLMConfig(BaseModel):
+    """The LLM the debate uses when an OpenAI-compatible endpoint is configured.
+
+    The endpoint and key come from the environment (`Settings`), never from here or from a run's
+    records. `timeout_s` bounds one HTTP request; with `max_retries` retries a call is bounded by
+    `call_deadline_s`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = "gpt-4o-mini"
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(800, ge=16)
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=5)
+
+    @property
+    def call_deadline_s(self) -> float:
+        """Wall-clock cap for one call including retries (the client backs off at most ~8 s)."""
+        return self.timeout_s * (self.max_retries + 1) + 8.0 * self.max_retries + 1.0
+
+
 class Defaults(BaseModel):
     watchlist: list[str]
     seed: int
     provider: str
     decision: DecisionConfig
     account: dict[str, Decimal]
+    llm: LLMConfig = LLMConfig()
 
 
 @lru_cache(maxsize=1)

@@ -8,7 +8,11 @@ Sign conventions:
 - `OptionLeg.side` is "buy" or "sell"; `ratio` is a positive whole number of contracts per unit.
 - `TradeProposal.net_debit` is per share for one unit of the structure: positive means we pay,
   negative means we receive a credit.
-- Greeks on a proposal are per unit of the structure, per share, signed for our side.
+- Greeks on legs and proposals are per share, in trader units: delta per $1 of the underlying,
+  gamma per $1 squared, vega per vol point (0.01 of vol), theta per calendar day. Leg Greeks are
+  for a long option; a proposal's are per unit of the structure, signed for our side.
+- Position Greeks are whole-position totals in dollars: delta and gamma in shares, vega in $ per
+  vol point, theta in $ per day.
 """
 from __future__ import annotations
 

@@ -501,7 +501,8 @@ def post_trade(
                 message=f"{contracts} contracts exceeds {HARD_LIMITS.max_contracts_without_ack}: an "
                         "approver must acknowledge the size explicitly"))
 
-        at_risk = proposal.max_loss * contracts
+        # The larger of the recomputed and the recorded capital at risk: never trust the smaller.
+        at_risk = max(proposal.max_loss * contracts, trade.capital_at_risk)
         position_cap = HARD_LIMITS.position_cap_nlv(regime.name)
         ticker_after = book.by_ticker[ticker] + at_risk
         if ticker_after > position_cap * nlv:

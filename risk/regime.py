@@ -89,7 +89,9 @@ def classify_regime(
     vix3m = _check_level("vix3m_close", vix3m_close)
     realized = _check_realized(realized_vol)
     matrix = matrix if matrix is not None else load_risk_matrix()
-    ratio = vix / vix3m
+    # Rounded so float noise cannot move a quote pair across a threshold: 22.11 / 20.1 is exactly
+    # 1.1 but divides to 1.0999999999999999, and 15.77 / 16.6 to 0.9499999999999998.
+    ratio = round(vix / vix3m, 10)
 
     def regime(name, reasons: list[str]) -> Regime:
         if realized is None:

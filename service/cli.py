@@ -107,16 +107,23 @@ def run(
 ) -> None:
     """One decision run: market data → analysts → debate → risk → strategy → Kelly → staged orders."""
     d = defaults()
+    seed = d.seed if seed is None else seed
+    chains = _parse_chains(chain)
+    try:
+        provider = _provider(seed, chains)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
     ticker_list = [t.strip().upper() for t in tickers.split(",") if t.strip()] if tickers else list(d.watchlist)
+    ticker_list += [symbol for symbol in chains if symbol not in ticker_list]
     if as_of:
         when, watchlist = _parse_as_of(as_of), "adhoc"
+    elif chains:
+        when, watchlist = provider.latest_as_of, "adhoc"  # decide when the chain files were taken
     else:
         watchlist, when = latest_slot_time(datetime.now(NEW_YORK))
     if tickers:
         watchlist = "adhoc"
-    chains = _parse_chains(chain)
-    seed = d.seed if seed is None else seed
-    outcome = _run_async(_run(ticker_list, when, seed, chains, watchlist, quiet=as_json))
+    outcome = _run_async(_run(provider, ticker_list, when, seed, watchlist, quiet=as_json))
     if as_json:
         _print_json(operations.jsonable({
             "run": outcome.run.__dict__, "executed": outcome.executed, "resumed": outcome.resumed,
@@ -126,8 +133,7 @@ def run(
     _render_outcome(outcome)
 
 
-async def _run(tickers, when, seed, chains, watchlist, quiet: bool):
-    provider = _provider(seed, chains)
+async def _run(provider, tickers, when, seed, watchlist, quiet: bool):
     async with open_database(settings()) as db:
         total_tasks = 10 + 4 * len(tickers)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -42,7 +42,7 @@ async def open_exposures(db: Database) -> list[Position]:
     """Orders not yet closed out count against the limits like positions: staging twice into
     the same ticker across runs must see the first order's risk."""
     rows = await db.pool.fetch(
-        """SELECT ticker, structure, quantity, proposal FROM orders
+        """SELECT ticker, sector, structure, quantity, proposal FROM orders
            WHERE state IN ('STAGED', 'APPROVED', 'SUBMITTED', 'PARTIALLY_FILLED', 'UNKNOWN')"""
     )
     positions = []
@@ -50,7 +50,7 @@ async def open_exposures(db: Database) -> list[Position]:
         p = r["proposal"]
         q = r["quantity"]
         positions.append(Position(
-            ticker=r["ticker"], sector=p.get("sector") or "unknown", structure=r["structure"], quantity=q,
+            ticker=r["ticker"], sector=r["sector"], structure=r["structure"], quantity=q,
             max_loss=Decimal(p["max_loss"]) * q, delta=float(p["delta"]) * q * p["multiplier"],
             gamma=float(p["gamma"]) * q * p["multiplier"], vega=float(p["vega"]) * q * p["multiplier"],
             theta=float(p["theta"]) * q * p["multiplier"], underlying_price=float(p["underlying_price"]),
@@ -64,8 +64,12 @@ async def run_decision(
 ) -> RunOutcome:
     request = RunRequest(watchlist=watchlist, tickers=tickers, as_of=as_of, seed=seed, provider=provider.name,
                          config=config or defaults().decision)
-    return await execute_run(db, request, provider, account=default_account(),
-                             positions=await open_exposures(db), on_node=on_node)
+    positions = await open_exposures(db)
+    account = default_account()
+    # Orders awaiting approval or a fill reserve their max loss as margin until they resolve.
+    reserved = sum((p.max_loss for p in positions), Decimal("0"))
+    account = account.model_copy(update={"margin_used": account.margin_used + reserved})
+    return await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node)
 
 
 def order_summary(order: OrderRecord) -> dict[str, Any]:

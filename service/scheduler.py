@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import exchange_calendars
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from config.settings import CONFIG_DIR
-from storage.database import Database, LockBusy
+from storage.database import Database, advisory_key
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +388,9 @@ class Scheduler:
 
     `run_slot(slot)` starts (or, for the same slot key, resumes) a decision run and returns its run
     id; an exception from it marks the slot `failed` and never reaches the loop. `clock()` must
-    return a tz-aware datetime (injected in tests).
+    return a tz-aware datetime (injected in tests). Each slot being handled holds one pool
+    connection for its whole run (it carries the slot's advisory lock); at most
+    `max_concurrent_slots` are handled at once, the rest of a tick's slots wait their turn.
     """
 
     def __init__(
@@ -397,12 +400,17 @@ class Scheduler:
         run_slot: RunSlot,
         clock: Clock = _utc_now,
         scheduler_id: str | None = None,
+        *,
+        max_concurrent_slots: int = 2,
     ) -> None:
+        if max_concurrent_slots < 1:
+            raise ValueError(f"max_concurrent_slots must be at least 1, got {max_concurrent_slots}")
         self.db = db
         self.config = config
         self.run_slot = run_slot
         self.clock = clock
         self.scheduler_id = scheduler_id or _default_scheduler_id()
+        self._slots_at_once = asyncio.Semaphore(max_concurrent_slots)
 
     def _now(self) -> datetime:
         now = self.clock()
@@ -413,7 +421,9 @@ class Scheduler:
         """Claim and handle every slot due since the previous session began; return what was done.
 
         Slots already finished (completed/failed/missed) give no outcome. Slots due at the same
-        time (several watchlists) run concurrently.
+        time (several watchlists) run concurrently, up to `max_concurrent_slots`. Whether a slot is
+        within grace is decided at the start of the tick, so waiting behind another run never
+        turns a slot into a miss.
         """
         now = self._now()
         since = lookback_start(now)
@@ -449,59 +459,63 @@ class Scheduler:
             raise errors[0]
         return outcomes
 
-    async def _handle(self, slot: ScheduledSlot, plan: str, reason: str | None, now: datetime) -> SlotOutcome | None:
-        try:
-            async with self.db.advisory_lock(_lock_name(slot.slot_key)):
-                return await self._handle_locked(slot, plan, reason, now)
-        except LockBusy:
-            return SlotOutcome(slot, "skipped_claimed", detail="another scheduler is handling this slot")
+    async def _handle(self, slot: ScheduledSlot, plan: str, reason: str | None, now: datetime) -> SlotOutcome:
+        # One connection per slot carries the lock, the claim, and the final status, so a handler
+        # never waits on the pool while holding a lock; the semaphore leaves connections for the runs.
+        async with self._slots_at_once, self.db.pool.acquire() as conn:
+            key = advisory_key(_lock_name(slot.slot_key))
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                return SlotOutcome(slot, "skipped_claimed", detail="another scheduler is handling this slot")
+            try:
+                return await self._handle_locked(conn, slot, plan, reason, now)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
-    async def _handle_locked(self, slot: ScheduledSlot, plan: str, reason: str | None,
-                             now: datetime) -> SlotOutcome | None:
+    async def _handle_locked(self, conn: asyncpg.Connection, slot: ScheduledSlot, plan: str,
+                             reason: str | None, now: datetime) -> SlotOutcome:
         initial_status = "claimed" if plan == "run" else "missed"
-        async with self.db.pool.acquire() as conn:
-            inserted = await conn.fetchval(
-                """
-                INSERT INTO schedule_slots
-                    (slot_key, slot_name, watchlist, session_date, scheduled_at, status, claimed_by,
-                     claimed_at, finished_at, detail)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                ON CONFLICT (slot_key) DO NOTHING
-                RETURNING slot_key
-                """,
-                slot.slot_key, slot.slot_name, slot.watchlist, slot.session_date, slot.scheduled_at,
-                initial_status, self.scheduler_id, now, None if plan == "run" else now, reason,
+        inserted = await conn.fetchval(
+            """
+            INSERT INTO schedule_slots
+                (slot_key, slot_name, watchlist, session_date, scheduled_at, status, claimed_by,
+                 claimed_at, finished_at, detail)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            ON CONFLICT (slot_key) DO NOTHING
+            RETURNING slot_key
+            """,
+            slot.slot_key, slot.slot_name, slot.watchlist, slot.session_date, slot.scheduled_at,
+            initial_status, self.scheduler_id, now, None if plan == "run" else now, reason,
+        )
+        resumed_from: str | None = None
+        if inserted is None:
+            existing = await conn.fetchrow(
+                "SELECT status, claimed_by, claimed_at FROM schedule_slots WHERE slot_key = $1", slot.slot_key
             )
-            resumed_from: str | None = None
-            if inserted is None:
-                existing = await conn.fetchrow(
-                    "SELECT status, claimed_by, claimed_at FROM schedule_slots WHERE slot_key = $1", slot.slot_key
-                )
-                if existing is None or existing["status"] in _TERMINAL:
-                    # Someone finished it between our look and our lock.
-                    return SlotOutcome(slot, "skipped_claimed", detail="already handled by another scheduler")
-                # Status `claimed` while we hold its lock: the claimer died mid-run.
-                resumed_from = existing["claimed_by"]
-                if plan != "run":
-                    detail = (f"abandoned: scheduler {resumed_from} stopped while running it "
-                              f"(claimed {existing['claimed_at'].isoformat()}); past the grace period, not resumed")
-                    await conn.execute(
-                        "UPDATE schedule_slots SET status = 'failed', finished_at = $2, detail = $3 "
-                        "WHERE slot_key = $1 AND status = 'claimed'",
-                        slot.slot_key, now, detail,
-                    )
-                    return SlotOutcome(slot, "failed", detail=detail)
+            if existing is None or existing["status"] in _TERMINAL:
+                # Someone finished it between our look and our lock.
+                return SlotOutcome(slot, "skipped_claimed", detail="already handled by another scheduler")
+            # Status `claimed` while we hold its lock: the claimer died mid-run.
+            resumed_from = existing["claimed_by"]
+            if plan != "run":
+                detail = (f"abandoned: scheduler {resumed_from} stopped while running it "
+                          f"(claimed {existing['claimed_at'].isoformat()}); past the grace period, not resumed")
                 await conn.execute(
-                    "UPDATE schedule_slots SET claimed_by = $2, claimed_at = $3 WHERE slot_key = $1 AND status = 'claimed'",
-                    slot.slot_key, self.scheduler_id, now,
+                    "UPDATE schedule_slots SET status = 'failed', finished_at = $2, detail = $3 "
+                    "WHERE slot_key = $1 AND status = 'claimed'",
+                    slot.slot_key, now, detail,
                 )
-            elif plan != "run":
-                log.warning("slot %s missed: %s", slot.slot_key, reason)
-                return SlotOutcome(slot, "missed", detail=reason)
+                log.warning("slot %s %s", slot.slot_key, detail)
+                return SlotOutcome(slot, "failed", detail=detail)
+            await conn.execute(
+                "UPDATE schedule_slots SET claimed_by = $2, claimed_at = $3 WHERE slot_key = $1 AND status = 'claimed'",
+                slot.slot_key, self.scheduler_id, now,
+            )
+        elif plan != "run":
+            log.warning("slot %s missed: %s", slot.slot_key, reason)
+            return SlotOutcome(slot, "missed", detail=reason)
+        return await self._run(conn, slot, resumed_from)
 
-        return await self._run(slot, resumed_from)
-
-    async def _run(self, slot: ScheduledSlot, resumed_from: str | None) -> SlotOutcome:
+    async def _run(self, conn: asyncpg.Connection, slot: ScheduledSlot, resumed_from: str | None) -> SlotOutcome:
         resumed = f"resumed after scheduler {resumed_from} stopped mid-run" if resumed_from else None
         log.info("running slot %s (%s)", slot.slot_key, ", ".join(slot.tickers))
         try:
@@ -511,18 +525,17 @@ class Scheduler:
         except Exception as exc:  # a failed run is recorded, never allowed to stop the scheduler
             detail = f"{type(exc).__name__}: {exc}"[:_MAX_DETAIL]
             log.exception("slot %s failed", slot.slot_key)
-            await self._finish(slot, "failed", None, detail)
+            await self._finish(conn, slot, "failed", None, detail)
             return SlotOutcome(slot, "failed", detail=detail)
-        await self._finish(slot, "completed", run_id, resumed)
+        await self._finish(conn, slot, "completed", run_id, resumed)
         return SlotOutcome(slot, "ran", run_id=run_id, detail=resumed)
 
-    async def _finish(self, slot: ScheduledSlot, status: str, run_id: str | None, detail: str | None) -> None:
-        async with self.db.pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE schedule_slots SET status = $2, run_id = $3, detail = $4, finished_at = $5 "
-                "WHERE slot_key = $1",
-                slot.slot_key, status, run_id, detail, self._now(),
-            )
+    async def _finish(self, conn: asyncpg.Connection, slot: ScheduledSlot, status: str, run_id: str | None,
+                      detail: str | None) -> None:
+        await conn.execute(
+            "UPDATE schedule_slots SET status = $2, run_id = $3, detail = $4, finished_at = $5 WHERE slot_key = $1",
+            slot.slot_key, status, run_id, detail, self._now(),
+        )
 
     async def run_forever(self, stop_event: asyncio.Event, poll_seconds: float = 20) -> None:
         """Tick every `poll_seconds` until `stop_event` is set. A failing tick is logged, not fatal."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from pgvector.asyncpg import register_vector
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -40,6 +41,11 @@ def dumps(value: Any) -> str:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=dumps, decoder=json.loads, schema="pg_catalog")
+    try:
+        await register_vector(conn)  # pgvector's binary codec: numpy arrays in, numpy arrays out
+    except ValueError as exc:  # the extension is not there yet: connect() recycles after migrating
+        if not str(exc).startswith("unknown type"):
+            raise
 
 
 def advisory_key(name: str) -> int:
@@ -93,6 +99,8 @@ async def connect(url: str, server: Any = None, min_size: int = 1, max_size: int
         raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {exc}") from exc
     async with pool.acquire() as conn:
         await apply_migrations(conn)
+    # Connections opened before the `vector` type existed lack its codec; reopen them lazily.
+    await pool.expire_connections()
     checkpoint_pool = AsyncConnectionPool(
         url, min_size=1, max_size=max_size, open=False,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},

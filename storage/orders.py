@@ -22,6 +22,7 @@ class OrderRecord:
     idempotency_key: str
     run_id: str
     ticker: str
+    sector: str
     structure: str
     legs: list[dict[str, Any]]
     quantity: int
@@ -47,22 +48,22 @@ class OrderRepository:
         self.pool = pool
 
     async def stage(
-        self, *, order_id: str, idempotency_key: str, run_id: str, trade: SizedTrade,
+        self, *, order_id: str, idempotency_key: str, run_id: str, trade: SizedTrade, sector: str,
         limit_price: Decimal, requires_acknowledgement: bool, actor: str = "graph",
     ) -> tuple[OrderRecord, bool]:
         """Stage an order once. Returns (the order, whether this call created it)."""
         proposal = trade.proposal
         async with self.pool.acquire() as conn, conn.transaction():
             created = await conn.fetchval(
-                """INSERT INTO orders (order_id, idempotency_key, run_id, ticker, structure, legs, quantity,
+                """INSERT INTO orders (order_id, idempotency_key, run_id, ticker, sector, structure, legs, quantity,
                                        limit_price, state, requires_acknowledgement, proposal, sizing)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                   VALUES ($1, $2, $3, $4, $13, $5, $6, $7, $8, $9, $10, $11, $12)
                    ON CONFLICT (idempotency_key) DO NOTHING
                    RETURNING order_id""",
                 order_id, idempotency_key, run_id, proposal.ticker, proposal.structure,
                 [leg.model_dump(mode="json") for leg in proposal.legs], trade.contracts, limit_price,
                 OrderState.STAGED.value, requires_acknowledgement, proposal.model_dump(mode="json"),
-                trade.model_dump(mode="json", exclude={"proposal"}),
+                trade.model_dump(mode="json", exclude={"proposal"}), sector,
             )
             if created:
                 # An order is born a DRAFT and staged in the same transaction: both steps are history.
@@ -75,21 +76,32 @@ class OrderRepository:
             row = await conn.fetchrow("SELECT * FROM orders WHERE idempotency_key = $1", idempotency_key)
         return OrderRecord.from_row(row), bool(created)
 
-    async def transition(self, order_id: str, target: OrderState | str, *, actor: str, reason: str | None = None) -> OrderRecord:
-        """Move an order to `target` if the state machine allows it (row-locked against races)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            current = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
-            if current is None:
-                raise UnknownOrder(order_id)
-            new_state = transition(current, target)
-            row = await conn.fetchrow(
-                "UPDATE orders SET state = $2, updated_at = now() WHERE order_id = $1 RETURNING *",
-                order_id, new_state.value,
-            )
-            await conn.execute(
-                "INSERT INTO order_state_history (order_id, from_state, to_state, actor, reason) VALUES ($1, $2, $3, $4, $5)",
-                order_id, current, new_state.value, actor, reason,
-            )
+    async def transition(self, order_id: str, target: OrderState | str, *, actor: str, reason: str | None = None,
+                         conn: asyncpg.Connection | None = None) -> OrderRecord:
+        """Move an order to `target` if the state machine allows it (row-locked against races).
+
+        With `conn` (a connection inside the caller's transaction) the move commits or rolls back
+        together with the caller's other writes, e.g. a broker recording a fill.
+        """
+        if conn is not None:
+            return await self._transition(conn, order_id, target, actor, reason)
+        async with self.pool.acquire() as own, own.transaction():
+            return await self._transition(own, order_id, target, actor, reason)
+
+    async def _transition(self, conn: asyncpg.Connection, order_id: str, target: OrderState | str, actor: str,
+                          reason: str | None) -> OrderRecord:
+        current = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+        if current is None:
+            raise UnknownOrder(order_id)
+        new_state = transition(current, target)
+        row = await conn.fetchrow(
+            "UPDATE orders SET state = $2, updated_at = now() WHERE order_id = $1 RETURNING *",
+            order_id, new_state.value,
+        )
+        await conn.execute(
+            "INSERT INTO order_state_history (order_id, from_state, to_state, actor, reason) VALUES ($1, $2, $3, $4, $5)",
+            order_id, current, new_state.value, actor, reason,
+        )
         return OrderRecord.from_row(row)
 
     async def get(self, order_id: str) -> OrderRecord | None:

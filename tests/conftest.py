@@ -17,13 +17,22 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
-    """One embedded Postgres (PG16 + pgvector) for the whole test session."""
+def pg_server():
+    """One embedded Postgres (PG16 + pgvector) for the whole test session.
+
+    Its data directory is a private mkdtemp, not pytest's shared basetemp: another pytest session
+    pruning old basetemps must not pull the directory out from under a running server.
+    """
+    import shutil
+    import tempfile
+
     from storage.embedded import start_embedded_server
 
-    server = start_embedded_server(tmp_path_factory.mktemp("pg"))
+    data_dir = Path(tempfile.mkdtemp(prefix="hedgegraph-test-pg-"))
+    server = start_embedded_server(data_dir)
     yield server
     server.cleanup()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -178,6 +178,8 @@ def test_half_day_drops_slots_at_or_after_the_early_close():
     dropped = dropped_slots(cfg, day)
     assert [d.slot.slot_name for d in dropped] == ["at_close", "close"]
     assert all("half day" in d.reason and "13:00" in d.reason for d in dropped)
+    due = due_dropped_slots(cfg, now=ny(2026, 11, 27, 15, 30), since=ny(2026, 11, 27, 13, 0))
+    assert [d.slot.slot_key for d in due] == ["core|2026-11-27|15:30"]
 
 
 def test_dates_outside_the_calendar_are_a_clear_error():
@@ -431,3 +433,31 @@ async def test_run_forever_survives_a_failing_tick_and_stops_on_the_event(db):
         await scheduler.run_forever(stop, poll_seconds=15 * 60)
     await asyncio.wait_for(scheduler.run_forever(stop, poll_seconds=0.01), timeout=10)
     assert calls == ["core|2026-07-15|09:35"]
+
+
+async def test_a_large_backlog_neither_exhausts_the_pool_nor_runs_more_than_the_limit_at_once(db):
+    # Five watchlists at noon, plus yesterday's and this morning's slots to record as missed: more
+    # slots than the test pool (6 connections), while each run itself needs a connection too.
+    names = [f"w{i}" for i in range(5)]
+    cfg = config(watchlists={n: ["SPY"] for n in names},
+                 slots=[{"name": f"{n}_{t}", "time": t, "watchlist": n} for n in names for t in ("09:35", "12:00")])
+    clock = FakeClock(ny(2026, 7, 15, 12, 5))
+    in_flight, peak, ran = 0, 0, []
+
+    async def run_slot(slot):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        async with db.pool.acquire() as conn:  # the run writes its own rows
+            await conn.execute("SELECT pg_sleep(0.05)")
+        in_flight -= 1
+        ran.append(slot.slot_key)
+        return f"run-{slot.slot_key}"
+
+    scheduler = Scheduler(db, cfg, run_slot, clock, "s1", max_concurrent_slots=2)
+    outcomes = await asyncio.wait_for(scheduler.tick(), timeout=30)
+    assert sorted(ran) == sorted(f"{n}|2026-07-15|12:00" for n in names)
+    assert peak == 2
+    assert sum(o.action == "missed" for o in outcomes) == 15  # 10 yesterday + 5 this morning
+    with pytest.raises(ValueError, match="max_concurrent_slots"):
+        Scheduler(db, cfg, run_slot, clock, "s1", max_concurrent_slots=0)

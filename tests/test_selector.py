@@ -247,30 +247,49 @@ def test_reject_thin_open_interest_as_illiquid():
                           CONFIG.with_overrides({"min_open_interest": 0}), "").ok
 
 
-def test_reject_zero_bid_on_a_sold_leg():
+COARSE = np.arange(50.0, 151.0, 5.0)  # 5-point strikes: at 35 DTE only the 95 put is 0.15-0.35 delta
+
+
+def only_put_candidate(chain, iv):
+    expiry = np.datetime64(AS_OF.date() + timedelta(days=35))
+    strikes, deltas = listed_deltas(chain, iv, expiry, "P")
+    near = strikes[np.abs(np.abs(deltas) - CONFIG.short_delta) <= DELTA_TOLERANCE]
+    assert near.tolist() == [95.0]  # the premise of the coarse-chain tests
+    return (chain.strike == 95.0) & ~chain.is_call & (chain.expiry == expiry)
+
+
+def test_an_illiquid_nearest_strike_gives_way_to_the_next_best():
     chain, iv = synthetic_chain()
     good = build_proposal("bull_put_spread", "SYN", chain, iv, CONFIG, "").proposal
     short = next(leg for leg in good.legs if leg.side == "sell")
     row = (chain.strike == float(short.strike)) & ~chain.is_call & (chain.expiry == np.datetime64(short.expiry))
+    oi = np.where(row, 0.0, chain.open_interest)
+    p = build_proposal("bull_put_spread", "SYN", replace(chain, open_interest=oi), iv, CONFIG, "").proposal
+    new_short = next(leg for leg in p.legs if leg.side == "sell")
+    assert new_short.strike != short.strike and abs(abs(new_short.delta) - CONFIG.short_delta) <= DELTA_TOLERANCE
+    assert new_short.open_interest >= CONFIG.min_open_interest
+
+
+def test_reject_zero_bid_on_a_sold_leg():
+    chain, iv = synthetic_chain(strikes=COARSE)
+    row = only_put_candidate(chain, iv)
     # a zero-bid quote that is still "tight" relative to mid, so only the bid rule can catch it
-    bid, ask = chain.bid.copy(), chain.ask.copy()
-    bid[row], ask[row] = 0.0, 0.0 + 1e-9
-    r = rejected("bull_put_spread", replace(chain, bid=bid, ask=ask), iv,
-                 CONFIG.with_overrides({"max_spread_pct": 5.0}))
-    assert r.code == "illiquid_leg" and "zero bid" in r.reason
+    bid = np.where(row, 0.0, chain.bid)
+    ask = np.where(row, 1e-9, chain.ask)
+    r = rejected("bull_put_spread", replace(chain, bid=bid, ask=ask), iv, CONFIG.with_overrides({"max_spread_pct": 5.0}))
+    assert r.code == "illiquid_leg" and "zero bid" in r.reason and "95P" in r.reason
 
 
 def test_reject_nan_ivs():
     chain, iv = synthetic_chain()
     r = rejected("iron_condor", chain, np.full(len(chain), np.nan))
     assert r.code == "nan_iv"
-    # a NaN on the wing strike alone is reported too
-    good = build_proposal("bull_put_spread", "SYN", chain, iv, CONFIG, "").proposal
-    wing = next(leg for leg in good.legs if leg.side == "buy")
-    iv2 = iv.copy()
-    iv2[(chain.strike == float(wing.strike)) & ~chain.is_call] = np.nan
+    # a NaN on the only candidate's wing strike (95 - 2 steps = 85) is reported as such
+    chain, iv = synthetic_chain(strikes=COARSE)
+    only_put_candidate(chain, iv)
+    iv2 = np.where((chain.strike == 85.0) & ~chain.is_call, np.nan, iv)
     r = rejected("bull_put_spread", chain, iv2)
-    assert r.code == "nan_iv" and "wing" in r.reason
+    assert r.code == "nan_iv" and "wing at 85" in r.reason
 
 
 def test_reject_no_strike_near_the_delta_target():
@@ -280,18 +299,19 @@ def test_reject_no_strike_near_the_delta_target():
 
 
 def test_reject_when_the_wing_would_fall_off_the_listed_strikes():
-    chain, iv = synthetic_chain()
-    good = build_proposal("bull_put_spread", "SYN", chain, iv, CONFIG, "").proposal
-    short = max(leg.strike for leg in good.legs)
-    keep = chain.strike >= float(short) - 1  # only one strike below the short put
-    assert rejected("bull_put_spread", chain.select(keep), iv[keep]).code == "no_wing_strike"
+    chain, iv = synthetic_chain(strikes=COARSE)
+    only_put_candidate(chain, iv)
+    keep = chain.strike >= 90.0  # one strike below the 95 short put; the wing needs two
+    r = rejected("bull_put_spread", chain.select(keep), iv[keep])
+    assert r.code == "no_wing_strike"
 
 
 def test_reject_short_strike_in_the_money():
-    # at an absurd 450 % vol the 25-delta put (about 103) is above spot: never sell an ITM "OTM" put
-    chain, _ = synthetic_chain()
-    r = rejected("bull_put_spread", chain, np.full(len(chain), 4.5))
-    assert r.code == "short_strike_itm"
+    # at an absurd 800 % vol every OTM put is below 0.15 delta; the 0.15-0.35 delta puts are all
+    # strikes far above spot: never sell an ITM "25-delta" put
+    chain, _ = synthetic_chain(strikes=np.arange(50.0, 201.0, 1.0))
+    r = rejected("bull_put_spread", chain, np.full(len(chain), 8.0))
+    assert r.code == "short_strike_itm" and "not OTM" in r.reason
 
 
 def test_reject_credit_spread_without_credit():
@@ -336,3 +356,24 @@ def test_reject_unsupported_structure_and_bad_chain():
     assert rejected("iron_condor", replace(chain, spot=float("nan")), iv).code == "invalid_chain"
     with pytest.raises(ValueError, match="rows"):
         build_proposal("iron_condor", "SYN", chain, iv[:-1], CONFIG, "")
+
+
+# --------------------------------------------------------------------------- real chains
+
+@pytest.mark.parametrize("filename", ["spy_quotedata_2023-09-14.csv", "spx_quotedata_2022-02-04.csv"])
+def test_build_proposal_on_real_cboe_chains(shared_data, filename):
+    cboe = pytest.importorskip("tools.cboe", reason="tools/cboe.py (Cboe reader) not written yet")
+    chain = cboe.read_cboe_quote_table(shared_data / "cboe" / filename)
+    iv = chain_implied_vol(chain).vol
+    for structure, (shape, is_credit) in EXPECTED_SHAPE.items():
+        result = build_proposal(structure, chain.underlying, chain, iv, CONFIG, "real chain")
+        assert result.ok, f"{structure}: {result.code} {result.reason}"
+        p = result.proposal
+        assert [(leg.right, leg.side) for leg in p.legs] == shape
+        assert 21 <= p.dte <= 60 and abs(p.dte - CONFIG.target_dte) <= 7
+        target = CONFIG.short_delta if is_credit else CONFIG.long_delta
+        for leg in p.legs:
+            if leg.side == ("sell" if is_credit else "buy"):
+                assert abs(abs(leg.delta) - target) <= DELTA_TOLERANCE
+        assert (p.net_debit < 0) == is_credit and p.max_loss > 0 and p.max_profit > 0
+        assert 0.0 < p.probability_of_profit < 1.0

@@ -37,7 +37,7 @@ def test_lm_extension_changes_finance_only_sentence(plain_vader):
 
 
 def test_lm_positive_words_lift_a_neutral_sentence(plain_vader):
-    text = "management expects the new plant to be profitable"
+    text = "the merger bolstered margins and led to a breakthrough"
     assert plain_vader.polarity_scores(text)["compound"] == 0.0
     assert score_texts([text])[0] > 0.3
 
@@ -55,7 +55,7 @@ def test_lexicon_merge_rules():
     positive, negative = loughran_mcdonald_words()
     assert len(positive) > 300 and len(negative) > 2000 and not (positive & negative)
     assert lexicon["impairment"] == -LM_VALENCE and "impairment" not in plain
-    assert lexicon["profitable"] == LM_VALENCE
+    assert lexicon["bolstered"] == LM_VALENCE and "bolstered" not in plain
     # a word VADER already rates keeps VADER's human rating
     assert "loss" in negative and lexicon["loss"] == plain["loss"]
     assert "acquitted" in negative and lexicon["acquitted"] == plain["acquitted"] > 0

@@ -60,6 +60,9 @@ class OptionChain:
     vendor_gamma: np.ndarray | None = None
     source: str = "unknown"
     meta: dict = field(default_factory=dict)
+    # Per-row option root (e.g. "SPX" AM-settled monthlies vs "SPXW" weeklies, which can share an
+    # expiry and strike); None when the source has a single root.
+    root: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.as_of.tzinfo is None:
@@ -96,5 +99,6 @@ class OptionChain:
             volume=self.volume[mask], open_interest=self.open_interest[mask],
             rate=self.rate, dividend_yield=self.dividend_yield, multiplier=self.multiplier,
             vendor_iv=pick(self.vendor_iv), vendor_delta=pick(self.vendor_delta),
-            vendor_gamma=pick(self.vendor_gamma), source=self.source, meta=dict(self.meta),
+            vendor_gamma=pick(self.vendor_gamma), root=pick(self.root), source=self.source,
+            meta=dict(self.meta),
         )

@@ -2,8 +2,10 @@
 ratios, max pain, OpEx pinning strikes and unusual activity.
 
 Everything here is a pure function over the arrays of one chain (one element per option row:
-strike, is_call, open_interest, volume, iv, t) plus scalars (spot, rate, div_yield, multiplier).
-`analyze_chain_flow` is the one convenience entry point that takes an `OptionChain`.
+strike, is_call, open_interest, volume, iv, t) plus spot, carry and multiplier. Carry (`rate`,
+`div_yield`, continuously compounded decimals) is one number or one value per row, e.g. each
+expiry's rate and yield implied by put-call parity. `analyze_chain_flow` is the one convenience
+entry point that takes an `OptionChain`.
 
 Dealer sign convention (SPEC)
 -----------------------------
@@ -40,8 +42,8 @@ DAYS_PER_YEAR = 365.0
 ONE_PERCENT = 0.01
 ONE_VOL_POINT = 0.01
 # Upper bound on spots x options elements per block of the zero-gamma sweep: bsm_greeks keeps
-# about twenty temporaries of this size alive, so 1e6 keeps a block near 200 MB at most.
-_SWEEP_BLOCK_ELEMENTS = 1_000_000
+# about twenty temporaries of this size alive, so 2.5e5 keeps a block near 50 MB.
+_SWEEP_BLOCK_ELEMENTS = 250_000
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -77,11 +79,13 @@ class _Rows:
     open_interest: np.ndarray
     iv: np.ndarray
     t: np.ndarray
+    rate: np.ndarray
+    div_yield: np.ndarray
     rows_excluded: int
     notes: tuple[str, ...]
 
 
-def _exposure_rows(strike, is_call, open_interest, iv, t) -> _Rows:
+def _exposure_rows(strike, is_call, open_interest, iv, t, rate=0.0, div_yield=0.0) -> _Rows:
     strike = _as_float("strike", strike, None)
     n = len(strike)
     is_call = np.asarray(is_call, dtype=bool)
@@ -90,6 +94,9 @@ def _exposure_rows(strike, is_call, open_interest, iv, t) -> _Rows:
     oi = _as_float("open_interest", open_interest, n)
     iv = _as_float("iv", iv, n)
     t = _as_float("t", t, n)
+    # Carry may be one number or one per row (e.g. each expiry's rate implied by parity).
+    rate = np.broadcast_to(np.asarray(rate, dtype=float), (n,))
+    div_yield = np.broadcast_to(np.asarray(div_yield, dtype=float), (n,))
     _check_non_negative("open_interest", oi)
     if np.any(strike <= 0):
         raise ValueError("strike has non-positive values")
@@ -100,6 +107,7 @@ def _exposure_rows(strike, is_call, open_interest, iv, t) -> _Rows:
         (~np.isfinite(oi), "open interest missing"),
         (~(np.isfinite(iv) & (iv > 0)), "implied vol missing or not positive"),
         (~(np.isfinite(t) & (t > 0)), "expired (t <= 0) or expiry missing"),
+        (~(np.isfinite(rate) & np.isfinite(div_yield)), "rate or dividend yield missing"),
     ]
     bad = np.zeros(n, dtype=bool)
     for mask, why in reasons:
@@ -111,8 +119,38 @@ def _exposure_rows(strike, is_call, open_interest, iv, t) -> _Rows:
     keep = ~bad & (oi > 0)
     return _Rows(
         strike=strike[keep], sign=np.where(is_call[keep], 1.0, -1.0), open_interest=oi[keep],
-        iv=iv[keep], t=t[keep], rows_excluded=int(bad.sum()), notes=tuple(notes),
+        iv=iv[keep], t=t[keep], rate=rate[keep], div_yield=div_yield[keep],
+        rows_excluded=int(bad.sum()), notes=tuple(notes),
     )
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def otm_side_iv(strike, is_call, expiry, iv, forward, root=None) -> np.ndarray:
+    """Each row's IV replaced by the out-of-the-money side's IV at the same (root, expiry, strike).
+
+    Under put-call parity a call and a put on one strike share one implied vol, and the OTM
+    quote is the one that pins it: vendors' IVs for in-the-money rows are often junk (the SPX
+    file of 2022-02-04 shows 0.02 on 2 %-ITM puts, which would zero out their gamma). `forward`
+    (per row or scalar; spot if no forward is known) decides which side is OTM. A row keeps its
+    own IV when its strike has no OTM IV.
+    """
+    strike = _as_float("strike", strike, None)
+    n = len(strike)
+    is_call = np.asarray(is_call, dtype=bool)
+    iv = _as_float("iv", iv, n)
+    forward = np.broadcast_to(np.asarray(forward, dtype=float), (n,))
+    root_code = np.zeros(n, dtype=np.int64) if root is None else np.unique(np.asarray(root), return_inverse=True)[1]
+    expiry_code = np.asarray(expiry).astype("datetime64[D]").astype(np.int64)
+    strike_code = np.unique(strike, return_inverse=True)[1]
+    _, group = np.unique(np.stack([root_code, expiry_code, strike_code], axis=1), axis=0, return_inverse=True)
+    group = group.ravel()
+    otm = np.where(is_call, strike >= forward, strike <= forward)
+    donor = otm & np.isfinite(iv)
+    group_iv = np.full(group.max() + 1 if n else 0, np.nan)
+    group_iv[group[donor]] = iv[donor]
+    return np.where(np.isfinite(group_iv[group]), group_iv[group], iv)
 
 
 # ----------------------------------------------------------------------------- exposures
@@ -140,19 +178,19 @@ def _by_strike(strike: np.ndarray, per_row: np.ndarray, unit: str, rows: _Rows) 
     )
 
 
-def _greeks(rows: _Rows, spot, rate: float, div_yield: float):
-    return bsm_greeks(spot, rows.strike, rows.t, rate, div_yield, rows.iv, rows.sign > 0)
+def _greeks(rows: _Rows, spot):
+    return bsm_greeks(spot, rows.strike, rows.t, rows.rate, rows.div_yield, rows.iv, rows.sign > 0)
 
 
-def _gex_per_row(rows: _Rows, spot, rate, div_yield, multiplier) -> np.ndarray:
-    gamma = _greeks(rows, spot, rate, div_yield).gamma
+def _gex_per_row(rows: _Rows, spot, multiplier) -> np.ndarray:
+    gamma = _greeks(rows, spot).gamma
     spot = np.asarray(spot, dtype=float)
     return rows.sign * gamma * rows.open_interest * multiplier * spot**2 * ONE_PERCENT
 
 
 def gamma_exposure_by_strike(
     strike, is_call, open_interest, iv, t, spot: float, *,
-    rate: float = 0.0, div_yield: float = 0.0, multiplier: float = 100.0,
+    rate=0.0, div_yield=0.0, multiplier: float = 100.0,
 ) -> ExposureByStrike:
     """Dealer gamma exposure per strike: sum of sign * Gamma * OI * multiplier * S^2 * 0.01.
 
@@ -160,14 +198,14 @@ def gamma_exposure_by_strike(
     docstring). Gamma is Black-Scholes-Merton at each row's implied vol and time to expiry.
     """
     spot = _check_spot(spot)
-    rows = _exposure_rows(strike, is_call, open_interest, iv, t)
-    per_row = _gex_per_row(rows, spot, rate, div_yield, multiplier)
+    rows = _exposure_rows(strike, is_call, open_interest, iv, t, rate, div_yield)
+    per_row = _gex_per_row(rows, spot, multiplier)
     return _by_strike(rows.strike, per_row, "USD per 1% move", rows)
 
 
 def total_gamma_exposure(
     strike, is_call, open_interest, iv, t, spot: float, *,
-    rate: float = 0.0, div_yield: float = 0.0, multiplier: float = 100.0,
+    rate=0.0, div_yield=0.0, multiplier: float = 100.0,
 ) -> float:
     """Total dealer GEX in dollars per 1 % move (sum of `gamma_exposure_by_strike`)."""
     return gamma_exposure_by_strike(
@@ -177,7 +215,7 @@ def total_gamma_exposure(
 
 def vanna_exposure(
     strike, is_call, open_interest, iv, t, spot: float, *,
-    rate: float = 0.0, div_yield: float = 0.0, multiplier: float = 100.0,
+    rate=0.0, div_yield=0.0, multiplier: float = 100.0,
 ) -> ExposureByStrike:
     """Dealer vanna exposure: sign * vanna * OI * multiplier * S * 0.01.
 
@@ -185,15 +223,15 @@ def vanna_exposure(
     must sell that much underlying to stay hedged when it is positive). Calls +, puts -.
     """
     spot = _check_spot(spot)
-    rows = _exposure_rows(strike, is_call, open_interest, iv, t)
-    vanna = _greeks(rows, spot, rate, div_yield).vanna
+    rows = _exposure_rows(strike, is_call, open_interest, iv, t, rate, div_yield)
+    vanna = _greeks(rows, spot).vanna
     per_row = rows.sign * vanna * rows.open_interest * multiplier * spot * ONE_VOL_POINT
     return _by_strike(rows.strike, per_row, "USD delta per +1 vol point", rows)
 
 
 def charm_exposure(
     strike, is_call, open_interest, iv, t, spot: float, *,
-    rate: float = 0.0, div_yield: float = 0.0, multiplier: float = 100.0,
+    rate=0.0, div_yield=0.0, multiplier: float = 100.0,
 ) -> ExposureByStrike:
     """Dealer charm exposure: sign * charm / 365 * OI * multiplier * S.
 
@@ -201,8 +239,8 @@ def charm_exposure(
     unchanged (charm = d delta / dt per year of time passing). Calls +, puts -.
     """
     spot = _check_spot(spot)
-    rows = _exposure_rows(strike, is_call, open_interest, iv, t)
-    charm = _greeks(rows, spot, rate, div_yield).charm
+    rows = _exposure_rows(strike, is_call, open_interest, iv, t, rate, div_yield)
+    charm = _greeks(rows, spot).charm
     per_row = rows.sign * charm / DAYS_PER_YEAR * rows.open_interest * multiplier * spot
     return _by_strike(rows.strike, per_row, "USD delta per calendar day", rows)
 
@@ -212,7 +250,7 @@ def charm_exposure(
 
 def gamma_exposure_profile(
     strike, is_call, open_interest, iv, t, spots, *,
-    rate: float = 0.0, div_yield: float = 0.0, multiplier: float = 100.0,
+    rate=0.0, div_yield=0.0, multiplier: float = 100.0,
 ) -> np.ndarray:
     """Total dealer GEX (USD per 1 % move) at each hypothetical spot in `spots`.
 
@@ -223,11 +261,11 @@ def gamma_exposure_profile(
     spots = np.atleast_1d(np.asarray(spots, dtype=float))
     if np.any(~np.isfinite(spots) | (spots <= 0)):
         raise ValueError("hypothetical spots must be positive and finite")
-    rows = _exposure_rows(strike, is_call, open_interest, iv, t)
-    return _profile(rows, spots, rate, div_yield, multiplier)
+    rows = _exposure_rows(strike, is_call, open_interest, iv, t, rate, div_yield)
+    return _profile(rows, spots, multiplier)
 
 
-def _profile(rows: _Rows, spots: np.ndarray, rate, div_yield, multiplier) -> np.ndarray:
+def _profile(rows: _Rows, spots: np.ndarray, multiplier: float) -> np.ndarray:
     n = len(rows.strike)
     if n == 0:
         return np.full(len(spots), np.nan)
@@ -235,7 +273,7 @@ def _profile(rows: _Rows, spots: np.ndarray, rate, div_yield, multiplier) -> np.
     block = max(1, _SWEEP_BLOCK_ELEMENTS // n)
     for start in range(0, len(spots), block):
         s = spots[start:start + block, None]
-        out[start:start + block] = _gex_per_row(rows, s, rate, div_yield, multiplier).sum(axis=1)
+        out[start:start + block] = _gex_per_row(rows, s, multiplier).sum(axis=1)
     return out
 
 
@@ -254,7 +292,7 @@ class ZeroGamma:
 
 def zero_gamma_level(
     strike, is_call, open_interest, iv, t, spot: float, *,
-    rate: float = 0.0, div_yield: float = 0.0, multiplier: float = 100.0,
+    rate=0.0, div_yield=0.0, multiplier: float = 100.0,
     grid_width: float = 0.20, grid_points: int = 201,
 ) -> ZeroGamma:
     """The spot at which total dealer gamma exposure flips sign ("gamma flip").
@@ -270,9 +308,9 @@ def zero_gamma_level(
         raise ValueError(f"grid_width must be in (0, 1), got {grid_width}")
     if grid_points < 3:
         raise ValueError(f"grid_points must be at least 3, got {grid_points}")
-    rows = _exposure_rows(strike, is_call, open_interest, iv, t)
+    rows = _exposure_rows(strike, is_call, open_interest, iv, t, rate, div_yield)
     grid = spot * (1.0 + np.linspace(-grid_width, grid_width, grid_points))
-    profile = _profile(rows, grid, rate, div_yield, multiplier)
+    profile = _profile(rows, grid, multiplier)
 
     def result(level, reason, crossings=np.empty(0)):
         return ZeroGamma(level=level, reason=reason, crossings=crossings, spot_grid=grid,
@@ -288,7 +326,7 @@ def zero_gamma_level(
     brackets = np.nonzero(sign[:-1] * sign[1:] < 0)[0]
 
     def f(s):
-        return float(_profile(rows, np.array([s]), rate, div_yield, multiplier)[0])
+        return float(_profile(rows, np.array([s]), multiplier)[0])
 
     for i in brackets:
         crossings.append(brentq(f, grid[i], grid[i + 1], xtol=1e-10 * spot, rtol=1e-12))
@@ -514,15 +552,19 @@ class FlowSummary:
 
 def analyze_chain_flow(chain: OptionChain, iv: np.ndarray | None = None, *,
                        volume_history: np.ndarray | None = None) -> FlowSummary:
-    """All flow instruments on one chain. `iv` defaults to the vendor IV (NaN where absent)."""
+    """All flow instruments on one chain, at the chain's spot, rate and dividend yield.
+
+    `iv` (per row) defaults to the vendor IV with each strike's OTM-side value used for both
+    rights (`otm_side_iv`, OTM judged against spot); rows without any IV are left out.
+    """
     notes: list[str] = []
     if iv is None:
         if chain.vendor_iv is None:
             iv = np.full(len(chain), np.nan)
             notes.append("no implied vols given and the chain has no vendor IV: exposures empty")
         else:
-            iv = chain.vendor_iv
-            notes.append("exposures use the vendor's implied vols")
+            iv = otm_side_iv(chain.strike, chain.is_call, chain.expiry, chain.vendor_iv, chain.spot, chain.root)
+            notes.append("exposures use the vendor's implied vols (OTM side per strike)")
     t = chain.time_to_expiry
     common = dict(rate=chain.rate, div_yield=chain.dividend_yield, multiplier=chain.multiplier)
     args = (chain.strike, chain.is_call, chain.open_interest, iv, t, chain.spot)

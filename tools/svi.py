@@ -6,14 +6,26 @@ Conventions
 * total implied variance ``w = sigma_impl**2 * t`` (``t`` in years);
 * raw SVI (Gatheral 2004): ``w(k) = a + b * (rho * (k - m) + sqrt((k - m)**2 + sigma**2))``.
 
-The fit is the quasi-explicit method of Zeliade (De Marco & Martini, 2009). With
-``y = (k - m) / sigma`` the smile reads ``w = a + d*y + c*sqrt(y**2 + 1)`` with ``c = b*sigma`` and
-``d = rho*b*sigma``: for fixed ``(m, sigma)`` it is linear in ``(a, d, c)``. Zeliade's domain
-``0 <= c <= 4 sigma, |d| <= c, |d| <= 4 sigma - c, 0 <= a <= max(w)`` is a diamond in ``(c, d)``;
-in the rotated coordinates ``u = c + d, v = c - d`` it is the box ``[0, 4 sigma]**2``, so the inner
-problem is a 3-variable *box-constrained* least squares, solved exactly by enumerating which
-bounds are active (27 patterns). The outer search over ``(m, sigma)`` is a vectorized coarse
-grid followed by zooming grids around the best cell — no per-point Python loop.
+Fit: the quasi-explicit method (Zeliade; De Marco & Martini 2009). With ``y = (k - m) / sigma``
+the smile reads ``w = a + d*y + c*sqrt(y**2 + 1)``, ``c = b*sigma``, ``d = rho*b*sigma``: for a
+fixed ``(m, sigma)`` it is linear in ``(a, d, c)``. The slope domain ``|d| <= c``,
+``c + |d| <= S*sigma`` is a diamond in ``(c, d)``; in rotated coordinates ``u = c + d``,
+``v = c - d`` it is the box ``[0, S*sigma]**2``, so the inner problem is a 3-variable
+*box-constrained* least squares, solved exactly (every face of the box, closed form).
+The outer search over ``(m, log sigma)`` is a coarse grid then Newton steps from 3x3
+finite-difference stencils; every stage is vectorized over all grid points of all expiries at
+once (`fit_svi_many`), which is what makes a whole chain fit in milliseconds.
+
+Two deliberate departures from Zeliade's box, both forced by real SPX/SPY smiles:
+* wing slope cap ``S = 2`` (Roger Lee's moment bound, b(1+|rho|) <= 2) instead of 4: with 4 the
+  fits take wing slopes near 4 and have butterfly arbitrage just outside the quotes;
+* ``a`` may be negative (down to ``-S*sigma``) as long as the smile's minimum
+  ``a + b*sigma*sqrt(1 - rho^2) = a + sqrt(u*v)`` stays >= 0 (where it would not, ``a >= 0`` is
+  imposed instead); ``a >= 0`` binds on nearly every SPX expiry and costs several vol points.
+The search only accepts parameters whose density g(k) stays above a small margin on the slice's
+check range (the quoted k range widened by 25% of its span each side, and at least
+[-1.5, 1.5]), so a successful fit is free of butterfly arbitrage there by construction; the
+wing cap makes g positive beyond it as well (g -> 1/4 - S^2/16 >= 0 as |k| -> infinity).
 """
 from __future__ import annotations
 
@@ -22,16 +34,50 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-# Zeliade's slope cap: b * (1 + |rho|) <= 4 (Roger Lee's moment formula gives 2 per wing for w'(k)
-# asymptotically; 4 is the conventional, looser box used by the quasi-explicit method).
-_SLOPE_CAP = 4.0
-# Smallest sigma searched: below this the smile is a kinked "V" that no real chain shows.
-_SIGMA_MIN = 1e-4
+# Roger Lee's moment formula: total variance grows at most 2|k| in either wing.
+_SLOPE_CAP = 2.0
+# sigma is searched down to this fraction of the quotes' k-span (a sharper kink than any
+# real smile) and up to twice the span (a smile flatter than the data can distinguish).
+_SIGMA_FLOOR_FRACTION = 1e-3
+_SIGMA_CEILING_FRACTION = 2.0
+# Coarse (m, log sigma) grid per expiry; m spans the quotes' k range widened by half its span.
+_COARSE_M_POINTS = 10
+_COARSE_SIGMA_POINTS = 8
+# The coarse grid and the local search see at most this many of a slice's points (evenly spread
+# in k); the result is then polished on every point.
+_COARSE_MAX_POINTS = 48
+_COARSE_CHECKED = 12
+_SEARCH_MAX_POINTS = 64
+_MAX_SEARCH_ITERATIONS = 25
+_SEARCH_RESTARTS = 2
+_MAX_POLISH_ITERATIONS = 2
+# A local search stops once its objective gained less than this (relative) over that many steps.
+_STALL_RELATIVE_GAIN = 1e-6
+_STALL_WINDOW = 5
+# Rounds of the search for the no-arbitrage boundary between the a >= 0 and free-a solutions;
+# each round narrows the bracket fourfold (3 rounds: 1/64 of the segment).
+_SEGMENT_ROUNDS = 2
+_QUARTERS = np.array([0.25, 0.5, 0.75])
+
+# No-arbitrage range a fit must satisfy: the quoted k range widened by CHECK_RANGE_MARGIN of its
+# span on each side, and at least [-CHECK_RANGE_FLOOR, CHECK_RANGE_FLOOR].
+CHECK_RANGE_MARGIN = 0.25
+CHECK_RANGE_FLOOR = 1.5
+_CHECK_GRID_POINTS = 32
+_GRID_INDEX = np.arange(_CHECK_GRID_POINTS, dtype=float)
+_REFINE_FRACTIONS = np.linspace(0.0, 1.0, 9)[1:-1]
+# During the fit g(k) must stay above this margin on the check points, so that g >= 0 also holds
+# between them; a reported violation is g < -_BUTTERFLY_TOLERANCE (round-off only).
+_FIT_DENSITY_MARGIN = 1e-3
+# Every final fit is verified on this many uniform points of its check range; a failing one is
+# moved toward its a >= 0 solution by these fractions of the way until it passes.
+VERIFY_GRID_POINTS = 4001
+_REPAIR_STEPS = np.linspace(0.95, 0.0, 20)
 _BUTTERFLY_TOLERANCE = 1e-9
-# Offsets (in steps) of the compass search's neighbours of the current (m, log sigma).
 _EYE3 = np.eye(3)
-_ALL_FREE = np.zeros(3, dtype=np.int64)
-_STENCIL = np.array([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=float)
+# Offsets, in steps, of the finite-difference stencil around the current (m, log sigma): the
+# centre (index 0), both neighbours along each axis, and one diagonal for the cross derivative.
+_STENCIL = np.array([(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1)], dtype=float)
 
 
 @dataclass(frozen=True)
@@ -50,37 +96,46 @@ class SVIParams:
         return self.a + self.b * (self.rho * x + np.sqrt(x * x + self.sigma**2))
 
     def implied_vol(self, k: np.ndarray | float, t: float) -> np.ndarray:
-        """Black implied vol (annualized decimal, 0.2 = 20%) at log-moneyness k for expiry t years.
+        """Black implied vol (annualized decimal, 0.2 = 20%) at log-moneyness k, expiry t years.
 
         NaN where the smile's total variance is negative (an invalid parameter set there)."""
         if not t > 0:
             raise ValueError(f"t must be positive years, got {t}")
         w = self.total_variance(k)
-        with np.errstate(invalid="ignore"):
-            return np.where(w >= 0, np.sqrt(np.maximum(w, 0.0) / t), np.nan)
+        return np.where(w >= 0, np.sqrt(np.maximum(w, 0.0) / t), np.nan)
 
     def derivatives(self, k: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(w, dw/dk, d2w/dk2) at k."""
         x = np.asarray(k, dtype=float) - self.m
         root = np.sqrt(x * x + self.sigma**2)
         w = self.a + self.b * (self.rho * x + root)
-        dw = self.b * (self.rho + x / root)
-        d2w = self.b * self.sigma**2 / root**3
-        return w, dw, d2w
+        return w, self.b * (self.rho + x / root), self.b * self.sigma**2 / root**3
 
     @property
     def min_total_variance(self) -> float:
-        """The smile's minimum, a + b*sigma*sqrt(1 - rho^2) (must be >= 0 for a valid smile)."""
-        return self.a + self.b * self.sigma * np.sqrt(max(0.0, 1.0 - self.rho**2))
+        """The smile's minimum, a + b*sigma*sqrt(1 - rho^2) (>= 0 for a valid smile)."""
+        return float(self.a + self.b * self.sigma * np.sqrt(max(0.0, 1.0 - self.rho**2)))
+
+
+@dataclass(frozen=True)
+class SmileData:
+    """One expiry's points to fit: log-moneyness k, total variance w, optional weights on the
+    squared total-variance residuals (default 1), optional t in years (for vol-point RMSE)."""
+
+    k: np.ndarray
+    w: np.ndarray
+    weights: np.ndarray | None = None
+    t: float | None = None
 
 
 @dataclass(frozen=True)
 class SVIFit:
-    """Result of `fit_svi`.
+    """Result of `fit_svi` / `fit_svi_many`.
 
-    ``rmse_vol_points``: weighted-free root-mean-square error of the fitted implied vol against
-    the input points, in vol points (1.0 = one percentage point of vol); NaN when ``t`` was not
-    given. ``rmse_total_variance``: the same in total-variance units. ``success`` is False (with
+    ``rmse_vol_points``: unweighted root-mean-square error of the fitted implied vol against the
+    input points, in vol points (1.0 = one percentage point of vol); NaN when ``t`` was not given.
+    ``rmse_total_variance``: the same in total-variance units. ``check_range``: the k interval on
+    which the fit was required to be free of butterfly arbitrage. ``success`` is False (with
     ``message`` saying why, and ``params`` None) when the data cannot be fitted.
     """
 
@@ -90,10 +145,523 @@ class SVIFit:
     n_points: int
     success: bool
     message: str
+    check_range: tuple[float, float] = (float("nan"), float("nan"))
+
+
+@dataclass
+class _Batch:
+    """Padded per-expiry data (E expiries, N points; padding has weight 0) and its moments."""
+
+    k: np.ndarray  # (E, N)
+    z_weights: np.ndarray  # (E, N, 3): columns weight, weight*w, weight*k
+    s0: np.ndarray  # (E,) sum weight
+    s1: np.ndarray  # sum weight*k
+    s2: np.ndarray  # sum weight*k^2
+    r0: np.ndarray  # sum weight*w
+    r1: np.ndarray  # sum weight*w*k
+    c: np.ndarray  # sum weight*w^2
+    w_max: np.ndarray  # (E,)
+    check_range: np.ndarray  # (E, 2): the k interval that must be free of butterfly arbitrage
+
+
+def _normal_equations(batch: _Batch, rows: np.ndarray, m: np.ndarray, sigma: np.ndarray):
+    """The inner least squares of every (m, sigma) (arrays (R, P)) of expiries ``rows``, in the
+    variables (a, u, v): Gram matrices (R*P, 3, 3), right-hand sides (R*P, 3), the constant
+    sum weight*w^2 (R*P,), and the box bounds lower/upper (R*P, 3)."""
+    k = batch.k[rows]
+    y = (k[:, None, :] - m[:, :, None]) / sigma[:, :, None]  # (R, P, N)
+    z = np.sqrt(y * y + 1.0)
+    # Sums over the points: the z-dependent ones by one batched product, the rest from moments.
+    sz, swz, skz = np.moveaxis(z @ batch.z_weights[rows], 2, 0)  # each (R, P)
+    s0, s1, s2 = batch.s0[rows, None], batch.s1[rows, None], batch.s2[rows, None]
+    r0, r1, c = batch.r0[rows, None], batch.r1[rows, None], batch.c[rows, None]
+    sy = (s1 - m * s0) / sigma
+    syy = (s2 - 2.0 * m * s1 + m * m * s0) / sigma**2
+    szy = (skz - m * sz) / sigma
+    swy = (r1 - m * r0) / sigma
+    # Basis 1, u = (z + y)/2, v = (z - y)/2 (u v = 1/4): w = a + u*(c + d) + v*(c - d).
+    g00 = np.broadcast_to(s0, m.shape)
+    g01, g02 = 0.5 * (sz + sy), 0.5 * (sz - sy)
+    g11 = 0.25 * (2.0 * syy + s0 + 2.0 * szy)
+    g22 = 0.25 * (2.0 * syy + s0 - 2.0 * szy)
+    g12 = np.broadcast_to(0.25 * s0, m.shape)
+    gram = np.stack([g00, g01, g02, g01, g11, g12, g02, g12, g22], axis=-1).reshape(-1, 3, 3)
+    rhs = np.stack([np.broadcast_to(r0, m.shape), 0.5 * (swz + swy), 0.5 * (swz - swy)], axis=-1).reshape(-1, 3)
+    const = np.broadcast_to(c, m.shape).ravel()
+    cap = (_SLOPE_CAP * sigma).ravel()
+    upper = np.stack([np.broadcast_to(batch.w_max[rows, None], m.shape).ravel(), cap, cap], axis=1)
+    lower = np.zeros_like(upper)
+    lower[:, 0] = -cap
+    return gram, rhs, const, lower, upper
+
+
+def _inner(batch: _Batch, rows: np.ndarray, m: np.ndarray, sigma: np.ndarray, bisect: bool = True):
+    """Best arbitrage-free (a, c, d) for every (m, sigma) of expiries ``rows``.
+
+    m, sigma: (R, P). Returns acd (R, P, 3) and the weighted sum of squared residuals (R, P);
+    +inf where neither the free-sign-a nor the a >= 0 solution is free of butterfly arbitrage
+    on the expiry's check grid.
+    """
+    n_rows, n_points = m.shape
+    gram, rhs, const, lower, upper = _normal_equations(batch, rows, m, sigma)
+
+    # Candidate A: a >= -S sigma, valid only while the smile's minimum a + sqrt(u v) stays >= 0
+    # and g >= margin on the check range. Where A is invalid, candidate B: a >= 0 (always a
+    # non-negative smile); if B is valid, the best valid point on the segment from B to A is
+    # taken (the objective is convex along it with its minimum at A, so that is the valid point
+    # nearest A, found by bisection). This keeps the reduced objective continuous across the
+    # no-arbitrage boundary, where the optimum usually sits.
+    flat_m, flat_sigma = m.ravel(), sigma.ravel()
+    bounds = np.repeat(batch.check_range[rows], n_points, axis=0)
+    p = _solve_bounded(gram, rhs, const, lower, upper)
+    invalid = ~_is_valid(p, flat_m, flat_sigma, bounds)
+    if invalid.any():
+        bad = np.flatnonzero(invalid)
+        lower_b = lower[bad]
+        lower_b[:, 0] = 0.0
+        p_a = p[bad]
+        p_b = _solve_bounded(gram[bad], rhs[bad], const[bad], lower_b, upper[bad])
+        b_valid = _is_valid(p_b, flat_m[bad], flat_sigma[bad], bounds[bad])
+        # Search the segment in rounds: each round tests 3 interior points of the current
+        # bracket at once (one vectorized check) and keeps the quarter below the first failure.
+        lo, width = np.zeros(len(bad)), np.ones(len(bad))
+        rep = np.repeat(bad, 3)
+        for _ in range(_SEGMENT_ROUNDS if bisect else 0):
+            lam = lo[:, None] + width[:, None] * _QUARTERS[None, :]  # (B, 3)
+            trial = (p_b[:, None, :] + lam[:, :, None] * (p_a - p_b)[:, None, :]).reshape(-1, 3)
+            ok = _is_valid(trial, flat_m[rep], flat_sigma[rep], bounds[rep]).reshape(-1, 3)
+            # Number of leading valid trials (validity is expected to hold on [0, lambda*]).
+            passed = np.argmin(np.concatenate([ok, np.zeros((len(bad), 1), bool)], axis=1), axis=1)
+            lo = lo + width * 0.25 * passed
+            width = width * 0.25
+        p[bad] = p_b + lo[:, None] * (p_a - p_b)
+        invalid[bad] = ~b_valid
+    objective = np.where(invalid, np.inf, _objective(p, gram, rhs, const))
+    a, u, v = p[:, 0], p[:, 1], p[:, 2]
+    acd = np.stack([a, 0.5 * (u + v), 0.5 * (u - v)], axis=1)
+    return acd.reshape(n_rows, n_points, 3), objective.reshape(n_rows, n_points)
+
+
+def _coarse_objective(batch: _Batch, m: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Objective of every coarse cell (E, P), +inf where not arbitrage free. To save work, only
+    each expiry's _COARSE_CHECKED most promising cells (lowest free-a objective, a lower bound
+    on both candidates') are checked for arbitrage; the rest count as +inf."""
+    n_exp, n_cells = m.shape
+    gram, rhs, const, lower, upper = _normal_equations(batch, np.arange(n_exp), m, sigma)
+    p_a = _solve_bounded(gram, rhs, const, lower, upper)
+    obj_a = _objective(p_a, gram, rhs, const).reshape(n_exp, n_cells)
+    top = np.argsort(obj_a, axis=1)[:, :_COARSE_CHECKED]
+    flat = (np.arange(n_exp)[:, None] * n_cells + top).ravel()
+    bounds = np.repeat(batch.check_range, top.shape[1], axis=0)
+    p = p_a[flat]
+    invalid = ~_is_valid(p, m.ravel()[flat], sigma.ravel()[flat], bounds)
+    if invalid.any():
+        sel = flat[invalid]
+        lower_b = lower[sel]
+        lower_b[:, 0] = 0.0
+        p[invalid] = _solve_bounded(gram[sel], rhs[sel], const[sel], lower_b, upper[sel])
+        invalid[invalid] = ~_is_valid(p[invalid], m.ravel()[sel], sigma.ravel()[sel], bounds[invalid])
+    objective = np.full(n_exp * n_cells, np.inf)
+    objective[flat] = np.where(invalid, np.inf, _objective(p, gram[flat], rhs[flat], const[flat]))
+    return objective.reshape(n_exp, n_cells)
+
+
+def _objective(p, gram, rhs, const):
+    """Weighted sum of squared residuals p'Gp - 2 r'p + sum weight*w^2 (clipped at 0: round-off)."""
+    return np.maximum(np.sum(p * ((gram @ p[:, :, None])[:, :, 0] - 2.0 * rhs), axis=1) + const, 0.0)
+
+
+def _solve_bounded(gram, rhs, const, lower, upper):
+    """Exact minimizer of p'Gp - 2 r'p over lower <= p <= upper (substituting p = lower + q).
+
+    Fast path first: guess the active set (none; then the bounds the unconstrained solution
+    crosses) and keep the guess wherever the KKT conditions prove it optimal; the full face
+    enumeration `_solve_box_lsq` runs only for the rest.
+    """
+    shifted_rhs = rhs - (gram @ lower[:, :, None])[:, :, 0]
+    width = upper - lower
+    q, optimal = _solve_active_set(gram, shifted_rhs, width, np.zeros(width.shape, dtype=np.int8))
+    if not optimal.all():
+        redo = np.flatnonzero(~optimal)
+        guess = np.where(q[redo] < 0, 1, np.where(q[redo] > width[redo], 2, 0)).astype(np.int8)
+        q_guess, ok = _solve_active_set(gram[redo], shifted_rhs[redo], width[redo], guess)
+        q[redo] = q_guess
+        redo = redo[~ok]
+        if redo.size:
+            q[redo], _ = _solve_box_lsq(gram[redo], shifted_rhs[redo], const[redo], width[redo])
+    return q + lower
+
+
+def _solve_active_set(gram, rhs, upper, pattern):
+    """Solve each problem (bounds 0 <= q <= upper) with a guessed active set; say where the guess
+    is optimal. pattern (n, 3): 0 free, 1 at 0, 2 at upper. For a convex QP the KKT conditions
+    are sufficient: free coordinates inside their bounds, the gradient pointing outward at the
+    bound ones."""
+    free = pattern == 0
+    target = np.where(free, rhs, np.where(pattern == 2, upper, 0.0))
+    system = np.where(free[:, :, None], gram, _EYE3)
+    q = _solve3(system, target)
+    half_gradient = (gram @ q[:, :, None])[:, :, 0] - rhs
+    slack = 1e-12 * (np.abs(rhs) + np.abs(gram).sum(axis=2) * np.abs(q))
+    with np.errstate(invalid="ignore"):
+        kkt = np.where(free, (q >= 0) & (q <= upper),
+                       np.where(pattern == 1, half_gradient >= -slack, half_gradient <= slack))
+    return np.where(np.isfinite(q), q, 0.0), np.all(kkt, axis=1) & np.all(np.isfinite(q), axis=1)
+
+
+def _solve3(m: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Cramer's rule for a batch of 3x3 systems m (n,3,3) q = r (n,3); non-finite if singular."""
+    a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    g, h, i = m[:, 2, 0], m[:, 2, 1], m[:, 2, 2]
+    c00, c01, c02 = e * i - f * h, c * h - b * i, b * f - c * e
+    c10, c11, c12 = f * g - d * i, a * i - c * g, c * d - a * f
+    c20, c21, c22 = d * h - e * g, b * g - a * h, a * e - b * d
+    det = a * c00 + b * c10 + c * c20
+    r0, r1, r2 = r[:, 0], r[:, 1], r[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.stack([c00 * r0 + c01 * r1 + c02 * r2,
+                         c10 * r0 + c11 * r1 + c12 * r2,
+                         c20 * r0 + c21 * r1 + c22 * r2], axis=1) / det[:, None]
+
+
+def _is_valid(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """A candidate (a, u, v) is a valid smile: minimum total variance a + sqrt(u v) >= 0 and no
+    butterfly arbitrage on its check range."""
+    valid = p[:, 0] + np.sqrt(p[:, 1] * p[:, 2]) >= 0
+    valid[valid] = ~_has_arbitrage(p[valid], m[valid], sigma[valid], bounds[valid])
+    return valid
+
+
+def _density_on_tau(a, c, d, m, s, tau):
+    """(g, q) at k = m + s sinh(tau) for candidates given as column vectors (R, 1), where
+    q = 1 - k w'/(2w) is the first term's root: g = q^2 - (w'^2/4)(1/w + 1/4) + w''/2. g is
+    -inf where w <= 0."""
+    growth = np.exp(tau)
+    decay = 1.0 / growth
+    sinh, cosh = 0.5 * (growth - decay), 0.5 * (growth + decay)
+    k = m + s * sinh
+    # With x = k - m = sigma sinh(tau), sqrt(x^2 + sigma^2) = sigma cosh(tau), and c = b sigma,
+    # d = rho b sigma: w = a + d sinh + c cosh, w' = (d + c tanh)/sigma, w'' = c/(sigma^2 cosh^3).
+    w = a + d * sinh + c * cosh
+    w1 = (d + c * sinh / cosh) / s
+    w2 = c / (s * s * cosh**3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = 1.0 - k * w1 / (2.0 * w)
+        g = q * q - 0.25 * w1 * w1 * (1.0 / w + 0.25) + 0.5 * w2
+    return np.where(w > 0, g, -np.inf), q
+
+
+def _has_arbitrage(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Per candidate (a, u, v) at (m, sigma): is g(k) < margin or w(k) <= 0 somewhere on
+    [lo, hi] (bounds (R, 2))?
+
+    Points k = m + sigma sinh(tau), tau evenly spaced: dense (spacing ~ sigma) around m, where
+    w'' lives, geometrically sparser far out where the smile is nearly linear. Far out, g can
+    still dip sharply where w is small: there g ~ q^2 - w'^2/(4w) with q = 1 - k w'/(2w), and the
+    dip sits at a root of q. So the cells where q changes sign (first and last) and the cell of
+    the lowest g (both sides) are resampled finely; a dip between grid points is still seen.
+    """
+    if len(p) == 0:
+        return np.zeros(0, dtype=bool)
+    s, mm = sigma[:, None], m[:, None]
+    tau_lo = np.arcsinh((bounds[:, :1] - mm) / s)
+    tau_hi = np.arcsinh((bounds[:, 1:] - mm) / s)
+    cell = (tau_hi - tau_lo) / (_CHECK_GRID_POINTS - 1)
+    a, u, v = p[:, 0:1], p[:, 1:2], p[:, 2:3]
+    c, d = 0.5 * (u + v), 0.5 * (u - v)
+    g, q = _density_on_tau(a, c, d, mm, s, tau_lo + cell * _GRID_INDEX[None, :])
+    flips = (q[:, 1:] > 0) != (q[:, :-1] > 0)
+    first_flip = np.argmax(flips, axis=1)
+    last_flip = _CHECK_GRID_POINTS - 2 - np.argmax(flips[:, ::-1], axis=1)
+    lowest = np.argmin(g, axis=1)
+    # Windows of one cell each (starting at grid index j): both cells beside the lowest point,
+    # and the first and last cells where q changes sign; resampled together.
+    starts = np.clip(np.stack([lowest - 1, lowest, first_flip, last_flip], axis=1), 0, _CHECK_GRID_POINTS - 2)
+    starts = starts.astype(float)[:, :, None]  # (R, 4, 1)
+    tau_fine = (tau_lo[:, :, None] + cell[:, :, None] * (starts + _REFINE_FRACTIONS[None, None, :])).reshape(len(p), -1)
+    g_fine, _ = _density_on_tau(a, c, d, mm, s, tau_fine)
+    return (g.min(axis=1) < _FIT_DENSITY_MARGIN) | (g_fine.min(axis=1) < _FIT_DENSITY_MARGIN)
+
+
+def _newton_steps(f: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Newton steps from the centres of stencils f (R, 6) taken at centre + step * _STENCIL.
+    Returns (steps (R, 2), valid (R,)); invalid where the finite-difference Hessian is not
+    positive definite or a value is not finite."""
+    hm, hs = step[:, 0], step[:, 1]
+    f0, fmp, fmm, fsp, fsm, fd = f[:, 0], f[:, 1], f[:, 2], f[:, 3], f[:, 4], f[:, 5]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        grad_m = (fmp - fmm) / (2 * hm)
+        grad_s = (fsp - fsm) / (2 * hs)
+        h_mm = (fmp - 2 * f0 + fmm) / hm**2
+        h_ss = (fsp - 2 * f0 + fsm) / hs**2
+        h_ms = (fd - fmp - fsp + f0) / (hm * hs)
+        det = h_mm * h_ss - h_ms * h_ms
+        newton = -np.stack([h_ss * grad_m - h_ms * grad_s, h_mm * grad_s - h_ms * grad_m], axis=1) / det[:, None]
+    valid = np.isfinite(det) & (h_mm > 0) & (det > 0) & np.all(np.isfinite(newton), axis=1)
+    return np.where(valid[:, None], newton, 0.0), valid
+
+
+def _prepare(slices: Sequence[SmileData]) -> tuple[list, list[SVIFit | None]]:
+    """Validate and clean every slice; returns the cleaned (k, w, weights, t) per slice and an
+    early SVIFit for those that cannot be fitted (None for the others)."""
+    cleaned, early = [], []
+    nan = float("nan")
+    for s in slices:
+        k = np.asarray(s.k, dtype=float).ravel()
+        w = np.asarray(s.w, dtype=float).ravel()
+        if k.shape != w.shape:
+            raise ValueError(f"k has {k.size} points, w has {w.size}")
+        weights = np.ones_like(k) if s.weights is None else np.asarray(s.weights, dtype=float).ravel()
+        if weights.shape != k.shape:
+            raise ValueError(f"weights has {weights.size} points, k has {k.size}")
+        if s.t is not None and not s.t > 0:
+            raise ValueError(f"t must be positive years, got {s.t}")
+        keep = np.isfinite(k) & np.isfinite(w) & np.isfinite(weights) & (w > 0) & (weights > 0)
+        k, w, weights = k[keep], w[keep], weights[keep]
+        cleaned.append((k, w, weights, s.t))
+        if k.size < 5:
+            early.append(SVIFit(None, nan, nan, int(k.size), False, f"need at least 5 valid points, have {k.size}"))
+        elif not k.max() > k.min():
+            early.append(SVIFit(None, nan, nan, int(k.size), False, "all points have the same log-moneyness"))
+        else:
+            early.append(None)
+    return cleaned, early
+
+
+def _local_search(batch: _Batch, start: np.ndarray, ok: np.ndarray, step: np.ndarray, tol: np.ndarray,
+                  ls_floor: np.ndarray, max_iterations: int):
+    """Minimize each expiry's reduced objective over (m, log sigma) from ``start`` (E, 2).
+
+    Newton steps from 3x3 finite-difference stencils (one vectorized `_inner` call per step for
+    all expiries still searching); where the quadratic model fails (kinks where the active set
+    changes, +inf where a candidate has arbitrage) or its point turns out worse than one already
+    seen, the search restarts from the best point with a halved stencil. An expiry stops when the
+    Newton step or the stencil is below ``tol``, or when its objective has improved by less than
+    a relative 1e-6 over the last few steps. Returns (objective, (a, c, d), (m, log sigma)) of the
+    best point found; objective +inf where ``ok`` is False or nothing arbitrage-free was found.
+    """
+    n_exp = len(start)
+    rows = np.arange(n_exp)
+    acd, obj = _inner(batch, rows, start[:, :1], np.exp(start[:, 1:]))
+    best_obj, best_acd, best_pt = np.where(ok, obj[:, 0], np.inf), acd[:, 0], start.copy()
+    center, step = start.copy(), step.copy()
+    noise = 1e-13 * batch.c
+    active = np.isfinite(best_obj)
+    history = [best_obj.copy()]
+    for _ in range(max_iterations):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        points = center[idx, None, :] + step[idx, None, :] * _STENCIL[None, :, :]  # (A, 6, 2)
+        points[:, :, 1] = np.maximum(points[:, :, 1], ls_floor[idx, None])
+        acd, obj = _inner(batch, idx, points[:, :, 0], np.exp(points[:, :, 1]))
+        center_was_best = obj[:, 0] <= best_obj[idx] + noise[idx]
+        j = np.argmin(obj, axis=1)
+        a_rows = np.arange(idx.size)
+        moved = obj[a_rows, j] < best_obj[idx] - noise[idx]
+        upd = idx[moved]
+        best_obj[upd] = obj[a_rows, j][moved]
+        best_acd[upd] = acd[a_rows, j][moved]
+        best_pt[upd] = points[a_rows, j][moved]
+
+        newton, valid = _newton_steps(obj, step[idx])
+        valid &= center_was_best
+        converged = valid & np.all(np.abs(newton) < tol[idx], axis=1)
+        newton = np.clip(newton, -4.0 * step[idx], 4.0 * step[idx])  # trust region: the model is local
+        go = valid & ~converged
+        gi = idx[go]
+        center[gi] = center[gi] + newton[go]
+        step[gi] = np.clip(np.abs(newton[go]), tol[gi], 2.0 * step[gi])
+        # Failed model, or the last Newton point was worse than one already seen: continue from
+        # the best point so far, with a tighter stencil unless the stencil itself just improved.
+        fb = idx[~valid]
+        center[fb] = best_pt[fb]
+        shrink = ~valid & ~(moved & center_was_best)
+        step[idx[shrink]] *= 0.5
+        # A Newton point that came out worse: the trust region (4 steps) was too generous, so
+        # shrink it well below the step just taken (else the same step is retried forever).
+        overshot = idx[~center_was_best]
+        step[overshot] *= 0.25
+        done = converged | (~valid & np.all(step[idx] < tol[idx], axis=1))
+        history.append(best_obj.copy())
+        if len(history) > _STALL_WINDOW:
+            earlier = history[-1 - _STALL_WINDOW][idx]
+            done |= best_obj[idx] >= earlier * (1.0 - _STALL_RELATIVE_GAIN)
+        active[idx[done]] = False
+    return best_obj, best_acd, best_pt
+
+
+def fit_svi_many(slices: Sequence[SmileData]) -> list[SVIFit]:
+    """Fit raw SVI to each slice (one expiry each), all expiries in the same vectorized passes.
+
+    Points with a non-finite k, w or weight, or w <= 0, or weight <= 0, are dropped. A slice
+    with fewer than 5 remaining points, or a single k, or no arbitrage-free SVI at all, gets
+    ``success=False`` with a message (never an exception for bad data; malformed shapes or a
+    non-positive t raise ValueError).
+    """
+    cleaned, results = _prepare(slices)
+    todo = [i for i, r in enumerate(results) if r is None]
+    if not todo:
+        return list(results)
+    batch, spans = _make_batch([cleaned[i] for i in todo])
+    # The coarse grid only has to find the right basin and the local search only has to get
+    # close, so both run on thinned copies of the slices; a short polish on all points follows.
+    coarse_batch, _ = _make_batch([_thin(cleaned[i], _COARSE_MAX_POINTS) for i in todo])
+    search_batch, _ = _make_batch([_thin(cleaned[i], _SEARCH_MAX_POINTS) for i in todo])
+    n_exp = len(todo)
+
+    # Coarse grid over (m, log sigma), per expiry.
+    k_lo = np.array([cleaned[i][0].min() for i in todo])
+    frac_m = np.linspace(-0.5, 1.5, _COARSE_M_POINTS)
+    frac_s = np.linspace(np.log(_SIGMA_FLOOR_FRACTION), np.log(_SIGMA_CEILING_FRACTION), _COARSE_SIGMA_POINTS)
+    grid_m = k_lo[:, None] + spans[:, None] * frac_m[None, :]  # (E, Gm)
+    grid_ls = np.log(spans)[:, None] + frac_s[None, :]  # (E, Gs)
+    mm = np.repeat(grid_m, _COARSE_SIGMA_POINTS, axis=1)
+    ls = np.tile(grid_ls, (1, _COARSE_M_POINTS))
+    rows = np.arange(n_exp)
+    obj = _coarse_objective(coarse_batch, mm, np.exp(ls))
+    i = np.argmin(obj, axis=1)
+    start = np.stack([mm[rows, i], ls[rows, i]], axis=1)
+    start_ok = np.isfinite(obj[rows, i])
+    step = 0.5 * np.stack([spans * (frac_m[1] - frac_m[0]), np.full(n_exp, frac_s[1] - frac_s[0])], axis=1)
+    tol = np.stack([1e-5 * spans, np.full(n_exp, 1e-5)], axis=1)
+    ls_floor = np.log(_SIGMA_FLOOR_FRACTION * spans)
+    # A local search can stall on a kink (the no-arbitrage boundary, where the optimum often
+    # lies): restart it from its best point with the initial stencil until a restart gains
+    # nothing.
+    searching = start_ok.copy()
+    search_obj = np.full(n_exp, np.inf)
+    for _ in range(_SEARCH_RESTARTS):
+        obj, _, found = _local_search(search_batch, start, searching, step, tol, ls_floor, _MAX_SEARCH_ITERATIONS)
+        improved = searching & (obj < search_obj * (1.0 - _STALL_RELATIVE_GAIN))
+        start[improved], search_obj[improved] = found[improved], obj[improved]
+        searching = improved
+        if not searching.any():
+            break
+    best_obj, best_acd, best_pt = _local_search(
+        batch, start, start_ok, np.maximum(16.0 * tol, 0.01 * step), tol, ls_floor, _MAX_POLISH_ITERATIONS)
+
+    best_acd = _verify_and_repair(batch, best_obj, best_acd, best_pt)
+
+    for e, slot in enumerate(todo):
+        k, w, _, t = cleaned[slot]
+        check_range = (float(batch.check_range[e, 0]), float(batch.check_range[e, 1]))
+        if not np.isfinite(best_obj[e]):
+            results[slot] = SVIFit(None, float("nan"), float("nan"), int(k.size), False,
+                                   "no arbitrage-free SVI smile fits these points", check_range)
+            continue
+        a, c, d = best_acd[e]
+        m_fit, sigma_fit = float(best_pt[e, 0]), float(np.exp(best_pt[e, 1]))
+        params = SVIParams(a=float(a), b=float(c / sigma_fit), rho=float(np.clip(d / c, -1, 1)) if c > 0 else 0.0,
+                           m=m_fit, sigma=sigma_fit)
+        fitted = params.total_variance(k)
+        rmse_w = float(np.sqrt(np.mean((fitted - w) ** 2)))
+        if t is not None:
+            rmse_vol = float(100.0 * np.sqrt(np.mean((np.sqrt(np.maximum(fitted, 0.0) / t) - np.sqrt(w / t)) ** 2)))
+        else:
+            rmse_vol = float("nan")
+        if not np.isfinite(best_acd[e]).all():
+            results[slot] = SVIFit(None, float("nan"), float("nan"), int(k.size), False,
+                                   "the fitted smile failed the dense butterfly check and could not be repaired",
+                                   check_range)
+            continue
+        results[slot] = SVIFit(params, rmse_vol, rmse_w, int(k.size), True, "ok", check_range)
+    return list(results)
+
+
+def _verify_and_repair(batch: _Batch, best_obj, best_acd, best_pt) -> np.ndarray:
+    """Check each fit's density on a dense uniform grid (the search checks a sparse one); where
+    it dips below zero, move (a, c, d) toward the a >= 0 solution at the same (m, sigma) until it
+    passes. (a, c, d) of NaN marks a fit that could not be repaired."""
+    acd = best_acd.copy()
+    fitted = np.flatnonzero(np.isfinite(best_obj))
+    if fitted.size == 0:
+        return acd
+    p = _to_auv(acd[fitted])
+    m, sigma = best_pt[fitted, 0], np.exp(best_pt[fitted, 1])
+    bad = _dense_arbitrage(p, m, sigma, batch.check_range[fitted])
+    for i in np.flatnonzero(bad):
+        e = fitted[i]
+        gram, rhs, const, lower, upper = _normal_equations(batch, np.array([e]), m[i:i + 1, None], sigma[i:i + 1, None])
+        lower[:, 0] = 0.0
+        p_b = _solve_bounded(gram, rhs, const, lower, upper)[0]
+        lam = _REPAIR_STEPS[:, None]
+        trials = p_b[None, :] + lam * (p[i] - p_b)[None, :]
+        ok = ~_dense_arbitrage(trials, np.full(len(trials), m[i]), np.full(len(trials), sigma[i]),
+                               np.repeat(batch.check_range[e:e + 1], len(trials), axis=0))
+        acd[e] = _to_acd(trials[np.argmax(ok)]) if ok.any() else np.nan
+    return acd
+
+
+def _to_auv(acd: np.ndarray) -> np.ndarray:
+    a, c, d = acd[..., 0], acd[..., 1], acd[..., 2]
+    return np.stack([a, c + d, c - d], axis=-1)
+
+
+def _to_acd(auv: np.ndarray) -> np.ndarray:
+    a, u, v = auv[..., 0], auv[..., 1], auv[..., 2]
+    return np.stack([a, 0.5 * (u + v), 0.5 * (u - v)], axis=-1)
+
+
+def _dense_arbitrage(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """g < -tolerance (or w <= 0) anywhere on VERIFY_GRID_POINTS uniform points in k."""
+    k = bounds[:, :1] + (bounds[:, 1:] - bounds[:, :1]) * np.linspace(0.0, 1.0, VERIFY_GRID_POINTS)[None, :]
+    s = sigma[:, None]
+    tau = np.arcsinh((k - m[:, None]) / s)
+    a, u, v = p[:, 0:1], p[:, 1:2], p[:, 2:3]
+    g, _ = _density_on_tau(a, 0.5 * (u + v), 0.5 * (u - v), m[:, None], s, tau)
+    return np.any(~(g >= -_BUTTERFLY_TOLERANCE), axis=1)
+
+
+def _thin(slice_: tuple, max_points: int) -> tuple:
+    """At most ``max_points`` of a slice, evenly spread over its k-ordered points."""
+    k, w, weights, t = slice_
+    if len(k) <= max_points:
+        return slice_
+    order = np.argsort(k)[np.linspace(0, len(k) - 1, max_points).round().astype(int)]
+    return k[order], w[order], weights[order], t
+
+
+def _make_batch(cleaned: list) -> tuple[_Batch, np.ndarray]:
+    n_exp = len(cleaned)
+    n_max = max(len(c[0]) for c in cleaned)
+    k = np.zeros((n_exp, n_max))
+    w = np.zeros((n_exp, n_max))
+    weights = np.zeros((n_exp, n_max))
+    for e, (ke, we, wte, _) in enumerate(cleaned):
+        n = len(ke)
+        k[e, :n], w[e, :n] = ke, we
+        weights[e, :n] = wte / wte.mean()  # scale-free: keeps the sums well conditioned
+        k[e, n:] = ke[0]  # padding: weight 0, any finite k
+    k_min = np.array([c[0].min() for c in cleaned])
+    k_max = np.array([c[0].max() for c in cleaned])
+    spans = k_max - k_min
+    ww = weights * w
+    lo = np.minimum(k_min - CHECK_RANGE_MARGIN * spans, -CHECK_RANGE_FLOOR)
+    hi = np.maximum(k_max + CHECK_RANGE_MARGIN * spans, CHECK_RANGE_FLOOR)
+    batch = _Batch(
+        k=k, z_weights=np.stack([weights, ww, weights * k], axis=2),
+        s0=weights.sum(1), s1=(weights * k).sum(1), s2=(weights * k * k).sum(1),
+        r0=ww.sum(1), r1=(ww * k).sum(1), c=(ww * w).sum(1),
+        w_max=np.array([c[1].max() for c in cleaned]), check_range=np.stack([lo, hi], axis=1),
+    )
+    return batch, spans
+
+
+def fit_svi(k: np.ndarray, w: np.ndarray, weights: np.ndarray | None = None, t: float | None = None) -> SVIFit:
+    """Fit raw SVI to total variances ``w`` at log-moneyness ``k`` (one expiry).
+
+    ``weights`` multiply the *squared* total-variance residuals (default 1). To fit in vol space
+    with quote-spread weights use ``weights = vol_weight / (4 * w * t)`` (a vol error dv moves
+    w by about 2 sqrt(w t) dv) — `tools.surface` does this. ``t`` (years) is only used to report
+    the RMSE in vol points. See `fit_svi_many` for the failure cases.
+    """
+    return fit_svi_many([SmileData(k=k, w=w, weights=weights, t=t)])[0]
 
 
 # --------------------------------------------------------------------------------------------
-# Inner problem: exact box-constrained least squares in (a, u, v), vectorized over (m, sigma).
+# Inner problem: exact box-constrained least squares, vectorized over problems.
 # --------------------------------------------------------------------------------------------
 
 # Faces of the box [0, hi]^3 that need a solve. Facets: coordinate i at bound b (0 = lower,
@@ -178,208 +746,6 @@ def _solve_box_lsq(
     best = np.argmin(obj, axis=1)
     return cand[rows[:, 0], best], obj[rows[:, 0], best]
 
-
-def _solve_spd(a: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Closed-form solve of a batch of small symmetric systems a (G,f,f) p = r (G,f), f <= 3.
-    Singular systems give non-finite entries (rejected by the callers' feasibility tests)."""
-    f = a.shape[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if f == 1:
-            return r / a[:, 0, :]
-        if f == 2:
-            det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] ** 2
-            return np.stack([
-                a[:, 1, 1] * r[:, 0] - a[:, 0, 1] * r[:, 1],
-                a[:, 0, 0] * r[:, 1] - a[:, 0, 1] * r[:, 0],
-            ], axis=1) / det[:, None]
-        g00, g01, g02 = a[:, 0, 0], a[:, 0, 1], a[:, 0, 2]
-        g11, g12, g22 = a[:, 1, 1], a[:, 1, 2], a[:, 2, 2]
-        c00, c01, c02 = g11 * g22 - g12 * g12, g02 * g12 - g01 * g22, g01 * g12 - g02 * g11
-        c11, c12, c22 = g00 * g22 - g02 * g02, g01 * g02 - g00 * g12, g00 * g11 - g01 * g01
-        det = g00 * c00 + g01 * c01 + g02 * c02
-        r0, r1, r2 = r[:, 0], r[:, 1], r[:, 2]
-        return np.stack([
-            c00 * r0 + c01 * r1 + c02 * r2,
-            c01 * r0 + c11 * r1 + c12 * r2,
-            c02 * r0 + c12 * r1 + c22 * r2,
-        ], axis=1) / det[:, None]
-
-
-def _solve_with_active_set(
-    gram: np.ndarray, rhs: np.ndarray, upper: np.ndarray, pattern: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Solve every problem with one guessed active set and say where that guess is optimal.
-
-    pattern (3,): 0 = coordinate free, 1 = at its lower bound 0, 2 = at its upper bound. The
-    guess is optimal exactly where the KKT conditions hold (the QP is convex): free coordinates
-    inside their bounds, and the objective's gradient pushing bound coordinates outward.
-    """
-    free = np.flatnonzero(pattern == 0)
-    p = np.where(pattern == 2, upper, 0.0)
-    if free.size:
-        r_free = rhs[:, free] - (gram[:, free, :] @ p[:, :, None])[:, :, 0]
-        p[:, free] = _solve_spd(gram[:, free[:, None], free[None, :]], r_free)
-    half_gradient = (gram @ p[:, :, None])[:, :, 0] - rhs
-    slack = 1e-12 * (np.abs(rhs) + 1.0)
-    with np.errstate(invalid="ignore"):
-        kkt = np.where(
-            pattern == 0, (p >= 0) & (p <= upper),
-            np.where(pattern == 1, half_gradient >= -slack, half_gradient <= slack),
-        )
-    return p, np.all(kkt, axis=1)
-
-
-def _inner_fit(
-    k: np.ndarray, w: np.ndarray, weights: np.ndarray, m: np.ndarray, sigma: np.ndarray,
-    w_max: float, guess: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each (m, sigma) pair, the best (a, c, d), its weighted squared error and its active
-    set (see `_solve_with_active_set`). ``guess`` (3,) is tried first for every pair; the full
-    enumeration runs only where it is not optimal."""
-    y = (k[None, :] - m[:, None]) / sigma[:, None]  # (G, n)
-    # Basis in the rotated coordinates: w = a + u*(z + y)/2 + v*(z - y)/2 with z = sqrt(y^2+1).
-    # (z + |y|)(z - |y|) = 1, so the small one of u, v is taken as a reciprocal (no cancellation).
-    big = 0.5 * (np.sqrt(y * y + 1.0) + np.abs(y))
-    small = 0.25 / big
-    positive = y > 0
-    u = np.where(positive, big, small)
-    v = np.where(positive, small, big)
-    weighted_w = weights * w
-    total_weight = float(weights.sum())
-    g01, g02 = u @ weights, v @ weights
-    g11, g22 = (u * u) @ weights, (v * v) @ weights
-    g00 = np.full_like(g01, total_weight)
-    g12 = np.full_like(g01, 0.25 * total_weight)  # u * v = 1/4 at every point
-    gram = np.stack([g00, g01, g02, g01, g11, g12, g02, g12, g22], axis=1).reshape(-1, 3, 3)
-    rhs = np.stack([np.full_like(g01, weighted_w.sum()), u @ weighted_w, v @ weighted_w], axis=1)
-    const = float(weighted_w @ w)
-    upper = np.empty((len(m), 3))
-    upper[:, 0] = w_max
-    upper[:, 1] = upper[:, 2] = _SLOPE_CAP * sigma
-    p, optimal = _solve_with_active_set(gram, rhs, upper, guess)
-    if not optimal.all():
-        redo = ~optimal
-        p[redo], _ = _solve_box_lsq(gram[redo], rhs[redo], np.full(int(redo.sum()), const), upper[redo])
-    obj = np.sum(p * ((gram @ p[:, :, None])[:, :, 0] - 2.0 * rhs), axis=1) + const
-    pattern = np.where(p <= 0.0, 1, np.where(p >= upper, 2, 0))
-    a, u_fit, v_fit = p[:, 0], p[:, 1], p[:, 2]
-    return np.column_stack([a, 0.5 * (u_fit + v_fit), 0.5 * (u_fit - v_fit)]), obj, pattern
-
-
-def _to_params(a: float, c: float, d: float, m: float, sigma: float) -> SVIParams:
-    b = c / sigma
-    rho = d / c if c > 0 else 0.0
-    return SVIParams(a=float(a), b=float(b), rho=float(np.clip(rho, -1.0, 1.0)), m=float(m), sigma=float(sigma))
-
-
-def _newton_step(f: np.ndarray, step: np.ndarray) -> np.ndarray | None:
-    """Newton step from the centre of a 3x3 stencil of objective values f[i, j] taken at
-    centre + step * (i - 1, j - 1); None when the finite-difference Hessian is not positive
-    definite (no minimum to step to)."""
-    grad = np.array([(f[2, 1] - f[0, 1]) / (2 * step[0]), (f[1, 2] - f[1, 0]) / (2 * step[1])])
-    h_mm = (f[2, 1] - 2 * f[1, 1] + f[0, 1]) / step[0] ** 2
-    h_ss = (f[1, 2] - 2 * f[1, 1] + f[1, 0]) / step[1] ** 2
-    h_ms = (f[2, 2] - f[2, 0] - f[0, 2] + f[0, 0]) / (4 * step[0] * step[1])
-    det = h_mm * h_ss - h_ms * h_ms
-    if not (np.isfinite(det) and h_mm > 0 and det > 0):
-        return None
-    return -np.array([h_ss * grad[0] - h_ms * grad[1], h_mm * grad[1] - h_ms * grad[0]]) / det
-
-
-def fit_svi(
-    k: np.ndarray,
-    w: np.ndarray,
-    weights: np.ndarray | None = None,
-    t: float | None = None,
-    *,
-    grid_size: int = 12,
-    max_iterations: int = 60,
-) -> SVIFit:
-    """Fit raw SVI to total variances ``w`` at log-moneyness ``k`` (quasi-explicit method).
-
-    ``weights`` multiply the *squared* total-variance residuals (default: all 1). To fit in vol
-    space with quote-spread weighting, pass ``1 / (spread_vol**2 * 4 * w * t)`` — see
-    `tools.surface`. ``t`` (years) is only used to report the RMSE in vol points.
-
-    Points with a non-finite k, w or weight, or w < 0, or weight <= 0, are dropped. Fewer than 5
-    remaining points, or k all equal, give ``success=False`` (never an exception for bad data).
-    """
-    k = np.asarray(k, dtype=float).ravel()
-    w = np.asarray(w, dtype=float).ravel()
-    if k.shape != w.shape:
-        raise ValueError(f"k has {k.size} points, w has {w.size}")
-    weights = np.ones_like(k) if weights is None else np.asarray(weights, dtype=float).ravel()
-    if weights.shape != k.shape:
-        raise ValueError(f"weights has {weights.size} points, k has {k.size}")
-    if t is not None and not t > 0:
-        raise ValueError(f"t must be positive years, got {t}")
-
-    keep = np.isfinite(k) & np.isfinite(w) & np.isfinite(weights) & (w >= 0) & (weights > 0)
-    k, w, weights = k[keep], w[keep], weights[keep]
-    n = int(k.size)
-    nan = float("nan")
-    if n < 5:
-        return SVIFit(None, nan, nan, n, False, f"need at least 5 valid points, have {n}")
-    k_span = float(k.max() - k.min())
-    if k_span <= 0:
-        return SVIFit(None, nan, nan, n, False, "all points have the same log-moneyness")
-    weights = weights / weights.mean()  # scale-free: keeps the Gram matrix well conditioned
-    w_max = float(w.max())
-
-    # Coarse grid over (m, log sigma): m across and beyond the data, sigma from a near-kink to a
-    # smile much flatter than the data range. Then Newton steps on the reduced objective, with
-    # gradient and Hessian from a 3x3 finite-difference stencil (one vectorized solve per step),
-    # falling back to a halved compass step whenever the quadratic model does not help.
-    m_axis = np.linspace(float(k.min()) - 0.5 * k_span, float(k.max()) + 0.5 * k_span, grid_size)
-    ls_axis = np.linspace(np.log(max(_SIGMA_MIN, 1e-3 * k_span)), np.log(2.0 * k_span), grid_size)
-    mm, ls = (x.ravel() for x in np.meshgrid(m_axis, ls_axis, indexing="ij"))
-    acd, obj, pattern = _inner_fit(k, w, weights, mm, np.exp(ls), w_max, _ALL_FREE)
-    i = int(np.argmin(obj))
-    best = (float(obj[i]), acd[i], float(mm[i]), float(ls[i]))
-    guess = pattern[i]
-    center = np.array([mm[i], ls[i]])
-    step = 0.5 * np.array([m_axis[1] - m_axis[0], ls_axis[1] - ls_axis[0]])
-    tol = np.array([1e-7 * max(k_span, 1e-3), 1e-7])
-    ls_floor = np.log(_SIGMA_MIN)
-    # Improvements smaller than this are round-off in the weighted sum of squares.
-    noise = 1e-13 * float(weights @ (w * w))
-    for _ in range(max_iterations):
-        points = center + step * _STENCIL
-        points[:, 1] = np.maximum(points[:, 1], ls_floor)
-        acd, obj, pattern = _inner_fit(k, w, weights, points[:, 0], np.exp(points[:, 1]), w_max, guess)
-        center_was_best = obj[4] <= best[0] + noise
-        i = int(np.argmin(obj))
-        moved = obj[i] < best[0] - noise
-        if moved:
-            best = (float(obj[i]), acd[i], float(points[i, 0]), float(points[i, 1]))
-            guess = pattern[i]
-        newton = _newton_step(obj.reshape(3, 3), step) if center_was_best else None
-        if newton is not None:
-            if np.all(np.abs(newton) < tol):
-                break
-            newton = np.clip(newton, -4 * step, 4 * step)  # trust region: the model is local
-            center = center + newton
-            step = np.clip(np.abs(newton), tol, step)
-        else:
-            # The model failed, or the Newton point was worse than one already seen: continue
-            # from the best point so far, with a tighter stencil unless it just improved.
-            center = np.array([best[2], best[3]])
-            if not moved or not center_was_best:
-                step = 0.5 * step
-            if np.all(step < tol):
-                break
-
-    _, (a, c, d), m_best, ls_best = best
-    params = _to_params(a, c, d, m_best, float(np.exp(ls_best)))
-    fitted = params.total_variance(k)
-    rmse_w = float(np.sqrt(np.mean((fitted - w) ** 2)))
-    if t is not None:
-        vol_fit = np.sqrt(np.maximum(fitted, 0.0) / t)
-        vol_obs = np.sqrt(w / t)
-        rmse_vol = float(100.0 * np.sqrt(np.mean((vol_fit - vol_obs) ** 2)))
-    else:
-        rmse_vol = nan
-    return SVIFit(params, rmse_vol, rmse_w, n, True, "ok")
 
 
 # --------------------------------------------------------------------------------------------

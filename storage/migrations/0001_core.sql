@@ -89,6 +89,7 @@ CREATE TABLE orders (
     idempotency_key           text NOT NULL UNIQUE,
     run_id                    text NOT NULL REFERENCES runs(run_id),
     ticker                    text NOT NULL,
+    sector                    text NOT NULL,
     structure                 text NOT NULL,
     legs                      jsonb NOT NULL,
     quantity                  integer NOT NULL CHECK (quantity > 0),

@@ -35,7 +35,8 @@ from datetime import date, datetime, time, timedelta
 from typing import Sequence
 
 import numpy as np
-from scipy.signal import lfilter
+
+from scipy.special import ndtri
 
 from tools.chain import NEW_YORK, OptionChain, years_to_expiry
 from tools.pricing import bsm_price
@@ -66,9 +67,9 @@ UP, DOWN, FLAT = 0, 1, 2
 
 # Market factor, per regime: expected daily log return on top of long-run growth, the log-VIX
 # level it reverts to and the speed, and the premium of implied over expected vol (log points).
-_MARKET_DRIFT = np.array([0.0008, 0.0, -0.003])
-_MARKET_GROWTH = 0.07 / TRADING_DAYS
-_MARKET_PULL = 1.0 / 750.0  # weak mean reversion of the market level around its growth line
+_MARKET_DRIFT = np.array([0.0003, -0.0003, -0.002])
+_MARKET_GROWTH = 0.06 / TRADING_DAYS
+_MARKET_PULL = 1.0 / 1000.0  # weak mean reversion of the market level around its growth line
 _VIX_TARGET = np.log(np.array([13.5, 19.0, 31.0]))
 _VIX_SPEED = np.array([0.06, 0.06, 0.12])
 _VIX_VOL = 0.055  # daily vol of log VIX (about 90 % a year)
@@ -81,9 +82,10 @@ _REGIME_NEXT = np.array([[0.0, 0.7, 0.3], [0.55, 0.0, 0.45], [0.4, 0.6, 0.0]])
 
 _TREND_DURATION = (20, 90)
 _TREND_NEXT = np.array([[0.0, 0.4, 0.6], [0.4, 0.0, 0.6], [0.5, 0.5, 0.0]])
-_TREND_STRENGTH = 0.22  # |idiosyncratic drift| in a trend, per unit of the name's daily vol
+_TREND_STRENGTH = 0.40  # |idiosyncratic drift| in a trend, per unit of the name's daily vol
 _TREND_LABEL_Z = 0.08  # |net drift| / daily vol above which a regime counts as a trend
 _IDIO_PULL = 1.0 / 500.0
+_IDIO_VIX_POWER = 0.35  # idiosyncratic vol rises with VIX, less than one for one
 _EARNINGS_JUMP = 2.2  # earnings-gap sd, in daily vols
 _NEWS_JUMP = 1.2
 _BASE_MARKET_VOL = 0.14  # the market factor's annual vol at a typical VIX of ~16
@@ -107,6 +109,72 @@ def _rng(*key) -> np.random.Generator:
     text = "\x1f".join(str(k) for k in key)
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
     return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+def _key64(*key) -> int:
+    text = "\x1f".join(str(k) for k in key)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _contract_uniforms(key: int, expiry: np.ndarray, strike: np.ndarray, is_call: np.ndarray) -> np.ndarray:
+    """Uniforms in (0, 1), one per contract, that depend only on `key` and the contract itself.
+
+    A contract keeps its noise when the strike grid around it changes (spot moved intraday), so
+    open interest stays fixed through the day and volume only accumulates.
+    """
+    h = _splitmix64(np.full(len(strike), key, dtype=np.uint64))
+    h = _splitmix64(h ^ expiry.astype("datetime64[D]").astype(np.int64).astype(np.uint64))
+    h = _splitmix64(h ^ np.round(strike * 1000).astype(np.int64).astype(np.uint64))
+    h = _splitmix64(h ^ is_call.astype(np.uint64))
+    return ((h >> np.uint64(11)).astype(float) + 0.5) * 2.0**-53
+
+
+def _poisson_quantile(u: float, lam: float) -> float:
+    """The u-quantile of Poisson(lam): with u fixed, counts only grow as lam grows."""
+    if lam <= 0:
+        return 0.0
+    if lam > 50:  # normal approximation, plenty for mention counts
+        return float(max(round(lam + math.sqrt(lam) * float(ndtri(u))), 0))
+    k, p = 0, math.exp(-lam)
+    cdf = p
+    while cdf < u and k < 1000:
+        k += 1
+        p *= lam / k
+        cdf += p
+    return float(k)
+
+
+def _ar1(u: np.ndarray, a: float, gain: float = 1.0) -> np.ndarray:
+    """y[t] = a * y[t-1] + gain * u[t] with y[-1] = 0 (what scipy.signal.lfilter([gain], [1, -a], u)
+    gives; done here in NumPy because importing scipy.signal costs over a second).
+
+    Within blocks of 32 the recursion is a scaled cumulative sum; the carry between blocks is a
+    short loop. 0 < a < 1.
+    """
+    u = gain * np.asarray(u, dtype=float)
+    n = len(u)
+    block = 32
+    padded = np.zeros(-(-n // block) * block)
+    padded[:n] = u
+    rows = padded.reshape(-1, block)
+    powers = a ** np.arange(block)
+    within = np.cumsum(rows / powers, axis=1) * powers  # a^j * sum_{i<=j} a^-i u_i
+    # The value carried out of block r is itself an AR(1) over block ends, with coefficient a^32.
+    ends = within[:, -1].tolist()
+    decay = a**block
+    carried = [0.0] * len(ends)
+    for r in range(1, len(ends)):
+        carried[r] = decay * carried[r - 1] + ends[r - 1]
+    within += np.array(carried)[:, None] * (a ** np.arange(1, block + 1))[None, :]
+    return within.reshape(-1)[:n]
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -254,14 +322,19 @@ class _MarketPath:
 def _semi_markov(rng: np.random.Generator, n: int, durations, transition: np.ndarray) -> np.ndarray:
     """States held for uniformly drawn durations, then switched by `transition` (rows: from)."""
     states = np.empty(n, dtype=np.int8)
+    shortest = min(lo for lo, _ in durations)
+    draws = rng.random((n // shortest + 2, 2)).tolist()  # (duration, next state) per segment
+    cumulative = np.cumsum(transition, axis=1).tolist()
     state = int(rng.integers(len(durations)))
     pos = 0
-    while pos < n:
+    for u_length, u_next in draws:
+        if pos >= n:
+            break
         lo, hi = durations[state]
-        length = int(rng.integers(lo, hi + 1))
+        length = lo + int(u_length * (hi - lo + 1))
         states[pos:pos + length] = state
         pos += length
-        state = int(rng.choice(len(durations), p=transition[state]))
+        state = next(j for j, c in enumerate(cumulative[state]) if u_next < c)
     return states
 
 
@@ -308,13 +381,14 @@ def _market_path(seed: int) -> _MarketPath:
     level = np.cumsum(log_return)
     level -= level[cal.anchor]
 
-    noise = lfilter([0.3], [1.0, -0.7], 0.02 * rng.standard_normal(n))
+    noise = _ar1(0.02 * rng.standard_normal(n), 0.7, 0.3)
     slope = _TERM_SLOPE[regime] + 0.3 * (math.log(19.0) - log_vix) + noise
     # In stress the curve is always inverted: near-dated fear above three-month fear.
     slope = np.where(regime == STRESS, np.minimum(slope, -0.02), slope)
     vix_close = np.round(np.exp(log_vix), 2)
     vix3m_close = np.round(np.exp(log_vix + slope), 2)
-    vrp = lfilter([0.1], [1.0, -0.9], _VRP_TARGET[regime] + 0.03 * rng.standard_normal(n) / 0.1 * 0.1)
+    # AR(1) around the regime's premium; 0.22 noise gives a stationary sd of about 0.05.
+    vrp = _ar1(_VRP_TARGET[regime] + 0.22 * rng.standard_normal(n), 0.9, 0.1)
     return _MarketPath(
         regime=_frozen(regime),
         log_return=_frozen(log_return),
@@ -345,7 +419,6 @@ class _TickerPath:
     vrp: np.ndarray  # log(implied / expected vol) per session
     # social, per calendar day from SPAN_START
     excitation: np.ndarray  # attention beyond baseline (smoothed), per day
-    mention_rate: np.ndarray
     mentions: np.ndarray
     search: np.ndarray  # unnormalized search interest
 
@@ -373,7 +446,7 @@ def _ticker_path(seed: int, ticker: str) -> _TickerPath:
     vix = market.vix.close
     vix_prev = np.concatenate(([vix[0]], vix[:-1]))
     market_daily = _REALIZED_TO_VIX * vix_prev / 100.0 / math.sqrt(TRADING_DAYS)
-    idio_daily = profile.idiosyncratic_vol / math.sqrt(TRADING_DAYS) * np.sqrt(vix_prev / 16.0)
+    idio_daily = profile.idiosyncratic_vol / math.sqrt(TRADING_DAYS) * (vix_prev / 16.0) ** _IDIO_VIX_POWER
     daily_vol = np.sqrt((profile.beta * market_daily) ** 2 + idio_daily**2)
     typical_daily = profile.vol / math.sqrt(TRADING_DAYS)
 
@@ -392,7 +465,7 @@ def _ticker_path(seed: int, ticker: str) -> _TickerPath:
         event_kind[earnings] = _EARNINGS
         jump[earnings] = _EARNINGS_JUMP * typical_daily * rng.standard_normal(len(earnings))
     news = (rng.random(n) < (1 / 35 if profile.kind == "stock" else 1 / 80)) & (event_kind == 0)
-    news_kinds = np.array([_ANALYST, _GUIDANCE, _LITIGATION, _PRODUCT]) if profile.kind == "stock" else np.array([_MACRO])
+    news_kinds = [_ANALYST, _GUIDANCE, _LITIGATION, _PRODUCT] if profile.kind == "stock" else [_MACRO]
     event_kind[news] = rng.choice(news_kinds, size=int(news.sum()))
     # News tends to follow the trend; litigation is always bad news.
     p_up = np.select([trend == UP, trend == DOWN], [0.7, 0.3], 0.5)
@@ -403,8 +476,9 @@ def _ticker_path(seed: int, ticker: str) -> _TickerPath:
 
     noise = idio_daily * rng.standard_normal(n)
     idio_step = idio_drift + noise + jump - 0.5 * idio_daily**2
-    idio_level = lfilter([1.0], [1.0, -(1.0 - _IDIO_PULL)], idio_step)
-    alpha = float(rng.uniform(-0.02, 0.05)) / TRADING_DAYS
+    idio_level = _ar1(idio_step, 1.0 - _IDIO_PULL)
+    # A small per-name growth edge over beta x market; index funds have none.
+    alpha = 0.0 if profile.kind == "index_etf" else float(rng.uniform(-0.01, 0.03)) / TRADING_DAYS
     t_idx = np.arange(n) - cal.anchor
     log_price = (
         math.log(profile.reference_price)
@@ -432,9 +506,10 @@ def _ticker_path(seed: int, ticker: str) -> _TickerPath:
     # Implied vol: a blend of trailing realized and the generator's forward-looking vol, times
     # a premium that drifts around a regime level (so IV is sometimes rich, sometimes cheap).
     vix_now = vix / 100.0
-    expected = np.sqrt((profile.beta * _REALIZED_TO_VIX * vix_now) ** 2 + profile.idiosyncratic_vol**2 * vix / 16.0)
+    expected = np.sqrt((profile.beta * _REALIZED_TO_VIX * vix_now) ** 2
+                       + profile.idiosyncratic_vol**2 * (vix / 16.0) ** (2 * _IDIO_VIX_POWER))
     realized = _trailing_vol(log_return, 20)
-    vrp = market.vrp + lfilter([0.1], [1.0, -0.95], 0.06 * rng.standard_normal(n) / math.sqrt(0.1**2 / (1 - 0.95**2)) * 0.1 / 0.1)
+    vrp = market.vrp + _ar1(0.0187 * rng.standard_normal(n), 0.95)  # stationary sd 0.06
     iv30_base = np.sqrt(0.35 * realized**2 + 0.65 * expected**2) * np.exp(vrp)
     earnings_var = (_EARNINGS_JUMP * typical_daily) ** 2
     iv30 = iv30_base.copy()
@@ -446,14 +521,14 @@ def _ticker_path(seed: int, ticker: str) -> _TickerPath:
         days_to[has_next] = (next_dates[has_next] - cal.sessions[:n][has_next]).astype(float)
         iv30 = np.sqrt(iv30_base**2 + np.where(days_to <= 30, earnings_var / (30.0 / 365.0), 0.0))
 
-    excitation, rate, mentions, search = _social_series(seed, profile, log_return, daily_vol, event_kind, rng)
+    excitation, mentions, search = _social_series(profile, log_return, daily_vol, event_kind, rng)
+    drift = profile.beta * (_MARKET_DRIFT[market.regime] + _MARKET_GROWTH) + idio_drift
     return _TickerPath(
         profile=profile, bars=bars, log_return=_frozen(log_return), daily_vol=_frozen(daily_vol),
-        trend=_frozen(trend), drift=_frozen(profile.beta * _MARKET_DRIFT[market.regime] + idio_drift),
+        trend=_frozen(trend), drift=_frozen(drift),
         event_kind=_frozen(event_kind), event_sign=_frozen(event_sign), earnings=_frozen(earnings),
         earnings_var=earnings_var, iv30_base=_frozen(iv30_base), iv30=_frozen(iv30), vrp=_frozen(vrp),
-        excitation=_frozen(excitation), mention_rate=_frozen(rate), mentions=_frozen(mentions),
-        search=_frozen(search),
+        excitation=_frozen(excitation), mentions=_frozen(mentions), search=_frozen(search),
     )
 
 
@@ -471,8 +546,9 @@ def _move_excitation(z: np.ndarray) -> np.ndarray:
     return np.minimum(0.5 * np.maximum(np.abs(z) - 1.0, 0.0) ** 2, 8.0)
 
 
-def _social_series(seed, profile, log_return, daily_vol, event_kind, rng):
-    """Daily mention rate and counts, and search interest, per calendar day over the span."""
+def _social_series(profile, log_return, daily_vol, event_kind, rng):
+    """Attention (excitation over baseline), mention counts and unnormalized search interest, per
+    calendar day over the span. Big moves and events excite attention, which fades over days."""
     cal = _calendar()
     days = _span_days()
     day_of_session = (cal.sessions[: cal.n_path] - days[0]).astype(int)
@@ -481,11 +557,12 @@ def _social_series(seed, profile, log_return, daily_vol, event_kind, rng):
     excite[day_of_session] += np.select([event_kind == _EARNINGS, event_kind > 0], [3.0, 1.5], 0.0)
     hype = rng.random(len(days)) < 1 / 60
     excite += np.where(hype, rng.uniform(1.5, 4.0, len(days)), 0.0)
-    excite = lfilter([1.0], [1.0, -0.5], excite)  # attention fades over a few days
-    rate = profile.mention_baseline * _weekday_factor(days) * (1.0 + excite) * np.exp(0.15 * rng.standard_normal(len(days)))
+    excite = _ar1(excite, 0.5)  # attention fades over a few days
+    noise = np.exp(0.15 * rng.standard_normal(len(days)))
+    rate = profile.mention_baseline * _weekday_factor(days) * (1.0 + excite) * noise
     mentions = rng.poisson(rate).astype(float)
-    search = lfilter([0.3], [1.0, -0.7], rate) * np.exp(0.08 * rng.standard_normal(len(days)))
-    return excite, rate, mentions, search
+    search = _ar1(rate, 0.7, 0.3) * np.exp(0.08 * rng.standard_normal(len(days)))
+    return excite, mentions, search
 
 
 # ----------------------------------------------------------------------------- the as-of clock
@@ -612,18 +689,24 @@ _TERM_POWER_BY_REGIME = np.array([0.06, 0.0, -0.12])  # ATM vol ~ T**power: up i
 _T30 = 30.0 / 365.0
 
 
-def smile_total_variance(k, t, atm_total_variance, skew, curvature, rho) -> np.ndarray:
+def smile_total_variance(k, atm_total_variance, skew, curvature, rho) -> np.ndarray:
     """Raw-SVI total variance w(k) (vol**2 * years) at log-moneyness k = ln(K/F).
 
     Parameters are per row (broadcast): `atm_total_variance` w(0); `skew` the ATM slope of
     implied vol per standardized move x = k / sqrt(w0) in units of ATM vol (negative: puts rich);
-    `curvature` the quadratic coefficient in x; `rho` the SVI correlation (wing asymmetry), tightened
-    where needed so the smile's minimum stays positive. Wings are linear in k (Lee-compatible).
+    `curvature` the quadratic coefficient in x (raised to 0.43 skew**2 when smaller); `rho` the SVI
+    correlation (wing asymmetry), tightened where needed so that the smile's minimum stays positive.
+    Wings are linear in k (Lee-compatible). The shape is the same in x for every w0, which makes
+    total variance grow with w0 at every k (no calendar arbitrage along a rising ATM term).
     """
     w0 = np.asarray(atm_total_variance, dtype=float)
     skew = np.asarray(skew, dtype=float)
     curvature = np.asarray(curvature, dtype=float)
+    if not (np.all(w0 > 0) and np.all(curvature > 0)):
+        raise ValueError("smile needs a positive ATM total variance and a positive curvature")
     sd = np.sqrt(w0)
+    # A steep skew needs some curvature, or no |rho| < 0.95 keeps the smile's minimum positive.
+    curvature = np.maximum(curvature, 0.43 * skew**2)
     # Matching w'(0) = b rho and w''(0) = b / s to the requested skew and curvature:
     # w'(0) = 2 sd skew, w''(0) = 2 (skew^2 + 2 curvature).
     rho_needed = np.sqrt(2.0 * skew**2 / (1.2 * (skew**2 + 2.0 * curvature)))
@@ -633,6 +716,33 @@ def smile_total_variance(k, t, atm_total_variance, skew, curvature, rho) -> np.n
     s = b / (2.0 * (skew**2 + 2.0 * curvature))
     a = w0 - b * s
     return a + b * (rho_signed * k + np.sqrt(k * k + s * s))
+
+
+@dataclass(frozen=True)
+class GeneratingSurface:
+    """The implied-vol surface a chain was priced from (one entry per expiry).
+
+    `t` years to each expiry (ACT/365 to 16:00 New York), `forward` the BSM forward,
+    `atm_total_variance` w0 = ATM vol**2 * t (scheduled earnings included), and the smile shape
+    shared by every expiry in standardized moneyness: `skew` < 0 makes puts rich.
+    """
+
+    expiries: np.ndarray
+    t: np.ndarray
+    forward: np.ndarray
+    atm_total_variance: np.ndarray
+    skew: float
+    curvature: float
+    rho: float
+
+    def total_variance(self, strike, expiry_index) -> np.ndarray:
+        e = np.asarray(expiry_index)
+        k = np.log(np.asarray(strike, dtype=float) / self.forward[e])
+        return smile_total_variance(k, self.atm_total_variance[e], self.skew, self.curvature, self.rho)
+
+    def implied_vol(self, strike, expiry_index) -> np.ndarray:
+        """Annualized implied vol (decimal) per strike for the expiries at `expiry_index`."""
+        return np.sqrt(self.total_variance(strike, expiry_index) / self.t[np.asarray(expiry_index)])
 
 
 # ----------------------------------------------------------------------------- social posts
@@ -656,21 +766,28 @@ _CHATTER = {
         "Bought more {t} on the dip, momentum looks strong",
         "{t} uptrend intact, bullish into next week",
         "{t} outperforming, strong buying volume today",
+        "{t} should beat estimates this quarter, loading calls",
     ),
     -1: (
         "{t} looks weak, bought puts",
         "{t} broke support, selling my shares",
         "{t} downtrend, bearish until it reclaims the 50 day",
         "Heavy selling in {t}, this could get ugly",
+        "Hearing a downgrade is coming for {t}, bought puts",
     ),
     0: (
         "Anyone watching {t} today?",
         "{t} flat, waiting for a catalyst",
         "Holding {t}, no change to my position",
         "{t} range bound ahead of the Fed",
+        "{t} guidance update next week, staying on the sidelines",
     ),
 }
-_REACTION = {1: ("calls printing", "bullish", "to the moon"), -1: ("puts printing", "bearish", "ouch"), 0: ("thoughts?", "watching", "meh")}
+_REACTION = {
+    1: ("calls printing", "bullish", "to the moon"),
+    -1: ("puts printing", "bearish", "ouch"),
+    0: ("thoughts?", "watching", "meh"),
+}
 
 
 def _source_text(source: str, ticker: str, headline: str, sign: int, rng: np.random.Generator) -> str:
@@ -704,15 +821,19 @@ def _day_posts(seed: int, path: _TickerPath, day: date) -> list[SocialPost]:
     is_session = before < cal.n_path and cal.sessions[before] == d64
     if is_session and path.event_kind[before] > 0:
         kind, sign = int(path.event_kind[before]), int(path.event_sign[before])
-        headline = _EVENT_HEADLINES.get((kind, sign), _EVENT_HEADLINES[(kind, -sign)] if (kind, -sign) in _EVENT_HEADLINES else "{t} in the news")
-        stories.append((sign, headline.format(t=ticker), float(rng.uniform(360, 565)), ("news", "reddit", "stocktwits")))
+        headline = _EVENT_HEADLINES[(kind, sign)].format(t=ticker)
+        stories.append((sign, headline, float(rng.uniform(360, 565)), ("news", "reddit", "stocktwits")))
     n_chatter = min(1 + int(rng.poisson(0.5 + math.log1p(path.profile.mention_baseline / 100.0))), 4)
     for _ in range(n_chatter):
         u = rng.random()
         sign = 1 if u < p_bull else (-1 if u < 0.75 else 0)
         bank = _CHATTER[sign]
-        sources = ("reddit", "stocktwits") if rng.random() < 0.4 else (("reddit",) if rng.random() < 0.5 else ("stocktwits",))
-        stories.append((sign, bank[int(rng.integers(len(bank)))].format(t=ticker), float(rng.uniform(420, 1320)), sources))
+        if rng.random() < 0.4:
+            sources = ("reddit", "stocktwits")
+        else:
+            sources = ("reddit",) if rng.random() < 0.5 else ("stocktwits",)
+        text = bank[int(rng.integers(len(bank)))].format(t=ticker)
+        stories.append((sign, text, float(rng.uniform(420, 1320)), sources))
     posts = []
     for j, (sign, headline, minute, sources) in enumerate(stories):
         story_id = f"{ticker}-{day.isoformat()}-{j}"
@@ -749,6 +870,16 @@ class SimulatedMarket:
     # -- public ----------------------------------------------------------------------------
 
     def snapshot(self, tickers: Sequence[str], as_of: datetime) -> MarketSnapshot:
+        """The market as it looked at `as_of` (tz-aware) for `tickers` (any symbols; unknown ones get
+        synthetic parameters; "VIX"/"VIX3M" come back as index data without a chain).
+
+        Per ticker: `bars` (last `history_sessions` complete sessions), `spot`, `atm_iv_history`
+        (30-day ATM IV at each bar's close, decimal), an `OptionChain` (source "simulated", per-share
+        prices, cent ticks, `vendor_iv` = the generating smile's vol, rate 4 %, the name's dividend
+        yield) and a `SocialFeed` (90 calendar days of mentions ending with today's partial count,
+        0..100 search interest scaled to its window, posts from the last 3 days before `as_of`).
+        `meta` carries the seed, the model version and VIX/VIX3M at `as_of`.
+        """
         if isinstance(tickers, str):
             raise TypeError("tickers must be a sequence of symbols, not one string")
         symbols = list(dict.fromkeys(normalize_ticker(t) for t in tickers))
@@ -782,9 +913,22 @@ class SimulatedMarket:
                 "vix_spot": vix_now,
                 "vix3m_spot": vix3m_now,
                 "last_session": str(_calendar().sessions[clock.complete - 1]),
-                "synthetic_tickers": [s for s in symbols if s not in VOLATILITY_INDICES and ticker_profile(s).synthetic],
+                "synthetic_tickers": [
+                    s for s in symbols if s not in VOLATILITY_INDICES and ticker_profile(s).synthetic
+                ],
             },
         )
+
+    def generating_surface(self, ticker: str, as_of: datetime) -> GeneratingSurface:
+        """The surface `snapshot` prices `ticker`'s chain from at `as_of` (tests and diagnostics)."""
+        symbol = normalize_ticker(ticker)
+        if symbol in VOLATILITY_INDICES:
+            raise ValueError(f"no simulated option surface for the volatility index {symbol}")
+        clock = _clock(as_of, self.history_sessions)
+        market = _market_path(self.seed)
+        path = _ticker_path(self.seed, symbol)
+        spot = _intraday_price(path.bars, clock, (self.seed, symbol))
+        return self._surface(path, clock, spot, _intraday_price(market.vix, clock, (self.seed, "VIX")))
 
     def generating_regime(self, ticker: str, day: date | datetime | np.datetime64) -> GeneratingRegime:
         """The generator's state for `ticker` on the last session on or before `day`."""
@@ -796,6 +940,8 @@ class SimulatedMarket:
         if i < 0 or d64 > np.datetime64(SPAN_END, "D"):
             raise ValueError(f"{day} is outside the simulated span {SPAN_START}..{SPAN_END}")
         symbol = normalize_ticker(ticker)
+        if symbol in VOLATILITY_INDICES:
+            raise ValueError(f"{symbol} is a volatility index; its state is the market regime of any ticker")
         path = _ticker_path(self.seed, symbol)
         market = _market_path(self.seed)
         z = path.drift[i] / path.daily_vol[i]
@@ -824,33 +970,48 @@ class SimulatedMarket:
             social=self._social(path, clock, spot),
         )
 
-    def _chain(self, path: _TickerPath, clock: _Clock, spot: float, vix_now: float) -> OptionChain:
+    def _surface(self, path: _TickerPath, clock: _Clock, spot: float, vix_now: float) -> GeneratingSurface:
         cal = _calendar()
         profile = path.profile
         market = _market_path(self.seed)
         last = clock.complete - 1  # the state as of the last close; today's VIX move is applied on top
         regime = int(market.regime[last])
-        rng = _rng(self.seed, profile.ticker, "chain", clock.as_of.isoformat())
+        rng = _rng(self.seed, profile.ticker, "surface", str(cal.sessions[last]))  # fixed through the day
         vix_beta = float(np.clip((profile.beta * _BASE_MARKET_VOL / profile.vol) ** 2, 0.2, 1.0))
         iv30 = float(path.iv30_base[last]) * (vix_now / float(market.vix.close[last])) ** vix_beta
         long_run = profile.vol * 1.1
-
         expiries = option_expiries(clock.as_of)
         t_exp = years_to_expiry(expiries, clock.as_of)
+        # ATM vol ~ T**power: upward in calm markets, inverted in stress, and leaning back toward
+        # the name's long-run level when today's vol is far from it.
         power = _TERM_POWER_BY_REGIME[regime] + 0.1 * float(np.clip(math.log(long_run / iv30), -1.0, 1.0))
         atm_vol = iv30 * (np.maximum(t_exp, 3.0 / 365.0) / _T30) ** power
         w_atm = atm_vol**2 * t_exp
         # Scheduled earnings not yet in the price add their gap variance to every expiry after them.
-        pending = path.earnings[path.earnings >= (clock.complete if clock.live is None or clock.elapsed <= 0 else clock.complete + 1)]
-        pending_dates = cal.sessions[pending]
-        w_atm = w_atm + path.earnings_var * np.searchsorted(pending_dates, expiries, side="right")
+        opened = clock.live is not None and clock.elapsed > 0
+        pending = path.earnings[path.earnings >= clock.complete + (1 if opened else 0)]
+        w_atm = w_atm + path.earnings_var * np.searchsorted(cal.sessions[pending], expiries, side="right")
+        skew0, curv0, rho0 = _SMILE_BY_KIND[profile.kind]
+        return GeneratingSurface(
+            expiries=expiries,
+            t=t_exp,
+            forward=spot * np.exp((RISK_FREE_RATE - profile.dividend_yield) * t_exp),
+            atm_total_variance=w_atm,
+            skew=skew0 * _SKEW_BY_REGIME[regime] * math.exp(0.08 * float(rng.standard_normal())),
+            curvature=curv0 * math.exp(0.1 * float(rng.standard_normal())),
+            rho=rho0,
+        )
 
+    def _chain(self, path: _TickerPath, clock: _Clock, spot: float, vix_now: float) -> OptionChain:
+        profile = path.profile
+        surface = self._surface(path, clock, spot, vix_now)
+        expiries, t_exp = surface.expiries, surface.t
         step = _strike_step(spot)
         rows_k, rows_e = [], []
-        for e, (t, vol) in enumerate(zip(t_exp, atm_vol)):
-            half = float(np.clip(3.0 * vol * math.sqrt(t), 0.30, 0.60))
-            lo = max(math.ceil(spot * (1 - half) / step), 1)
-            hi = math.floor(spot * (1 + half) / step)
+        for e, (t, w0) in enumerate(zip(t_exp, surface.atm_total_variance)):
+            half = float(np.clip(3.0 * math.sqrt(w0), 0.30, 0.60))  # wider strike range for longer/volatile
+            lo = max(math.floor(spot * (1 - half) / step), 1)
+            hi = math.ceil(spot * (1 + half) / step)
             rows_k.append(np.arange(lo, hi + 1) * step)
             rows_e.append(np.full(hi - lo + 1, e))
         strike_1 = np.concatenate(rows_k)
@@ -860,21 +1021,16 @@ class SimulatedMarket:
         is_call = np.concatenate((np.ones(len(strike_1), bool), np.zeros(len(strike_1), bool)))
         t = t_exp[e_idx]
         q = profile.dividend_yield
-        forward = spot * np.exp((RISK_FREE_RATE - q) * t)
-        k = np.log(strike / forward)
-
-        skew0, curv0, rho0 = _SMILE_BY_KIND[profile.kind]
-        skew = skew0 * _SKEW_BY_REGIME[regime] * math.exp(0.08 * float(rng.standard_normal()))
-        curvature = curv0 * math.exp(0.1 * float(rng.standard_normal()))
-        w = smile_total_variance(k, t, w_atm[e_idx], skew, curvature, rho0)
-        iv = np.sqrt(w / t)
+        iv = surface.implied_vol(strike, e_idx)
         fair = bsm_price(spot, strike, t, RISK_FREE_RATE, q, iv, is_call)
         # American-style floor: a listed option never trades below its exercise value.
         fair = np.maximum(fair, np.where(is_call, spot - strike, strike - spot))
 
+        w_atm = surface.atm_total_variance
+        k = np.log(strike / surface.forward[e_idx])
         x = k / np.sqrt(w_atm[e_idx])  # standardized moneyness
         liquidity = float(np.clip((20000.0 / profile.option_oi_scale) ** 0.35, 0.4, 2.5))
-        spread = liquidity * (0.02 + 0.012 * fair * (1 + 0.4 * np.minimum(np.abs(x), 6.0))
+        spread = liquidity * (0.02 + 0.012 * fair * (1 + 0.6 * np.minimum(np.abs(x), 6.0))
                               * (1 + 0.6 * np.sqrt(0.02 / np.maximum(t, 0.002))))
         penny = profile.kind == "index_etf"
         tick = np.where(penny | (fair < 3.0), 0.01, 0.05)
@@ -883,22 +1039,54 @@ class SimulatedMarket:
         ask = np.maximum(ask, bid + tick)
         bid, ask = np.round(bid, 2), np.round(ask, 2)
 
+        # Open interest and the day's volume pattern are set against the previous close (spot, time
+        # and vol level), so they stay put while the price moves intraday: OI is fixed through the
+        # day and volume only accumulates.
+        last = clock.complete - 1
+        last_session = _calendar().sessions[last]
+        prev_close = float(path.bars.close[last])
+        last_close_time = datetime.combine(last_session.astype(object), time(16, 0), tzinfo=NEW_YORK)
+        t_prev = years_to_expiry(expiries, last_close_time)[e_idx]
+        sd_prev = float(path.iv30_base[last]) * np.sqrt(t_prev)
+        x_prev = (np.log(strike / prev_close) - (RISK_FREE_RATE - q) * t_prev) / sd_prev
         monthly = np.array([_is_monthly(d) for d in expiries])[e_idx]
-        round_strike = 1.0 + (np.abs(np.remainder(strike, 2 * step)) < 1e-9) + 2.0 * (np.abs(np.remainder(strike, 10 * step)) < 1e-9)
-        otm_put_tilt = np.where(~is_call & (strike < spot), 1.4 if profile.kind != "stock" else 1.1, 1.0)
-        oi = (profile.option_oi_scale * np.exp(-0.5 * (x / 1.6) ** 2) * round_strike * otm_put_tilt
-              * np.where(monthly, 1.0, 0.35) * (0.6 + 0.4 * np.exp(-t / 0.5)) * np.exp(0.5 * rng.standard_normal(len(x))))
+        round_strike = (1.0 + (np.abs(np.remainder(strike, 2 * step)) < 1e-9)
+                        + 2.0 * (np.abs(np.remainder(strike, 10 * step)) < 1e-9))
+        otm_put_tilt = np.where(~is_call & (strike < prev_close), 1.4 if profile.kind != "stock" else 1.1, 1.0)
+        contract = (expiries[e_idx], strike, is_call)
+        last_session = str(last_session)
+        today = clock.today.isoformat()
+        # Open interest is as of the previous close; today's volume, blocks and prints are today's.
+        oi_noise = ndtri(_contract_uniforms(_key64(self.seed, profile.ticker, "oi", last_session), *contract))
+        volume_noise = ndtri(_contract_uniforms(_key64(self.seed, profile.ticker, "volume", today), *contract))
+        block_pick = _contract_uniforms(_key64(self.seed, profile.ticker, "block", today), *contract)
+        block_time = _contract_uniforms(_key64(self.seed, profile.ticker, "block-time", today), *contract)
+        print_at = _contract_uniforms(_key64(self.seed, profile.ticker, "last", today), *contract)
+        oi = (profile.option_oi_scale * np.exp(-0.5 * (x_prev / 1.3) ** 2) * round_strike * otm_put_tilt
+              * np.where(monthly, 1.0, 0.35) * (0.6 + 0.4 * np.exp(-t_prev / 0.5)) * np.exp(0.5 * oi_noise))
         oi = np.floor(oi)
-        turnover = 0.08 * (1 + 2 * np.exp(-t / 0.03)) * np.exp(-0.5 * (x / 1.2) ** 2) * np.exp(0.6 * rng.standard_normal(len(x)))
+        turnover = (0.08 * (1 + 2 * np.exp(-t_prev / 0.03)) * np.exp(-0.5 * (x_prev / 1.2) ** 2)
+                    * np.exp(0.6 * volume_noise))
         day_fraction = clock.elapsed**0.6 if clock.live is not None else 1.0  # volume is front-loaded
-        volume = np.floor(oi * turnover * day_fraction)
-        # Occasional block trades: fresh positioning near the money, leaning with the trend.
-        lean = {UP: True, DOWN: False}.get(int(path.trend[last]))
-        candidates = np.nonzero((np.abs(x) < 1.5) & (t < 0.25) & ((is_call == lean) if lean is not None else True))[0]
-        for row in rng.choice(candidates, size=min(int(rng.poisson(0.8)), len(candidates)), replace=False) if len(candidates) else ():
-            if rng.random() <= day_fraction:
-                volume[row] += max(oi[row] * rng.uniform(2.5, 8.0), rng.uniform(600, 3000))
-        last_trade = np.round(np.clip(fair + spread * rng.uniform(-0.5, 0.5, len(x)), bid, ask) / tick) * tick
+        trend = int(path.trend[last])
+        # Customers chase: call volume swells in up trends and put volume in down trends, so the
+        # day's put/call flow leans with the tape while the standing open interest does not.
+        chase = np.ones_like(strike) if trend == FLAT else np.where(is_call == (trend == UP), 1.4, 0.75)
+        volume = np.floor(oi * turnover * day_fraction * chase)
+        # Occasional block trades: fresh positioning near the money on a strike with little open
+        # interest yet, leaning with the trend.
+        near = (np.abs(x_prev) < 1.5) & (t_prev < 0.25)
+        if near.any():
+            near &= oi <= np.percentile(oi[near], 30)
+        if trend != FLAT:
+            near &= is_call == (trend == UP)
+        # About 0.8 blocks a day per chain, each printed at its own time of day; a block is 2-5x the
+        # strike's open interest and at least 500 contracts (the pick/time uniforms, rescaled, size it).
+        chance = 0.8 / max(int(near.sum()), 1)
+        block = near & (block_pick < chance) & (block_time < day_fraction)
+        size = np.maximum(oi * (2.0 + 3.0 * block_pick / chance), 500.0 + 1500.0 * block_time)
+        volume = np.where(block, volume + np.floor(size), volume)
+        last_trade = np.round(np.clip(fair + spread * (print_at - 0.5), bid, ask) / tick) * tick
         last_trade = np.where(volume > 0, np.round(last_trade, 2), np.nan)
 
         return OptionChain(
@@ -919,15 +1107,16 @@ class SimulatedMarket:
         # Today so far: attention from yesterday's fading excitement, today's event and the
         # move since the previous close -- never today's close.
         excite = 0.5 * (path.excitation[t_idx - 1] if t_idx > 0 else 0.0)
-        if clock.live is not None:
-            i = clock.live
-            if clock.minute >= 360 and path.event_kind[i] > 0:
+        i = _session_index(clock.today)
+        if i is not None:
+            if clock.minute >= 360 and path.event_kind[i] > 0:  # event news comes out pre-market
                 excite += 3.0 if path.event_kind[i] == _EARNINGS else 1.5
-            if clock.elapsed > 0:
+            opened = clock.live is None or clock.elapsed > 0
+            if opened and i > 0:
                 excite += float(_move_excitation(math.log(spot / path.bars.close[i - 1]) / path.daily_vol[i]))
         rate = path.profile.mention_baseline * float(_weekday_factor(today)) * (1.0 + excite)
-        rng = _rng(self.seed, path.profile.ticker, "mentions-today", clock.as_of.isoformat())
-        today_count = float(rng.poisson(rate * min(clock.minute / 1440.0, 1.0)))
+        u = float(_rng(self.seed, path.profile.ticker, "mentions-today", clock.today.isoformat()).random())
+        today_count = _poisson_quantile(u, rate * min(clock.minute / 1440.0, 1.0))
         today_search = 0.3 * rate + 0.7 * (path.search[t_idx - 1] if t_idx > 0 else rate)
         mentions = np.append(mentions, today_count)
         search = np.append(search, today_search)
@@ -947,10 +1136,15 @@ def _is_monthly(expiry: np.datetime64) -> bool:
     return d == third or (d < third and (third - d).days <= 3 and not _is_session(third))
 
 
-def _is_session(day: date) -> bool:
+def _session_index(day: date) -> int | None:
     cal = _calendar()
-    i = int(np.searchsorted(cal.sessions, np.datetime64(day, "D")))
-    return i < len(cal.sessions) and cal.sessions[i] == np.datetime64(day, "D")
+    d64 = np.datetime64(day, "D")
+    i = int(np.searchsorted(cal.sessions, d64))
+    return i if i < len(cal.sessions) and cal.sessions[i] == d64 else None
+
+
+def _is_session(day: date) -> bool:
+    return _session_index(day) is not None
 
 
 def _slice(bars: Bars, window: slice) -> Bars:

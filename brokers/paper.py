@@ -1,0 +1,434 @@
+"""The paper broker: the default broker, a simulated venue with its books in Postgres.
+
+- `place` transmits only an order whose `orders` row is APPROVED (else `OrderNotApproved`), moves
+  it APPROVED -> SUBMITTED through the state machine in the same transaction that creates the
+  broker order, and is idempotent by order id: placing an already placed order returns the same
+  broker order id (a retried executor, a resumed run or two racing workers make one order).
+- Nothing fills on its own: `process()` is the explicit step (drive it from a clock or a loop).
+  Each step, every working order is priced at the combo mid plus a slippage model (a fraction of
+  the combo's half-spread, i.e. of natural - mid, optionally with seeded jitter); it fills only
+  when that price is marketable against its limit (signed price <= limit: a debit pays at most
+  the limit, a credit receives at least |limit|), at most `max_contracts_per_fill` units per
+  step, so larger orders fill in parts: SUBMITTED -> PARTIALLY_FILLED -> FILLED.
+- A fill is recorded, applied to positions and cash, and the order moved, in ONE transaction;
+  fill ids are unique so a repeated report (`record_fill`) is ignored. Fill callbacks run after
+  the commit.
+- DAY orders are cancelled by the first step at or after 16:00 New York of the day they were
+  placed (the state machine has no SUBMITTED -> EXPIRED, so the state is CANCELLED with the
+  reason recorded).
+- Orders whose margin need exceeds the free margin are rejected (APPROVED -> REJECTED) at `place`.
+
+Conventions: `brokers.base` (signed per-share combo prices, Decimal money, tz-aware times).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, time, timezone
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import asyncpg
+
+from brokers.base import (
+    CENT, BrokerAccount, BrokerError, BrokerOrderStatus, BrokerPosition, ComboLeg, ComboOrder, Fill, FillCallback,
+    LegQuote, OrderMismatch, OrderNotApproved, OrderNotWorking, QuoteSource, UnknownBrokerOrder, WhatIfMargin,
+    combo_prices,
+)
+from brokers.margin import margin_requirement
+from brokers.order_state import OrderState
+from storage.broker_ledger import AVG_PLACES, BrokerLedger, premium_basis
+from storage.orders import OrderRecord, OrderRepository, UnknownOrder
+from tools.chain import NEW_YORK
+
+log = logging.getLogger(__name__)
+
+WORKING = frozenset({OrderState.SUBMITTED.value, OrderState.PARTIALLY_FILLED.value, OrderState.UNKNOWN.value})
+SESSION_CLOSE = time(16, 0)
+
+
+class InsufficientBuyingPower(BrokerError):
+    """The broker rejected the order: its margin need exceeds the account's free margin."""
+
+
+class FillCallbackError(BrokerError):
+    """One or more fill callbacks failed. The fills themselves are recorded (see `failures`)."""
+
+    def __init__(self, failures: list[tuple[str, BaseException]]):
+        super().__init__("fill callbacks failed for " + ", ".join(f for f, _ in failures))
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class SlippageModel:
+    """Fill price = combo mid + f * (natural - mid), f = fraction + jitter * U[0, 1) capped at 1.
+
+    natural - mid is the sum of the legs' half-spreads (times ratios), so f = 0 fills at mid and
+    f = 1 at the natural price. Each leg fills at its own mid -/+ f * its half-spread, so every
+    leg price lies within its quote. U comes from the broker's seeded RNG: same seed, same fills.
+    """
+
+    fraction: Decimal = Decimal("0.25")
+    jitter: Decimal = Decimal("0")
+
+    def __post_init__(self) -> None:
+        for name in ("fraction", "jitter"):
+            value = Decimal(getattr(self, name))
+            if not (0 <= value <= 1):
+                raise ValueError(f"slippage {name} must be in [0, 1], got {value}")
+            object.__setattr__(self, name, value)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def session_close(at: datetime) -> datetime:
+    """16:00 New York on the New York calendar day of `at`."""
+    local = at.astimezone(NEW_YORK)
+    return datetime.combine(local.date(), SESSION_CLOSE, tzinfo=NEW_YORK)
+
+
+def model_fill_price(legs: Sequence[ComboLeg], quotes: Sequence[LegQuote],
+                     fraction: Decimal) -> tuple[Decimal, tuple[Decimal, ...]]:
+    """(combo price on a cent, per-leg unsigned prices) for buying one unit at slippage `fraction`.
+
+    The raw price mid + fraction * (natural - mid) is rounded up to the cent (against us) but
+    never past the natural price; the rounding residual (under a cent) is carried by one leg —
+    a bought leg of ratio 1 when there is one — so sum(sign * ratio * leg price) == combo price.
+    """
+    if not (0 <= fraction <= 1):
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    mid, natural, _ = combo_prices(legs, quotes)
+    leg_prices = [(q.mid + leg.sign * fraction * q.half_spread).quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN)
+                  for leg, q in zip(legs, quotes)]
+    raw = sum((leg.sign * leg.ratio * p for leg, p in zip(legs, leg_prices)), Decimal(0))
+    price = raw.quantize(CENT, rounding=ROUND_CEILING)
+    if price > natural:
+        price = raw.quantize(CENT, rounding=ROUND_FLOOR)
+    residual = price - raw
+    if residual:
+        order = sorted(range(len(legs)), key=lambda i: (legs[i].sign > 0, legs[i].ratio == 1, leg_prices[i]), reverse=True)
+        for i in order:
+            candidate = leg_prices[i] + legs[i].sign * residual / legs[i].ratio
+            if candidate >= 0:
+                leg_prices[i] = candidate.quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN) if legs[i].ratio != 1 else candidate
+                break
+    return price, tuple(leg_prices)
+
+
+def is_marketable(fill_price: Decimal, limit_price: Decimal) -> bool:
+    """A combo (bought, signed price) fills at `fill_price` only if it is no worse than the limit."""
+    return fill_price <= limit_price
+
+
+class PaperBroker:
+    """See the module docstring. `db` is a `storage.database.Database` or an asyncpg pool."""
+
+    name = "paper"
+
+    def __init__(self, db: Any, quotes: QuoteSource, *, slippage: SlippageModel = SlippageModel(), seed: int = 0,
+                 clock: Callable[[], datetime] = utc_now, max_contracts_per_fill: int | None = None,
+                 account_id: str = "paper", opening_cash: Decimal = Decimal("100000"),
+                 commission_per_contract: Decimal = Decimal("0.65"), check_buying_power: bool = True,
+                 actor: str = "broker:paper"):
+        if max_contracts_per_fill is not None and max_contracts_per_fill < 1:
+            raise ValueError("max_contracts_per_fill must be a positive whole number or None")
+        if Decimal(commission_per_contract) < 0:
+            raise ValueError("commission_per_contract may not be negative")
+        self.pool: asyncpg.Pool = getattr(db, "pool", db)
+        self.quotes = quotes
+        self.slippage = slippage
+        self.rng = random.Random(seed)
+        self.clock = clock
+        self.max_contracts_per_fill = max_contracts_per_fill
+        self.account_id = account_id
+        self.opening_cash = Decimal(opening_cash)
+        self.commission_per_contract = Decimal(commission_per_contract)
+        self.check_buying_power = check_buying_power
+        self.actor = actor
+        self.orders = OrderRepository(self.pool)
+        self.ledger = BrokerLedger(self.pool, account_id, self.name)
+        self._callbacks: list[FillCallback] = []
+        self._account_ready = False
+
+    # ---------------------------------------------------------------- helpers
+    def _now(self) -> datetime:
+        now = self.clock()
+        if now.tzinfo is None:
+            raise ValueError("the broker clock must return timezone-aware datetimes")
+        return now
+
+    async def _ensure_account(self) -> None:
+        if not self._account_ready:
+            await self.ledger.ensure_account(self.opening_cash, self._now())
+            self._account_ready = True
+
+    def commission_for(self, legs: Sequence[ComboLeg], quantity: int) -> Decimal:
+        """Dollars: the per-contract rate times every contract of every leg."""
+        return self.commission_per_contract * quantity * sum(leg.ratio for leg in legs)
+
+    def _leg_quotes(self, ticker: str, legs: Sequence[ComboLeg], multiplier: int) -> list[LegQuote] | None:
+        quotes = [self.quotes(leg.contract(ticker, multiplier)) for leg in legs]
+        return None if any(q is None for q in quotes) else quotes
+
+    def _slippage_fraction(self) -> Decimal:
+        fraction = self.slippage.fraction
+        if self.slippage.jitter:
+            fraction += self.slippage.jitter * Decimal(self.rng.randrange(10_000)) / 10_000
+        return min(fraction, Decimal(1))
+
+    @staticmethod
+    def _check_matches(order: ComboOrder, record: OrderRecord) -> None:
+        approved = ComboOrder.from_record(record)
+        problems = []
+        if order.ticker != approved.ticker:
+            problems.append(f"ticker {order.ticker} != approved {approved.ticker}")
+        if order.legs_key() != approved.legs_key():
+            problems.append("legs differ from the approved legs")
+        if order.quantity != approved.quantity:
+            problems.append(f"quantity {order.quantity} != approved {approved.quantity}")
+        if order.multiplier != approved.multiplier:
+            problems.append(f"multiplier {order.multiplier} != approved {approved.multiplier}")
+        if problems:
+            raise OrderMismatch(f"order {order.order_id}: " + "; ".join(problems))
+
+    # ---------------------------------------------------------------- Broker protocol
+    def subscribe_fills(self, callback: FillCallback) -> None:
+        """Await `callback(fill)` for every new fill, after it is committed, in fill order."""
+        self._callbacks.append(callback)
+
+    async def what_if(self, order: ComboOrder) -> WhatIfMargin:
+        """Margin before/after this order for its underlying, at its limit price (no side effects)."""
+        await self._ensure_account()
+        held = await self.ledger.positions(order.ticker)
+        before = [(p.contract, p.quantity) for p in held]
+        after = before + [(leg.contract(order.ticker, order.multiplier), leg.sign * leg.ratio * order.quantity)
+                          for leg in order.legs]
+        paid_before = premium_basis(held)
+        paid_after = paid_before + order.limit_price * order.quantity * order.multiplier
+        margin_before = margin_requirement(before, paid_before, self.quotes)
+        margin_after = margin_requirement(after, paid_after, self.quotes)
+        commission = self.commission_for(order.legs, order.quantity)
+        change = margin_after.requirement - margin_before.requirement
+        return WhatIfMargin(
+            initial_margin_change=change, maintenance_margin_change=change, commission=commission,
+            cash_change=-order.limit_price * order.quantity * order.multiplier - commission,
+            margin_before=margin_before.requirement, margin_after=margin_after.requirement,
+            method=margin_after.method,
+        )
+
+    async def place(self, order: ComboOrder) -> str:
+        """Transmit an APPROVED order; return its broker order id (the same one on every retry)."""
+        await self._ensure_account()
+        existing = await self.pool.fetchval("SELECT broker_order_id FROM broker_orders WHERE order_id = $1", order.order_id)
+        if existing:
+            return existing
+        shortfall: str | None = None
+        if self.check_buying_power:
+            state = await self.pool.fetchval("SELECT state FROM orders WHERE order_id = $1", order.order_id)
+            if state == OrderState.APPROVED.value:
+                need = await self.what_if(order)
+                free = (await self.account()).free_margin
+                if need.initial_margin_change > 0 and need.initial_margin_change + need.commission > free:
+                    shortfall = (f"margin need {need.initial_margin_change} + commission {need.commission} "
+                                 f"exceeds free margin {free}")
+        now = self._now()
+        broker_order_id = f"PAPER-{order.order_id}"
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1 FOR UPDATE", order.order_id)
+            if row is None:
+                raise UnknownOrder(order.order_id)
+            # Re-read under the order's row lock: a concurrent place() may have won the race.
+            existing = await conn.fetchval("SELECT broker_order_id FROM broker_orders WHERE order_id = $1", order.order_id)
+            if existing:
+                return existing
+            if row["state"] != OrderState.APPROVED.value:
+                raise OrderNotApproved(order.order_id, row["state"])
+            self._check_matches(order, OrderRecord.from_row(row))
+            if shortfall is None:
+                good_till = session_close(now) if order.time_in_force == "DAY" else None
+                await self.ledger.insert_order(conn, order, broker_order_id, now, good_till)
+                await self.orders.transition(order.order_id, OrderState.SUBMITTED, actor=self.actor, conn=conn,
+                                             reason=f"placed with paper broker as {broker_order_id} at limit {order.limit_price}")
+            else:
+                await self.orders.transition(order.order_id, OrderState.REJECTED, actor=self.actor, conn=conn,
+                                             reason=f"paper broker rejected: {shortfall}")
+        if shortfall is not None:
+            raise InsufficientBuyingPower(f"order {order.order_id}: {shortfall}")
+        return broker_order_id
+
+    async def replace_limit(self, order_id: str, limit_price: Decimal) -> BrokerOrderStatus:
+        """Change a working order's limit (cent tick); the order keeps its id, fills and state."""
+        limit = Decimal(limit_price)
+        if not limit.is_finite() or limit != limit.quantize(CENT):
+            raise ValueError(f"limit_price must be a finite price on a cent tick, got {limit_price}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._lock_working(conn, order_id)
+            bo = await self.ledger.order_row(conn, order_id, lock=True)
+            if bo["limit_price"] != limit:
+                await self.ledger.set_limit(conn, bo["broker_order_id"], limit.quantize(CENT), self._now(), bo["limit_price"])
+        return await self.status(order_id)
+
+    async def cancel(self, order_id: str, *, reason: str | None = None) -> BrokerOrderStatus:
+        """Cancel a working order (SUBMITTED / PARTIALLY_FILLED); filled contracts stay filled."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._lock_working(conn, order_id)
+            bo = await self.ledger.order_row(conn, order_id, lock=True)
+            await self._cancel_locked(conn, bo, reason or "cancelled", "cancelled")
+        return await self.status(order_id)
+
+    async def _lock_working(self, conn: asyncpg.Connection, order_id: str) -> str:
+        state = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+        if state is None:
+            raise UnknownOrder(order_id)
+        if not await conn.fetchval("SELECT 1 FROM broker_orders WHERE order_id = $1 AND account_id = $2",
+                                   order_id, self.account_id):
+            raise UnknownBrokerOrder(f"order {order_id} was never placed with paper account {self.account_id}")
+        if state not in WORKING:
+            raise OrderNotWorking(f"order {order_id} is {state}: it is no longer working")
+        return state
+
+    async def _cancel_locked(self, conn: asyncpg.Connection, bo: asyncpg.Record, reason: str, kind: str) -> None:
+        now = self._now()
+        await self.orders.transition(bo["order_id"], OrderState.CANCELLED, actor=self.actor, reason=reason, conn=conn)
+        await self.ledger.event(conn, bo["broker_order_id"], kind, now, None,
+                                {"reason": reason, "filled_quantity": bo["filled_quantity"]})
+        await conn.execute("UPDATE broker_orders SET updated_at = $2 WHERE broker_order_id = $1", bo["broker_order_id"], now)
+
+    async def status(self, order_id: str) -> BrokerOrderStatus:
+        row = await self.pool.fetchrow(
+            """SELECT bo.*, o.state,
+                      (SELECT sum(f.price * f.quantity) / sum(f.quantity) FROM broker_fills f
+                        WHERE f.broker_order_id = bo.broker_order_id) AS avg_fill_price
+               FROM broker_orders bo JOIN orders o USING (order_id)
+               WHERE bo.order_id = $1 AND bo.account_id = $2""", order_id, self.account_id)
+        if row is None:
+            raise UnknownBrokerOrder(f"order {order_id} was never placed with paper account {self.account_id}")
+        avg = row["avg_fill_price"]
+        return BrokerOrderStatus(
+            order_id=order_id, broker_order_id=row["broker_order_id"], state=OrderState(row["state"]),
+            quantity=row["quantity"], filled_quantity=row["filled_quantity"], limit_price=row["limit_price"],
+            avg_fill_price=None if avg is None else avg.quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN),
+            placed_at=row["placed_at"], updated_at=row["updated_at"])
+
+    async def fills(self, order_id: str) -> list[Fill]:
+        return await self.ledger.fills(order_id)
+
+    async def positions(self) -> list[BrokerPosition]:
+        return await self.ledger.positions()
+
+    async def account(self) -> BrokerAccount:
+        """Cash, marks (quote mids), margin of the open positions and realized P&L."""
+        await self._ensure_account()
+        now = self._now()
+        cash = await self.ledger.cash()
+        positions = await self.ledger.positions()
+        value, unmarked = Decimal(0), []
+        by_ticker: dict[str, list[BrokerPosition]] = {}
+        for p in positions:
+            quote = self.quotes(p.contract)
+            if quote is None:
+                mark = p.avg_price
+                unmarked.append(p.contract.label())
+            else:
+                mark = quote.mid
+            value += p.quantity * mark * p.contract.multiplier
+            by_ticker.setdefault(p.contract.ticker, []).append(p)
+        margin = sum((margin_requirement([(p.contract, p.quantity) for p in group], premium_basis(group), self.quotes).requirement
+                      for group in by_ticker.values()), Decimal(0))
+        nlv = cash + value
+        day_start = datetime.combine(now.astimezone(NEW_YORK).date(), time(0), tzinfo=NEW_YORK)
+        return BrokerAccount(
+            account_id=self.account_id, cash=cash, net_liquidation=nlv, positions_value=value, margin_used=margin,
+            free_margin=nlv - margin, realized_pnl=await self.ledger.realized_pnl(),
+            realized_pnl_today=await self.ledger.realized_pnl(day_start), as_of=now, unmarked=tuple(unmarked))
+
+    # ---------------------------------------------------------------- the simulated venue
+    async def process(self) -> list[Fill]:
+        """One step of the venue at `clock()`: expire DAY orders past the close, then fill every
+        working order whose model price is marketable (up to `max_contracts_per_fill` units).
+        Returns the new fills, after delivering them to the fill callbacks."""
+        await self._ensure_account()
+        now = self._now()
+        order_ids = await self.pool.fetch(
+            """SELECT bo.order_id FROM broker_orders bo JOIN orders o USING (order_id)
+               WHERE bo.account_id = $1 AND o.state = ANY($2::text[])
+               ORDER BY bo.placed_at, bo.order_id""", self.account_id, sorted(WORKING))
+        new_fills = []
+        for r in order_ids:
+            fill = await self._step_order(r["order_id"], now)
+            if fill is not None:
+                new_fills.append(fill)
+        await self._deliver(new_fills)
+        return new_fills
+
+    async def _step_order(self, order_id: str, now: datetime) -> Fill | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            state = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+            if state not in WORKING:
+                return None  # cancelled or filled since the list was read
+            bo = await self.ledger.order_row(conn, order_id, lock=True)
+            if bo["good_till"] is not None and now >= bo["good_till"]:
+                await self._cancel_locked(conn, bo, f"DAY order expired at the close {bo['good_till'].isoformat()}", "expired")
+                return None
+            legs = [ComboLeg.from_any(leg) for leg in bo["legs"]]
+            quotes = self._leg_quotes(bo["ticker"], legs, bo["multiplier"])
+            if quotes is None:
+                return None  # no two-sided market in some leg: nothing can fill this step
+            price, leg_prices = model_fill_price(legs, quotes, self._slippage_fraction())
+            if not is_marketable(price, bo["limit_price"]):
+                return None
+            remaining = bo["quantity"] - bo["filled_quantity"]
+            quantity = remaining if self.max_contracts_per_fill is None else min(remaining, self.max_contracts_per_fill)
+            sequence = await self.ledger.fill_count(conn, bo["broker_order_id"]) + 1
+            fill = Fill(order_id=order_id, broker_order_id=bo["broker_order_id"],
+                        fill_id=f"{bo['broker_order_id']}-F{sequence:03d}", quantity=quantity, price=price,
+                        leg_prices=leg_prices, at=now, commission=self.commission_for(legs, quantity))
+            await self._apply_locked(conn, fill, bo)
+            return fill
+
+    async def record_fill(self, fill: Fill) -> bool:
+        """Apply a fill report (e.g. replayed from the broker's execution feed).
+
+        Returns False, changing nothing, when this fill id was already recorded. A fill for an
+        order that is no longer working raises `OrderNotWorking`.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            state = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", fill.order_id)
+            if state is None:
+                raise UnknownOrder(fill.order_id)
+            if await self.ledger.fill_exists(conn, fill.fill_id):
+                return False
+            bo = await self.ledger.order_row(conn, fill.order_id, lock=True)
+            if bo is None or bo["account_id"] != self.account_id:
+                raise UnknownBrokerOrder(f"order {fill.order_id} was never placed with paper account {self.account_id}")
+            if state not in WORKING:
+                raise OrderNotWorking(f"order {fill.order_id} is {state}: fill {fill.fill_id} cannot apply")
+            applied = await self._apply_locked(conn, fill, bo)
+        if applied:
+            await self._deliver([fill])
+        return applied
+
+    async def _apply_locked(self, conn: asyncpg.Connection, fill: Fill, bo: asyncpg.Record) -> bool:
+        filled = await self.ledger.apply_fill(conn, fill, bo)
+        if filled is None:
+            return False
+        target = OrderState.FILLED if filled == bo["quantity"] else OrderState.PARTIALLY_FILLED
+        await self.orders.transition(fill.order_id, target, actor=self.actor, conn=conn,
+                                     reason=f"fill {fill.fill_id}: {fill.quantity} @ {fill.price} ({filled}/{bo['quantity']})")
+        return True
+
+    async def _deliver(self, fills: Sequence[Fill]) -> None:
+        failures: list[tuple[str, BaseException]] = []
+        for fill in fills:
+            for callback in self._callbacks:
+                try:
+                    await callback(fill)
+                except Exception as exc:  # one failing subscriber must not starve the others
+                    log.exception("fill callback failed for %s", fill.fill_id)
+                    failures.append((fill.fill_id, exc))
+        if failures:
+            raise FillCallbackError(failures)

@@ -1,0 +1,112 @@
+"""Portfolio Greeks of option positions, SPX beta-weighted delta and |theta|/|vega|.
+
+Units (whole-position totals, as `graph.schema.Position`):
+- delta: shares of the underlying (summed across underlyings); gamma: shares per $1;
+  vega: $ per vol point; theta: $ per calendar day. Each is sum(Q * M * leg Greek) with Q signed
+  contracts, M the multiplier and the leg Greek per share for a long option (from the quote).
+- SPX beta-weighted delta (SPX-equivalent units): sum(Delta * Q * M * beta * P_underlying) / P_SPX.
+- theta_vega_ratio = |theta| / |vega| (None when vega is 0 or unknown).
+A Greek that cannot be computed for some position (no quote, no Greek, no underlying price) makes
+that total NaN — a partial sum would be a wrong number — and the reason is listed in `missing`.
+An unknown beta uses 1.0 and says so in `missing`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from brokers.base import BrokerPosition, ComboOrder, OptionContract, QuoteSource
+
+Holding = tuple[OptionContract, int]
+
+
+def spx_beta_weighted_delta(delta: float, quantity: float, multiplier: float, beta: float,
+                            underlying_price: float, spx_price: float) -> float:
+    """Delta * Q * M * beta * P_underlying / P_SPX: the position's delta in SPX-equivalent units."""
+    if not (math.isfinite(spx_price) and spx_price > 0):
+        raise ValueError(f"SPX price must be a positive finite number, got {spx_price}")
+    return delta * quantity * multiplier * beta * underlying_price / spx_price
+
+
+def theta_vega_ratio(theta: float, vega: float) -> float | None:
+    """|theta| / |vega| (both in dollars: per day, per vol point); None when vega is 0 or NaN."""
+    if not (math.isfinite(theta) and math.isfinite(vega)) or vega == 0:
+        return None
+    return abs(theta) / abs(vega)
+
+
+@dataclass(frozen=True)
+class PortfolioGreeks:
+    delta: float
+    gamma: float
+    vega: float
+    theta: float
+    dollar_delta: float  # sum(Delta * Q * M * P_underlying): $ value of the equivalent stock position
+    spx_beta_weighted_delta: float
+    theta_vega_ratio: float | None
+    missing: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict:
+        """JSON-safe dict: NaN becomes None (JSON has no NaN)."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out[key] = None
+        out["missing"] = list(self.missing)
+        return out
+
+
+def holdings_of(positions: Sequence[BrokerPosition | Holding]) -> list[Holding]:
+    return [(p.contract, p.quantity) if isinstance(p, BrokerPosition) else (p[0], int(p[1])) for p in positions]
+
+
+def holdings_after(positions: Sequence[BrokerPosition | Holding], order: ComboOrder, quantity: int | None = None) -> list[Holding]:
+    """The holdings once `quantity` units (default: all) of `order` have filled."""
+    units = order.quantity if quantity is None else quantity
+    return holdings_of(positions) + [(leg.contract(order.ticker, order.multiplier), leg.sign * leg.ratio * units)
+                                     for leg in order.legs]
+
+
+def portfolio_greeks(positions: Sequence[BrokerPosition | Holding], quotes: QuoteSource, *,
+                     spx_price: float, betas: Mapping[str, float] | None = None) -> PortfolioGreeks:
+    """Totals over the positions using each contract's quote (see the module doc for units)."""
+    if not (math.isfinite(spx_price) and spx_price > 0):
+        raise ValueError(f"SPX price must be a positive finite number, got {spx_price}")
+    betas = {k.upper(): float(v) for k, v in (betas or {}).items()}
+    totals = {"delta": 0.0, "gamma": 0.0, "vega": 0.0, "theta": 0.0, "dollar_delta": 0.0, "bwd": 0.0}
+    missing: list[str] = []
+    defaulted: set[str] = set()
+    for contract, quantity in holdings_of(positions):
+        if quantity == 0:
+            continue
+        quote = quotes(contract)
+        scale = quantity * contract.multiplier
+        if quote is None:
+            missing.append(f"{contract.label()}: no quote")
+            for key in totals:
+                totals[key] = math.nan
+            continue
+        for name in ("delta", "gamma", "vega", "theta"):
+            value = getattr(quote, name)
+            if value is None or not math.isfinite(value):
+                missing.append(f"{contract.label()}: no {name}")
+                totals[name] = math.nan
+            else:
+                totals[name] += scale * value
+        if quote.delta is None or not math.isfinite(quote.delta) or quote.underlying_price is None:
+            if quote.underlying_price is None:
+                missing.append(f"{contract.label()}: no underlying price")
+            totals["dollar_delta"] = totals["bwd"] = math.nan
+            continue
+        if contract.ticker not in betas and contract.ticker not in defaulted:
+            defaulted.add(contract.ticker)
+            missing.append(f"{contract.ticker}: beta unknown, 1.0 used")
+        beta = betas.get(contract.ticker, 1.0)
+        underlying = float(quote.underlying_price)
+        totals["dollar_delta"] += quote.delta * scale * underlying
+        totals["bwd"] += spx_beta_weighted_delta(quote.delta, quantity, contract.multiplier, beta, underlying, spx_price)
+    return PortfolioGreeks(
+        delta=totals["delta"], gamma=totals["gamma"], vega=totals["vega"], theta=totals["theta"],
+        dollar_delta=totals["dollar_delta"], spx_beta_weighted_delta=totals["bwd"],
+        theta_vega_ratio=theta_vega_ratio(totals["theta"], totals["vega"]), missing=tuple(missing))

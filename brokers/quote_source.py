@@ -1,0 +1,88 @@
+"""Quote sources for brokers and valuations: a mutable book and one backed by option chains.
+
+A quote source is any `Callable[[OptionContract], LegQuote | None]` (`brokers.base.QuoteSource`);
+None means "no usable two-sided quote", never a made-up price.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from brokers.base import LegQuote, OptionContract
+from tools.chain import OptionChain
+from tools.implied_vol import chain_implied_vol
+from tools.pricing import bsm_greeks
+from tools.quotes import QuoteProblem, quote_problems
+
+_PRICE_PLACES = Decimal("0.0001")
+
+
+class QuoteBook:
+    """Quotes set by hand (tests, manual marks, replayed ticks): `book.set(contract, quote)`."""
+
+    def __init__(self) -> None:
+        self._quotes: dict[OptionContract, LegQuote] = {}
+
+    def set(self, contract: OptionContract, quote: LegQuote) -> None:
+        self._quotes[contract] = quote
+
+    def remove(self, contract: OptionContract) -> None:
+        self._quotes.pop(contract, None)
+
+    def __call__(self, contract: OptionContract) -> LegQuote | None:
+        return self._quotes.get(contract)
+
+
+def _price(value: float) -> Decimal:
+    return Decimal(repr(float(value))).quantize(_PRICE_PLACES)
+
+
+def _maybe(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+class ChainQuotes:
+    """Quotes from `OptionChain`s keyed by ticker, with Greeks from each row's implied vol.
+
+    Implied vols come from `chain_implied_vol` on each expiry's forward: the parity forwards of
+    `curves[ticker]` (a `tools.cboe.ForwardCurve`) when given, else spot * exp((r - q) t) from the
+    chain. Greeks are BSM at that vol with the rate and dividend yield implied by the row's
+    forward and discount (so they agree with the forward the vol was read on), in trader units
+    (vega per vol point, theta per calendar day); a row with no IV gets None Greeks. A row whose
+    quote fails `tools.quotes` validation (NaN, zero bid, crossed, ...) is no quote at all. When
+    two roots share an expiry/strike/right (SPX and SPXW), the first valid row wins.
+    """
+
+    def __init__(self, chains: Mapping[str, OptionChain], curves: Mapping[str, Any] | None = None):
+        self._rows: dict[tuple[str, date, Decimal, str], LegQuote] = {}
+        for ticker, chain in chains.items():
+            curve = (curves or {}).get(ticker)
+            t = chain.time_to_expiry
+            problems = quote_problems(chain.bid, chain.ask, chain.strike, t)
+            civ = chain_implied_vol(chain, curve.forwards_by_expiry() if curve else None,
+                                    curve.discounts_by_expiry() if curve else None)
+            with np.errstate(all="ignore"):
+                live = t > 0
+                t_l = np.where(live, t, 1.0)
+                rate = np.where(live, -np.log(civ.discount) / t_l, chain.rate)
+                div_yield = np.where(live, rate - np.log(civ.forward / chain.spot) / t_l, chain.dividend_yield)
+            greeks = bsm_greeks(chain.spot, chain.strike, t, rate, div_yield, civ.vol, chain.is_call)
+            spot = _price(chain.spot)
+            for i in np.flatnonzero(problems == QuoteProblem.OK):
+                contract = OptionContract(ticker, chain.expiry[i].astype(object), _price(chain.strike[i]),
+                                          "C" if chain.is_call[i] else "P", int(chain.multiplier))
+                key = (contract.ticker, contract.expiry, contract.strike, contract.right)
+                if key in self._rows:
+                    continue
+                self._rows[key] = LegQuote(
+                    bid=_price(chain.bid[i]), ask=_price(chain.ask[i]), underlying_price=spot,
+                    delta=_maybe(greeks.delta[i]), gamma=_maybe(greeks.gamma[i]),
+                    vega=_maybe(greeks.vega[i] / 100.0), theta=_maybe(greeks.theta[i] / 365.0),
+                    iv=_maybe(civ.vol[i]), as_of=chain.as_of)
+
+    def __call__(self, contract: OptionContract) -> LegQuote | None:
+        return self._rows.get((contract.ticker, contract.expiry, contract.strike, contract.right))

@@ -1,0 +1,361 @@
+"""Agent memory in Postgres + pgvector: situations, their outcomes, and as-of similarity search.
+
+A situation (ticker, regime, signals, thesis, chosen trade) is rendered to one canonical text, that
+text is embedded, and both are stored. When the horizon has passed, the outcome and a reflection
+are attached with the time they became known (`outcome_known_at`).
+
+Retrieval as of time T returns only situations whose outcome was known at or before T, so a
+backtest or replay at T never sees anything learned later.
+
+pgvector before 0.8 applies the WHERE clause *after* the HNSW scan has produced its `ef_search`
+candidates, so a selective as-of or ticker filter can leave fewer than k rows. `similar` therefore
+counts the eligible rows first (capped), scans them exactly when there are few, otherwise raises
+`hnsw.ef_search` for the query in proportion to how selective the filter is, and falls back to an
+exact scan of the eligible rows when the index still comes back short. It always returns
+min(k, eligible) memories.
+
+The pool's connections need pgvector's asyncpg codec (`storage.database.connect` registers it), so
+embeddings travel as binary float32 vectors.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from memory.embeddings import Embedder, MiniLMEmbedder
+from storage.database import dumps
+
+EMBEDDING_DIM = 384  # the `vector(384)` column; all-MiniLM-L6-v2's width
+EXACT_SCAN_MAX = 2_000  # at most this many eligible rows: scanning them all beats the index
+ELIGIBLE_COUNT_CAP = 20_000  # counting further costs more than a generous ef_search saves
+MAX_EF_SEARCH = 1_000  # pgvector's upper bound for hnsw.ef_search
+
+
+class MemoryNotFound(LookupError):
+    pass
+
+
+class OutcomeAlreadyAttached(ValueError):
+    """Outcomes are facts with a time; rewriting one would change what past as-of queries saw."""
+
+
+@dataclass(frozen=True)
+class Memory:
+    id: int
+    ticker: str
+    regime: str
+    as_of: datetime  # when the situation was seen
+    situation: str  # the text that was embedded
+    signals: list[dict[str, Any]]
+    thesis: str
+    trade: dict[str, Any] | None
+    run_id: str | None
+    horizon_days: int  # calendar days after as_of when the outcome is due
+    outcome: dict[str, Any] | None
+    reflection: str | None
+    outcome_known_at: datetime | None
+    created_at: datetime
+    similarity: float | None = None  # cosine similarity to the query, in [-1, 1]; None outside search
+
+
+_COLUMNS = ("id, ticker, regime, as_of, situation, signals, thesis, trade, run_id, horizon_days, "
+            "outcome, reflection, outcome_known_at, created_at")
+
+
+def _memory(row: asyncpg.Record, similarity: float | None = None) -> Memory:
+    return Memory(
+        id=row["id"], ticker=row["ticker"], regime=row["regime"], as_of=row["as_of"],
+        situation=row["situation"], signals=row["signals"], thesis=row["thesis"], trade=row["trade"],
+        run_id=row["run_id"], horizon_days=row["horizon_days"], outcome=row["outcome"],
+        reflection=row["reflection"], outcome_known_at=row["outcome_known_at"],
+        created_at=row["created_at"], similarity=similarity,
+    )
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware")
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def _number(value: Any) -> str:
+    """Strikes and prices as their shortest exact decimal: 440, 440.0 and "440.00" all read 440."""
+    if isinstance(value, bool):
+        return str(value)
+    try:
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
+    except ArithmeticError:
+        return str(value)
+    if not number.is_finite():
+        return str(value)
+    return format(number.normalize(), "f")
+
+
+def _signal_text(signal: Mapping[str, Any]) -> str:
+    conviction = float(signal.get("conviction", float("nan")))
+    return f"{signal.get('source', '?')} {signal.get('direction', '?')} {conviction:.2f} {signal.get('edge_type', '?')}"
+
+
+def _leg_text(leg: Mapping[str, Any]) -> str:
+    ratio = int(leg.get("ratio", 1))
+    size = f"{ratio}x" if ratio != 1 else ""
+    return f"{leg.get('side', '?')} {size}{_number(leg.get('strike', '?'))}{leg.get('right', '?')} {leg.get('expiry', '?')}"
+
+
+def _trade_text(trade: Mapping[str, Any] | None) -> str:
+    if trade is None:
+        return "none"
+    contracts = trade.get("contracts") if isinstance(trade.get("proposal"), Mapping) else None
+    proposal = trade["proposal"] if contracts is not None else trade
+    if "structure" not in proposal:
+        # Not a proposal we know: its key-sorted JSON is still canonical.
+        return json.dumps(trade, sort_keys=True, separators=(",", ":"), default=str)
+    parts = [str(proposal["structure"])]
+    legs = proposal.get("legs") or []
+    if legs:
+        parts.append(", ".join(_leg_text(leg) for leg in legs))
+    if proposal.get("dte") is not None:
+        parts.append(f"dte {proposal['dte']}")
+    if proposal.get("net_debit") is not None:
+        parts.append(f"net {_number(proposal['net_debit'])}")
+    if contracts is not None:
+        parts.append(f"x{contracts}")
+    return "; ".join(parts)
+
+
+def _normalize_inputs(regime: Any, signals: Sequence[Any], trade: Any) -> tuple[str, list[dict], dict | None]:
+    regime_name = getattr(regime, "name", regime)
+    if not isinstance(regime_name, str) or not regime_name:
+        raise ValueError(f"regime must be a Regime or a non-empty name, got {regime!r}")
+    if isinstance(signals, (str, bytes, Mapping)):
+        raise TypeError("signals must be a sequence of Signal models or mappings")
+    signal_dicts = [_json_value(s) for s in signals]
+    for s in signal_dicts:
+        if not isinstance(s, Mapping):
+            raise TypeError(f"a signal must be a Signal or a mapping, got {type(s).__name__}")
+    signal_dicts = sorted(signal_dicts, key=lambda s: (str(s.get("source")), str(s.get("edge_type")),
+                                                      str(s.get("direction"))))
+    trade_dict = _json_value(trade)
+    if trade_dict is not None and not isinstance(trade_dict, Mapping):
+        raise TypeError(f"trade must be a TradeProposal, SizedTrade, mapping or None, got {type(trade).__name__}")
+    return regime_name, signal_dicts, (dict(trade_dict) if trade_dict is not None else None)
+
+
+def situation_text(ticker: str, regime: Any, signals: Sequence[Any], thesis: str, trade: Any) -> str:
+    """The canonical one-line text of a situation; it is what gets embedded.
+
+    Signals are ordered by source, so the same situation always gives the same text, e.g.
+    `SPY | regime neutral | signals: flow bullish 0.72 dealer_short_gamma; technical bullish 0.55
+    trend | thesis: ... | trade: bull_put_spread; sell 440P 2023-10-20, buy 435P 2023-10-20;
+    dte 36; net -1.25; x2`.
+    """
+    if not isinstance(ticker, str) or not ticker.strip():
+        raise ValueError("ticker must be a non-empty string")
+    regime_name, signal_dicts, trade_dict = _normalize_inputs(regime, signals, trade)
+    signal_part = "; ".join(_signal_text(s) for s in signal_dicts) or "none"
+    thesis_part = " ".join(str(thesis).split()) or "none"
+    return (f"{ticker.strip()} | regime {regime_name} | signals: {signal_part} | "
+            f"thesis: {thesis_part} | trade: {_trade_text(trade_dict)}")
+
+
+def _unit_vector(embedding: Any) -> np.ndarray:
+    vector = np.asarray(embedding, dtype=np.float64)
+    if vector.shape != (EMBEDDING_DIM,):
+        raise ValueError(f"embedding must have shape ({EMBEDDING_DIM},), got {vector.shape}")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError("embedding has non-finite values")
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        raise ValueError("embedding is the zero vector: cosine similarity is undefined")
+    return (vector / norm).astype(np.float32)
+
+
+def ef_search_for(k: int, eligible: int, total: float, max_ef: int = MAX_EF_SEARCH) -> int:
+    """Candidates the HNSW scan should produce so that about 2k of them pass the filter.
+
+    `eligible / total` estimates the filter's selectivity; when the count was capped it is a lower
+    bound, which only makes the estimate generous.
+    """
+    selectivity = min(1.0, eligible / max(total, eligible, 1))
+    wanted = math.ceil(2 * k / max(selectivity, 1e-9))
+    return int(min(max_ef, max(40, 2 * k, wanted)))
+
+
+class MemoryStore:
+    """Situations, outcomes and as-of similarity search over the `memories` table."""
+
+    def __init__(self, pool: asyncpg.Pool, embedder: Embedder | None = None, *,
+                 exact_scan_max: int = EXACT_SCAN_MAX, max_ef_search: int = MAX_EF_SEARCH) -> None:
+        if exact_scan_max < 0:
+            raise ValueError("exact_scan_max must be >= 0")
+        if not 1 <= max_ef_search <= MAX_EF_SEARCH:
+            raise ValueError(f"max_ef_search must be in [1, {MAX_EF_SEARCH}]")
+        self.pool = pool
+        self.embedder = embedder if embedder is not None else MiniLMEmbedder()
+        self.exact_scan_max = exact_scan_max
+        self.max_ef_search = max_ef_search
+        # How searches were answered: "exact", "index", or "index_short" (index, then exact).
+        self.search_paths: Counter[str] = Counter()
+
+    situation_text = staticmethod(situation_text)
+
+    def _embed(self, text: str) -> np.ndarray:
+        vectors = self.embedder.embed([text])
+        if vectors.shape != (1, EMBEDDING_DIM):
+            raise ValueError(f"embedder returned shape {vectors.shape}; the memories table stores "
+                             f"{EMBEDDING_DIM}-d vectors")
+        return _unit_vector(vectors[0])
+
+    async def add(self, *, ticker: str, regime: Any, as_of: datetime, signals: Sequence[Any], thesis: str,
+                  trade: Any, horizon_days: int, run_id: str | None = None,
+                  embedding: np.ndarray | None = None) -> int:
+        """Store a situation; returns its id.
+
+        `regime` is a `Regime` or its name; `signals` are `Signal`s or mappings; `trade` is a
+        `TradeProposal`, `SizedTrade`, mapping, or None when nothing was traded. `horizon_days` is
+        calendar days until the outcome is due. `embedding` (384 floats) skips the embedder when the
+        caller already embedded `situation_text(...)` in a batch.
+        """
+        _aware(as_of, "as_of")
+        if isinstance(horizon_days, bool) or not isinstance(horizon_days, int) or horizon_days < 0:
+            raise ValueError(f"horizon_days must be a whole number >= 0, got {horizon_days!r}")
+        text = situation_text(ticker, regime, signals, thesis, trade)
+        regime_name, signal_dicts, trade_dict = _normalize_inputs(regime, signals, trade)
+        vector = self._embed(text) if embedding is None else _unit_vector(embedding)
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(
+                """INSERT INTO memories (ticker, regime, as_of, situation, signals, thesis, trade, run_id,
+                                         embedding, horizon_days)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
+                ticker.strip(), regime_name, as_of, text, signal_dicts, " ".join(str(thesis).split()),
+                trade_dict, run_id, vector, horizon_days,
+            )
+
+    async def get(self, memory_id: int) -> Memory:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM memories WHERE id = $1", memory_id)
+        if row is None:
+            raise MemoryNotFound(f"no memory with id {memory_id}")
+        return _memory(row)
+
+    async def attach_outcome(self, memory_id: int, outcome: Mapping[str, Any], reflection: str,
+                             known_at: datetime) -> None:
+        """Record what happened and when it became known.
+
+        `outcome` is a JSON-safe mapping (e.g. `pnl` in dollars, `underlying_return` as a fraction).
+        Refused: a naive `known_at`, one before the situation's `as_of`, an empty outcome or
+        reflection, an unknown id (`MemoryNotFound`), or a second outcome (`OutcomeAlreadyAttached`).
+        """
+        _aware(known_at, "known_at")
+        if not isinstance(outcome, Mapping) or not outcome:
+            raise ValueError("outcome must be a non-empty mapping")
+        dumps(outcome)  # NaN, infinities and non-JSON values are refused here, not half-way in SQL
+        if not isinstance(reflection, str) or not reflection.strip():
+            raise ValueError("reflection must be a non-empty string")
+        async with self.pool.acquire() as conn:
+            updated = await conn.fetchval(
+                """UPDATE memories SET outcome = $2, reflection = $3, outcome_known_at = $4
+                   WHERE id = $1 AND outcome_known_at IS NULL AND as_of <= $4 RETURNING id""",
+                memory_id, dict(outcome), reflection.strip(), known_at,
+            )
+            if updated is not None:
+                return
+            row = await conn.fetchrow("SELECT as_of, outcome_known_at FROM memories WHERE id = $1", memory_id)
+        if row is None:
+            raise MemoryNotFound(f"no memory with id {memory_id}")
+        if row["outcome_known_at"] is not None:
+            raise OutcomeAlreadyAttached(
+                f"memory {memory_id} already has an outcome, known at {row['outcome_known_at'].isoformat()}")
+        raise ValueError(f"known_at {known_at.isoformat()} is before the situation's as_of "
+                         f"{row['as_of'].isoformat()}")
+
+    async def due_for_outcome(self, now: datetime) -> list[Memory]:
+        """Situations whose horizon (as_of + horizon_days calendar days) is at or before `now` and
+        that still have no outcome, oldest first."""
+        _aware(now, "now")
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"""SELECT {_COLUMNS} FROM memories
+                    WHERE outcome_known_at IS NULL AND as_of + make_interval(days => horizon_days) <= $1
+                    ORDER BY as_of, id""",
+                now,
+            )
+        return [_memory(r) for r in rows]
+
+    async def similar(self, query: str | np.ndarray, *, as_of: datetime, k: int = 10,
+                      ticker: str | None = None) -> list[Memory]:
+        """The k situations most similar to `query` (a text, embedded here, or a 384-d vector) among
+        those whose outcome was known at or before `as_of`, optionally for one ticker; most similar
+        first, each with its cosine `similarity`. Returns min(k, eligible) memories."""
+        _aware(as_of, "as_of")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a whole number >= 1, got {k!r}")
+        vector = self._embed(query) if isinstance(query, str) else _unit_vector(query)
+
+        where = "outcome_known_at <= $1" + (" AND ticker = $2" if ticker is not None else "")
+        filter_args: list[Any] = [as_of] + ([ticker] if ticker is not None else [])
+        n = len(filter_args)
+        async with self.pool.acquire() as conn:
+            eligible, total = await conn.fetchrow(
+                f"""SELECT (SELECT count(*) FROM (SELECT 1 FROM memories WHERE {where} LIMIT ${n + 1}) e),
+                           (SELECT reltuples FROM pg_class WHERE oid = 'memories'::regclass)""",
+                *filter_args, ELIGIBLE_COUNT_CAP,
+            )
+            if eligible == 0:
+                return []
+            path = "exact"
+            rows = None
+            if eligible > self.exact_scan_max:
+                path = "index"
+                rows = await self._ann(conn, where, filter_args, vector, k, ef_search_for(
+                    k, eligible, float(total), self.max_ef_search))
+                if len(rows) < k:
+                    path, rows = "index_short", None  # the filter ate the index's candidates
+            if rows is None:
+                rows = await self._exact(conn, where, filter_args, vector, k)
+        self.search_paths[path] += 1
+        ranked = sorted(rows, key=lambda r: (r["distance"], r["id"]))
+        return [_memory(r, similarity=1.0 - float(r["distance"])) for r in ranked]
+
+    @staticmethod
+    async def _ann(conn: asyncpg.Connection, where: str, filter_args: list[Any], vector: np.ndarray,
+                   k: int, ef_search: int) -> list[asyncpg.Record]:
+        n = len(filter_args)
+        async with conn.transaction():
+            # SET LOCAL: the wider search lasts for this query only, not for the pooled connection.
+            await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+            return await conn.fetch(
+                f"""SELECT {_COLUMNS}, embedding <=> ${n + 1} AS distance FROM memories
+                    WHERE {where} ORDER BY embedding <=> ${n + 1} LIMIT ${n + 2}""",
+                *filter_args, vector, k,
+            )
+
+    @staticmethod
+    async def _exact(conn: asyncpg.Connection, where: str, filter_args: list[Any], vector: np.ndarray,
+                     k: int) -> list[asyncpg.Record]:
+        n = len(filter_args)
+        # MATERIALIZED keeps the planner from pushing the ORDER BY into the HNSW index, which is
+        # exactly the filtered-after-the-fact scan this path exists to avoid.
+        return await conn.fetch(
+            f"""WITH eligible AS MATERIALIZED (
+                    SELECT id, embedding <=> ${n + 1} AS distance FROM memories WHERE {where}),
+                 nearest AS (SELECT id, distance FROM eligible ORDER BY distance, id LIMIT ${n + 2})
+                SELECT {", ".join("m." + c.strip() for c in _COLUMNS.split(","))}, nearest.distance
+                FROM nearest JOIN memories m USING (id) ORDER BY nearest.distance, m.id""",
+            *filter_args, vector, k,
+        )

@@ -1,0 +1,231 @@
+"""A broker's books in Postgres: its orders, fills, positions and cash (migration 0004).
+
+The paper broker keeps its whole account here; an adapter for a real broker can record the fills
+it receives the same way. Applying a fill is one transaction of the caller's (fill row, position
+rows, cash rows, filled quantity), and the fill id is the primary key, so a repeated fill report
+changes nothing.
+
+Conventions are `brokers.base`'s: prices per share, signed combo prices (+ pay / - receive),
+unsigned leg prices, signed position quantities, cash ledger amounts + in / - out.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import asyncpg
+
+from brokers.base import BrokerPosition, ComboLeg, ComboOrder, Fill, OptionContract
+
+AVG_PLACES = Decimal("0.000001")
+MONEY_PLACES = Decimal("0.0001")
+# Leg prices may carry 6 decimals; their signed sum must reproduce the combo price this closely.
+LEG_SUM_TOLERANCE = Decimal("0.00001")
+
+
+class FillRejected(ValueError):
+    """A fill report that cannot be applied (over-fill, leg prices that do not add up, ...)."""
+
+
+def fill_from_row(row: asyncpg.Record) -> Fill:
+    return Fill(order_id=row["order_id"], broker_order_id=row["broker_order_id"], fill_id=row["fill_id"],
+                quantity=row["quantity"], price=row["price"],
+                leg_prices=tuple(Decimal(p) for p in row["leg_prices"]), at=row["filled_at"],
+                commission=row["commission"])
+
+
+def position_from_row(row: asyncpg.Record) -> BrokerPosition:
+    contract = OptionContract(row["ticker"], row["expiry"], row["strike"], row["option_right"], row["multiplier"])
+    return BrokerPosition(contract=contract, quantity=row["quantity"], avg_price=row["avg_price"],
+                          realized_pnl=row["realized_pnl"])
+
+
+def apply_to_position(quantity: int, avg_price: Decimal, change: int, price: Decimal) -> tuple[int, Decimal, Decimal]:
+    """(new quantity, new average price, realized dollars per unit multiplier) after trading
+    `change` contracts (signed) at `price` per share.
+
+    Adding to a position averages the price; reducing realizes (price - avg) per long contract
+    closed, (avg - price) per short one; crossing through zero opens the rest at `price`.
+    Realized is per share-contract: multiply by the multiplier for dollars.
+    """
+    if quantity == 0 or (quantity > 0) == (change > 0):
+        new_qty = quantity + change
+        new_avg = (abs(quantity) * avg_price + abs(change) * price) / abs(new_qty)
+        return new_qty, new_avg.quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN), Decimal(0)
+    closed = min(abs(quantity), abs(change))
+    direction = 1 if quantity > 0 else -1
+    realized = closed * (price - avg_price) * direction
+    new_qty = quantity + change
+    if new_qty == 0:
+        return 0, Decimal(0), realized
+    if (new_qty > 0) == (quantity > 0):
+        return new_qty, avg_price, realized
+    return new_qty, price.quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN), realized
+
+
+class BrokerLedger:
+    def __init__(self, pool: asyncpg.Pool, account_id: str, broker: str):
+        self.pool = pool
+        self.account_id = account_id
+        self.broker = broker
+
+    async def ensure_account(self, opening_cash: Decimal, at: datetime) -> bool:
+        """Create the account with its opening deposit once; True if this call created it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            created = await conn.fetchval(
+                """INSERT INTO broker_accounts (account_id, broker, opening_cash) VALUES ($1, $2, $3)
+                   ON CONFLICT (account_id) DO NOTHING RETURNING account_id""",
+                self.account_id, self.broker, opening_cash)
+            if created:
+                await conn.execute(
+                    "INSERT INTO broker_cash_ledger (account_id, at, amount, kind, note) VALUES ($1, $2, $3, 'deposit', $4)",
+                    self.account_id, at, opening_cash, "opening balance")
+        return bool(created)
+
+    # ---------------------------------------------------------------- orders
+    async def order_row(self, conn: asyncpg.Connection, order_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+        sql = "SELECT * FROM broker_orders WHERE order_id = $1" + (" FOR UPDATE" if lock else "")
+        return await conn.fetchrow(sql, order_id)
+
+    async def insert_order(self, conn: asyncpg.Connection, order: ComboOrder, broker_order_id: str,
+                           placed_at: datetime, good_till: datetime | None) -> None:
+        await conn.execute(
+            """INSERT INTO broker_orders (broker_order_id, order_id, account_id, broker, ticker, legs, multiplier,
+                                          quantity, limit_price, time_in_force, good_till, placed_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)""",
+            broker_order_id, order.order_id, self.account_id, self.broker, order.ticker,
+            [leg.to_json() for leg in order.legs], order.multiplier, order.quantity, order.limit_price,
+            order.time_in_force, good_till, placed_at)
+        await self.event(conn, broker_order_id, "placed", placed_at, order.limit_price)
+
+    async def set_limit(self, conn: asyncpg.Connection, broker_order_id: str, limit_price: Decimal, at: datetime,
+                        previous: Decimal) -> None:
+        await conn.execute("UPDATE broker_orders SET limit_price = $2, updated_at = $3 WHERE broker_order_id = $1",
+                           broker_order_id, limit_price, at)
+        await self.event(conn, broker_order_id, "limit_replaced", at, limit_price, {"previous": str(previous)})
+
+    async def event(self, conn: asyncpg.Connection, broker_order_id: str, kind: str, at: datetime,
+                    limit_price: Decimal | None = None, detail: dict[str, Any] | None = None) -> None:
+        await conn.execute(
+            "INSERT INTO broker_order_events (broker_order_id, kind, at, limit_price, detail) VALUES ($1, $2, $3, $4, $5)",
+            broker_order_id, kind, at, limit_price, detail or {})
+
+    async def events(self, order_id: str) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            """SELECT e.kind, e.at, e.limit_price, e.detail FROM broker_order_events e
+               JOIN broker_orders o USING (broker_order_id) WHERE o.order_id = $1 ORDER BY e.id""", order_id)
+        return [dict(r) for r in rows]
+
+    # ---------------------------------------------------------------- fills
+    async def fill_count(self, conn: asyncpg.Connection, broker_order_id: str) -> int:
+        return await conn.fetchval("SELECT count(*) FROM broker_fills WHERE broker_order_id = $1", broker_order_id)
+
+    async def fill_exists(self, conn: asyncpg.Connection, fill_id: str) -> bool:
+        return bool(await conn.fetchval("SELECT 1 FROM broker_fills WHERE fill_id = $1", fill_id))
+
+    async def apply_fill(self, conn: asyncpg.Connection, fill: Fill, order_row: asyncpg.Record) -> int | None:
+        """Record `fill` against the (locked) broker order row inside the caller's transaction.
+
+        Returns the order's new filled quantity, or None when this fill id was already recorded
+        (nothing changes). Raises `FillRejected` for an over-fill or inconsistent leg prices.
+        """
+        if fill.broker_order_id != order_row["broker_order_id"] or fill.order_id != order_row["order_id"]:
+            raise FillRejected(f"fill {fill.fill_id} is for {fill.broker_order_id}, not {order_row['broker_order_id']}")
+        legs = [ComboLeg.from_any(leg) for leg in order_row["legs"]]
+        if len(fill.leg_prices) != len(legs):
+            raise FillRejected(f"fill {fill.fill_id} has {len(fill.leg_prices)} leg prices for {len(legs)} legs")
+        implied = sum((leg.sign * leg.ratio * p for leg, p in zip(legs, fill.leg_prices)), Decimal(0))
+        if abs(implied - fill.price) > LEG_SUM_TOLERANCE:
+            raise FillRejected(f"fill {fill.fill_id}: leg prices add up to {implied}, not the combo price {fill.price}")
+        inserted = await conn.fetchval(
+            """INSERT INTO broker_fills (fill_id, broker_order_id, order_id, account_id, quantity, price, leg_prices,
+                                         commission, filled_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id""",
+            fill.fill_id, fill.broker_order_id, fill.order_id, self.account_id, fill.quantity, fill.price,
+            [str(p) for p in fill.leg_prices], fill.commission, fill.at)
+        if inserted is None:
+            return None
+        remaining = order_row["quantity"] - order_row["filled_quantity"]
+        if fill.quantity > remaining:
+            raise FillRejected(f"fill {fill.fill_id} of {fill.quantity} exceeds the {remaining} units still open")
+        multiplier, ticker = order_row["multiplier"], order_row["ticker"]
+        realized = Decimal(0)
+        for leg, price in zip(legs, fill.leg_prices):
+            realized += await self._trade_contract(conn, leg.contract(ticker, multiplier),
+                                                   leg.sign * leg.ratio * fill.quantity, price, fill.at)
+        realized = realized.quantize(MONEY_PLACES, rounding=ROUND_HALF_EVEN)
+        await conn.execute("UPDATE broker_fills SET realized_pnl = $2 WHERE fill_id = $1", fill.fill_id, realized)
+        premium = -fill.price * fill.quantity * multiplier
+        await conn.executemany(
+            "INSERT INTO broker_cash_ledger (account_id, at, amount, kind, fill_id, note) VALUES ($1, $2, $3, $4, $5, $6)",
+            [(self.account_id, fill.at, premium, "premium", fill.fill_id, f"{fill.quantity} x {fill.price} {ticker}"),
+             (self.account_id, fill.at, -fill.commission, "commission", fill.fill_id, None)])
+        filled = order_row["filled_quantity"] + fill.quantity
+        await conn.execute(
+            "UPDATE broker_orders SET filled_quantity = $2, updated_at = $3 WHERE broker_order_id = $1",
+            fill.broker_order_id, filled, fill.at)
+        await self.event(conn, fill.broker_order_id, "fill", fill.at, None,
+                         {"fill_id": fill.fill_id, "quantity": fill.quantity, "price": str(fill.price)})
+        return filled
+
+    async def _trade_contract(self, conn: asyncpg.Connection, contract: OptionContract, change: int,
+                              price: Decimal, at: datetime) -> Decimal:
+        key = (self.account_id, contract.ticker, contract.expiry, contract.strike, contract.right)
+        row = await conn.fetchrow(
+            """SELECT quantity, avg_price, realized_pnl FROM broker_positions
+               WHERE account_id = $1 AND ticker = $2 AND expiry = $3 AND strike = $4 AND option_right = $5
+               FOR UPDATE""", *key)
+        quantity, avg, realized_before = (row["quantity"], row["avg_price"], row["realized_pnl"]) if row else (0, Decimal(0), Decimal(0))
+        new_qty, new_avg, realized_per = apply_to_position(quantity, avg, change, price)
+        realized = realized_per * contract.multiplier
+        if new_qty == 0:
+            await conn.execute(
+                """DELETE FROM broker_positions
+                   WHERE account_id = $1 AND ticker = $2 AND expiry = $3 AND strike = $4 AND option_right = $5""", *key)
+        else:
+            await conn.execute(
+                """INSERT INTO broker_positions (account_id, ticker, expiry, strike, option_right, multiplier, quantity,
+                                                 avg_price, realized_pnl, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                   ON CONFLICT (account_id, ticker, expiry, strike, option_right)
+                   DO UPDATE SET quantity = EXCLUDED.quantity, avg_price = EXCLUDED.avg_price,
+                                 realized_pnl = EXCLUDED.realized_pnl, updated_at = EXCLUDED.updated_at""",
+                *key, contract.multiplier, new_qty, new_avg,
+                (realized_before + realized).quantize(MONEY_PLACES, rounding=ROUND_HALF_EVEN), at)
+        return realized
+
+    async def fills(self, order_id: str | None = None) -> list[Fill]:
+        rows = await self.pool.fetch(
+            """SELECT * FROM broker_fills WHERE account_id = $1 AND ($2::text IS NULL OR order_id = $2)
+               ORDER BY filled_at, fill_id""", self.account_id, order_id)
+        return [fill_from_row(r) for r in rows]
+
+    # ---------------------------------------------------------------- positions and cash
+    async def positions(self, ticker: str | None = None) -> list[BrokerPosition]:
+        rows = await self.pool.fetch(
+            """SELECT * FROM broker_positions WHERE account_id = $1 AND quantity <> 0
+                 AND ($2::text IS NULL OR ticker = $2)
+               ORDER BY ticker, expiry, strike, option_right""", self.account_id, ticker)
+        return [position_from_row(r) for r in rows]
+
+    async def cash(self) -> Decimal:
+        return await self.pool.fetchval(
+            "SELECT COALESCE(sum(amount), 0) FROM broker_cash_ledger WHERE account_id = $1", self.account_id)
+
+    async def cash_entries(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT at, amount, kind, fill_id, note FROM broker_cash_ledger WHERE account_id = $1 ORDER BY id",
+            self.account_id)
+        return [dict(r) for r in rows]
+
+    async def realized_pnl(self, since: datetime | None = None) -> Decimal:
+        return await self.pool.fetchval(
+            """SELECT COALESCE(sum(realized_pnl), 0) FROM broker_fills
+               WHERE account_id = $1 AND ($2::timestamptz IS NULL OR filled_at >= $2)""", self.account_id, since)
+
+
+def premium_basis(positions: Sequence[BrokerPosition]) -> Decimal:
+    """Dollars paid for the open contracts (+ paid for longs, - received for shorts)."""
+    return sum((p.quantity * p.avg_price * p.contract.multiplier for p in positions), Decimal(0))

@@ -1,0 +1,401 @@
+"""The paper broker on a real Postgres: approval gate, idempotent placing, fills, books, margin."""
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from brokers.base import (
+    ComboLeg, ComboOrder, Fill, MarginUnavailable, OrderMismatch, OrderNotApproved, OrderNotWorking,
+    UnknownBrokerOrder, combo_prices,
+)
+from brokers.margin import margin_requirement, reg_t_naked_per_share
+from brokers.order_state import OrderState
+from brokers.paper import InsufficientBuyingPower, PaperBroker, SlippageModel, is_marketable, model_fill_price
+from storage.broker_ledger import FillRejected, apply_to_position
+from storage.orders import OrderRepository
+from tests.broker_factories import (
+    D, EXPIRY, Clock, approve, book_for, bull_call_spread, bull_put_spread, contract, quote, run_row, stage,
+)
+
+
+def broker_for(db, book, clock=None, **kwargs) -> PaperBroker:
+    return PaperBroker(db, book, clock=clock or Clock(), **kwargs)
+
+
+async def states(db, order_id):
+    return [(h["from_state"], h["to_state"]) for h in await OrderRepository(db.pool).history(order_id)]
+
+
+# ------------------------------------------------------------------ pure pricing rules
+def test_fill_price_is_mid_plus_a_fraction_of_the_half_spread_on_a_cent():
+    p = bull_put_spread()
+    legs = [ComboLeg.from_any(l) for l in p.legs]
+    quotes = [quote(str(l.bid), str(l.ask)) for l in p.legs]
+    assert combo_prices(legs, quotes) == (D("-0.92"), D("-0.74"), D("-1.10"))
+    # legs: 580P sold at 3.10 - 0.25*0.10 = 3.075, 575P bought at 2.18 + 0.25*0.08 = 2.20 -> -0.875,
+    # rounded up (against us) to -0.87; the half cent goes onto the bought leg.
+    price, leg_prices = model_fill_price(legs, quotes, D("0.25"))
+    assert price == D("-0.87") and leg_prices == (D("3.075"), D("2.205"))
+    assert -leg_prices[0] + leg_prices[1] == price
+    assert model_fill_price(legs, quotes, D(0))[0] == D("-0.92")  # f = 0: the mid
+    assert model_fill_price(legs, quotes, D(1))[0] == D("-0.74")  # f = 1: the natural price
+    with pytest.raises(ValueError):
+        model_fill_price(legs, quotes, D("1.5"))
+
+
+def test_marketability_of_debit_and_credit_limits():
+    # Credit spread: the market gives 0.87. Asking for 0.92 (limit -0.92) is not marketable;
+    # asking for 0.85 (limit -0.85) is, and fills at the better 0.87.
+    assert not is_marketable(D("-0.87"), D("-0.92"))
+    assert is_marketable(D("-0.87"), D("-0.85"))
+    assert is_marketable(D("-0.87"), D("-0.87"))
+    # Debit spread: the market costs 3.59. Paying at most 3.55 is not marketable; 3.60 is.
+    p = bull_call_spread()
+    legs = [ComboLeg.from_any(l) for l in p.legs]
+    price, _ = model_fill_price(legs, [quote(str(l.bid), str(l.ask)) for l in p.legs], D("0.25"))
+    assert price == D("3.59")  # 3.55 + 0.25 * (3.70 - 3.55) = 3.5875 -> 3.59
+    assert not is_marketable(price, D("3.55")) and is_marketable(price, D("3.60"))
+
+
+def test_position_arithmetic_averages_and_realizes():
+    assert apply_to_position(0, D(0), -3, D("3.075")) == (-3, D("3.075000"), D(0))
+    assert apply_to_position(2, D("1.00"), 2, D("2.00")) == (4, D("1.500000"), D(0))
+    # Buying back 2 of 3 shorts opened at 3.075 for 1.00 realizes 2 * 2.075 per share.
+    assert apply_to_position(-3, D("3.075"), 2, D("1.00")) == (-1, D("3.075"), D("4.150"))
+    # Selling 5 against a long 2 at 1.00 for 1.50: realizes 2 * 0.50 and opens 3 short at 1.50.
+    assert apply_to_position(2, D("1.00"), -5, D("1.50")) == (-3, D("1.500000"), D("1.00"))
+    assert apply_to_position(2, D("1.00"), -2, D("0.40")) == (0, D(0), D("-1.20"))
+
+
+# ------------------------------------------------------------------ margin rules
+def test_margin_of_defined_risk_is_the_max_loss():
+    held = [(contract("580", "P"), -3), (contract("575", "P"), 3)]
+    # width 5 * 3 contracts * 100 - credit 261 received
+    assert margin_requirement(held, D("-261")).requirement == D("1239")
+    assert margin_requirement(held, D("-261")).method == "max_loss"
+    condor = [(contract("95", "P"), -1), (contract("90", "P"), 1), (contract("105", "C"), -1), (contract("110", "C"), 1)]
+    assert margin_requirement(condor, D("-150")).requirement == D("350")  # the worse side only
+    assert margin_requirement([(contract("600", "C"), 2)], D("1040")).requirement == D("1040")  # long: its debit
+    assert margin_requirement([], D(0)).requirement == D(0)
+
+
+def test_margin_of_naked_shorts_is_reg_t():
+    # Short put K=100, S=110, mark 1.50: max(0.2*110 - 10, 0.1*100) + 1.50 = 13.50 per share.
+    assert reg_t_naked_per_share("P", D(100), D(110), D("1.50")) == D("13.50")
+    # Deep OTM put hits the 10% of strike floor: max(22 - 30, 8) + 0.10.
+    assert reg_t_naked_per_share("P", D(80), D(110), D("0.10")) == D("8.10")
+    # Short call K=120, S=110, mark 1.00: max(22 - 10, 11) + 1.
+    assert reg_t_naked_per_share("C", D(120), D(110), D("1.00")) == D("13.00")
+    put = contract("100", "P", ticker="XYZ")
+    book = {put: quote("1.40", "1.60", underlying="110")}
+    result = margin_requirement([(put, -1)], D("-150"), book.get)
+    assert result.requirement == D("1200") and result.method == "reg_t"  # 1350 - 150 credit
+    with pytest.raises(MarginUnavailable):
+        margin_requirement([(put, -1)], D("-150"), lambda c: None)
+    # A 1x2 put ratio: one short covered by the long (requirement 0 in the pair), one naked.
+    long_put = contract("105", "P", ticker="XYZ")
+    ratio = margin_requirement([(long_put, 1), (put, -2)], D("-20"), book.get)
+    assert ratio.requirement == D("1350") - D("20") and ratio.naked == (put.label(),)
+
+
+def test_margin_of_calendars_and_diagonals_pairs_across_expiries():
+    near, far = date(2026, 12, 18), date(2027, 1, 15)
+    calendar = [(contract("100", "C", "XYZ", near), -1), (contract("100", "C", "XYZ", far), 1)]
+    assert margin_requirement(calendar, D("200")).requirement == D("200")  # the debit
+    diagonal = [(contract("100", "C", "XYZ", near), -1), (contract("105", "C", "XYZ", far), 1)]
+    assert margin_requirement(diagonal, D("100")).requirement == D("600")  # 5-point gap + debit
+    # A long that expires first does not cover the later short: that short is naked.
+    short_far = [(contract("100", "C", "XYZ", far), -1), (contract("100", "C", "XYZ", near), 1)]
+    with pytest.raises(MarginUnavailable):
+        margin_requirement(short_far, D("-100"))
+
+
+# ------------------------------------------------------------------ the approval gate
+@pytest.mark.parametrize("decision", ["STAGED", "REJECTED", "EXPIRED", "CANCELLED"])
+async def test_broker_refuses_every_order_that_is_not_approved(db, decision):
+    await run_row(db)
+    p = bull_put_spread()
+    record = await stage(db, p)
+    if decision != "STAGED":
+        await OrderRepository(db.pool).transition(record.order_id, decision, actor="approver@example")
+    broker = broker_for(db, book_for(p))
+    with pytest.raises(OrderNotApproved, match="not APPROVED"):
+        await broker.place(ComboOrder.from_record(record))
+    assert (await OrderRepository(db.pool).get(record.order_id)).state == decision
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 0
+    with pytest.raises(UnknownBrokerOrder):
+        await broker.status(record.order_id)
+
+
+async def test_broker_refuses_an_order_that_differs_from_the_approved_one(db):
+    await run_row(db)
+    p = bull_put_spread()
+    record = await approve(db, (await stage(db, p)).order_id)
+    broker = broker_for(db, book_for(p))
+    approved = ComboOrder.from_record(record)
+    bigger = ComboOrder(approved.order_id, approved.ticker, approved.legs, approved.quantity + 1, approved.limit_price)
+    with pytest.raises(OrderMismatch, match="quantity 4 != approved 3"):
+        await broker.place(bigger)
+    other_legs = ComboOrder(approved.order_id, approved.ticker,
+                            (ComboLeg(EXPIRY, D("580"), "P", "sell"), ComboLeg(EXPIRY, D("570"), "P", "buy")),
+                            approved.quantity, approved.limit_price)
+    with pytest.raises(OrderMismatch, match="legs differ"):
+        await broker.place(other_legs)
+    assert (await OrderRepository(db.pool).get(record.order_id)).state == "APPROVED"
+
+
+# ------------------------------------------------------------------ the whole life of an order
+async def test_place_partial_fill_fill_updates_positions_and_cash(db):
+    await run_row(db)
+    p = bull_put_spread()
+    record = await approve(db, (await stage(db, p, contracts=3)).order_id)
+    assert record.limit_price == D("-0.92")
+    clock = Clock()
+    broker = broker_for(db, book_for(p), clock, max_contracts_per_fill=2)
+    delivered: list[Fill] = []
+
+    async def collect(fill: Fill) -> None:
+        delivered.append(fill)
+
+    broker.subscribe_fills(collect)
+    order = ComboOrder.from_record(record)
+    what_if = await broker.what_if(order)
+    # At the -0.92 limit: max loss 3 * (500 - 92) = 1224; commission 0.65 * 2 legs * 3.
+    assert what_if.initial_margin_change == D("1224") and what_if.margin_before == D(0)
+    assert what_if.commission == D("3.90") and what_if.cash_change == D("276") - D("3.90")
+    assert what_if.method == "max_loss"
+
+    broker_order_id = await broker.place(order)
+    assert (await broker.status(record.order_id)).state == OrderState.SUBMITTED
+    # Asking 0.92 while the market gives 0.87: nothing fills.
+    assert await broker.process() == []
+    status = await broker.replace_limit(record.order_id, D("-0.85"))
+    assert status.limit_price == D("-0.85") and status.state == OrderState.SUBMITTED
+
+    clock.advance(seconds=5)
+    first = await broker.process()
+    assert [(f.quantity, f.price) for f in first] == [(2, D("-0.87"))]
+    status = await broker.status(record.order_id)
+    assert status.state == OrderState.PARTIALLY_FILLED and status.filled_quantity == 2 and status.remaining == 1
+    clock.advance(seconds=5)
+    second = await broker.process()
+    assert [(f.quantity, f.price) for f in second] == [(1, D("-0.87"))]
+    status = await broker.status(record.order_id)
+    assert status.state == OrderState.FILLED and status.avg_fill_price == D("-0.87")
+    assert await broker.process() == []  # a filled order never fills again
+    assert delivered == first + second
+    assert [f.fill_id for f in await broker.fills(record.order_id)] == [f"{broker_order_id}-F001", f"{broker_order_id}-F002"]
+    assert first[0].at.tzinfo is not None and first[0].commission == D("2.60")
+
+    assert await states(db, record.order_id) == [
+        (None, "DRAFT"), ("DRAFT", "STAGED"), ("STAGED", "APPROVED"), ("APPROVED", "SUBMITTED"),
+        ("SUBMITTED", "PARTIALLY_FILLED"), ("PARTIALLY_FILLED", "FILLED")]
+
+    positions = {(pos.contract.strike, pos.contract.right): (pos.quantity, pos.avg_price) for pos in await broker.positions()}
+    assert positions == {(D("580"), "P"): (-3, D("3.075")), (D("575"), "P"): (3, D("2.205"))}
+    account = await broker.account()
+    # 100000 + 3 * 87 credit - 3.90 commission
+    assert account.cash == D("100257.10")
+    # marks at the mids: -3 * 310 + 3 * 218 = -276
+    assert account.positions_value == D("-276") and account.net_liquidation == D("99981.10")
+    assert account.margin_used == D("1239")  # 1500 width - 261 credit received
+    assert account.free_margin == account.net_liquidation - D("1239")
+    assert account.realized_pnl == 0 and account.unmarked == ()
+    assert account.to_account_state().net_liquidation == D("99981.10")
+
+
+async def test_a_repeated_fill_report_is_ignored_and_an_overfill_refused(db):
+    await run_row(db)
+    p = bull_put_spread()
+    record = await approve(db, (await stage(db, p, contracts=3)).order_id)
+    broker = broker_for(db, book_for(p), max_contracts_per_fill=2)
+    await broker.place(ComboOrder.from_record(record, limit_price=D("-0.85")))
+    [fill] = await broker.process()
+    cash, positions = (await broker.account()).cash, await broker.positions()
+    assert await broker.record_fill(fill) is False  # the same fill id again
+    assert (await broker.account()).cash == cash and await broker.positions() == positions
+    assert (await broker.status(record.order_id)).filled_quantity == 2
+    too_many = Fill(order_id=fill.order_id, broker_order_id=fill.broker_order_id, fill_id="external-9", quantity=2,
+                    price=fill.price, leg_prices=fill.leg_prices, at=fill.at)
+    with pytest.raises(FillRejected, match="exceeds the 1 units still open"):
+        await broker.record_fill(too_many)
+    bad_legs = Fill(order_id=fill.order_id, broker_order_id=fill.broker_order_id, fill_id="external-10", quantity=1,
+                    price=fill.price, leg_prices=(D("3.00"), D("2.00")), at=fill.at)
+    with pytest.raises(FillRejected, match="leg prices add up to -1.00"):
+        await broker.record_fill(bad_legs)
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_fills") == 1
+    # A real external report of the last contract completes the order.
+    last = Fill(order_id=fill.order_id, broker_order_id=fill.broker_order_id, fill_id="external-11", quantity=1,
+                price=D("-0.86"), leg_prices=(D("3.06"), D("2.20")), at=fill.at)
+    assert await broker.record_fill(last) is True
+    assert (await broker.status(record.order_id)).state == OrderState.FILLED
+    with pytest.raises(OrderNotWorking):
+        await broker.record_fill(Fill(order_id=fill.order_id, broker_order_id=fill.broker_order_id, fill_id="late",
+                                      quantity=1, price=D("-0.86"), leg_prices=(D("3.06"), D("2.20")), at=fill.at))
+
+
+async def test_placing_twice_makes_one_broker_order(db):
+    await run_row(db)
+    p = bull_put_spread()
+    record = await approve(db, (await stage(db, p)).order_id)
+    order = ComboOrder.from_record(record)
+    broker = broker_for(db, book_for(p))
+    ids = await asyncio.gather(*(broker.place(order) for _ in range(4)))
+    # A restarted process (a new broker object) retrying the same approved order.
+    again = await broker_for(db, book_for(p)).place(order)
+    assert len(set(ids) | {again}) == 1
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 1
+    assert (await states(db, record.order_id)).count(("APPROVED", "SUBMITTED")) == 1
+
+
+async def test_a_crash_between_approved_and_submitted_leaves_no_half_order(db):
+    """The broker order and the APPROVED -> SUBMITTED move commit together: a failure in between
+    (injected by the database refusing the SUBMITTED history row) leaves the order APPROVED with no
+    broker order, and the retry places exactly one."""
+    await run_row(db)
+    p = bull_put_spread()
+    record = await approve(db, (await stage(db, p)).order_id)
+    await db.pool.execute("""
+        CREATE FUNCTION crash_on_submit() RETURNS trigger AS $$
+        BEGIN IF NEW.to_state = 'SUBMITTED' THEN RAISE EXCEPTION 'simulated crash'; END IF; RETURN NEW; END
+        $$ LANGUAGE plpgsql;
+        CREATE TRIGGER crash BEFORE INSERT ON order_state_history FOR EACH ROW EXECUTE FUNCTION crash_on_submit();
+    """)
+    broker = broker_for(db, book_for(p))
+    with pytest.raises(Exception, match="simulated crash"):
+        await broker.place(ComboOrder.from_record(record))
+    assert (await OrderRepository(db.pool).get(record.order_id)).state == "APPROVED"
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 0
+    await db.pool.execute("DROP TRIGGER crash ON order_state_history")
+    first = await broker_for(db, book_for(p)).place(ComboOrder.from_record(record))
+    assert first == await broker.place(ComboOrder.from_record(record))
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 1
+    assert (await OrderRepository(db.pool).get(record.order_id)).state == "SUBMITTED"
+
+
+# ------------------------------------------------------------------ cancel, expiry, rejection
+async def test_cancel_from_submitted_and_from_partially_filled(db):
+    await run_row(db)
+    p, q = bull_put_spread(), bull_call_spread()
+    a = await approve(db, (await stage(db, p, contracts=3)).order_id)
+    b = await approve(db, (await stage(db, q, contracts=3)).order_id)
+    broker = broker_for(db, book_for(p, q), max_contracts_per_fill=1)
+    await broker.place(ComboOrder.from_record(a))  # at -0.92: never marketable
+    await broker.place(ComboOrder.from_record(b, limit_price=D("3.60")))  # debit, marketable at 3.59
+    fills = await broker.process()
+    assert [(f.order_id, f.quantity, f.price) for f in fills] == [(b.order_id, 1, D("3.59"))]
+    cancelled = await broker.cancel(a.order_id, reason="approver withdrew")
+    assert cancelled.state == OrderState.CANCELLED and cancelled.filled_quantity == 0
+    partial = await broker.cancel(b.order_id)
+    assert partial.state == OrderState.CANCELLED and partial.filled_quantity == 1
+    assert await broker.process() == []
+    with pytest.raises(OrderNotWorking):
+        await broker.cancel(a.order_id)
+    with pytest.raises(OrderNotWorking):
+        await broker.replace_limit(b.order_id, D("3.70"))
+    # The filled contract stays: one long 600C, one short 610C.
+    assert {(pos.contract.strike, pos.quantity) for pos in await broker.positions()} == {(D("600"), 1), (D("610"), -1)}
+    assert (await states(db, b.order_id))[-2:] == [("SUBMITTED", "PARTIALLY_FILLED"), ("PARTIALLY_FILLED", "CANCELLED")]
+    await run_row(db, "run-2")
+    never_placed = await stage(db, bull_put_spread(), run_id="run-2")
+    with pytest.raises(UnknownBrokerOrder):
+        await broker.cancel(never_placed.order_id)
+
+
+async def test_day_orders_are_cancelled_at_the_close(db):
+    await run_row(db)
+    p = bull_put_spread()
+    record = await approve(db, (await stage(db, p)).order_id)
+    clock = Clock()
+    broker = broker_for(db, book_for(p), clock)
+    await broker.place(ComboOrder.from_record(record))  # -0.92: not marketable
+    clock.advance(hours=5, minutes=59)  # 15:59 New York
+    assert await broker.process() == []
+    assert (await broker.status(record.order_id)).state == OrderState.SUBMITTED
+    clock.advance(minutes=1)  # 16:00 New York
+    await broker.process()
+    assert (await broker.status(record.order_id)).state == OrderState.CANCELLED
+    assert "DAY order expired" in (await OrderRepository(db.pool).history(record.order_id))[-1]["reason"]
+
+
+async def test_an_order_beyond_the_buying_power_is_rejected(db):
+    await run_row(db)
+    p = bull_put_spread()
+    record = await approve(db, (await stage(db, p, contracts=3)).order_id)
+    broker = broker_for(db, book_for(p), opening_cash=D("1000"))
+    with pytest.raises(InsufficientBuyingPower, match="margin need 1224"):
+        await broker.place(ComboOrder.from_record(record))
+    assert (await OrderRepository(db.pool).get(record.order_id)).state == "REJECTED"
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 0
+
+
+async def test_slippage_jitter_is_seeded(db):
+    await run_row(db)
+    prices = {}
+    for run_id, account in (("run-a", "a"), ("run-b", "b"), ("run-c", "c")):
+        await run_row(db, run_id)
+        p = bull_call_spread()
+        record = await approve(db, (await stage(db, p, run_id=run_id)).order_id)
+        broker = broker_for(db, book_for(p), account_id=account, seed=1 if account != "c" else 2,
+                            slippage=SlippageModel(fraction=D("0.2"), jitter=D("0.8")))
+        await broker.place(ComboOrder.from_record(record, limit_price=D("3.70")))
+        [fill] = await broker.process()
+        prices[account] = fill.price
+        assert D("3.55") + D("0.2") * D("0.15") <= fill.price <= D("3.70")
+    assert prices["a"] == prices["b"]
+
+
+# ------------------------------------------------------------------ quotes from real chains
+def test_chain_quotes_match_the_cboe_file_and_its_vendor_deltas(shared_data):
+    import numpy as np
+
+    from brokers.base import OptionContract
+    from brokers.quote_source import ChainQuotes
+    from tools.cboe import implied_forwards, read_cboe_quote_table
+
+    chain = read_cboe_quote_table(shared_data / "cboe" / "spy_quotedata_2023-09-14.csv")
+    quotes = ChainQuotes({"SPY": chain}, {"SPY": implied_forwards(chain)})
+    put = quotes(OptionContract("SPY", date(2023, 9, 19), D("445"), "P"))
+    assert (put.bid, put.ask, put.underlying_price) == (D("0.46"), D("0.47"), D("450.81"))
+    assert put.as_of == chain.as_of and -0.5 < put.delta < 0 and put.vega > 0 and put.theta < 0
+    assert quotes(OptionContract("SPY", date(2023, 9, 19), D("445.5"), "P")) is None  # not listed
+    zero_bid = np.flatnonzero((chain.bid == 0) & (chain.ask > 0))[0]
+    assert quotes(OptionContract("SPY", chain.expiry[zero_bid].astype(object), D(repr(float(chain.strike[zero_bid]))),
+                                 "C" if chain.is_call[zero_bid] else "P")) is None  # rejected quote: no price
+    # Oracle: Cboe's own deltas for 10-40 delta options 3-60 days out.
+    t = chain.time_to_expiry * 365
+    diffs = []
+    for i in np.flatnonzero(np.isfinite(chain.vendor_delta) & (np.abs(chain.vendor_delta) >= 0.1)
+                            & (np.abs(chain.vendor_delta) <= 0.4) & (t >= 3) & (t <= 60)):
+        q = quotes(OptionContract("SPY", chain.expiry[i].astype(object), D(repr(float(chain.strike[i]))),
+                                  "C" if chain.is_call[i] else "P"))
+        if q is not None and q.delta is not None:
+            diffs.append(abs(q.delta - chain.vendor_delta[i]))
+    assert len(diffs) > 200
+    assert np.median(diffs) < 0.006 and max(diffs) < 0.03
+
+
+async def test_a_paper_trade_on_the_real_spy_chain(db, shared_data):
+    from brokers.quote_source import ChainQuotes
+    from tests.broker_factories import leg, proposal
+    from tools.cboe import read_cboe_quote_table
+
+    chain = read_cboe_quote_table(shared_data / "cboe" / "spy_quotedata_2023-09-14.csv")
+    quotes = ChainQuotes({"SPY": chain})
+    expiry = date(2023, 9, 19)
+    # 445P 0.46/0.47 sold, 440P 0.14/0.15 bought: mid -0.32, natural -0.31.
+    p = proposal([leg("445", "P", "sell", "0.46", "0.47", expiry=expiry), leg("440", "P", "buy", "0.14", "0.15", expiry=expiry)])
+    await run_row(db)
+    record = await approve(db, (await stage(db, p, contracts=5)).order_id)
+    broker = broker_for(db, quotes, Clock(chain.as_of))
+    # The file was taken at 16:31, after the close: a DAY order would be cancelled, so GTC.
+    await broker.place(ComboOrder.from_record(record, limit_price=D("-0.31"), time_in_force="GTC"))
+    [fill] = await broker.process()
+    # 445P at 0.465 - 0.25 * 0.005, 440P at 0.145 + 0.25 * 0.005: -0.3175 -> -0.31 on the cent.
+    assert fill.price == D("-0.31") and fill.quantity == 5
+    assert -fill.leg_prices[0] + fill.leg_prices[1] == D("-0.31")
+    assert all(q.bid <= price <= q.ask for q, price in zip(
+        (quotes(c) for c in ComboOrder.from_record(record).contracts()), fill.leg_prices))
