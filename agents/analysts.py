@@ -9,13 +9,13 @@ computed once per process through the run's market cache.
 """
 from __future__ import annotations
 
-import asyncio
 import math
 from datetime import datetime
 
 import numpy as np
 from langgraph.runtime import Runtime
 
+from graph.compute import run_cpu
 from graph.deps import MarketCache, RunDeps
 from graph.schema import Signal
 from graph.state import AnalystTask
@@ -42,13 +42,16 @@ def _clip01(x: float) -> float:
     return float(min(1.0, max(0.0, x)))
 
 
-def chain_analysis(market: MarketCache, run_id: str, data: TickerData) -> ChainAnalysis:
-    return market.derived(("chain_analysis", run_id, data.ticker), lambda: analyze_chain(data.chain))
+async def chain_analysis(market: MarketCache, run_id: str, data: TickerData) -> ChainAnalysis | None:
+    """The ticker's chain analysis, computed once per run in the compute pool (None: no chain)."""
+    if data.chain is None:
+        return None
+    return await market.derived(("chain_analysis", run_id, data.ticker), lambda: run_cpu(analyze_chain, data.chain))
 
 
-def chain_iv(market: MarketCache, run_id: str, data: TickerData) -> np.ndarray:
+async def chain_iv(market: MarketCache, run_id: str, data: TickerData) -> np.ndarray:
     """Implied vol per chain row (NaN where undefined), shared with the analysts."""
-    return chain_analysis(market, run_id, data).chain_iv.vol
+    return (await chain_analysis(market, run_id, data)).chain_iv.vol
 
 
 def surface_evidence(analysis: ChainAnalysis) -> tuple[dict, list[str]]:
@@ -232,7 +235,7 @@ def _missing(task: AnalystTask) -> Signal:
                   edge_type="no_data", horizon_days=0, as_of=task["run"].as_of, data_quality=list(why))
 
 
-def _analyst(name: str, judge):
+def _analyst(name: str, judge, needs_chain: bool):
     @timed(name)
     async def node(task: AnalystTask, runtime: Runtime[RunDeps]) -> dict:
         deps, run = runtime.context, task["run"]
@@ -240,23 +243,20 @@ def _analyst(name: str, judge):
         data = snapshot.tickers.get(task["ticker"])
         if data is None:
             return {"signals": [_missing(task)]}
-        signal = await asyncio.to_thread(judge, deps.market, run.run_id, data, run.as_of)
+        if needs_chain:
+            analysis = await chain_analysis(deps.market, run.run_id, data)
+            signal = judge(data, analysis, run.as_of)
+        else:
+            signal = judge(data, run.as_of)
         return {"signals": [signal]}
 
     node.__name__ = f"{name}_analyst"
     return node
 
 
-def _with_chain(fn):
-    def judge(market, run_id, data, as_of):
-        analysis = chain_analysis(market, run_id, data) if data.chain is not None else None
-        return fn(data, analysis, as_of)
-    return judge
-
-
 ANALYSTS = {
-    "vol_surface": _analyst("vol_surface", _with_chain(vol_surface_signal)),
-    "flow": _analyst("flow", _with_chain(flow_signal)),
-    "technical": _analyst("technical", lambda market, run_id, data, as_of: technical_signal(data, as_of)),
-    "social": _analyst("social", lambda market, run_id, data, as_of: social_signal(data, as_of)),
+    "vol_surface": _analyst("vol_surface", vol_surface_signal, needs_chain=True),
+    "flow": _analyst("flow", flow_signal, needs_chain=True),
+    "technical": _analyst("technical", technical_signal, needs_chain=False),
+    "social": _analyst("social", social_signal, needs_chain=False),
 }

@@ -6,8 +6,6 @@ implied vols. A verdict with no fitting structure or no liquid legs is recorded 
 """
 from __future__ import annotations
 
-import asyncio
-
 from langgraph.runtime import Runtime
 
 from agents.analysts import chain_iv
@@ -43,7 +41,7 @@ async def strategy_selector(state: DecisionState, runtime: Runtime[RunDeps]) -> 
         if data is None or data.chain is None:
             rejected[verdict.ticker] = "no option chain in the snapshot"
             continue
-        iv = await asyncio.to_thread(chain_iv, deps.market, run.run_id, data)
+        iv = await chain_iv(deps.market, run.run_id, data)
         result = build_proposal(choice.structure, verdict.ticker, data.chain, iv, deps.decision,
                                 rationale=f"{choice.reason}. {verdict.rationale}")
         if result.ok:

@@ -27,7 +27,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timezone
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import asyncpg
@@ -95,28 +95,39 @@ def model_fill_price(legs: Sequence[ComboLeg], quotes: Sequence[LegQuote],
                      fraction: Decimal) -> tuple[Decimal, tuple[Decimal, ...]]:
     """(combo price on a cent, per-leg unsigned prices) for buying one unit at slippage `fraction`.
 
-    The raw price mid + fraction * (natural - mid) is rounded up to the cent (against us) but
-    never past the natural price; the rounding residual (under a cent) is carried by one leg —
-    a bought leg of ratio 1 when there is one — so sum(sign * ratio * leg price) == combo price.
+    Each leg fills at its mid -/+ fraction * its half-spread; the combo's raw price
+    mid + fraction * (natural - mid) is rounded up to the cent (against us) but never past the
+    natural price. The rounding residual (under a cent) is spread over the legs within their
+    quotes, ratio-1 legs first, so every leg price stays inside its bid/ask and
+    sum(sign * ratio * leg price) == combo price (to 1e-6 per contract when only legs of ratio > 1
+    can absorb it).
     """
     if not (0 <= fraction <= 1):
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     mid, natural, _ = combo_prices(legs, quotes)
-    leg_prices = [(q.mid + leg.sign * fraction * q.half_spread).quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN)
-                  for leg, q in zip(legs, quotes)]
-    raw = sum((leg.sign * leg.ratio * p for leg, p in zip(legs, leg_prices)), Decimal(0))
+    prices = [(q.mid + leg.sign * fraction * q.half_spread).quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN)
+              for leg, q in zip(legs, quotes)]
+    raw = sum((leg.sign * leg.ratio * p for leg, p in zip(legs, prices)), Decimal(0))
     price = raw.quantize(CENT, rounding=ROUND_CEILING)
     if price > natural:
         price = raw.quantize(CENT, rounding=ROUND_FLOOR)
     residual = price - raw
-    if residual:
-        order = sorted(range(len(legs)), key=lambda i: (legs[i].sign > 0, legs[i].ratio == 1, leg_prices[i]), reverse=True)
-        for i in order:
-            candidate = leg_prices[i] + legs[i].sign * residual / legs[i].ratio
-            if candidate >= 0:
-                leg_prices[i] = candidate.quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN) if legs[i].ratio != 1 else candidate
-                break
-    return price, tuple(leg_prices)
+    direction = 1 if residual > 0 else -1
+
+    def room(i: int) -> Decimal:
+        # How far leg i may move (per share) in the direction that moves the combo by `direction`.
+        q, p, toward_far = quotes[i], prices[i], legs[i].sign * direction > 0
+        return (q.ask - p) if toward_far else (p - q.bid)
+
+    for i in sorted(range(len(legs)), key=lambda i: (legs[i].ratio != 1, -room(i))):
+        if residual == 0:
+            break
+        ratio = legs[i].ratio
+        take = min(abs(residual), room(i) * ratio)
+        step = (take / ratio).quantize(AVG_PLACES, rounding=ROUND_DOWN)
+        prices[i] += legs[i].sign * direction * step
+        residual -= direction * step * ratio
+    return price, tuple(prices)
 
 
 def is_marketable(fill_price: Decimal, limit_price: Decimal) -> bool:

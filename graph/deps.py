@@ -2,14 +2,13 @@
 
 None of this is checkpointed: it is the environment of a run, rebuilt by the runner on resume.
 The market cache keeps the run's recorded snapshot and per-ticker chain analyses in memory so the
-four analysts of a ticker share one implied-vol solve; after a crash it reloads the recording
+analysts and the strategy selector of a ticker share one implied-vol solve and surface fit; after a crash it reloads the recording
 from Postgres, never from the provider (which would answer with a later market).
 """
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,9 +28,7 @@ class MissingSnapshot(RuntimeError):
 class MarketCache:
     db: Database
     _snapshots: dict[str, MarketSnapshot] = field(default_factory=dict)
-    _derived: dict[tuple, Any] = field(default_factory=dict)
-    _locks: dict[tuple, threading.Lock] = field(default_factory=dict)
-    _guard: threading.Lock = field(default_factory=threading.Lock)
+    _derived: dict[tuple, asyncio.Future] = field(default_factory=dict)
     _load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def remember(self, run_id: str, snapshot: MarketSnapshot) -> None:
@@ -48,16 +45,12 @@ class MarketCache:
                 self._snapshots[run_id] = loaded[0]
         return self._snapshots[run_id]
 
-    def derived(self, key: tuple, compute: Callable[[], Any]) -> Any:
-        """Compute `key` once per process, even when several threads ask at the same time."""
-        with self._guard:
-            if key in self._derived:
-                return self._derived[key]
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            if key not in self._derived:
-                self._derived[key] = compute()
-            return self._derived[key]
+    async def derived(self, key: tuple, compute: Callable[[], Awaitable[Any]]) -> Any:
+        """Compute `key` once per process: concurrent askers await the same task."""
+        task = self._derived.get(key)
+        if task is None:
+            task = self._derived[key] = asyncio.ensure_future(compute())
+        return await task
 
 
 @dataclass

@@ -28,7 +28,8 @@ db_app = typer.Typer(no_args_is_help=True, help="The database.")
 app.add_typer(runs_app, name="runs")
 app.add_typer(orders_app, name="orders")
 app.add_typer(db_app, name="db")
-console = Console()
+# Wide enough for the order tables when output is not a terminal (make run in CI, pipes).
+console = Console(width=None if Console().is_terminal else 150)
 
 
 def _fail(message: str) -> None:
@@ -192,14 +193,25 @@ def _render_outcome(outcome) -> None:
 def _render_orders(orders, title: str) -> None:
     table = Table(title=title)
     for col in ("order", "ticker", "structure", "legs", "qty", "limit", "max loss/unit", "state", "ack"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("order", "legs"))
     for o in orders:
-        legs = " ".join(f"{'+' if l['side'] == 'buy' else '-'}{l['ratio']} {l['expiry']} {float(l['strike']):g}{l['right']}" for l in o.legs)
+        legs = _legs_text(o.legs)
         table.add_row(o.order_id, o.ticker, o.structure, legs, str(o.quantity), f"{o.limit_price:+.2f}",
                       str(o.proposal.get("max_loss")), o.state, "yes" if o.requires_acknowledgement else "")
     if not orders:
         table.caption = "no orders staged"
     console.print(table)
+
+
+def _legs_text(legs: list[dict]) -> str:
+    """"2026-12-24 +165C -175C": expiry once when all legs share it, signed ratio and strike."""
+    expiries = {l["expiry"] for l in legs}
+    parts = []
+    for l in legs:
+        ratio = "" if l["ratio"] == 1 else str(l["ratio"])
+        text = f"{'+' if l['side'] == 'buy' else '-'}{ratio}{float(l['strike']):g}{l['right']}"
+        parts.append(text if len(expiries) == 1 else f"{l['expiry']} {text}")
+    return (f"{next(iter(expiries))} " if len(expiries) == 1 else "") + " ".join(parts)
 
 
 async def _with_db(fn):

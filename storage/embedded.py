@@ -26,10 +26,15 @@ def redact(url: str) -> str:
 
 def start_embedded_server(pg_dir: Path):
     """Start (or join) the embedded server in `pg_dir`; returns the pgserver handle."""
-    import pgserver  # imported here: only the embedded path needs it
+    import warnings
 
     pg_dir.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(str(pg_dir), cleanup_mode="stop")
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); pgserver copes.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver  # imported here: only the embedded path needs it
+
+        return pgserver.get_server(str(pg_dir), cleanup_mode="stop")
 
 
 def embedded_database_url(pg_dir: Path, database: str = APP_DATABASE) -> tuple[str, object]:

@@ -109,7 +109,7 @@ async def test_fills_are_journaled_with_context_and_snapshots_recorded(db):
     assert (latest.vix, latest.regime, latest.underlying_price, latest.spx_price) == (18.5, "neutral", D("600"), D("6000"))
     assert latest.approver == "approver@example" and latest.rationale.startswith("IV rich")
     assert [(l["strike"], l["side"], D(l["fill_price"])) for l in latest.legs] == [
-        ("580", "sell", D("3.075")), ("575", "buy", D("2.205"))]
+        ("580", "sell", D("3.07")), ("575", "buy", D("2.20"))]
     assert latest.pre_greeks["delta"] == 0.0
     # After the whole order: 15 shares of delta, theta 6 $/day, vega -15 $/vol point.
     assert latest.post_greeks["delta"] == pytest.approx(15.0) == expected_post.delta

@@ -74,15 +74,19 @@ def _brute_force(query: np.ndarray, vectors: np.ndarray, ids: list[int], eligibl
 
 async def _bulk_insert(db, rows: list[tuple]) -> list[int]:
     """Test setup only: many situations at once, (ticker, as_of, known_at|None, vector) each, in
-    order, into a fresh table; returns their ids."""
+    order; returns their ids. The HNSW index is rebuilt from its own definition afterwards, since
+    building it once is far quicker than maintaining it row by row."""
     records = [(ticker, as_of, vector, None if known_at is None else {"pnl": 1},
                 None if known_at is None else "r", known_at) for ticker, as_of, known_at, vector in rows]
     async with db.pool.acquire() as conn:
         before = await conn.fetchval("SELECT coalesce(max(id), 0) FROM memories")
+        indexdef = await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = 'memories_embedding_hnsw'")
+        await conn.execute("DROP INDEX memories_embedding_hnsw")
         await conn.executemany(
             """INSERT INTO memories (ticker, regime, as_of, situation, thesis, embedding, horizon_days, outcome,
                                      reflection, outcome_known_at)
                VALUES ($1, 'neutral', $2, $1 || ' situation', 'x', $3, 5, $4, $5, $6)""", records)
+        await conn.execute(indexdef)
         ids = [r["id"] for r in await conn.fetch("SELECT id FROM memories WHERE id > $1 ORDER BY id", before)]
     assert len(ids) == len(rows)
     return ids
@@ -195,6 +199,8 @@ def test_situation_text_is_canonical_and_model_agnostic():
         situation_text("SPY", "", [], "t", None)
     with pytest.raises(TypeError, match="trade"):
         situation_text("SPY", "neutral", [], "t", "bull_put_spread")
+    with pytest.raises(ValueError, match="missing conviction"):
+        situation_text("SPY", "neutral", [{"source": "flow", "direction": "bullish", "edge_type": "x"}], "t", None)
 
 
 @settings(max_examples=40, deadline=None)
@@ -285,19 +291,20 @@ async def test_retrieval_never_sees_an_outcome_recorded_after_the_as_of(db):
     as_ofs = [T0 + timedelta(hours=int(h)) for h in rng.integers(0, 24 * 60, n)]
     known = [None if rng.random() < 0.2 else a + timedelta(hours=int(rng.integers(0, 24 * 30))) for a in as_ofs]
     ids = await _bulk_insert(db, [("SPY", a, kn, v) for a, kn, v in zip(as_ofs, known, vectors)])
-    store = MemoryStore(db.pool, embedder=None)
+    stores = [MemoryStore(db.pool, embedder=None), MemoryStore(db.pool, embedder=None, exact_cost_ratio=0)]
     known_times = sorted(k for k in known if k is not None)
     queries = [known_times[0] - timedelta(seconds=1), known_times[0], known_times[len(known_times) // 2],
                known_times[-1]] + [T0 + timedelta(hours=int(h)) for h in rng.integers(0, 24 * 95, 16)]
     for as_of in queries:
         query = _unit_rows(rng, 1)[0]
         eligible = np.array([kn is not None and kn <= as_of for kn in known])
-        hits = await store.similar(query, as_of=as_of, k=10)
-        assert all(h.outcome_known_at is not None and h.outcome_known_at <= as_of for h in hits)
         expected_ids, expected_sims = _brute_force(query, vectors, ids, eligible, 10)
-        assert [h.id for h in hits] == expected_ids
-        np.testing.assert_allclose([h.similarity for h in hits], expected_sims, atol=1e-5)
-    assert await store.similar(_unit_rows(rng, 1)[0], as_of=known_times[0] - timedelta(seconds=1)) == []
+        for store in stores:
+            hits = await store.similar(query, as_of=as_of, k=10)
+            assert all(h.outcome_known_at is not None and h.outcome_known_at <= as_of for h in hits)
+            assert [h.id for h in hits] == expected_ids
+            np.testing.assert_allclose([h.similarity for h in hits], expected_sims, atol=1e-5)
+    assert await stores[0].similar(_unit_rows(rng, 1)[0], as_of=known_times[0] - timedelta(seconds=1)) == []
 
 
 async def test_nearest_neighbours_match_numpy_on_both_search_paths(db):
@@ -307,8 +314,8 @@ async def test_nearest_neighbours_match_numpy_on_both_search_paths(db):
     async with db.pool.acquire() as conn:
         await conn.execute("ANALYZE memories")
     everything = np.ones(len(ids), dtype=bool)
-    exact = MemoryStore(db.pool, embedder=None)  # 400 eligible rows: scanned exactly
-    index = MemoryStore(db.pool, embedder=None, exact_scan_max=0)  # forced through the HNSW query
+    exact = MemoryStore(db.pool, embedder=None, exact_cost_ratio=math.inf)  # never the index
+    index = MemoryStore(db.pool, embedder=None, exact_cost_ratio=0)  # the index first, always
     overlaps = []
     for _ in range(10):
         # Queries near a stored vector, as real look-ups are, rather than in empty space.
@@ -346,7 +353,7 @@ async def test_a_short_index_scan_falls_back_to_an_exact_scan(db):
             plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + ann, centre, as_of, 10))
             raw = await conn.fetch(ann, centre, as_of, 10)
     assert "memories_embedding_hnsw" in plan and len(raw) < 10  # the hazard is real here
-    store = MemoryStore(db.pool, embedder=None, exact_scan_max=5, max_ef_search=40)
+    store = MemoryStore(db.pool, embedder=None, exact_cost_ratio=0, max_ef_search=40)
     for k in (10, 50):
         hits = await store.similar(centre, as_of=as_of, k=k)
         assert [h.id for h in hits] == _brute_force(centre, vectors, ids, eligible, k)[0]

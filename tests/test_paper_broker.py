@@ -6,9 +6,11 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from brokers.base import (
-    ComboLeg, ComboOrder, Fill, MarginUnavailable, OrderMismatch, OrderNotApproved, OrderNotWorking,
+    Broker, ComboLeg, ComboOrder, Fill, MarginUnavailable, OrderMismatch, OrderNotApproved, OrderNotWorking,
     UnknownBrokerOrder, combo_prices,
 )
 from brokers.margin import margin_requirement, reg_t_naked_per_share
@@ -36,14 +38,34 @@ def test_fill_price_is_mid_plus_a_fraction_of_the_half_spread_on_a_cent():
     quotes = [quote(str(l.bid), str(l.ask)) for l in p.legs]
     assert combo_prices(legs, quotes) == (D("-0.92"), D("-0.74"), D("-1.10"))
     # legs: 580P sold at 3.10 - 0.25*0.10 = 3.075, 575P bought at 2.18 + 0.25*0.08 = 2.20 -> -0.875,
-    # rounded up (against us) to -0.87; the half cent goes onto the bought leg.
+    # rounded up (against us) to -0.87; the half cent goes to the leg with most room in its quote
+    # (580P: 0.075 above its bid; 575P: 0.06 below its ask).
     price, leg_prices = model_fill_price(legs, quotes, D("0.25"))
-    assert price == D("-0.87") and leg_prices == (D("3.075"), D("2.205"))
+    assert price == D("-0.87") and leg_prices == (D("3.07"), D("2.20"))
     assert -leg_prices[0] + leg_prices[1] == price
     assert model_fill_price(legs, quotes, D(0))[0] == D("-0.92")  # f = 0: the mid
     assert model_fill_price(legs, quotes, D(1))[0] == D("-0.74")  # f = 1: the natural price
     with pytest.raises(ValueError):
         model_fill_price(legs, quotes, D("1.5"))
+
+
+quote_pairs = st.tuples(st.integers(1, 2000), st.integers(0, 300)).map(
+    lambda bs: (Decimal(bs[0]) / 100, Decimal(bs[0] + bs[1]) / 100))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(quote_pairs, st.sampled_from(["buy", "sell"]), st.integers(1, 3)), min_size=1, max_size=4),
+       st.integers(0, 100).map(lambda n: Decimal(n) / 100))
+def test_model_fill_prices_stay_inside_every_quote_and_add_up(legs_spec, fraction):
+    legs = [ComboLeg(EXPIRY, D(100 + 5 * i), "P", side, ratio) for i, (_, side, ratio) in enumerate(legs_spec)]
+    quotes = [quote(str(b), str(a)) for (b, a), _, _ in legs_spec]
+    mid, natural, _ = combo_prices(legs, quotes)
+    price, leg_prices = model_fill_price(legs, quotes, fraction)
+    assert price == price.quantize(D("0.01")) and price <= natural and price > mid - D("0.01")
+    assert all(q.bid <= p <= q.ask for q, p in zip(quotes, leg_prices))
+    total = sum((l.sign * l.ratio * p for l, p in zip(legs, leg_prices)), D(0))
+    # Exact when a ratio-1 leg can take the rounding residual; within the ledger's tolerance otherwise.
+    assert abs(total - price) <= D("0.00001")
 
 
 def test_marketability_of_debit_and_credit_limits():
@@ -155,6 +177,7 @@ async def test_place_partial_fill_fill_updates_positions_and_cash(db):
     assert record.limit_price == D("-0.92")
     clock = Clock()
     broker = broker_for(db, book_for(p), clock, max_contracts_per_fill=2)
+    assert isinstance(broker, Broker)  # the protocol every broker implements
     delivered: list[Fill] = []
 
     async def collect(fill: Fill) -> None:
@@ -195,7 +218,7 @@ async def test_place_partial_fill_fill_updates_positions_and_cash(db):
         ("SUBMITTED", "PARTIALLY_FILLED"), ("PARTIALLY_FILLED", "FILLED")]
 
     positions = {(pos.contract.strike, pos.contract.right): (pos.quantity, pos.avg_price) for pos in await broker.positions()}
-    assert positions == {(D("580"), "P"): (-3, D("3.075")), (D("575"), "P"): (3, D("2.205"))}
+    assert positions == {(D("580"), "P"): (-3, D("3.07")), (D("575"), "P"): (3, D("2.20"))}
     account = await broker.account()
     # 100000 + 3 * 87 credit - 3.90 commission
     assert account.cash == D("100257.10")

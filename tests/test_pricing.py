@@ -242,3 +242,19 @@ def test_deep_itm_keeps_its_time_value():
     assert put - (strike - forward) > 0
     assert put - (strike - forward) == pytest.approx(
         vollib_black("c", forward, strike, t, 0.0, vol), rel=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spot=st.floats(1.0, 5000.0), moneyness=st.floats(-1.0, 1.0),
+    # live options from an hour to three years, and expired ones; vols from 1% and exactly zero
+    t=st.one_of(st.floats(1 / 8760, 3.0), st.floats(-0.1, 0.0)),
+    rate=st.floats(-0.01, 0.1), div_yield=st.floats(0.0, 0.08), vol=st.one_of(st.floats(0.01, 2.0), st.just(0.0)),
+)
+def test_gamma_alone_matches_the_full_greeks(spot, moneyness, t, rate, div_yield, vol):
+    from tools.pricing import bsm_gamma
+
+    strike = spot * math.exp(moneyness)
+    full = bsm_greeks(spot, strike, t, rate, div_yield, vol, True).gamma
+    alone = bsm_gamma(spot, strike, t, rate, div_yield, vol)
+    np.testing.assert_allclose(alone, full, rtol=1e-9, atol=1e-300, equal_nan=True)

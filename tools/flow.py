@@ -36,7 +36,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from tools.chain import OptionChain
-from tools.pricing import bsm_greeks
+from tools.pricing import bsm_gamma, bsm_greeks
 
 DAYS_PER_YEAR = 365.0
 ONE_PERCENT = 0.01
@@ -183,7 +183,7 @@ def _greeks(rows: _Rows, spot):
 
 
 def _gex_per_row(rows: _Rows, spot, multiplier) -> np.ndarray:
-    gamma = _greeks(rows, spot).gamma
+    gamma = bsm_gamma(spot, rows.strike, rows.t, rows.rate, rows.div_yield, rows.iv)
     spot = np.asarray(spot, dtype=float)
     return rows.sign * gamma * rows.open_interest * multiplier * spot**2 * ONE_PERCENT
 

@@ -355,3 +355,24 @@ def bsm_greeks(spot, strike, t, rate, div_yield, vol, is_call) -> Greeks:
     expired = _expired_greeks(spot, strike, is_call, spot.shape)
     bad = _bad_input(spot, strike, t, vol, rate, div_yield) | (live & ~vol_ok)
     return _finish(live_greeks, expired, live, bad, ~live & (spot == strike))
+
+
+@_quiet
+def bsm_gamma(spot, strike, t, rate, div_yield, vol) -> np.ndarray:
+    """BSM gamma alone, with the same edge cases as `bsm_greeks(...).gamma`.
+
+    Gamma needs only d1, not the accurate normalised price, so sweeping a whole chain over a grid
+    of hypothetical spots (the zero-gamma search) costs a fraction of the full Greeks.
+    """
+    spot, strike, t, rate, div_yield, vol = (
+        np.array(a, dtype=float) for a in np.broadcast_arrays(spot, strike, t, rate, div_yield, vol))
+    live = t > 0
+    t_l = np.where(live, t, 1.0)
+    vol_ok = vol > 0
+    sd = np.where(vol_ok, vol, 1.0) * np.sqrt(t_l)
+    log_moneyness = np.log(spot / strike) + (rate - div_yield) * t_l
+    d1 = log_moneyness / sd + 0.5 * sd
+    gamma = np.exp(-div_yield * t_l) * _pdf(d1) / (spot * sd)
+    gamma = np.where(live, gamma, 0.0)
+    bad = _bad_input(spot, strike, t, vol, rate, div_yield) | (live & ~vol_ok) | (~live & (spot == strike))
+    return np.where(bad, np.nan, gamma)

@@ -129,7 +129,9 @@ class TermStructure:
 
 @dataclass(frozen=True)
 class CalendarIssue:
-    """Total variance falls from ``earlier`` to ``later`` expiry at log-moneyness in [k_min, k_max]."""
+    """Total variance falls from ``earlier`` to ``later`` expiry: on the k range both expiries
+    are quoted over, the violating points lie between k_min and k_max (not necessarily all of
+    that interval); ``worst_shortfall`` is the largest w_earlier - w_later found."""
 
     earlier: np.datetime64
     later: np.datetime64

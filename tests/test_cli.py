@@ -1,0 +1,71 @@
+"""The `hedgegraph` command line against a real (embedded) Postgres database."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import app
+
+
+@pytest.fixture
+def cli_env(fresh_database_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("DATABASE_URL", fresh_database_url)
+    monkeypatch.setenv("HEDGEGRAPH_HOME", str(tmp_path / "home"))
+    return CliRunner()
+
+
+def invoke(runner, *args):
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_run_then_list_and_show_runs_and_orders(cli_env):
+    out = json.loads(invoke(cli_env, "run", "--tickers", "AMZN,JPM,XLE", "--as-of", "2026-11-20T15:30", "--json"))
+    run_id = out["run"]["run_id"]
+    assert out["executed"] and out["run"]["status"] == "completed"
+    assert [o["ticker"] for o in out["orders"]] == ["AMZN"]
+
+    again = json.loads(invoke(cli_env, "run", "--tickers", "AMZN,JPM,XLE", "--as-of", "2026-11-20T15:30", "--json"))
+    assert not again["executed"] and again["orders"] == out["orders"]  # same slot: nothing added
+
+    runs = json.loads(invoke(cli_env, "runs", "list", "--json"))
+    assert [r["run_id"] for r in runs] == [run_id]
+    shown = json.loads(invoke(cli_env, "runs", "show", run_id, "--json"))
+    assert len(shown["signals"]) == 12 and shown["orders"][0]["order_id"] == out["orders"][0]["order_id"]
+    assert {t["node"] for t in shown["node_timings"]} >= {"load_context", "stage_orders"}
+
+    orders = json.loads(invoke(cli_env, "orders", "list", "--json"))
+    assert [o["order_id"] for o in orders] == [out["orders"][0]["order_id"]]
+    order = json.loads(invoke(cli_env, "orders", "show", orders[0]["order_id"], "--json"))
+    assert [h["to_state"] for h in order["history"]] == ["DRAFT", "STAGED"]
+    assert order["sizing"]["kelly_fraction"] > 0
+
+    table = invoke(cli_env, "runs", "show", run_id)
+    assert "Signals" in table and "AMZN" in table
+
+
+def test_unknown_ids_and_bad_options_are_clear_errors(cli_env):
+    result = cli_env.invoke(app, ["orders", "show", "ord_nope"])
+    assert result.exit_code == 2 and "no order ord_nope" in result.output
+    result = cli_env.invoke(app, ["runs", "show", "nope"])
+    assert result.exit_code == 2 and "no run nope" in result.output
+    result = cli_env.invoke(app, ["run", "--as-of", "yesterday"])
+    assert result.exit_code == 2 and "ISO 8601" in result.output
+    result = cli_env.invoke(app, ["run", "--chain", "SPX"])
+    assert result.exit_code == 2 and "SYMBOL=PATH" in result.output
+
+
+def test_run_with_a_real_cboe_chain(cli_env, shared_data):
+    path = shared_data / "cboe" / "spy_quotedata_2023-09-14.csv"
+    out = json.loads(invoke(cli_env, "run", "--tickers", "SPY", "--chain", f"SPY={path}", "--json"))
+    run_id = out["run"]["run_id"]
+    shown = json.loads(invoke(cli_env, "runs", "show", run_id, "--json"))
+    vol = next(s for s in shown["signals"] if s["source"] == "vol_surface")
+    assert any("Cboe file" in q for q in vol["data_quality"])
+    assert vol["evidence"]["svi_fitted_expiries"] > 10
+    assert 0.05 < vol["evidence"]["atm_iv_30d"] < 0.3  # SPY in September 2023: mid-teens
+    flow = next(s for s in shown["signals"] if s["source"] == "flow")
+    assert flow["evidence"]["spot"] == pytest.approx(450.81, abs=0.01)
