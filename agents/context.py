@@ -14,6 +14,7 @@ from graph.deps import RunDeps
 from graph.state import DecisionState, MarketContext
 from graph.timing import timed
 from risk.regime import classify_regime
+from storage.controls import RiskControls
 from storage.runs import RunRepository
 from tools.volstats import close_to_close_vol
 
@@ -36,13 +37,15 @@ async def load_context(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
     regime = classify_regime(
         float(snapshot.vix.close[-1]), float(snapshot.vix3m.close[-1]), realized, deps.risk_matrix
     )
+    halt = await RiskControls(deps.db.pool).state()
+    account = deps.account.model_copy(update={"halted": halt.halted, "halt_reason": halt.reason})
     quality = {t: list(d.data_quality) for t, d in snapshot.tickers.items() if d.data_quality}
     for ticker in run.tickers:
         if ticker not in snapshot.tickers:
             quality[ticker] = [f"provider {snapshot.provider} has no data for {ticker}"]
     return {
         "context": MarketContext(
-            regime=regime, account=deps.account, positions=deps.positions,
+            regime=regime, account=account, positions=deps.positions,
             sectors={t: d.sector for t, d in snapshot.tickers.items()},
             snapshot_sha256=digest, data_quality=quality,
         )

@@ -16,6 +16,7 @@ from graph.deps import RunDeps
 from graph.schema import StagedOrder, TradeProposal
 from graph.state import DecisionState
 from graph.timing import timed
+from storage.controls import RiskControls
 from storage.orders import OrderRepository
 
 CENT = Decimal("0.01")
@@ -52,6 +53,8 @@ async def stage_orders(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
     in the state only, so a researcher's experiment can never become an order an approver sees.
     """
     deps, run = runtime.context, state["run"]
+    if (await RiskControls(deps.db.pool).state()).halted:
+        return {"staged": []}  # the kill switch went on during the run: nothing new is staged
     approved = {d.ticker: d for d in state.get("post_trade", []) if d.approved}
     repo = OrderRepository(deps.db.pool)
     staged: list[StagedOrder] = []
@@ -64,7 +67,7 @@ async def stage_orders(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
         if run.mode == "live":
             record, _ = await repo.stage(
                 order_id=order_id, idempotency_key=key, run_id=run.run_id, trade=trade, limit_price=limit,
-                sector=state["context"].sectors.get(trade.proposal.ticker, "unknown"),
+                sector=state["context"].sectors.get(trade.proposal.ticker, "unknown"), created_at=deps.now(),
                 requires_acknowledgement=decision.requires_acknowledgement,
             )
             created_at, order_state = record.created_at, record.state

@@ -86,3 +86,33 @@ class ChainQuotes:
 
     def __call__(self, contract: OptionContract) -> LegQuote | None:
         return self._rows.get((contract.ticker, contract.expiry, contract.strike, contract.right))
+
+
+class ProviderQuotes:
+    """Live-ish quotes from a market-data provider: the chain as of `clock()`, per ticker.
+
+    Each ticker's chain is fetched once per `refresh_seconds` of the clock, so a broker stepping
+    through fills sees the market move, and the re-check before transmission sees a fresh quote.
+    """
+
+    def __init__(self, provider: Any, clock, refresh_seconds: float = 60.0):
+        self.provider = provider
+        self.clock = clock
+        self.refresh_seconds = refresh_seconds
+        self._cache: dict[str, tuple[Any, ChainQuotes, Any]] = {}
+
+    def ticker_data(self, ticker: str):
+        """The provider's current data for `ticker` (spot, chain, ...), refreshed on the clock."""
+        now = self.clock()
+        cached = self._cache.get(ticker)
+        if cached is None or (now - cached[0]).total_seconds() >= self.refresh_seconds:
+            snapshot = self.provider.snapshot([ticker], now)
+            data = snapshot.tickers.get(ticker)
+            quotes = ChainQuotes({ticker: data.chain}) if data is not None and data.chain is not None else None
+            cached = self._cache[ticker] = (now, quotes, data)
+        return cached[2]
+
+    def __call__(self, contract: OptionContract) -> LegQuote | None:
+        self.ticker_data(contract.ticker)
+        quotes = self._cache[contract.ticker][1]
+        return None if quotes is None else quotes(contract)

@@ -53,6 +53,9 @@ class DecisionConfig(BaseModel):
     wing_width_steps: int = Field(2, ge=1)
     max_spread_pct: float = Field(0.25, gt=0)
     min_open_interest: float = Field(10, ge=0)
+    approval_ttl_market_minutes: float = Field(30, gt=0)  # staged orders expire after this much market time
+    stale_price_tolerance: float = Field(0.10, gt=0)  # re-check: |fresh mid - limit| / |limit| allowed
+    stale_price_floor: float = Field(0.05, ge=0)  # ... but never less than this many dollars per share
 
     def with_overrides(self, overrides: dict[str, Any]) -> "DecisionConfig":
         unknown = set(overrides) - set(type(self).model_fields)

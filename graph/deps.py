@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from config.settings import DecisionConfig
@@ -63,4 +63,7 @@ class RunDeps:
     account: AccountState
     positions: list[Position]
     market: MarketCache
-    clock: Callable[[], datetime]
+    clock: Callable[[], datetime]  # the decision time (the run's as-of)
+    broker: Any = None  # brokers.base.Broker; None: nothing can be transmitted (sandbox)
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))  # wall clock: approvals, expiry
+    memory: Any = None  # memory.store.MemoryStore; None: no recall, no reflection

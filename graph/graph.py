@@ -5,6 +5,8 @@ load_context
        └─ aggregate_signals → select_candidates
             └─ debate → risk_gate → strategy_selector → kelly_allocator
                  └─ post_trade_check → stage_orders
+                      └─ await_approval (interrupt until every order is decided)
+                           └─ execute_approved (re-check, transmit, journal)
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from langgraph.types import Send
 
 from agents.aggregate import aggregate_signals, select_candidates
 from agents.allocator import kelly_allocator
+from agents.approval import after_approval, await_approval
+from agents.execution import execute_approved
 from agents.analysts import ANALYSTS
 from agents.context import load_context
 from agents.debate import debate
@@ -45,6 +49,8 @@ def build_graph() -> StateGraph:
     builder.add_node("kelly_allocator", kelly_allocator)
     builder.add_node("post_trade_check", post_trade_check)
     builder.add_node("stage_orders", stage_orders)
+    builder.add_node("await_approval", await_approval)
+    builder.add_node("execute_approved", execute_approved)
 
     builder.add_edge(START, "load_context")
     builder.add_conditional_edges("load_context", fan_out_analysts, list(ANALYSTS))
@@ -57,5 +63,7 @@ def build_graph() -> StateGraph:
     builder.add_edge("strategy_selector", "kelly_allocator")
     builder.add_edge("kelly_allocator", "post_trade_check")
     builder.add_edge("post_trade_check", "stage_orders")
-    builder.add_edge("stage_orders", END)
+    builder.add_edge("stage_orders", "await_approval")
+    builder.add_conditional_edges("await_approval", after_approval, ["await_approval", "execute_approved"])
+    builder.add_edge("execute_approved", END)
     return builder

@@ -11,6 +11,9 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+from langgraph.types import Command
 
 from config.settings import DecisionConfig
 from graph.deps import MarketCache, RunDeps
@@ -22,6 +25,11 @@ from storage.orders import OrderRecord, OrderRepository
 from storage.runs import RunRecord, RunRepository
 from tools.chain import NEW_YORK
 from tools.providers.base import MarketDataProvider
+
+
+# A run in one of these states has done its part: running its slot again adds nothing. A run
+# awaiting approval continues only through decisions (service.approvals), never by re-running.
+FINISHED = ("completed", "awaiting_approval")
 
 
 class RunBusy(RuntimeError):
@@ -75,24 +83,37 @@ class RunOutcome:
     state: dict
 
 
+def make_deps(db: Database, record: RunRecord, provider: MarketDataProvider, *, account: AccountState,
+              positions: list[Position] | None = None, debater=None, risk_matrix=None,
+              market: MarketCache | None = None, broker=None, now: Callable[[], datetime] | None = None,
+              memory=None) -> RunDeps:
+    from agents.debate import DeterministicDebater
+    from risk.limits import load_risk_matrix
+
+    extra = {"now": now} if now is not None else {}
+    return RunDeps(
+        db=db, provider=provider, debater=debater or DeterministicDebater(),
+        # The recorded configuration wins: a resumed run continues as it started.
+        decision=DecisionConfig.model_validate(record.config),
+        risk_matrix=risk_matrix or load_risk_matrix(), account=account, positions=list(positions or []),
+        market=market or MarketCache(db), clock=lambda: record.as_of, broker=broker, memory=memory, **extra,
+    )
+
+
 async def execute_run(
     db: Database,
     request: RunRequest,
     provider: MarketDataProvider,
     *,
-    debater=None,
     account: AccountState,
-    positions: list[Position] | None = None,
-    risk_matrix=None,
-    market: MarketCache | None = None,
     on_node: Callable[[str, dict], None] | None = None,
+    **dep_options,
 ) -> RunOutcome:
     """Execute (or resume, or just report) the run for `request`.
 
-    `on_node(name, update)` is called as each node finishes (progress displays)."""
-    from agents.debate import DeterministicDebater
-    from risk.limits import load_risk_matrix
-
+    `dep_options` go to `make_deps` (debater, positions, broker, now, ...). `on_node(name, update)`
+    is called as each node finishes (progress displays). The run stops at `await_approval` when it
+    staged orders: its status is then `awaiting_approval` and decisions continue it (`resume_run`)."""
     runs, orders = RunRepository(db.pool), OrderRepository(db.pool)
     run_id = request.run_id
     record = await runs.create_if_absent(
@@ -102,44 +123,64 @@ async def execute_run(
     )
     app = build_graph().compile(checkpointer=db.checkpointer)
     thread = {"configurable": {"thread_id": run_id}}
-    if record.status == "completed":
+    if record.status in FINISHED:
         return await _outcome(runs, orders, app, thread, run_id, executed=False, resumed=False)
     try:
         async with db.advisory_lock(f"run:{run_id}"):
             record = await runs.get(run_id)
-            if record.status == "completed":  # finished by another process while we waited
+            if record.status in FINISHED:  # finished by another process while we waited
                 return await _outcome(runs, orders, app, thread, run_id, executed=False, resumed=False)
-            deps = RunDeps(
-                db=db, provider=provider, debater=debater or DeterministicDebater(),
-                # The recorded configuration wins: a resumed run continues as it started.
-                decision=DecisionConfig.model_validate(record.config),
-                risk_matrix=risk_matrix or load_risk_matrix(), account=account,
-                positions=list(positions or []), market=market or MarketCache(db),
-                clock=lambda: request.as_of,
-            )
+            deps = make_deps(db, record, provider, account=account, **dep_options)
             await runs.mark_started(run_id)
             checkpoint = await app.aget_state(thread)
             resumed = bool(checkpoint.values)
-            try:
-                if not resumed:
-                    info = RunInfo(
-                        run_id=run_id, slot_key=record.slot_key, watchlist=record.watchlist, as_of=record.as_of,
-                        tickers=list(record.tickers), seed=record.seed, provider=record.provider, mode=record.mode,
-                    )
-                    await _drive(app, {"run": info}, thread, deps, on_node)
-                elif checkpoint.next:
-                    await _drive(app, None, thread, deps, on_node)  # continue from the last checkpoint
-                final = (await app.aget_state(thread)).values
-                await runs.record_timings(run_id, [
-                    (t.node, t.ticker, t.started_at, t.duration_ms) for t in final.get("node_timings", [])
-                ])
-            except Exception as exc:
-                await runs.mark_finished(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
-                raise RunFailed(run_id, exc) from exc
-            await runs.mark_finished(run_id, "completed")
+            if not resumed:
+                info = RunInfo(
+                    run_id=run_id, slot_key=record.slot_key, watchlist=record.watchlist, as_of=record.as_of,
+                    tickers=list(record.tickers), seed=record.seed, provider=record.provider, mode=record.mode,
+                )
+                await _advance(app, runs, {"run": info}, thread, deps, on_node)
+            elif checkpoint.next:
+                await _advance(app, runs, None, thread, deps, on_node)  # continue from the last checkpoint
+            else:
+                await runs.mark_finished(run_id, "completed")
             return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=resumed)
     except LockBusy as exc:
         raise RunBusy(f"run {run_id} is being executed by another process") from exc
+
+
+async def resume_run(db: Database, run_id: str, deps: RunDeps, resume: Any, wait_seconds: float = 30.0) -> RunOutcome:
+    """Continue a run paused at `await_approval` with `Command(resume=resume)` (one writer at a time:
+    concurrent decisions on one run queue on the run's lock)."""
+    runs, orders = RunRepository(db.pool), OrderRepository(db.pool)
+    app = build_graph().compile(checkpointer=db.checkpointer)
+    thread = {"configurable": {"thread_id": run_id}}
+    try:
+        async with db.advisory_lock(f"run:{run_id}", wait_seconds=wait_seconds):
+            if not (await app.aget_state(thread)).next:
+                return await _outcome(runs, orders, app, thread, run_id, executed=False, resumed=False)
+            await _advance(app, runs, Command(resume=resume), thread, deps, None)
+            return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=True)
+    except LockBusy as exc:
+        raise RunBusy(f"run {run_id} is being executed by another process") from exc
+
+
+async def _advance(app, runs: RunRepository, graph_input, thread, deps: RunDeps, on_node) -> None:
+    """Drive the graph until it ends or pauses, and record where the run stands."""
+    run_id = thread["configurable"]["thread_id"]
+    try:
+        await _drive(app, graph_input, thread, deps, on_node)
+        final = await app.aget_state(thread)
+        await runs.record_timings(run_id, [
+            (t.node, t.ticker, t.started_at, t.duration_ms) for t in final.values.get("node_timings", [])
+        ])
+    except Exception as exc:
+        await runs.mark_finished(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+        raise RunFailed(run_id, exc) from exc
+    if final.next:
+        await runs.set_status(run_id, "awaiting_approval")
+    else:
+        await runs.mark_finished(run_id, "completed")
 
 
 async def _drive(app, graph_input, thread, deps: RunDeps, on_node) -> None:

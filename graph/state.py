@@ -51,6 +51,17 @@ class MarketContext(Frozen):
     data_quality: dict[str, list[str]] = Field(default_factory=dict)
 
 
+class Execution(Frozen):
+    """What happened to one approved order: sent, refused by the re-check, or held (halted)."""
+
+    order_id: str
+    outcome: str  # "transmitted" | "refused" | "held"
+    reasons: list[str] = Field(default_factory=list)
+    fresh_mid: float | None = None
+    broker_order_id: str | None = None
+    filled_quantity: int = 0
+
+
 class NodeTiming(Frozen):
     node: str
     ticker: str | None
@@ -70,6 +81,8 @@ class DecisionState(TypedDict, total=False):
     sized: list[SizedTrade]
     post_trade: list[RiskDecision]
     staged: list[StagedOrder]
+    awaiting: list[str]  # staged order ids still waiting for a human decision
+    executions: list[Execution]
     node_timings: Annotated[list[NodeTiming], operator.add]
 
 

@@ -20,6 +20,7 @@ embeddings travel as binary float32 vectors.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections import Counter
@@ -221,8 +222,9 @@ class MemoryStore:
 
     situation_text = staticmethod(situation_text)
 
-    def _embed(self, text: str) -> np.ndarray:
-        vectors = self.embedder.embed([text])
+    async def _embed(self, text: str) -> np.ndarray:
+        # A model forward pass takes milliseconds of CPU: off the event loop.
+        vectors = np.asarray(await asyncio.to_thread(self.embedder.embed, [text]))
         if vectors.shape != (1, EMBEDDING_DIM):
             raise ValueError(f"embedder returned shape {vectors.shape}; the memories table stores "
                              f"{EMBEDDING_DIM}-d vectors")
@@ -243,7 +245,7 @@ class MemoryStore:
             raise ValueError(f"horizon_days must be a whole number >= 0, got {horizon_days!r}")
         text = situation_text(ticker, regime, signals, thesis, trade)
         regime_name, signal_dicts, trade_dict = _normalize_inputs(regime, signals, trade)
-        vector = self._embed(text) if embedding is None else _unit_vector(embedding)
+        vector = await self._embed(text) if embedding is None else _unit_vector(embedding)
         async with self.pool.acquire() as conn:
             return await conn.fetchval(
                 """INSERT INTO memories (ticker, regime, as_of, situation, signals, thesis, trade, run_id,
@@ -312,7 +314,7 @@ class MemoryStore:
         _aware(as_of, "as_of")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a whole number >= 1, got {k!r}")
-        vector = self._embed(query) if isinstance(query, str) else _unit_vector(query)
+        vector = await self._embed(query) if isinstance(query, str) else _unit_vector(query)
 
         where = "outcome_known_at <= $1" + (" AND ticker = $2" if ticker is not None else "")
         filter_args: list[Any] = [as_of] + ([ticker] if ticker is not None else [])

@@ -388,6 +388,61 @@ def db_url() -> None:
     console.print(redact(s.database_url) if s.database_url else f"embedded PostgreSQL under {s.pg_dir}")
 
 
+tokens_app = typer.Typer(no_args_is_help=True, help="Bearer tokens of the HTTP API.")
+app.add_typer(tokens_app, name="tokens")
+
+
+@app.command()
+def serve(host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+          port: int = typer.Option(8000, help="TCP port.")) -> None:
+    """The HTTP API (OpenAPI at /docs): runs, orders and approvals, risk, health, metrics."""
+    import uvicorn
+
+    from service.api import create_app
+
+    uvicorn.run(create_app(), host=host, port=port)
+
+
+@tokens_app.command("create")
+def tokens_create(name: str, role: str = typer.Option(..., help="viewer, approver or admin.")) -> None:
+    """Create a token for NAME (recorded as the approver); it is printed once and stored only hashed."""
+    from storage.tokens import TokenError, TokenRepository
+
+    try:
+        token = _run_async(_with_db(lambda db: TokenRepository(db.pool).create(name, role)))
+    except TokenError as exc:
+        _fail(str(exc))
+    typer.echo(token)
+    typer.echo(f"token for {name} ({role}): shown only now — store it safely", err=True)
+
+
+@tokens_app.command("list")
+def tokens_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Token names, roles and dates (never the tokens themselves)."""
+    from storage.tokens import TokenRepository
+
+    rows = _run_async(_with_db(lambda db: TokenRepository(db.pool).list()))
+    if as_json:
+        return _print_json(operations.jsonable([r.__dict__ for r in rows]))
+    table = Table(title="API tokens")
+    for col in ("name", "role", "created", "revoked"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.name, r.role, f"{r.created_at:%Y-%m-%d %H:%M}",
+                      f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "")
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name: str) -> None:
+    """Revoke NAME's active token: it stops working immediately."""
+    from storage.tokens import TokenRepository
+
+    if not _run_async(_with_db(lambda db: TokenRepository(db.pool).revoke(name))):
+        _fail(f"no active token named {name}")
+    console.print(f"revoked the token of {name}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     logging.basicConfig(level=logging.WARNING)
     app()

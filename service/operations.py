@@ -11,7 +11,7 @@ from typing import Any
 
 from config.settings import DecisionConfig, defaults
 from graph.runner import RunOutcome, RunRequest, execute_run
-from graph.schema import AccountState, Position
+from graph.schema import AccountState
 from storage.database import Database
 from storage.decisions import DecisionRepository
 from storage.orders import OrderRecord, OrderRepository
@@ -38,38 +38,19 @@ def default_account() -> AccountState:
     return AccountState(net_liquidation=a["net_liquidation"], cash=a["cash"], margin_used=a["margin_used"])
 
 
-async def open_exposures(db: Database) -> list[Position]:
-    """Orders not yet closed out count against the limits like positions: staging twice into
-    the same ticker across runs must see the first order's risk."""
-    rows = await db.pool.fetch(
-        """SELECT ticker, sector, structure, quantity, proposal FROM orders
-           WHERE state IN ('STAGED', 'APPROVED', 'SUBMITTED', 'PARTIALLY_FILLED', 'UNKNOWN')"""
-    )
-    positions = []
-    for r in rows:
-        p = r["proposal"]
-        q = r["quantity"]
-        positions.append(Position(
-            ticker=r["ticker"], sector=r["sector"], structure=r["structure"], quantity=q,
-            max_loss=Decimal(p["max_loss"]) * q, delta=float(p["delta"]) * q * p["multiplier"],
-            gamma=float(p["gamma"]) * q * p["multiplier"], vega=float(p["vega"]) * q * p["multiplier"],
-            theta=float(p["theta"]) * q * p["multiplier"], underlying_price=float(p["underlying_price"]),
-        ))
-    return positions
-
-
 async def run_decision(
     db: Database, provider: MarketDataProvider, *, watchlist: str, tickers: list[str], as_of: datetime,
-    seed: int, config: DecisionConfig | None = None, on_node=None,
+    seed: int, config: DecisionConfig | None = None, on_node=None, now=None,
 ) -> RunOutcome:
     request = RunRequest(watchlist=watchlist, tickers=tickers, as_of=as_of, seed=seed, provider=provider.name,
                          config=config or defaults().decision)
-    positions = await open_exposures(db)
+    positions = await OrderRepository(db.pool).open_exposures()
     account = default_account()
     # Orders awaiting approval or a fill reserve their max loss as margin until they resolve.
     reserved = sum((p.max_loss for p in positions), Decimal("0"))
     account = account.model_copy(update={"margin_used": account.margin_used + reserved})
-    return await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node)
+    extra = {"now": now} if now is not None else {}
+    return await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node, **extra)
 
 
 def order_summary(order: OrderRecord) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -66,15 +67,19 @@ class Database:
     _server: Any = field(default=None, repr=False)  # keeps an embedded server alive
 
     @contextlib.asynccontextmanager
-    async def advisory_lock(self, name: str) -> AsyncIterator[None]:
-        """Hold a session advisory lock for `name`; raise `LockBusy` if someone else holds it.
+    async def advisory_lock(self, name: str, wait_seconds: float = 0.0) -> AsyncIterator[None]:
+        """Hold a session advisory lock for `name`; raise `LockBusy` if someone else holds it
+        (after waiting up to `wait_seconds` for them to let go).
 
         Session locks die with their connection, so a crashed holder frees the lock by itself.
         """
         key = advisory_key(name)
         async with self.pool.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-                raise LockBusy(name)
+            deadline = asyncio.get_running_loop().time() + wait_seconds
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise LockBusy(name)
+                await asyncio.sleep(0.05)
             try:
                 yield
             finally:

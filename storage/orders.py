@@ -13,7 +13,10 @@ from typing import Any
 import asyncpg
 
 from brokers.order_state import OrderState, transition
-from graph.schema import SizedTrade
+from graph.schema import Position, SizedTrade
+
+# Orders in these states are, or may become, positions: they count against the risk limits.
+OPEN_STATES = ("STAGED", "APPROVED", "SUBMITTED", "PARTIALLY_FILLED", "UNKNOWN")
 
 
 @dataclass(frozen=True)
@@ -49,21 +52,23 @@ class OrderRepository:
 
     async def stage(
         self, *, order_id: str, idempotency_key: str, run_id: str, trade: SizedTrade, sector: str,
-        limit_price: Decimal, requires_acknowledgement: bool, actor: str = "graph",
+        limit_price: Decimal, requires_acknowledgement: bool, actor: str = "graph", created_at: datetime | None = None,
     ) -> tuple[OrderRecord, bool]:
         """Stage an order once. Returns (the order, whether this call created it)."""
         proposal = trade.proposal
         async with self.pool.acquire() as conn, conn.transaction():
             created = await conn.fetchval(
                 """INSERT INTO orders (order_id, idempotency_key, run_id, ticker, sector, structure, legs, quantity,
-                                       limit_price, state, requires_acknowledgement, proposal, sizing)
-                   VALUES ($1, $2, $3, $4, $13, $5, $6, $7, $8, $9, $10, $11, $12)
+                                       limit_price, state, requires_acknowledgement, proposal, sizing,
+                                       created_at, updated_at)
+                   VALUES ($1, $2, $3, $4, $13, $5, $6, $7, $8, $9, $10, $11, $12,
+                           COALESCE($14, now()), COALESCE($14, now()))
                    ON CONFLICT (idempotency_key) DO NOTHING
                    RETURNING order_id""",
                 order_id, idempotency_key, run_id, proposal.ticker, proposal.structure,
                 [leg.model_dump(mode="json") for leg in proposal.legs], trade.contracts, limit_price,
                 OrderState.STAGED.value, requires_acknowledgement, proposal.model_dump(mode="json"),
-                trade.model_dump(mode="json", exclude={"proposal"}), sector,
+                trade.model_dump(mode="json", exclude={"proposal"}), sector, created_at,
             )
             if created:
                 # An order is born a DRAFT and staged in the same transaction: both steps are history.
@@ -123,3 +128,23 @@ class OrderRepository:
             order_id,
         )
         return [dict(r) for r in rows]
+
+    async def open_exposures(self, exclude: str | None = None) -> list[Position]:
+        """Open orders as positions for the risk gate: staging twice into one ticker across runs
+        must see the first order's risk. `exclude` leaves one order out (re-checking itself)."""
+        rows = await self.pool.fetch(
+            """SELECT order_id, ticker, sector, structure, quantity, proposal FROM orders
+               WHERE state = ANY($1::text[]) AND order_id IS DISTINCT FROM $2""",
+            list(OPEN_STATES), exclude,
+        )
+        positions = []
+        for r in rows:
+            p, q = r["proposal"], r["quantity"]
+            scale = q * p["multiplier"]
+            positions.append(Position(
+                ticker=r["ticker"], sector=r["sector"], structure=r["structure"], quantity=q,
+                max_loss=Decimal(p["max_loss"]) * q, delta=float(p["delta"]) * scale,
+                gamma=float(p["gamma"]) * scale, vega=float(p["vega"]) * scale, theta=float(p["theta"]) * scale,
+                underlying_price=float(p["underlying_price"]),
+            ))
+        return positions

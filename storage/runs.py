@@ -69,6 +69,9 @@ class RunRepository:
             run_id,
         )
 
+    async def set_status(self, run_id: str, status: str) -> None:
+        await self.pool.execute("UPDATE runs SET status = $2 WHERE run_id = $1", run_id, status)
+
     async def mark_finished(self, run_id: str, status: str, error: str | None = None) -> None:
         await self.pool.execute(
             "UPDATE runs SET status = $2, error = $3, finished_at = now() WHERE run_id = $1",

@@ -25,7 +25,7 @@ def invoke(runner, *args):
 def test_run_then_list_and_show_runs_and_orders(cli_env):
     out = json.loads(invoke(cli_env, "run", "--tickers", "AMZN,JPM,XLE", "--as-of", "2026-11-20T15:30", "--json"))
     run_id = out["run"]["run_id"]
-    assert out["executed"] and out["run"]["status"] == "completed"
+    assert out["executed"] and out["run"]["status"] == "awaiting_approval"
     assert [o["ticker"] for o in out["orders"]] == ["AMZN"]
 
     again = json.loads(invoke(cli_env, "run", "--tickers", "AMZN,JPM,XLE", "--as-of", "2026-11-20T15:30", "--json"))

@@ -64,7 +64,7 @@ async def test_full_run_stages_orders_and_checkpoints(db):
     outcome = await execute_run(db, request(), provider, account=default_account())
     run_id = outcome.run.run_id
     assert outcome.executed and not outcome.resumed
-    assert outcome.run.status == "completed"
+    assert outcome.run.status == "awaiting_approval"  # it staged orders: it waits for their decisions
     assert provider.calls == 1
     assert await count(db, "SELECT count(*) FROM signals WHERE run_id = $1", run_id) == 4 * len(TICKERS)
     assert await count(db, "SELECT count(*) FROM checkpoints WHERE thread_id = $1", run_id) > 5
@@ -109,7 +109,7 @@ async def test_a_failed_run_resumes_from_its_checkpoint_and_stages_once(db):
     assert signals_before == 4 * len(TICKERS)  # the analysts' superstep was checkpointed
 
     resumed = await execute_run(db, request(), provider, account=default_account())
-    assert resumed.executed and resumed.resumed and resumed.run.status == "completed"
+    assert resumed.executed and resumed.resumed and resumed.run.status == "awaiting_approval"
     assert provider.calls == 1  # the snapshot came from the recording, not a second fetch
     assert resumed.run.attempts == 2
     keys = [o.idempotency_key for o in resumed.orders]

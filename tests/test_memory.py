@@ -378,7 +378,9 @@ async def test_ticker_filter(db):
     assert await store.similar(query, as_of=as_of, ticker="TSLA") == []
 
 
-async def test_similar_refuses_bad_queries(db):
+async def test_similar_refuses_bad_queries(db, tiny_model):
+    with pytest.raises(ValueError, match="stores 384-d vectors"):  # a 32-d model cannot fill vector(384)
+        await MemoryStore(db.pool, MiniLMEmbedder(tiny_model)).similar("spy put spread", as_of=T0)
     store = MemoryStore(db.pool, embedder=None)
     vector = np.ones(EMBEDDING_DIM, dtype=np.float32)
     with pytest.raises(ValueError, match="timezone-aware"):

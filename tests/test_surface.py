@@ -245,3 +245,20 @@ def test_analyze_spx_chain_end_to_end(shared_data):
     fitted = [s for s in back["slices"] if s["fitted"]]
     assert all(s["rmse_vol_points"] < 1.5 and s["butterfly_ok"] for s in fitted)
     assert set(analysis.timings) >= {"forwards", "implied_vol", "surface", "flow", "total"}
+
+
+def test_chain_report_renders_the_analysis(shared_data):
+    from rich.console import Console
+
+    from service.chain_report import render_chain_report
+
+    chain = read_cboe_quote_table(shared_data / "cboe" / FILES["SPY"])
+    analysis = analyze_chain(chain)
+    console = Console(record=True, width=220)
+    render_chain_report(analysis, console)
+    text = console.export_text()
+    first = analysis.surface.fitted_slices[0]
+    assert f"{first.atm_vol * 100:.2f}%" in text and f"{first.rmse_vol_points:.2f}" in text
+    assert "max pain (2023-09-15)" in text  # the same-day expiry has expired
+    assert f"{analysis.flow.total_gamma_exposure:,.0f}" in text
+    assert "rejected: NO_BID" in text and "expired" in text

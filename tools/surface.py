@@ -198,19 +198,53 @@ def build_surface(chain: OptionChain, chain_iv: ChainIV, forwards=None) -> VolSu
     discount are the ones used here). ``forwards`` (a `tools.cboe.ForwardCurve`) is optional and
     only cross-checked: the chain IV's forwards must be the curve's.
     """
+    if forwards is not None:
+        _check_forwards(forwards, chain.expiry.astype("datetime64[D]"), chain_iv.forward, usable_quotes(chain, chain_iv))
+    slices, pending = _collect_slices(chain, chain_iv)
+    fits = fit_svi_many([p.data for p in pending])
+    for p, fit in zip(pending, fits):
+        slices[p.slot] = _describe_slice(p.expiry, p.t, p.forward, p.discount, p.root, p.rows, p.k_range, fit)
+    _add_25_delta(slices)
+    fitted = [s for s in slices if s.fitted]
+    return VolSurface(
+        underlying=chain.underlying, as_of=chain.as_of, spot=chain.spot, slices=slices,
+        term_structure=_term_structure(fitted), calendar_issues=_calendar_issues(fitted),
+    )
+
+
+def smile_inputs(chain: OptionChain, chain_iv: ChainIV) -> list[tuple[np.datetime64, SmileData]]:
+    """The (expiry, points and weights) that `build_surface` hands to `fit_svi_many`, for every
+    expiry it fits (benchmarks and diagnostics)."""
+    _, pending = _collect_slices(chain, chain_iv)
+    return [(p.expiry, p.data) for p in pending]
+
+
+@dataclass(frozen=True)
+class _PendingFit:
+    slot: int
+    expiry: np.datetime64
+    t: float
+    forward: float
+    discount: float
+    root: str | None
+    rows: np.ndarray
+    k_range: tuple[float, float]
+    data: SmileData
+
+
+def _collect_slices(chain: OptionChain, chain_iv: ChainIV) -> tuple[list, list[_PendingFit]]:
+    """One entry per expiry: a finished SmileSlice for those that will not be fitted, None as a
+    placeholder for those that will (described by the _PendingFit with that slot)."""
     t_all = chain.time_to_expiry
     usable = usable_quotes(chain, chain_iv)
     expiry_days = chain.expiry.astype("datetime64[D]")
     roots = chain.root if chain.root is not None else np.full(len(chain), "", dtype=object)
-    if forwards is not None:
-        _check_forwards(forwards, expiry_days, chain_iv.forward, usable)
-
     spreads = np.full(len(chain), np.nan)
     idx_usable = np.flatnonzero(usable)
     spreads[idx_usable] = _vol_spreads(chain, chain_iv, idx_usable)
 
-    pending = []  # (expiry, t, forward, discount, root, rows, smile data) of slices to fit
     slices: list[SmileSlice | None] = []
+    pending: list[_PendingFit] = []
     for expiry in np.unique(expiry_days):
         in_expiry = expiry_days == expiry
         t = float(t_all[in_expiry][0])
@@ -234,18 +268,9 @@ def build_surface(chain: OptionChain, chain_iv: ChainIV, forwards=None) -> VolSu
         # Vol weight 1/spread on squared vol errors; a vol error dv moves w by ~2 sqrt(w t) dv.
         weights = 1.0 / (spread * 4.0 * w * t)
         slices.append(None)
-        pending.append((len(slices) - 1, expiry, t, forward, discount, root, rows, k_range,
-                        SmileData(k=k, w=w, weights=weights, t=t)))
-
-    fits = fit_svi_many([p[-1] for p in pending])
-    for (slot, expiry, t, forward, discount, root, rows, k_range, _), fit in zip(pending, fits):
-        slices[slot] = _describe_slice(expiry, t, forward, discount, root, rows, k_range, fit)
-    _add_25_delta(slices)
-    fitted = [s for s in slices if s.fitted]
-    return VolSurface(
-        underlying=chain.underlying, as_of=chain.as_of, spot=chain.spot, slices=slices,
-        term_structure=_term_structure(fitted), calendar_issues=_calendar_issues(fitted),
-    )
+        pending.append(_PendingFit(len(slices) - 1, expiry, t, forward, discount, root, rows, k_range,
+                                   SmileData(k=k, w=w, weights=weights, t=t)))
+    return slices, pending
 
 
 def _check_forwards(forwards, expiry_days, row_forward, usable) -> None:

@@ -26,7 +26,9 @@ Two deliberate departures from Zeliade's box, both forced by real SPX/SPY smiles
 The search only accepts parameters whose density g(k) stays above a small margin on the slice's
 check range (the quoted k range widened by 25% of its span each side, and at least
 [-1.5, 1.5]), so a successful fit is free of butterfly arbitrage there by construction; the
-wing cap makes g positive beyond it as well (g -> 1/4 - S^2/16 >= 0 as |k| -> infinity).
+wing cap makes g positive beyond it as well (g -> 1/4 - S^2/16 >= 0 as |k| -> infinity). The
+search checks g on a sparse grid (refined where dips can hide); every final fit is then checked
+on a dense uniform grid and, if it fails, moved toward its a >= 0 solution until it passes.
 """
 from __future__ import annotations
 
@@ -75,7 +77,7 @@ _REFINE_FRACTIONS = np.linspace(0.0, 1.0, 7)[1:-1]
 _FIT_DENSITY_MARGIN = 1e-3
 # Every final fit is verified on this many uniform points of its check range; a failing one is
 # moved toward its a >= 0 solution by these fractions of the way until it passes.
-VERIFY_GRID_POINTS = 4001
+VERIFY_GRID_POINTS = 1201
 _REPAIR_STEPS = np.linspace(0.95, 0.0, 20)
 _BUTTERFLY_TOLERANCE = 1e-9
 _EYE3 = np.eye(3)
@@ -339,8 +341,7 @@ def _is_valid(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.ndarra
 
 def _density_on_tau(a, c, d, m, s, tau):
     """(g, q) at k = m + s sinh(tau) for candidates given as column vectors (R, 1), where
-    q = 1 - k w'/(2w) is the first term's root: g = q^2 - (w'^2/4)(1/w + 1/4) + w''/2. g is
-    -inf where w <= 0."""
+    q = 1 - k w'/(2w), so that g = q^2 - (w'^2/4)(1/w + 1/4) + w''/2; g is -inf where w <= 0."""
     growth = np.exp(tau)
     decay = 1.0 / growth
     sinh, cosh = 0.5 * (growth - decay), 0.5 * (growth + decay)
@@ -437,7 +438,7 @@ def _local_search(batch: _Batch, start: np.ndarray, ok: np.ndarray, step: np.nda
                   ls_floor: np.ndarray, max_iterations: int):
     """Minimize each expiry's reduced objective over (m, log sigma) from ``start`` (E, 2).
 
-    Newton steps from 3x3 finite-difference stencils (one vectorized `_inner` call per step for
+    Newton steps from 6-point finite-difference stencils (one vectorized `_inner` call per step for
     all expiries still searching); where the quadratic model fails (kinks where the active set
     changes, +inf where a candidate has arbitrage) or its point turns out worse than one already
     seen, the search restarts from the best point with a halved stencil. An expiry stops when the
@@ -446,12 +447,11 @@ def _local_search(batch: _Batch, start: np.ndarray, ok: np.ndarray, step: np.nda
     best point found; objective +inf where ``ok`` is False or nothing arbitrage-free was found.
     """
     n_exp = len(start)
-    rows = np.arange(n_exp)
-    acd, obj = _inner(batch, rows, start[:, :1], np.exp(start[:, 1:]))
-    best_obj, best_acd, best_pt = np.where(ok, obj[:, 0], np.inf), acd[:, 0], start.copy()
+    # The start is the first stencil's centre: nothing is known about it before that.
+    best_obj, best_acd, best_pt = np.full(n_exp, np.inf), np.zeros((n_exp, 3)), start.copy()
     center, step = start.copy(), step.copy()
     noise = 1e-13 * batch.c
-    active = np.isfinite(best_obj)
+    active = ok.copy()
     history = [best_obj.copy()]
     for _ in range(max_iterations):
         idx = np.flatnonzero(active)

@@ -10,7 +10,7 @@ CREATE TABLE runs (
     config          jsonb NOT NULL,
     mode            text NOT NULL DEFAULT 'live' CHECK (mode IN ('live', 'sandbox')),
     parent_run_id   text REFERENCES runs(run_id),
-    status          text NOT NULL CHECK (status IN ('pending', 'running', 'completed', 'failed')),
+    status          text NOT NULL CHECK (status IN ('pending', 'running', 'awaiting_approval', 'completed', 'failed')),
     error           text,
     attempts        integer NOT NULL DEFAULT 0,
     created_at      timestamptz NOT NULL DEFAULT now(),

@@ -1,0 +1,517 @@
+"""The HTTP API (FastAPI): runs, orders and approvals, risk halt/resume, health and metrics.
+
+Authentication: `Authorization: Bearer <token>`, tokens made with `hedgegraph tokens create NAME
+--role viewer|approver|admin` and stored only as SHA-256 (`storage.tokens`). Roles are ordered,
+each including the ones before it:
+
+- viewer   — read runs, orders (with the full approval review), risk status and /metrics;
+- approver — also approve, reject and resize orders (recorded as approved by the token's name);
+- admin    — also halt and resume trading.
+
+`/health` needs no token (load balancers and orchestrators probe it). `/metrics` needs a viewer
+token: it exposes order and approval counts, which are business data; Prometheus sends one with
+`authorization: {type: Bearer, credentials_file: ...}` in its scrape config.
+
+Errors are JSON `{"detail": "<message>"}`: 401 missing/invalid/revoked token (with
+`WWW-Authenticate: Bearer`), 403 role too low, 404 unknown run or order, 409 the order is no longer
+STAGED or trading is halted, 422 a malformed request or a decision the order does not allow (then
+`errors` lists the fields at fault), 503 database unavailable.
+
+Every operation is a function of `service.operations` or `service.approvals`; this module only
+authenticates, validates and shapes JSON, so the CLI and the API never disagree.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+
+from brokers.order_state import OrderState
+from graph.schema import DebateTurn, OptionLeg, RiskReason
+from service import approvals, operations
+from service.approvals import ApprovalError, Decision, ServiceContext
+from storage.database import DatabaseUnavailable
+from storage.tokens import Principal, Role, TokenRepository
+
+log = logging.getLogger(__name__)
+
+ContextFactory = Callable[[], Awaitable[ServiceContext]]
+# Identifiers longer than this, or holding a NUL (which PostgreSQL text cannot store), name
+# nothing that exists: answered 404 without asking the database.
+_MAX_ID_CHARS = 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Response and request models. Decimal fields are exact and travel as JSON strings ("2.2600").
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="What went wrong, for a person.")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="For malformed requests: each field at fault (loc, msg, type).")
+
+
+class RunOut(BaseModel):
+    run_id: str
+    slot_key: str
+    watchlist: str
+    as_of: datetime = Field(description="The decision time the run saw the market at (timezone-aware).")
+    tickers: list[str]
+    seed: int
+    provider: str
+    config: dict[str, Any] = Field(description="The DecisionConfig the run was made with.")
+    mode: Literal["live", "sandbox"]
+    parent_run_id: str | None
+    status: Literal["pending", "running", "awaiting_approval", "completed", "failed"]
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class SignalOut(BaseModel):
+    id: int
+    run_id: str
+    ticker: str
+    source: str
+    direction: str
+    conviction: float = Field(ge=0, le=1)
+    edge_type: str
+    horizon_days: int
+    as_of: datetime
+    evidence: dict[str, Any] = Field(description="The numbers the conviction came from.")
+    data_quality: list[str] = Field(description="What was missing or rejected.")
+
+
+class DebateOut(BaseModel):
+    id: int
+    run_id: str
+    ticker: str
+    debater: str
+    price_view: str
+    vol_view: str
+    confidence: float
+    rationale: str
+    rounds: int
+    transcript: list[DebateTurn]
+    memories_used: list[Any]
+    fallback_reason: str | None
+
+
+class RiskDecisionOut(BaseModel):
+    id: int
+    run_id: str
+    ticker: str
+    stage: Literal["pre_trade", "post_trade"]
+    approved: bool
+    regime: str
+    vetoes: list[RiskReason]
+    warnings: list[RiskReason]
+    requires_acknowledgement: bool
+
+
+class NodeTimingOut(BaseModel):
+    node: str
+    ticker: str | None
+    duration_ms: float
+
+
+class KellyOut(BaseModel):
+    kelly_fraction: float | None = Field(description="Full-Kelly fraction of capital f*.")
+    applied_fraction: float | None = Field(description="Fraction actually applied after multiplier and caps.")
+    win_rate: float | None
+    payoff_ratio: float | None
+    capital_at_risk: Decimal | None = Field(description="Dollars: quantity × max loss per unit.")
+    caps_applied: list[str] | None
+
+
+class OrderSummaryOut(BaseModel):
+    order_id: str
+    idempotency_key: str
+    run_id: str
+    ticker: str
+    sector: str
+    structure: str
+    quantity: int = Field(gt=0, description="Whole contracts (combo units).")
+    limit_price: Decimal = Field(description="Per share per combo unit, signed: + pay (debit) / - receive (credit).")
+    state: OrderState
+    requires_acknowledgement: bool = Field(description="Over 10 contracts: approving needs acknowledge=true.")
+    created_at: datetime
+    updated_at: datetime
+    legs: list[OptionLeg]
+    max_loss_per_unit: Decimal | None = Field(description="Dollars per combo unit.")
+    max_profit_per_unit: Decimal | None = Field(description="Dollars per combo unit; null when unlimited.")
+    breakevens: list[float] | None = Field(description="Underlying prices.")
+    probability_of_profit: float | None
+    kelly: KellyOut
+
+
+class RunDetailOut(BaseModel):
+    run: RunOut
+    signals: list[SignalOut]
+    debates: list[DebateOut]
+    risk_decisions: list[RiskDecisionOut]
+    orders: list[OrderSummaryOut]
+    node_timings: list[NodeTimingOut]
+
+
+class HistoryEntryOut(BaseModel):
+    from_state: OrderState | None
+    to_state: OrderState
+    actor: str = Field(description="Who moved the order: 'graph', an approver's token name, a broker.")
+    reason: str | None
+    at: datetime
+
+
+class GreeksImpactOut(BaseModel):
+    """What the order adds to the book at its quantity: per-share Greeks × multiplier × quantity."""
+
+    delta: float = Field(description="Shares of the underlying.")
+    gamma: float = Field(description="Shares per $1 move of the underlying.")
+    vega: float = Field(description="Dollars per vol point.")
+    theta: float = Field(description="Dollars per calendar day.")
+
+
+class MarginWhatIfOut(BaseModel):
+    initial_margin_change: Decimal = Field(description="Dollars.")
+    basis: str
+
+
+class DecisionRecordOut(BaseModel):
+    """The one decision recorded on an order: who, when, and what they saw."""
+
+    order_id: str
+    action: Literal["approve", "reject", "resize", "expire"]
+    approver: str
+    quantity: int | None = Field(description="Contracts approved; null for a rejection.")
+    original_quantity: int
+    reason: str | None
+    acknowledged: bool
+    seen: dict[str, Any] = Field(description="What the approver saw: limit, quantity, legs, risk, deadline.")
+    decided_at: datetime
+
+
+class ExecutionOut(BaseModel):
+    """Outcome of the pre-transmission re-check against fresh quotes, and of transmission."""
+
+    order_id: str
+    run_id: str
+    outcome: Literal["transmitted", "refused", "held"]
+    reasons: list[Any]
+    fresh_mid: Decimal | None = Field(description="Per share per combo unit, signed like the limit.")
+    broker_order_id: str | None
+    at: datetime
+
+
+class OrderReviewOut(OrderSummaryOut):
+    """Everything an approver needs to decide one order, and what became of it."""
+
+    rationale: str | None
+    natural_price: Decimal | None = Field(description="Per share per combo unit at the far side of each leg.")
+    underlying_price: float | None
+    greeks_impact: GreeksImpactOut
+    margin_what_if: MarginWhatIfOut
+    risk: list[RiskDecisionOut] = Field(description="The risk gate's pre- and post-trade decisions.")
+    debate: DebateOut | None = Field(description="The bull/bear debate and its transcript.")
+    expires_at: datetime = Field(description="After this the order can no longer be approved.")
+    decision: DecisionRecordOut | None
+    execution: ExecutionOut | None
+    history: list[HistoryEntryOut]
+
+
+class HaltStateOut(BaseModel):
+    halted: bool
+    reason: str | None
+    actor: str | None
+    changed_at: datetime
+
+
+class RiskStatusOut(HaltStateOut):
+    orders_by_state: dict[str, int]
+
+
+class DatabaseHealthOut(BaseModel):
+    ok: bool
+    error: str | None = None
+
+
+class SchedulerHealthOut(BaseModel):
+    ok: bool
+    last_slot_claimed_at: datetime | None = None
+    slots: int | None = None
+
+
+class BrokerHealthOut(BaseModel):
+    ok: bool
+    name: str | None = None
+
+
+class HealthOut(BaseModel):
+    ok: bool
+    database: DatabaseHealthOut
+    scheduler: SchedulerHealthOut
+    broker: BrokerHealthOut
+
+
+class ApproveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    acknowledge: StrictBool = Field(
+        default=False, description="Required true to approve an order of more than 10 contracts.")
+
+
+class RejectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: str = Field(min_length=1, max_length=2000, description="Why the order is rejected (recorded).")
+
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("reason must not be blank")
+        return value.strip()
+
+
+class ResizeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    quantity: StrictInt = Field(ge=1, description="New whole-contract quantity, 1 .. original - 1.")
+    acknowledge: StrictBool = Field(
+        default=False, description="Required true when the new quantity is more than 10 contracts.")
+
+
+class HaltIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("reason must not be blank")
+        return value.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# Authentication and roles
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
+                     description="An API token from `hedgegraph tokens create NAME --role ROLE`.")
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def context(request: Request) -> ServiceContext:
+    return request.app.state.ctx
+
+
+async def authenticated(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise _unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    principal = await TokenRepository(context(request).db.pool).authenticate(credentials.credentials)
+    if principal is None:
+        raise _unauthorized("invalid or revoked token")
+    return principal
+
+
+def require(role: Role) -> Callable[..., Awaitable[Principal]]:
+    async def dependency(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+        if not principal.has_role(role):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"token {principal.name!r} has role {principal.role}; this needs {role}")
+        return principal
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Approver = Annotated[Principal, Depends(require("approver"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+Ctx = Annotated[ServiceContext, Depends(context)]
+
+
+def _plausible_id(value: str) -> bool:
+    return len(value) <= _MAX_ID_CHARS and "\x00" not in value
+
+
+def _errors(*codes: int, media: str | None = None) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        401: "No bearer token, or an invalid or revoked one.",
+        403: "The token's role does not allow this.",
+        404: "No such run or order.",
+        409: "The order is no longer STAGED (already decided or expired), or trading is halted.",
+        422: "Malformed request, or a decision this order does not allow.",
+        503: "The database is unavailable.",
+    }
+    if media is None:
+        return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}
+    # Routes whose success is not JSON still answer errors in JSON: say so explicitly.
+    schema = {"$ref": "#/components/schemas/ErrorOut"}
+    return {code: {"description": descriptions[code], "content": {media: {"schema": schema}}} for code in codes}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _default_factory() -> Awaitable[ServiceContext]:
+    from config.settings import settings
+
+    return ServiceContext.open(settings())
+
+
+def create_app(ctx_factory: ContextFactory | None = None) -> FastAPI:
+    """The API app. Its lifespan opens the `ServiceContext` from `ctx_factory` (default: from the
+    environment's settings) and closes it at shutdown."""
+    factory = ctx_factory or _default_factory
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.ctx = await factory()
+        try:
+            yield
+        finally:
+            await app.state.ctx.close()
+
+    app = FastAPI(
+        title="hedgegraph", version="0.1.0", lifespan=lifespan,
+        description=(__doc__ or "").split("\n\n", 1)[1],
+    )
+    _install_error_handlers(app)
+    _routes(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApprovalError)
+    async def approval_error(request: Request, exc: ApprovalError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        issues = jsonable_encoder(exc.errors(), exclude={"input", "ctx", "url"})
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in issue.get('loc', ()))}: {issue.get('msg', 'invalid')}" for issue in issues)
+        return JSONResponse({"detail": f"invalid request: {message}", "errors": issues},
+                            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(DatabaseUnavailable)
+    @app.exception_handler(asyncpg.exceptions.ConnectionDoesNotExistError)
+    @app.exception_handler(asyncpg.exceptions.CannotConnectNowError)
+    @app.exception_handler(ConnectionError)
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.error("database unavailable serving %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "database unavailable"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def _routes(app: FastAPI) -> None:
+    @app.get("/health", tags=["service"], response_model=HealthOut, summary="Readiness (no token)",
+             responses={503: {"model": HealthOut, "description": "A component is down."}})
+    async def health(ctx: Ctx, response: Response) -> dict[str, Any]:
+        report = operations.jsonable(await approvals.health(ctx))
+        response.status_code = status.HTTP_200_OK if report.get("ok") else status.HTTP_503_SERVICE_UNAVAILABLE
+        return report
+
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse,
+             summary="Prometheus text exposition (viewer token)", responses=_errors(401, 403, media="application/json"))
+    async def metrics(ctx: Ctx, _: Viewer) -> PlainTextResponse:
+        return PlainTextResponse(await approvals.metrics_text(ctx),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/runs", tags=["runs"], response_model=list[RunOut], responses=_errors(401, 403),
+             summary="Recent decision runs, newest first")
+    async def list_runs(ctx: Ctx, _: Viewer,
+                        limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
+        return await operations.list_runs(ctx.db, limit)
+
+    @app.get("/runs/{run_id}", tags=["runs"], response_model=RunDetailOut, responses=_errors(401, 403, 404),
+             summary="One run: signals, debates, risk decisions, orders, node timings")
+    async def show_run(ctx: Ctx, _: Viewer, run_id: Annotated[str, Path()]) -> dict[str, Any]:
+        data = await operations.show_run(ctx.db, run_id) if _plausible_id(run_id) else None
+        if data is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}")
+        return data
+
+    @app.get("/orders", tags=["orders"], response_model=list[OrderSummaryOut], responses=_errors(401, 403, 422),
+             summary="Orders, newest first, optionally by state and run")
+    async def list_orders(
+        ctx: Ctx, _: Viewer,
+        state: Annotated[OrderState | None, Query(description="e.g. STAGED for the approval queue")] = None,
+        run_id: Annotated[str | None, Query(max_length=_MAX_ID_CHARS)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> list[dict[str, Any]]:
+        if run_id is not None and not _plausible_id(run_id):
+            return []
+        return await operations.list_orders(ctx.db, state=state.value if state else None, run_id=run_id, limit=limit)
+
+    @app.get("/orders/{order_id}", tags=["orders"], response_model=OrderReviewOut, responses=_errors(401, 403, 404),
+             summary="Everything an approver needs to decide one order")
+    async def review_order(ctx: Ctx, _: Viewer, order_id: Annotated[str, Path()]) -> dict[str, Any]:
+        _check_order_id(order_id)
+        return operations.jsonable(await approvals.order_review(ctx, order_id))
+
+    async def decide(ctx: ServiceContext, order_id: str, decision: Decision) -> dict[str, Any]:
+        _check_order_id(order_id)
+        return operations.jsonable(await approvals.decide(ctx, order_id, decision))
+
+    decision_errors = _errors(401, 403, 404, 409, 422)
+
+    @app.post("/orders/{order_id}/approve", tags=["approvals"], response_model=OrderReviewOut,
+              responses=decision_errors,
+              summary="Approve a STAGED order: re-checked against fresh quotes, then transmitted")
+    async def approve(ctx: Ctx, who: Approver, order_id: Annotated[str, Path()],
+                      body: ApproveIn | None = None) -> dict[str, Any]:
+        body = body or ApproveIn()
+        return await decide(ctx, order_id, Decision(action="approve", approver=who.name, quantity=None,
+                                                    reason=None, acknowledge=body.acknowledge))
+
+    @app.post("/orders/{order_id}/reject", tags=["approvals"], response_model=OrderReviewOut,
+              responses=decision_errors,
+              summary="Reject a STAGED order, with a reason")
+    async def reject(ctx: Ctx, who: Approver, order_id: Annotated[str, Path()], body: RejectIn) -> dict[str, Any]:
+        return await decide(ctx, order_id, Decision(action="reject", approver=who.name, quantity=None,
+                                                    reason=body.reason))
+
+    @app.post("/orders/{order_id}/resize", tags=["approvals"], response_model=OrderReviewOut,
+              responses=decision_errors,
+              summary="Approve a STAGED order at a smaller whole-contract quantity")
+    async def resize(ctx: Ctx, who: Approver, order_id: Annotated[str, Path()], body: ResizeIn) -> dict[str, Any]:
+        return await decide(ctx, order_id, Decision(action="resize", approver=who.name, quantity=body.quantity,
+                                                    reason=None, acknowledge=body.acknowledge))
+
+    @app.get("/risk", tags=["risk"], response_model=RiskStatusOut, responses=_errors(401, 403), summary="Trading halt state and risk limits")
+    async def risk(ctx: Ctx, _: Viewer) -> dict[str, Any]:
+        return operations.jsonable(await approvals.risk_status(ctx))
+
+    @app.post("/risk/halt", tags=["risk"], response_model=HaltStateOut, responses=_errors(401, 403, 422),
+              summary="Halt trading: no approval transmits until resumed (admin)")
+    async def halt(ctx: Ctx, who: Admin, body: HaltIn) -> dict[str, Any]:
+        return operations.jsonable(await approvals.halt(ctx, who.name, body.reason))
+
+    @app.post("/risk/resume", tags=["risk"], response_model=HaltStateOut, responses=_errors(401, 403),
+              summary="Resume trading after a halt (admin)")
+    async def resume(ctx: Ctx, who: Admin) -> dict[str, Any]:
+        return operations.jsonable(await approvals.resume_trading(ctx, who.name))
+
+
+def _check_order_id(order_id: str) -> None:
+    if not _plausible_id(order_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no order {order_id!r}")

@@ -1,0 +1,270 @@
+"""Approvals: an approver sees everything needed to decide, decides once, and only then does
+anything reach a broker. The CLI and the HTTP API both go through these functions.
+
+A decision is recorded first, in one transaction that locks the order row: the order must still
+be STAGED (else `DecisionConflict`, HTTP 409), and the `approvals` table admits one decision per
+order. Only then is the run's graph resumed, which re-checks and transmits. If the process dies
+between the two, `recover_pending` resumes the run later; the broker's idempotency per order id
+means the order is sent once either way.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Callable, Literal
+
+from brokers.order_state import OrderState
+from brokers.paper import PaperBroker
+from brokers.quote_source import ProviderQuotes
+from config.settings import Settings, defaults
+from graph.runner import make_deps, resume_run
+from graph.schema import AccountState
+from service.operations import default_account, jsonable, order_summary
+from storage.controls import RiskControls
+from storage.database import Database, connect, resolve_url
+from storage.decisions import DecisionRepository
+from storage.orders import OrderRepository
+from storage.runs import RunRepository
+from tools.market_hours import add_market_minutes
+from tools.providers.base import MarketDataProvider
+
+
+class ApprovalError(Exception):
+    status_code = 400
+
+
+class OrderNotFound(ApprovalError):
+    status_code = 404
+
+
+class DecisionConflict(ApprovalError):
+    status_code = 409
+
+
+class InvalidDecision(ApprovalError):
+    status_code = 422
+
+
+class AcknowledgementRequired(InvalidDecision):
+    pass
+
+
+class TradingHalted(ApprovalError):
+    status_code = 409
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["approve", "reject", "resize"]
+    approver: str
+    quantity: int | None = None
+    reason: str | None = None
+    acknowledge: bool = False
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def provider_for(name: str, seed: int) -> MarketDataProvider:
+    """The provider a run was made with, to quote it afresh. Only the simulated market can be
+    rebuilt from a run's record; a run on chain files cannot be re-quoted."""
+    if name != "simulated":
+        raise ApprovalError(f"runs on provider {name!r} cannot be re-quoted for execution")
+    from tools.providers.simulated import SimulatedMarket
+
+    return SimulatedMarket(seed=seed)
+
+
+@dataclass
+class ServiceContext:
+    db: Database
+    clock: Callable[[], datetime] = _utc_now
+    account: AccountState = field(default_factory=default_account)
+    provider_factory: Callable[[str, int], MarketDataProvider] = provider_for
+    _server: Any = None
+
+    @classmethod
+    async def open(cls, settings: Settings | None = None, **kwargs) -> "ServiceContext":
+        url, server = resolve_url(settings or Settings())
+        return cls(db=await connect(url, server), _server=server, **kwargs)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    def broker_for(self, provider: MarketDataProvider) -> PaperBroker:
+        return PaperBroker(self.db, ProviderQuotes(provider, self.clock), clock=self.clock,
+                           opening_cash=Decimal(str(self.account.cash)))
+
+
+async def _deps_for_run(ctx: ServiceContext, run_id: str):
+    record = await RunRepository(ctx.db.pool).get(run_id)
+    provider = ctx.provider_factory(record.provider, record.seed)
+    return make_deps(ctx.db, record, provider, account=ctx.account,
+                     positions=await OrderRepository(ctx.db.pool).open_exposures(),
+                     broker=ctx.broker_for(provider), now=ctx.clock)
+
+
+async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
+    """Everything an approver needs: legs and prices, Greeks impact, margin, Kelly reasoning,
+    risk-gate results, the debate transcript, the approval deadline and the history so far."""
+    repo = OrderRepository(ctx.db.pool)
+    order = await repo.get(order_id)
+    if order is None:
+        raise OrderNotFound(f"no order {order_id}")
+    decisions = DecisionRepository(ctx.db.pool)
+    risk = [d for d in await decisions.risk_decisions(order.run_id) if d["ticker"] == order.ticker]
+    debate = next((d for d in await decisions.verdicts(order.run_id) if d["ticker"] == order.ticker), None)
+    p, m = order.proposal, order.proposal["multiplier"] * order.quantity
+    record = await RunRepository(ctx.db.pool).get(order.run_id)
+    ttl = record.config.get("approval_ttl_market_minutes", 30)
+    approval = await ctx.db.pool.fetchrow("SELECT * FROM approvals WHERE order_id = $1", order_id)
+    execution = await ctx.db.pool.fetchrow("SELECT * FROM executions WHERE order_id = $1", order_id)
+    return jsonable(order_summary(order) | {
+        "rationale": p.get("rationale"),
+        "natural_price": p.get("natural_debit"),
+        "underlying_price": p.get("underlying_price"),
+        "greeks_impact": {k: float(p[k]) * m for k in ("delta", "gamma", "vega", "theta")},
+        "margin_what_if": {"initial_margin_change": str(Decimal(p["max_loss"]) * order.quantity),
+                           "basis": "defined-risk structure: margin is its maximum loss"},
+        "risk": risk,
+        "debate": debate,
+        "expires_at": add_market_minutes(order.created_at, ttl).isoformat(),
+        "decision": dict(approval) if approval else None,
+        "execution": dict(execution) if execution else None,
+        "history": await repo.history(order_id),
+    })
+
+
+async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resume: bool = True) -> dict[str, Any]:
+    """Record one decision on a staged order, then continue its run (re-check and transmit).
+
+    `resume=False` records only (the run continues on the next `recover_pending`)."""
+    if decision.action not in ("approve", "reject", "resize"):
+        raise InvalidDecision(f"unknown action {decision.action!r}")
+    if not decision.approver:
+        raise InvalidDecision("a decision needs an approver")
+    if decision.action == "reject" and not (decision.reason or "").strip():
+        raise InvalidDecision("a rejection needs a reason")
+    if decision.action != "reject" and (await RiskControls(ctx.db.pool).state()).halted:
+        raise TradingHalted("trading is halted: nothing can be approved until it is resumed")
+    repo = OrderRepository(ctx.db.pool)
+    review = await order_review(ctx, order_id)  # 404 for unknown orders; and what the approver saw
+    async with ctx.db.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow("SELECT state, quantity, requires_acknowledgement, created_at, run_id "
+                                  "FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+        if row["state"] != OrderState.STAGED:
+            raise DecisionConflict(f"order {order_id} is {row['state']}, not STAGED: it was already decided")
+        if datetime.fromisoformat(review["expires_at"]) <= ctx.clock():
+            raise DecisionConflict(f"order {order_id} expired at {review['expires_at']}")
+        quantity = row["quantity"]
+        if decision.action == "resize":
+            if decision.quantity is None or not 1 <= decision.quantity < quantity:
+                raise InvalidDecision(f"resize needs a quantity from 1 to {quantity - 1}, got {decision.quantity}")
+            quantity = decision.quantity
+        needs_ack = quantity > 10
+        if decision.action != "reject" and needs_ack and not decision.acknowledge:
+            raise AcknowledgementRequired(f"{quantity} contracts: more than 10 needs acknowledge=true")
+        await conn.execute(
+            """INSERT INTO approvals (order_id, action, approver, quantity, original_quantity, reason, acknowledged, seen)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            order_id, decision.action, decision.approver, quantity if decision.action != "reject" else None,
+            row["quantity"], decision.reason, decision.acknowledge,
+            {"limit_price": review["limit_price"], "quantity": row["quantity"], "legs": review["legs"],
+             "risk": review["risk"], "expires_at": review["expires_at"]},
+        )
+        if decision.action == "resize":
+            await conn.execute("UPDATE orders SET quantity = $2, requires_acknowledgement = $3, updated_at = now() "
+                               "WHERE order_id = $1", order_id, quantity, needs_ack)
+        target = OrderState.REJECTED if decision.action == "reject" else OrderState.APPROVED
+        why = decision.reason or (f"resized {row['quantity']} -> {quantity}" if decision.action == "resize" else None)
+        await repo.transition(order_id, target, actor=decision.approver, reason=why, conn=conn)
+    if resume:
+        await resume_run(ctx.db, row["run_id"], await _deps_for_run(ctx, row["run_id"]),
+                         {"order_id": order_id, "action": decision.action})
+    return await order_review(ctx, order_id)
+
+
+async def expire_due(ctx: ServiceContext) -> list[str]:
+    """Resume every run with staged orders: the graph expires the overdue ones and moves on."""
+    run_ids = [r["run_id"] for r in await ctx.db.pool.fetch(
+        "SELECT run_id FROM runs WHERE status = 'awaiting_approval' ORDER BY run_id")]
+    for run_id in run_ids:
+        await resume_run(ctx.db, run_id, await _deps_for_run(ctx, run_id), {"tick": ctx.clock().isoformat()})
+    return run_ids
+
+
+async def recover_pending(ctx: ServiceContext) -> list[str]:
+    """Runs with approved orders that were never transmitted (a crash after the decision):
+    resume them so the orders are re-checked and sent — once, whatever happened before."""
+    run_ids = [r["run_id"] for r in await ctx.db.pool.fetch(
+        """SELECT DISTINCT o.run_id FROM orders o JOIN runs r USING (run_id)
+           WHERE o.state = 'APPROVED' AND r.status = 'awaiting_approval' ORDER BY 1""")]
+    for run_id in run_ids:
+        await resume_run(ctx.db, run_id, await _deps_for_run(ctx, run_id), {"recover": True})
+    return run_ids
+
+
+async def halt(ctx: ServiceContext, actor: str, reason: str) -> dict[str, Any]:
+    if not (reason or "").strip():
+        raise InvalidDecision("halting needs a reason")
+    return jsonable(asdict(await RiskControls(ctx.db.pool).set_halted(True, actor=actor, reason=reason)))
+
+
+async def resume_trading(ctx: ServiceContext, actor: str) -> dict[str, Any]:
+    return jsonable(asdict(await RiskControls(ctx.db.pool).set_halted(False, actor=actor, reason=None)))
+
+
+async def risk_status(ctx: ServiceContext) -> dict[str, Any]:
+    state = jsonable(asdict(await RiskControls(ctx.db.pool).state()))
+    counts = {r["state"]: r["n"] for r in await ctx.db.pool.fetch("SELECT state, count(*) AS n FROM orders GROUP BY state")}
+    return state | {"orders_by_state": counts}
+
+
+async def health(ctx: ServiceContext) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        await ctx.db.pool.fetchval("SELECT 1")
+        out["database"] = {"ok": True}
+    except Exception as exc:  # a health check reports, it does not raise
+        out["database"] = {"ok": False, "error": type(exc).__name__}
+    with contextlib.suppress(Exception):
+        last = await ctx.db.pool.fetchrow("SELECT max(claimed_at) AS at, count(*) AS n FROM schedule_slots")
+        out["scheduler"] = {"ok": True, "last_slot_claimed_at": last["at"].isoformat() if last["at"] else None,
+                            "slots": last["n"]}
+    out.setdefault("scheduler", {"ok": False})
+    out["broker"] = {"ok": out["database"]["ok"], "name": "paper"}  # the paper broker lives in the database
+    out["ok"] = out["database"]["ok"]
+    return out
+
+
+async def metrics_text(ctx: ServiceContext) -> str:
+    """Prometheus text exposition of runs, orders, LLM usage and the kill switch."""
+    lines = []
+
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            label = ",".join(f'{k}="{v}"' for k, v in labels.items())
+            lines.append(f"{name}{{{label}}} {value}" if label else f"{name} {value}")
+
+    pool = ctx.db.pool
+    metric("hedgegraph_runs", "gauge", "Runs by status.",
+           [({"status": r["status"]}, r["n"]) for r in await pool.fetch("SELECT status, count(*) AS n FROM runs GROUP BY 1")])
+    metric("hedgegraph_orders", "gauge", "Orders by state.",
+           [({"state": r["state"]}, r["n"]) for r in await pool.fetch("SELECT state, count(*) AS n FROM orders GROUP BY 1")])
+    halted = (await RiskControls(pool).state()).halted
+    metric("hedgegraph_trading_halted", "gauge", "1 while the kill switch is on.", [({}, 1 if halted else 0)])
+    node = await pool.fetch("SELECT node, count(*) AS n, sum(duration_ms) / 1000.0 AS s FROM node_timings GROUP BY 1")
+    metric("hedgegraph_node_seconds_total", "counter", "Wall time spent in each graph node.",
+           [({"node": r["node"]}, float(r["s"])) for r in node])
+    with contextlib.suppress(Exception):  # the LLM table exists once its migration ran
+        llm = await pool.fetchrow("SELECT count(*) AS n, coalesce(sum(tokens_in), 0) AS tin, "
+                                  "coalesce(sum(tokens_out), 0) AS tout FROM llm_calls")
+        metric("hedgegraph_llm_calls_total", "counter", "LLM calls made.", [({}, llm["n"])])
+        metric("hedgegraph_llm_tokens_total", "counter", "LLM tokens.",
+               [({"direction": "in"}, llm["tin"]), ({"direction": "out"}, llm["tout"])])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,162 @@
+"""Approval through the real graph on the embedded Postgres: decide once, re-check, then transmit.
+
+The run stops at `await_approval`; each decision is recorded under a row lock and then resumes
+the run, which re-checks the order with a fresh quote and the current book before the paper
+broker sees it.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+import pytest
+
+from config.settings import DecisionConfig
+from service import approvals
+from service.approvals import Decision, DecisionConflict, ServiceContext
+from service.operations import run_decision
+from tools.chain import NEW_YORK
+from tools.market_hours import add_market_minutes
+from tools.providers.simulated import SimulatedMarket
+
+AS_OF = datetime(2026, 11, 20, 15, 30, tzinfo=NEW_YORK)
+
+
+class Clock:
+    def __init__(self, at: datetime):
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+async def stage(db, config=None):
+    """A run on the simulated market that stages one AMZN bull call spread (13 contracts),
+    staged at the decision time (the clock is the test's, not the wall's)."""
+    clock = Clock(AS_OF)
+    outcome = await run_decision(db, SimulatedMarket(7), watchlist="core", tickers=["AMZN", "JPM", "XLE"],
+                                 as_of=AS_OF, seed=7, config=config, now=clock)
+    assert outcome.run.status == "awaiting_approval" and len(outcome.orders) == 1
+    assert outcome.orders[0].created_at == AS_OF
+    clock.at = AS_OF + timedelta(minutes=5)
+    return ServiceContext(db=db, clock=clock), outcome.orders[0], outcome.run.run_id
+
+
+@pytest.fixture
+async def staged(db):
+    return await stage(db)
+
+
+async def run_status(db, run_id):
+    return await db.pool.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id)
+
+
+async def test_approve_fills_on_paper_and_journals(staged, db):
+    ctx, order, run_id = staged
+    review = await approvals.order_review(ctx, order.order_id)
+    assert review["state"] == "STAGED" and review["debate"]["ticker"] == "AMZN"
+    assert {r["stage"] for r in review["risk"]} == {"pre_trade", "post_trade"}
+    assert review["greeks_impact"]["delta"] > 0 and review["requires_acknowledgement"]
+
+    result = await approvals.decide(ctx, order.order_id, Decision("approve", "alice", acknowledge=True))
+    assert result["state"] == "FILLED", result["execution"]
+    assert result["decision"]["approver"] == "alice"
+    assert [h["to_state"] for h in result["history"]] == ["DRAFT", "STAGED", "APPROVED", "SUBMITTED", "FILLED"]
+    assert result["execution"]["outcome"] == "transmitted"
+    journal = await db.pool.fetch("SELECT * FROM trade_journal WHERE order_id = $1", order.order_id)
+    assert journal and journal[0]["approver"] == "alice" and journal[0]["run_id"] == run_id
+    assert journal[0]["regime"] == "low_vol" and journal[0]["vix"] is not None
+    assert await db.pool.fetchval("SELECT count(*) FROM account_snapshots") >= 1
+    assert await run_status(db, run_id) == "completed"  # every order decided and executed
+
+
+async def test_reject_needs_a_reason_and_sends_nothing(staged, db):
+    ctx, order, run_id = staged
+    with pytest.raises(approvals.InvalidDecision, match="reason"):
+        await approvals.decide(ctx, order.order_id, Decision("reject", "bob"))
+    result = await approvals.decide(ctx, order.order_id, Decision("reject", "bob", reason="earnings next week"))
+    assert result["state"] == "REJECTED" and result["execution"] is None
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 0
+    assert await run_status(db, run_id) == "completed"
+
+
+async def test_resize_approves_a_smaller_quantity(staged, db):
+    ctx, order, _ = staged
+    with pytest.raises(approvals.InvalidDecision, match="quantity from 1 to 12"):
+        await approvals.decide(ctx, order.order_id, Decision("resize", "carol", quantity=13))
+    result = await approvals.decide(ctx, order.order_id, Decision("resize", "carol", quantity=4))
+    assert result["quantity"] == 4 and result["state"] == "FILLED"
+    assert not result["requires_acknowledgement"]  # 4 contracts need no acknowledgement
+    assert await db.pool.fetchval("SELECT sum(quantity) FROM broker_fills") == 4
+
+
+async def test_more_than_ten_contracts_needs_acknowledgement(staged):
+    ctx, order, _ = staged
+    with pytest.raises(approvals.AcknowledgementRequired):
+        await approvals.decide(ctx, order.order_id, Decision("approve", "alice"))
+
+
+async def test_orders_expire_after_thirty_market_minutes(staged, db):
+    ctx, order, run_id = staged
+    ctx.clock.at = add_market_minutes(order.created_at, 31)
+    with pytest.raises(DecisionConflict, match="expired"):
+        await approvals.decide(ctx, order.order_id, Decision("approve", "alice", acknowledge=True))
+    await approvals.expire_due(ctx)  # the run wakes up, expires the order and finishes
+    review = await approvals.order_review(ctx, order.order_id)
+    assert review["state"] == "EXPIRED" and review["decision"]["action"] == "expire"
+    assert await run_status(db, run_id) == "completed"
+
+
+async def test_recheck_refuses_a_stale_price(db):
+    # A run whose re-check tolerates almost no move: 25 minutes later the quote has moved more.
+    config = DecisionConfig(stale_price_tolerance=0.001, stale_price_floor=0.0)
+    ctx, order, _ = await stage(db, config)
+    ctx.clock.at = AS_OF + timedelta(minutes=25)
+    result = await approvals.decide(ctx, order.order_id, Decision("approve", "alice", acknowledge=True))
+    assert result["state"] == "REJECTED", result["execution"]
+    assert result["execution"]["outcome"] == "refused"
+    assert any("stale" in r for r in result["execution"]["reasons"])
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 0
+
+
+async def test_halt_blocks_staging_and_sending(staged, db):
+    ctx, order, _ = staged
+    await approvals.halt(ctx, "admin", "desk review")
+    with pytest.raises(approvals.TradingHalted):
+        await approvals.decide(ctx, order.order_id, Decision("approve", "alice", acknowledge=True))
+    outcome = await run_decision(db, SimulatedMarket(7), watchlist="core", tickers=["AMZN", "JPM", "XLE"],
+                                 as_of=AS_OF + timedelta(days=3), seed=7)
+    assert outcome.orders == []  # nothing new is staged while halted
+    assert any(v.code == "kill_switch" for d in outcome.state["pre_trade"] for v in d.vetoes) or not outcome.state.get("pre_trade")
+
+    await approvals.resume_trading(ctx, "admin")
+    await approvals.decide(ctx, order.order_id, Decision("approve", "alice", acknowledge=True), resume=False)
+    await approvals.halt(ctx, "admin", "halted between approval and sending")
+    await approvals.recover_pending(ctx)
+    review = await approvals.order_review(ctx, order.order_id)
+    assert review["state"] == "APPROVED" and review["execution"]["outcome"] == "held"
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 0
+
+
+async def test_two_approvals_at_once_one_wins(staged, db):
+    ctx, order, _ = staged
+    results = await asyncio.gather(
+        approvals.decide(ctx, order.order_id, Decision("approve", "alice", acknowledge=True)),
+        approvals.decide(ctx, order.order_id, Decision("approve", "bob", acknowledge=True)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, dict) for r in results) == 1
+    assert sum(isinstance(r, DecisionConflict) for r in results) == 1
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 1
+    assert await db.pool.fetchval("SELECT count(*) FROM approvals") == 1
+
+
+async def test_a_crash_between_approval_and_transmission_neither_loses_nor_duplicates(staged, db):
+    ctx, order, run_id = staged
+    # The decision commits, then the process dies before the run is resumed.
+    await approvals.decide(ctx, order.order_id, Decision("approve", "alice", acknowledge=True), resume=False)
+    assert (await approvals.order_review(ctx, order.order_id))["state"] == "APPROVED"
+    assert await approvals.recover_pending(ctx) == [run_id]
+    assert (await approvals.order_review(ctx, order.order_id))["state"] == "FILLED"
+    assert await approvals.recover_pending(ctx) == []  # nothing left: a second recovery sends nothing
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 1
