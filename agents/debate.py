@@ -46,14 +46,30 @@ def _fmt(value) -> str:
 
 
 class DeterministicDebater:
-    """Weighs the evidence each side can cite; no randomness, no model."""
+    """Weighs the evidence each side can cite; no randomness, no model.
+
+    With a memory (`MemoryRecall`), the judge also reads the outcomes of similar past situations
+    known at the run's date; they are listed in the transcript and in `memories_used`, and do not
+    move the verdict: past outcomes are context for the approver, not evidence about today.
+    """
 
     name = "deterministic"
+
+    def __init__(self, memory=None):
+        self.memory = memory
 
     async def debate(
         self, candidate: Candidate, signals: list[Signal], regime: Regime, rounds: int, run_id: str
     ) -> Verdict:
-        return deterministic_verdict(candidate, signals, regime, rounds)
+        verdict = deterministic_verdict(candidate, signals, regime, rounds)
+        if self.memory is None:
+            return verdict
+        memories = await self.memory.recall(candidate, signals, regime)
+        if not memories:
+            return verdict
+        note = DebateTurn(role="judge", round=rounds, text="Similar past situations: " + " | ".join(memories),
+                          evidence=memories)
+        return verdict.model_copy(update={"transcript": [*verdict.transcript, note], "memories_used": memories})
 
 
 def deterministic_verdict(candidate: Candidate, signals: list[Signal], regime: Regime, rounds: int,

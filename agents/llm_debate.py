@@ -407,7 +407,7 @@ def make_debater(settings: Settings, decision_config: DecisionConfig, db: Any | 
     `DeterministicDebater`. `decision_config` is accepted for the runner's call shape; the number
     of rounds reaches the debater per call."""
     if not llm_configured(settings):
-        return DeterministicDebater()
+        return DeterministicDebater(memory=memory)
     backend = OpenAIChatBackend.from_settings(settings, llm_config or defaults().llm)
     calls = LLMCallRepository(db.pool) if db is not None else None
     return LLMDebater(backend, calls=calls, memory=memory)

@@ -6,7 +6,7 @@ load_context
             └─ debate → risk_gate → strategy_selector → kelly_allocator
                  └─ post_trade_check → stage_orders
                       └─ await_approval (interrupt until every order is decided)
-                           └─ execute_approved (re-check, transmit, journal)
+                           └─ execute_approved (re-check, transmit, journal) → reflect (memory)
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from agents.aggregate import aggregate_signals, select_candidates
 from agents.allocator import kelly_allocator
 from agents.approval import after_approval, await_approval
 from agents.execution import execute_approved
+from agents.reflect import reflect
 from agents.analysts import ANALYSTS
 from agents.context import load_context
 from agents.debate import debate
@@ -51,6 +52,7 @@ def build_graph() -> StateGraph:
     builder.add_node("stage_orders", stage_orders)
     builder.add_node("await_approval", await_approval)
     builder.add_node("execute_approved", execute_approved)
+    builder.add_node("reflect", reflect)
 
     builder.add_edge(START, "load_context")
     builder.add_conditional_edges("load_context", fan_out_analysts, list(ANALYSTS))
@@ -65,5 +67,6 @@ def build_graph() -> StateGraph:
     builder.add_edge("post_trade_check", "stage_orders")
     builder.add_edge("stage_orders", "await_approval")
     builder.add_conditional_edges("await_approval", after_approval, ["await_approval", "execute_approved"])
-    builder.add_edge("execute_approved", END)
+    builder.add_edge("execute_approved", "reflect")
+    builder.add_edge("reflect", END)
     return builder

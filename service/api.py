@@ -12,10 +12,11 @@ each including the ones before it:
 token: it exposes order and approval counts, which are business data; Prometheus sends one with
 `authorization: {type: Bearer, credentials_file: ...}` in its scrape config.
 
-Errors are JSON `{"detail": "<message>"}`: 401 missing/invalid/revoked token (with
-`WWW-Authenticate: Bearer`), 403 role too low, 404 unknown run or order, 409 the order is no longer
-STAGED or trading is halted, 422 a malformed request or a decision the order does not allow (then
-`errors` lists the fields at fault), 503 database unavailable.
+Errors are JSON `{"detail": "<message>"}`: 400 an order that cannot be executed as recorded, 401
+missing/invalid/revoked token (with `WWW-Authenticate: Bearer`), 403 role too low, 404 unknown run
+or order, 409 the order is no longer STAGED or trading is halted, 422 a malformed request (bad or
+unknown field or query parameter; `errors` then lists the fields at fault) or a decision the order
+does not allow, 503 database unavailable.
 
 Every operation is a function of `service.operations` or `service.approvals`; this module only
 authenticates, validates and shapes JSON, so the CLI and the API never disagree.
@@ -25,17 +26,20 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import asyncpg
+import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from brokers.order_state import OrderState
 from graph.schema import DebateTurn, OptionLeg, RiskReason
@@ -47,6 +51,13 @@ from storage.tokens import Principal, Role, TokenRepository
 log = logging.getLogger(__name__)
 
 ContextFactory = Callable[[], Awaitable[ServiceContext]]
+# The database went away or cannot be reached (connection lost or refused, server shutting down,
+# database dropped): the request is answered 503, the caller may retry.
+_DATABASE_LOST: tuple[type[Exception], ...] = (
+    DatabaseUnavailable, ConnectionError, asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InvalidCatalogNameError,
+    psycopg.OperationalError,
+)
 # Identifiers longer than this, or holding a NUL (which PostgreSQL text cannot store), name
 # nothing that exists: answered 404 without asking the database.
 _MAX_ID_CHARS = 200
@@ -288,9 +299,19 @@ class RejectIn(BaseModel):
 class ResizeIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    quantity: StrictInt = Field(ge=1, description="New whole-contract quantity, 1 .. original - 1.")
+    quantity: int = Field(ge=1, description="New whole-contract quantity, 1 .. original - 1.")
     acknowledge: StrictBool = Field(
         default=False, description="Required true when the new quantity is more than 10 contracts.")
+
+    @field_validator("quantity", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        # JSON Schema's "integer" includes 5.0; a string, a bool or 2.5 is not a number of contracts.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("quantity must be a whole number of contracts")
+        return value
 
 
 class HaltIn(BaseModel):
@@ -332,11 +353,35 @@ async def authenticated(
     return principal
 
 
+def _declared_query(route: APIRoute) -> frozenset[str]:
+    names: set[str] = set()
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        names.update(p.alias for p in dependant.query_params)
+        pending.extend(dependant.dependencies)
+    return frozenset(names)
+
+
+def _refuse_unknown_query(request: Request) -> None:
+    """A misspelt filter (`?stat=STAGED`) must not silently list everything: refuse it."""
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute):
+        unknown = sorted(set(request.query_params) - _declared_query(route))
+        if unknown:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                f"unknown query parameter(s): {', '.join(map(repr, unknown))}")
+
+
 def require(role: Role) -> Callable[..., Awaitable[Principal]]:
-    async def dependency(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    """Dependency: an authenticated principal with at least `role` (then the query is checked, so
+    an unauthenticated caller learns nothing about parameters)."""
+
+    async def dependency(request: Request, principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
         if not principal.has_role(role):
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 f"token {principal.name!r} has role {principal.role}; this needs {role}")
+        _refuse_unknown_query(request)
         return principal
 
     dependency.__name__ = f"require_{role}"
@@ -355,6 +400,7 @@ def _plausible_id(value: str) -> bool:
 
 def _errors(*codes: int, media: str | None = None) -> dict[int | str, dict[str, Any]]:
     descriptions = {
+        400: "The order cannot be executed as recorded (e.g. its run's market cannot be re-quoted).",
         401: "No bearer token, or an invalid or revoked one.",
         403: "The token's role does not allow this.",
         404: "No such run or order.",
@@ -413,13 +459,20 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": f"invalid request: {message}", "errors": issues},
                             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
-    @app.exception_handler(DatabaseUnavailable)
-    @app.exception_handler(asyncpg.exceptions.ConnectionDoesNotExistError)
-    @app.exception_handler(asyncpg.exceptions.CannotConnectNowError)
-    @app.exception_handler(ConnectionError)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI answers 400 for a body it cannot even decode (not UTF-8); to a client that is one
+        # more malformed request, so it gets the same 422 as invalid JSON.
+        code = status.HTTP_422_UNPROCESSABLE_CONTENT if exc.status_code == 400 else exc.status_code
+        detail = f"invalid request: {exc.detail}" if exc.status_code == 400 else exc.detail
+        return JSONResponse({"detail": detail}, status_code=code, headers=exc.headers)
+
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.error("database unavailable serving %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": "database unavailable"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    for lost in _DATABASE_LOST:
+        app.add_exception_handler(lost, database_unavailable)
 
 
 def _routes(app: FastAPI) -> None:
@@ -436,13 +489,13 @@ def _routes(app: FastAPI) -> None:
         return PlainTextResponse(await approvals.metrics_text(ctx),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/runs", tags=["runs"], response_model=list[RunOut], responses=_errors(401, 403),
+    @app.get("/runs", tags=["runs"], response_model=list[RunOut], responses=_errors(401, 403, 422),
              summary="Recent decision runs, newest first")
     async def list_runs(ctx: Ctx, _: Viewer,
                         limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
         return await operations.list_runs(ctx.db, limit)
 
-    @app.get("/runs/{run_id}", tags=["runs"], response_model=RunDetailOut, responses=_errors(401, 403, 404),
+    @app.get("/runs/{run_id}", tags=["runs"], response_model=RunDetailOut, responses=_errors(401, 403, 404, 422),
              summary="One run: signals, debates, risk decisions, orders, node timings")
     async def show_run(ctx: Ctx, _: Viewer, run_id: Annotated[str, Path()]) -> dict[str, Any]:
         data = await operations.show_run(ctx.db, run_id) if _plausible_id(run_id) else None
@@ -462,7 +515,7 @@ def _routes(app: FastAPI) -> None:
             return []
         return await operations.list_orders(ctx.db, state=state.value if state else None, run_id=run_id, limit=limit)
 
-    @app.get("/orders/{order_id}", tags=["orders"], response_model=OrderReviewOut, responses=_errors(401, 403, 404),
+    @app.get("/orders/{order_id}", tags=["orders"], response_model=OrderReviewOut, responses=_errors(401, 403, 404, 422),
              summary="Everything an approver needs to decide one order")
     async def review_order(ctx: Ctx, _: Viewer, order_id: Annotated[str, Path()]) -> dict[str, Any]:
         _check_order_id(order_id)
@@ -472,7 +525,7 @@ def _routes(app: FastAPI) -> None:
         _check_order_id(order_id)
         return operations.jsonable(await approvals.decide(ctx, order_id, decision))
 
-    decision_errors = _errors(401, 403, 404, 409, 422)
+    decision_errors = _errors(400, 401, 403, 404, 409, 422)
 
     @app.post("/orders/{order_id}/approve", tags=["approvals"], response_model=OrderReviewOut,
               responses=decision_errors,
@@ -497,7 +550,7 @@ def _routes(app: FastAPI) -> None:
         return await decide(ctx, order_id, Decision(action="resize", approver=who.name, quantity=body.quantity,
                                                     reason=None, acknowledge=body.acknowledge))
 
-    @app.get("/risk", tags=["risk"], response_model=RiskStatusOut, responses=_errors(401, 403), summary="Trading halt state and risk limits")
+    @app.get("/risk", tags=["risk"], response_model=RiskStatusOut, responses=_errors(401, 403), summary="Kill-switch state and order counts by state")
     async def risk(ctx: Ctx, _: Viewer) -> dict[str, Any]:
         return operations.jsonable(await approvals.risk_status(ctx))
 

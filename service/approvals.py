@@ -84,6 +84,7 @@ class ServiceContext:
     clock: Callable[[], datetime] = _utc_now
     account: AccountState = field(default_factory=default_account)
     provider_factory: Callable[[str, int], MarketDataProvider] = provider_for
+    memory: Any = None  # memory.store.MemoryStore: where executed runs reflect (None: they don't)
     _server: Any = None
 
     @classmethod
@@ -104,7 +105,7 @@ async def _deps_for_run(ctx: ServiceContext, run_id: str):
     provider = ctx.provider_factory(record.provider, record.seed)
     return make_deps(ctx.db, record, provider, account=ctx.account,
                      positions=await OrderRepository(ctx.db.pool).open_exposures(),
-                     broker=ctx.broker_for(provider), now=ctx.clock)
+                     broker=ctx.broker_for(provider), now=ctx.clock, memory=ctx.memory)
 
 
 async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:

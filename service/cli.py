@@ -28,6 +28,8 @@ db_app = typer.Typer(no_args_is_help=True, help="The database.")
 app.add_typer(runs_app, name="runs")
 app.add_typer(orders_app, name="orders")
 app.add_typer(db_app, name="db")
+risk_app = typer.Typer(no_args_is_help=True, help="The kill switch.")
+app.add_typer(risk_app, name="risk")
 # Wide enough for the order tables when output is not a terminal (make run in CI, pipes).
 console = Console(width=None if Console().is_terminal else 150)
 
@@ -234,17 +236,24 @@ def runs_list(limit: int = 50, as_json: bool = typer.Option(False, "--json")) ->
 
 
 @runs_app.command("show")
-def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """One run: its signals, debates, risk decisions, orders and node timings."""
+def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json"),
+              steps: bool = typer.Option(False, "--steps", help="The trace: each step's nodes, duration and writes."),
+              step: Optional[int] = typer.Option(None, "--step", help="The full state after step N (JSON).")) -> None:
+    """One run: its signals, debates, risk decisions, orders, node timings and LLM usage."""
+    if step is not None or steps:
+        return _show_trace(run_id, step, as_json)
     data = _run_async(_with_db(lambda db: operations.show_run(db, run_id)))
     if data is None:
         _fail(f"no run {run_id}")
     if as_json:
         return _print_json(data)
     run = data["run"]
-    console.print(f"[bold]{run['run_id']}[/] {run['status']} as of {run['as_of']} ({len(run['tickers'])} tickers)")
+    console.print(f"[bold]{run['run_id']}[/] {run['status']} as of {run['as_of']} ({len(run['tickers'])} tickers)"
+                  + (f" — {run['mode']}, from {run['parent_run_id']}" if run.get("parent_run_id") else ""))
     if run.get("error"):
         console.print(f"[red]error:[/] {run['error']}")
+    usage = data["llm_usage"]
+    console.print(f"LLM calls {usage['calls']}, tokens in {usage['tokens_in']}, out {usage['tokens_out']}")
     t = Table(title="Signals")
     for col in ("ticker", "source", "direction", "conviction", "edge", "data quality"):
         t.add_column(col)
@@ -270,6 +279,79 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> Non
     for o in data["orders"]:
         t.add_row(o["order_id"], o["ticker"], o["structure"], str(o["quantity"]), o["limit_price"], o["state"])
     console.print(t)
+
+
+def _show_trace(run_id: str, step: Optional[int], as_json: bool) -> None:
+    from graph.trace import TraceError
+
+    try:
+        if step is not None:  # a full state is only readable as JSON
+            return _print_json(_run_async(_with_db(lambda db: operations.state_at(db, run_id, step))))
+        rows = _run_async(_with_db(lambda db: operations.steps(db, run_id)))
+    except TraceError as exc:
+        _fail(str(exc))
+    if as_json:
+        return _print_json(rows)
+    table = Table(title=f"Steps of {run_id}")
+    for col in ("step", "node(s)", "tasks", "status", "ms", "node ms", "wrote"):
+        table.add_column(col)
+    for r in rows:
+        node_ms = ", ".join(f"{k} {v:.0f}" for k, v in r["node_ms"].items())
+        table.add_row(str(r["step"]), ", ".join(r["nodes"]), str(r["tasks"]), r["status"],
+                      "—" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}", node_ms,
+                      ", ".join(r["writes"]) + ("; " + "; ".join(r["errors"]) if r["errors"] else ""))
+    console.print(table)
+
+
+def _render_comparison(nodes: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for col in ("node", "matched", "diff"):
+        table.add_column(col)
+    for n in nodes:
+        matched = "[green]yes[/]" if n["matched"] else "[red]no[/]"
+        table.add_row(n["node"] + ("" if n["rerun"] else " (copied)"), matched, n["diff"])
+    console.print(table)
+
+
+@app.command()
+def replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Re-execute a run in a sandbox from its recordings and compare every node with the original.
+
+    No LLM or network call is made (recorded LLM answers are served), nothing is staged or sent."""
+    from graph.replay import ReplayError
+
+    try:
+        report = _run_async(_with_db(lambda db: operations.replay(db, run_id)))
+    except ReplayError as exc:
+        _fail(str(exc))
+    if as_json:
+        return _print_json(report)
+    console.print(f"replayed [bold]{run_id}[/] as {report['replay_run_id']} (debater {report['debater']}, "
+                  f"{report['llm_calls_served']} recorded LLM answers served)")
+    _render_comparison(report["nodes"], "Replay vs original")
+    verdict = "[green]every node matched[/]" if report["matched"] else \
+        f"[red]differs at {', '.join(report['differing_nodes'])}[/]"
+    console.print(verdict)
+
+
+@app.command()
+def fork(run_id: str, at: str = typer.Option(..., "--at", help="Node to re-run from (load_context, "
+                                             "select_candidates, debate, risk_gate, strategy_selector, ...)."),
+         set_: list[str] = typer.Option([], "--set", help="key=value: a DecisionConfig setting to change."),
+         live_llm: bool = typer.Option(False, "--live-llm", help="Debate with the configured LLM, not the recording."),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Run a run again from before one node with changed settings, in a sandbox, and show what changed."""
+    from graph.replay import ReplayError
+
+    try:
+        report = _run_async(_with_db(lambda db: operations.fork(db, run_id, at, set_, live_llm=live_llm)))
+    except ReplayError as exc:
+        _fail(str(exc))
+    if as_json:
+        return _print_json(report)
+    console.print(f"forked [bold]{run_id}[/] at {at} as {report['fork_run_id']} with {report['overrides']}")
+    _render_comparison(report["nodes"], "Fork vs original")
+    console.print(f"staged: original {report['original_staged'] or 'none'} → fork {report['staged'] or 'none'}")
 
 
 @orders_app.command("list")
@@ -317,6 +399,129 @@ def orders_show(order_id: str, as_json: bool = typer.Option(False, "--json")) ->
     for h in data["history"]:
         hist.add_row(str(h["at"]), h["from_state"] or "", h["to_state"], h["actor"], h["reason"] or "")
     console.print(hist)
+
+
+async def _with_service(fn):
+    from service.approvals import ServiceContext
+
+    ctx = await ServiceContext.open(settings())
+    try:
+        return await fn(ctx)
+    finally:
+        await ctx.close()
+
+
+def _decide(order_id: str, decision, as_json: bool) -> None:
+    from service import approvals
+
+    try:
+        result = _run_async(_with_service(lambda ctx: approvals.decide(ctx, order_id, decision)))
+    except approvals.ApprovalError as exc:
+        _fail(str(exc))
+    if as_json:
+        return _print_json(result)
+    execution = result.get("execution") or {}
+    console.print(f"[bold]{order_id}[/] is now [bold]{result['state']}[/] (decided by {decision.approver})")
+    if execution:
+        console.print(f"execution: {execution['outcome']}" + (f" — {'; '.join(execution['reasons'])}" if execution["reasons"] else ""))
+
+
+def _approver_name(approver: Optional[str]) -> str:
+    import getpass
+
+    return approver or f"cli:{getpass.getuser()}"
+
+
+@orders_app.command("approve")
+def orders_approve(order_id: str, acknowledge: bool = typer.Option(False, help="Acknowledge more than 10 contracts."),
+                   approver: Optional[str] = typer.Option(None, help="Recorded as the approver (default: cli:<user>)."),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
+    """Approve a staged order: it is re-checked against a fresh quote and sent to the paper broker."""
+    from service.approvals import Decision
+
+    _decide(order_id, Decision("approve", _approver_name(approver), acknowledge=acknowledge), as_json)
+
+
+@orders_app.command("reject")
+def orders_reject(order_id: str, reason: str = typer.Option(..., help="Why (recorded)."),
+                  approver: Optional[str] = typer.Option(None), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Reject a staged order with a reason."""
+    from service.approvals import Decision
+
+    _decide(order_id, Decision("reject", _approver_name(approver), reason=reason), as_json)
+
+
+@orders_app.command("resize")
+def orders_resize(order_id: str, quantity: int = typer.Option(..., help="Fewer contracts than staged."),
+                  acknowledge: bool = typer.Option(False), approver: Optional[str] = typer.Option(None),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Approve a staged order for a smaller quantity."""
+    from service.approvals import Decision
+
+    _decide(order_id, Decision("resize", _approver_name(approver), quantity=quantity, acknowledge=acknowledge), as_json)
+
+
+@app.command()
+def journal(limit: int = 50, ticker: Optional[str] = None, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Fills with their market context, approver and run; and the latest account snapshots."""
+    from storage.journal import Journal
+
+    async def go(db):
+        j = Journal(db.pool)
+        return await j.entries(ticker=ticker, limit=limit), (await j.snapshots())[-10:]
+
+    entries, snapshots = _run_async(_with_db(go))
+    if as_json:
+        return _print_json(operations.jsonable({"entries": [e.__dict__ for e in entries],
+                                                "snapshots": [s.__dict__ for s in snapshots]}))
+    table = Table(title="Journal")
+    for col in ("filled at", "order", "ticker", "qty", "price", "approver", "regime", "VIX", "run"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(str(e.filled_at)[:19], e.order_id, e.ticker, str(e.quantity), str(e.price), e.approver or "",
+                      e.regime or "", f"{e.vix:.1f}" if e.vix is not None else "", e.run_id)
+    console.print(table)
+    snaps = Table(title="Account snapshots")
+    for col in ("at", "NLV", "cash", "margin", "delta", "SPX β-delta", "|Θ|/|V|"):
+        snaps.add_column(col)
+    for s in snapshots:
+        ratio = "—" if s.theta_vega_ratio is None else f"{s.theta_vega_ratio:.3f}"
+        snaps.add_row(str(s.captured_at)[:19], str(s.net_liquidation), str(s.cash), str(s.margin_used),
+                      f"{s.delta:.1f}", f"{s.spx_beta_weighted_delta:.1f}", ratio)
+    console.print(snaps)
+
+
+@risk_app.command("status")
+def risk_status_command(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The kill switch and the order book by state."""
+    from service import approvals
+
+    data = _run_async(_with_service(approvals.risk_status))
+    if as_json:
+        return _print_json(data)
+    console.print(f"trading {'[red]HALTED[/]: ' + str(data['reason']) if data['halted'] else '[green]active[/]'}")
+    console.print(f"orders by state: {data['orders_by_state']}")
+
+
+@risk_app.command("halt")
+def risk_halt(reason: str = typer.Option(..., help="Why (recorded)."), actor: Optional[str] = None) -> None:
+    """Kill switch: nothing new is staged or sent until `risk resume`."""
+    from service import approvals
+
+    try:
+        data = _run_async(_with_service(lambda ctx: approvals.halt(ctx, _approver_name(actor), reason)))
+    except approvals.ApprovalError as exc:
+        _fail(str(exc))
+    console.print(f"[red]halted[/] by {data['actor']}: {data['reason']}")
+
+
+@risk_app.command("resume")
+def risk_resume(actor: Optional[str] = None) -> None:
+    """Lift the kill switch."""
+    from service import approvals
+
+    data = _run_async(_with_service(lambda ctx: approvals.resume_trading(ctx, _approver_name(actor))))
+    console.print(f"[green]trading resumed[/] by {data['actor']}")
 
 
 @app.command()

@@ -9,11 +9,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from config.settings import DecisionConfig, defaults
+from agents.llm_debate import make_debater
+from config.settings import DecisionConfig, defaults, settings
+from memory.recall import RunMemory
+from memory.store import MemoryStore
 from graph.runner import RunOutcome, RunRequest, execute_run
 from graph.schema import AccountState
 from storage.database import Database
 from storage.decisions import DecisionRepository
+from storage.llm_calls import LLMCallRepository
 from storage.orders import OrderRecord, OrderRepository
 from storage.runs import RunRepository
 from tools.providers.base import MarketDataProvider
@@ -50,7 +54,10 @@ async def run_decision(
     reserved = sum((p.max_loss for p in positions), Decimal("0"))
     account = account.model_copy(update={"margin_used": account.margin_used + reserved})
     extra = {"now": now} if now is not None else {}
-    return await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node, **extra)
+    memory = MemoryStore(db.pool)  # the embedding model loads only if something is recalled or stored
+    debater = make_debater(settings(), request.config, db, memory=RunMemory(memory, as_of))
+    return await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node,
+                             debater=debater, memory=memory, **extra)
 
 
 def order_summary(order: OrderRecord) -> dict[str, Any]:
@@ -83,6 +90,7 @@ async def show_run(db: Database, run_id: str) -> dict[str, Any] | None:
         "risk_decisions": await decisions.risk_decisions(run_id),
         "orders": [order_summary(o) for o in await OrderRepository(db.pool).list(run_id=run_id)],
         "node_timings": [dict(t) for t in timings],
+        "llm_usage": await LLMCallRepository(db.pool).usage_by_run(run_id),
     })
 
 
@@ -96,3 +104,41 @@ async def show_order(db: Database, order_id: str) -> dict[str, Any] | None:
     if order is None:
         return None
     return jsonable(asdict(order) | {"history": await repo.history(order_id)})
+
+
+async def replay(db: Database, run_id: str, on_node=None) -> dict[str, Any]:
+    """Re-execute a run in a sandbox from its recordings; per node: matched and a short diff."""
+    from graph.replay import replay_run
+
+    return jsonable((await replay_run(db, run_id, on_node=on_node)).to_dict())
+
+
+async def fork(db: Database, run_id: str, at_node: str, sets: list[str], *, live_llm: bool = False,
+               on_node=None) -> dict[str, Any]:
+    """Run a run again from before `at_node` with `--set key=value` settings, in a sandbox.
+
+    `live_llm`: debate with the configured LLM (new calls, recorded under the fork) instead of the
+    original's recorded answers — needed when the settings change what the debate is asked."""
+    from agents.llm_debate import llm_configured
+    from graph.replay import ReplayError, fork_run, parse_overrides
+
+    overrides = parse_overrides(sets)
+    debater = None
+    if live_llm:
+        if not llm_configured(settings()):
+            raise ReplayError("--live-llm needs OPENAI_API_KEY or OPENAI_BASE_URL")
+        debater = make_debater(settings(), defaults().decision, db)
+    return jsonable((await fork_run(db, run_id, at_node, overrides, debater=debater, on_node=on_node)).to_dict())
+
+
+async def steps(db: Database, run_id: str) -> list[dict[str, Any]]:
+    """The run's trace from its checkpoints: step, nodes, duration, what each wrote."""
+    from graph.trace import run_steps
+
+    return [s.to_dict() for s in await run_steps(db, run_id)]
+
+
+async def state_at(db: Database, run_id: str, step: int) -> dict[str, Any]:
+    from graph.trace import state_at_step
+
+    return await state_at_step(db, run_id, step)

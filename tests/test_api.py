@@ -100,8 +100,7 @@ async def serving(url: str):
     app = make_app(url)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            client.app = app
-            yield client
+            yield client, app.state.ctx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +171,7 @@ def test_token_cli_creates_lists_and_revokes(fresh_database_url, monkeypatch, tm
 
 
 async def test_reads_need_a_live_token_and_return_the_run_and_its_order(seeded, seeded_url):
-    async with serving(seeded_url) as api:
+    async with serving(seeded_url) as (api, ctx):
         for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": f"Basic {seeded.tokens['admin']}"}):
             r = await api.get("/runs", headers=headers)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
@@ -196,7 +195,7 @@ async def test_reads_need_a_live_token_and_return_the_run_and_its_order(seeded, 
         assert bad_state.status_code == 422 and "state" in bad_state.json()["detail"]
 
         review = (await api.get(f"/orders/{seeded.order_id}", headers=viewer)).json()
-        stored = await operations.show_order(api.app.state.ctx.db, seeded.order_id)
+        stored = await operations.show_order(ctx.db, seeded.order_id)
         assert review["limit_price"] == stored["limit_price"] and review["legs"] == stored["legs"]
         assert Decimal(review["limit_price"]) == Decimal(stored["proposal"]["net_debit"])
         units = stored["proposal"]["multiplier"] * stored["quantity"]
@@ -223,12 +222,12 @@ async def test_reads_need_a_live_token_and_return_the_run_and_its_order(seeded, 
         assert "# TYPE hedgegraph_runs gauge" in metrics.text and "hedgegraph_trading_halted 0" in metrics.text
 
         # A revoked token stops working at once.
-        assert await TokenRepository(api.app.state.ctx.db.pool).revoke(TOKEN_NAMES["viewer"])
+        assert await TokenRepository(ctx.db.pool).revoke(TOKEN_NAMES["viewer"])
         assert (await api.get("/runs", headers=viewer)).status_code == 401
 
 
 async def test_openapi_schema_is_served_and_precise(seeded_url):
-    async with serving(seeded_url) as api:
+    async with serving(seeded_url) as (api, ctx):
         schema = (await api.get("/openapi.json")).json()
     paths = schema["paths"]
     assert set(paths) == {"/health", "/metrics", "/runs", "/runs/{run_id}", "/orders", "/orders/{order_id}",
@@ -239,7 +238,7 @@ async def test_openapi_schema_is_served_and_precise(seeded_url):
     assert "security" not in paths["/health"]["get"]
     approve = paths["/orders/{order_id}/approve"]["post"]
     assert approve["security"] == [{"bearer": []}]
-    assert set(approve["responses"]) == {"200", "401", "403", "404", "409", "422"}
+    assert set(approve["responses"]) == {"200", "400", "401", "403", "404", "409", "422"}
     assert approve["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OrderReviewOut"}
     models = schema["components"]["schemas"]
     assert models["ResizeIn"]["required"] == ["quantity"] and models["ResizeIn"]["additionalProperties"] is False
@@ -255,7 +254,7 @@ async def test_openapi_schema_is_served_and_precise(seeded_url):
 
 async def test_roles_and_malformed_requests_are_refused_and_change_nothing(seeded, seeded_url):
     order = f"/orders/{seeded.order_id}"
-    async with serving(seeded_url) as api:
+    async with serving(seeded_url) as (api, ctx):
         viewer, approver, admin = seeded.auth("viewer"), seeded.auth("approver"), seeded.auth("admin")
         r = await api.post(f"{order}/approve", json={"acknowledge": True}, headers=viewer)
         assert r.status_code == 403 and "needs approver" in r.json()["detail"]
@@ -309,7 +308,7 @@ async def test_roles_and_malformed_requests_are_refused_and_change_nothing(seede
 ])
 async def test_a_decision_is_recorded_under_the_token_name_and_only_once(seeded, seeded_url, action, body):
     order = f"/orders/{seeded.order_id}"
-    async with serving(seeded_url) as api:
+    async with serving(seeded_url) as (api, ctx):
         r = await api.post(f"{order}/{action}", json=body, headers=seeded.auth("approver"))
         assert r.status_code == 200, r.text
         review = r.json()
@@ -333,14 +332,14 @@ async def test_a_decision_is_recorded_under_the_token_name_and_only_once(seeded,
 
 async def test_two_concurrent_approvals_one_wins_one_conflicts(seeded, seeded_url):
     order = f"/orders/{seeded.order_id}"
-    async with serving(seeded_url) as api:
+    async with serving(seeded_url) as (api, ctx):
         first, second = await asyncio.gather(
             api.post(f"{order}/approve", json={"acknowledge": True}, headers=seeded.auth("approver")),
             api.post(f"{order}/approve", json={"acknowledge": True}, headers=seeded.auth("admin")),
         )
         assert sorted([first.status_code, second.status_code]) == [200, 409], (first.text, second.text)
         winner = first if first.status_code == 200 else second
-        pool = api.app.state.ctx.db.pool
+        pool = ctx.db.pool
         decisions = await pool.fetch("SELECT approver FROM approvals WHERE order_id = $1", seeded.order_id)
         assert [d["approver"] for d in decisions] == [winner.json()["decision"]["approver"]]
         approved = await pool.fetchval("SELECT count(*) FROM order_state_history WHERE order_id = $1 "
@@ -362,6 +361,7 @@ def test_generated_requests_get_no_server_error_and_match_the_schema(seeded, see
     operations are driven through hypothesis here.)"""
     from schemathesis.generation import GenerationMode
     from schemathesis.python import asgi
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
 
     headers = seeded.auth("admin")
     loaded = schemathesis.openapi.from_asgi("/openapi.json", make_app(seeded_url))  # starts the lifespan
@@ -385,6 +385,24 @@ def test_generated_requests_get_no_server_error_and_match_the_schema(seeded, see
                     raw = operation.definition.raw
                     assert mode is GenerationMode.NEGATIVE and not raw.get("parameters") and "requestBody" not in raw
         assert len(operations_seen) == 12, operations_seen
+
+        # Then on the real run and order, so the rich responses (run detail, review, decisions)
+        # are validated against their schemas too. The service's own 422s (acknowledgement
+        # missing, resize not smaller) are legitimate refusals of schema-valid requests here.
+        known = {"run_id": seeded.run_id, "order_id": seeded.order_id}
+        for result in loaded.get_all_operations():
+            operation = result.ok()
+            fixed = {k: v for k, v in known.items() if "{" + k + "}" in operation.path}
+            if not fixed:
+                continue
+
+            @hypothesis.given(case=operation.as_strategy(path_parameters=fixed))
+            @hypothesis.settings(max_examples=5, deadline=None, derandomize=True, database=None,
+                                 suppress_health_check=list(hypothesis.HealthCheck))
+            def check_known(case):
+                case.call_and_validate(headers=headers, excluded_checks=[positive_data_acceptance])
+
+            check_known()
     finally:
         asgi.shutdown_lifespans()  # close the app's pools before its database is dropped
 
@@ -420,3 +438,14 @@ def test_serve_starts_the_api_from_the_environment(fresh_database_url, tmp_path)
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+async def test_a_lost_database_is_a_503_not_a_crash(pg_server, seeded, seeded_url):
+    async with serving(seeded_url) as (api, ctx):
+        assert (await api.get("/health")).status_code == 200
+        pg_server.psql(f"DROP DATABASE {urlsplit(seeded_url).path.lstrip('/')} WITH (FORCE);")
+        health = await api.get("/health")
+        assert health.status_code == 503
+        assert health.json()["ok"] is False and health.json()["database"]["ok"] is False
+        r = await api.get("/runs", headers=seeded.auth("viewer"))
+        assert r.status_code == 503 and r.json() == {"detail": "database unavailable"}, r.text

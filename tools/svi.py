@@ -45,7 +45,7 @@ _SIGMA_FLOOR_FRACTION = 1e-3
 _SIGMA_CEILING_FRACTION = 2.0
 # Coarse (m, log sigma) grid per expiry; m spans the quotes' k range widened by half its span.
 _COARSE_M_POINTS = 10
-_COARSE_SIGMA_POINTS = 8
+_COARSE_SIGMA_POINTS = 12
 # The coarse grid and the local search see at most this many of a slice's points (evenly spread
 # in k); the result is then polished on every point.
 _COARSE_MAX_POINTS = 48

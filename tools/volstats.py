@@ -202,7 +202,8 @@ def iv_rank(iv_history, current: float, lookback: int = IV_LOOKBACK_DAYS,
     low, high = min(window.min(), current), max(window.max(), current)
     if high == low:
         return VolStatistic(np.nan, "IV history is flat: rank undefined", n)
-    return VolStatistic(float(100.0 * (current - low) / (high - low)), None, n)
+    # Clipped: (current - low) / (high - low) can round to a hair above 1 when current is the high.
+    return VolStatistic(float(np.clip(100.0 * (current - low) / (high - low), 0.0, 100.0)), None, n)
 
 
 def iv_percentile(iv_history, current: float, lookback: int = IV_LOOKBACK_DAYS,

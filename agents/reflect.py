@@ -1,0 +1,35 @@
+"""reflect: remember every debated situation (ticker, regime, signals, thesis, chosen trade).
+
+One memory per (run, ticker), so a re-executed node adds nothing. Outcomes are attached later,
+when each situation's horizon has passed (`memory.outcomes.attach_due_outcomes`).
+"""
+from __future__ import annotations
+
+from langgraph.runtime import Runtime
+
+from graph.deps import RunDeps
+from graph.state import DecisionState
+from graph.timing import timed
+
+
+@timed("reflect")
+async def reflect(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
+    deps, run = runtime.context, state["run"]
+    if run.mode != "live" or deps.memory is None:
+        return {}
+    transmitted = {e.order_id for e in state.get("executions", []) if e.outcome == "transmitted"}
+    trades = {o.ticker: o for o in state.get("staged", []) if o.order_id in transmitted}
+    proposals = {p.ticker: p for p in state.get("proposals", [])}
+    for verdict in state.get("verdicts", []):
+        exists = await deps.db.pool.fetchval(
+            "SELECT 1 FROM memories WHERE run_id = $1 AND ticker = $2", run.run_id, verdict.ticker)
+        if exists:
+            continue
+        signals = [s for s in state.get("signals", []) if s.ticker == verdict.ticker]
+        proposal = proposals.get(verdict.ticker) if verdict.ticker in trades else None
+        horizon = proposal.dte if proposal else max((s.horizon_days for s in signals), default=5)
+        await deps.memory.add(
+            ticker=verdict.ticker, regime=state["context"].regime, as_of=run.as_of, signals=signals,
+            thesis=verdict.rationale, trade=proposal, horizon_days=horizon, run_id=run.run_id,
+        )
+    return {}

@@ -1,0 +1,29 @@
+"""Attach outcomes to situations whose horizon has passed: the underlying's return over the
+horizon (from the provider, as of the horizon's end — never a later price) and, when the trade
+was filled, its P&L from the journal; then a short reflection."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from memory.reflect import reflection_for
+from memory.store import MemoryStore
+from tools.providers.base import MarketDataProvider
+
+
+async def attach_due_outcomes(store: MemoryStore, provider: MarketDataProvider, now: datetime) -> list[int]:
+    attached = []
+    for memory in await store.due_for_outcome(now):
+        horizon_end = memory.as_of + timedelta(days=memory.horizon_days)
+        start = provider.snapshot([memory.ticker], memory.as_of).tickers.get(memory.ticker)
+        end = provider.snapshot([memory.ticker], horizon_end).tickers.get(memory.ticker)
+        if start is None or end is None:
+            continue  # the provider no longer knows the name: leave it for a human
+        outcome = {"underlying_return": end.spot / start.spot - 1.0}
+        pnl = await store.pool.fetchval(
+            """SELECT sum(-j.price * j.quantity * 100 - j.commission) FROM trade_journal j
+               WHERE j.run_id = $1 AND j.ticker = $2""", memory.run_id, memory.ticker)
+        if pnl is not None and memory.trade:
+            outcome["entry_cash_flow"] = float(pnl)  # premium paid (−) or received (+) at entry
+        await store.attach_outcome(memory.id, outcome, reflection_for(memory, outcome), known_at=horizon_end)
+        attached.append(memory.id)
+    return attached
