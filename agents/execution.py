@@ -21,7 +21,7 @@ from brokers.portfolio import portfolio_greeks
 from brokers.quote_source import ProviderQuotes
 from graph.deps import RunDeps
 from graph.schema import SizedTrade, TradeProposal
-from graph.state import DecisionState, Execution
+from graph.state import DecisionState, Execution, MarketContext
 from graph.timing import timed
 from risk.gate import post_trade
 from storage.controls import RiskControls
@@ -56,6 +56,9 @@ def stale_reason(limit: Decimal, fresh_mid: Decimal, tolerance: float, floor: fl
     return None
 
 
+FLATTEN = "flatten_close"  # brokers.flatten's closing orders
+
+
 def sized_from_order(order: OrderRecord) -> SizedTrade:
     proposal = TradeProposal.model_validate(order.proposal)
     return SizedTrade.model_validate({**order.sizing, "proposal": proposal, "contracts": order.quantity,
@@ -77,7 +80,7 @@ async def _record(db, run_id: str, e: Execution) -> None:
     )
 
 
-async def recheck(deps: RunDeps, state: DecisionState, order: OrderRecord, quotes) -> tuple[list[str], Decimal | None]:
+async def recheck(deps: RunDeps, context: MarketContext, order: OrderRecord, quotes) -> tuple[list[str], Decimal | None]:
     """Why `order` must not be sent now (empty: it may be), and the fresh combo mid."""
     fresh_mid, _, missing = fresh_combo_prices(order, quotes)
     if missing:
@@ -86,34 +89,27 @@ async def recheck(deps: RunDeps, state: DecisionState, order: OrderRecord, quote
     stale = stale_reason(order.limit_price, fresh_mid, deps.decision.stale_price_tolerance, deps.decision.stale_price_floor)
     if stale:
         reasons.append(stale)
-    ctx = state["context"]
-    positions = await OrderRepository(deps.db.pool).open_exposures(exclude=order.order_id)
-    reserved = sum((p.max_loss for p in positions), Decimal("0"))
-    account = ctx.account.model_copy(update={"margin_used": ctx.account.margin_used + reserved})
-    [decision] = post_trade([sized_from_order(order)], account, positions, ctx.regime, deps.risk_matrix, ctx.sectors)
-    reasons.extend(f"risk: {v.message}" for v in decision.vetoes)
+    if order.structure != FLATTEN:  # closing risk is never blocked by the limits it relieves
+        positions = await OrderRepository(deps.db.pool).open_exposures(exclude=order.order_id)
+        reserved = sum((p.max_loss for p in positions), Decimal("0"))
+        account = context.account.model_copy(update={"margin_used": context.account.margin_used + reserved})
+        [decision] = post_trade([sized_from_order(order)], account, positions, context.regime, deps.risk_matrix,
+                                context.sectors)
+        reasons.extend(f"risk: {v.message}" for v in decision.vetoes)
     return reasons, fresh_mid
 
 
-@timed("execute_approved")
-async def execute_approved(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
-    deps, run = runtime.context, state["run"]
-    if run.mode != "live" or deps.broker is None:
-        return {"executions": []}
+async def execute_order(deps: RunDeps, context: MarketContext, order_id: str, quotes: ProviderQuotes) -> Execution | None:
+    """Re-check and transmit one order if it is APPROVED (None: nothing to do). Idempotent."""
     repo = OrderRepository(deps.db.pool)
-    quotes = ProviderQuotes(deps.provider, deps.now)
+    order = await repo.get(order_id)
+    if order is None or order.state != OrderState.APPROVED:
+        return None  # rejected, expired, or already transmitted by an earlier attempt
     halt = await RiskControls(deps.db.pool).state()
-    executions: list[Execution] = []
-    for staged in state.get("staged", []):
-        order = await repo.get(staged.order_id)
-        if order is None or order.state != OrderState.APPROVED:
-            continue  # rejected, expired, or already transmitted by an earlier attempt
-        if halt.halted:
-            e = Execution(order_id=order.order_id, outcome="held", reasons=[f"trading halted: {halt.reason}"])
-            await _record(deps.db, run.run_id, e)
-            executions.append(e)
-            continue
-        reasons, fresh_mid = await recheck(deps, state, order, quotes)
+    if halt.halted:
+        e = Execution(order_id=order.order_id, outcome="held", reasons=[f"trading halted: {halt.reason}"])
+    else:
+        reasons, fresh_mid = await recheck(deps, context, order, quotes)
         if reasons:
             await repo.transition(order.order_id, OrderState.REJECTED, actor="recheck", reason="; ".join(reasons))
             e = Execution(order_id=order.order_id, outcome="refused", reasons=reasons,
@@ -123,11 +119,24 @@ async def execute_approved(state: DecisionState, runtime: Runtime[RunDeps]) -> d
             pre = portfolio_greeks(await deps.broker.positions(), quotes, spx_price=spx, betas=_betas(quotes, order))
             broker_order_id = await deps.broker.place(ComboOrder.from_record(order))
             fills = await walk_limit(deps, order, quotes)
-            await _journal(deps, state, order, fills, quotes, pre, spx)
+            await _journal(deps, context, order, fills, quotes, pre, spx)
             e = Execution(order_id=order.order_id, outcome="transmitted", fresh_mid=float(fresh_mid),
                           broker_order_id=broker_order_id, filled_quantity=sum(f.quantity for f in fills))
-        await _record(deps.db, run.run_id, e)
-        executions.append(e)
+    await _record(deps.db, order.run_id, e)
+    return e
+
+
+@timed("execute_approved")
+async def execute_approved(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
+    deps, run = runtime.context, state["run"]
+    if run.mode != "live" or deps.broker is None:
+        return {"executions": []}
+    quotes = ProviderQuotes(deps.provider, deps.now)
+    executions = []
+    for staged in state.get("staged", []):
+        e = await execute_order(deps, state["context"], staged.order_id, quotes)
+        if e is not None:
+            executions.append(e)
     return {"executions": executions}
 
 
@@ -173,11 +182,10 @@ def _betas(quotes: ProviderQuotes, order: OrderRecord) -> dict[str, float]:
     return {order.ticker: data.beta} if data is not None else {}
 
 
-async def _journal(deps: RunDeps, state: DecisionState, order: OrderRecord, fills, quotes, pre, spx: float) -> None:
+async def _journal(deps: RunDeps, ctx: MarketContext, order: OrderRecord, fills, quotes, pre, spx: float) -> None:
     """Journal each fill with the market context and the book's Greeks before and after."""
     if not fills:
         return
-    ctx = state["context"]
     data = quotes.ticker_data(order.ticker)
     post = portfolio_greeks(await deps.broker.positions(), quotes, spx_price=spx, betas=_betas(quotes, order))
     journal = Journal(deps.db.pool)

@@ -7,6 +7,7 @@ from its last checkpoint; a completed run is never executed again.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from graph.deps import MarketCache, RunDeps
 from graph.graph import build_graph
 from graph.schema import AccountState, Position
 from graph.state import RunInfo
-from storage.database import Database, LockBusy
+from storage.database import CONNECTION_ERRORS, Database, DatabaseUnavailable, LockBusy, is_connection_error
 from storage.orders import OrderRecord, OrderRepository
 from storage.runs import RunRecord, RunRepository
 from tools.chain import NEW_YORK
@@ -175,7 +176,11 @@ async def _advance(app, runs: RunRepository, graph_input, thread, deps: RunDeps,
             (t.node, t.ticker, t.started_at, t.duration_ms) for t in final.values.get("node_timings", [])
         ])
     except Exception as exc:
-        await runs.mark_finished(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+        if is_connection_error(exc):
+            exc = DatabaseUnavailable(f"the database connection was lost mid-run ({type(exc).__name__}: {exc}); "
+                                      "the run resumes from its last checkpoint when run again")
+        with contextlib.suppress(*CONNECTION_ERRORS):  # with the database gone, there is no row to mark
+            await runs.mark_finished(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
         raise RunFailed(run_id, exc) from exc
     if final.next:
         await runs.set_status(run_id, "awaiting_approval")

@@ -10,17 +10,24 @@ means the order is sent once either way.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable, Literal
 
+from agents.execution import execute_order
+from agents.staging import idempotency_key, order_id_for
+from brokers.flatten import flatten_orders
 from brokers.order_state import OrderState
 from brokers.paper import PaperBroker
 from brokers.quote_source import ProviderQuotes
 from config.settings import Settings, defaults
-from graph.runner import make_deps, resume_run
+from graph.runner import RunBusy, RunFailed, make_deps, resume_run
 from graph.schema import AccountState
+from graph.state import MarketContext
+from risk.regime import classify_regime
+from tools.chain import NEW_YORK
 from service.operations import default_account, jsonable, order_summary
 from storage.controls import RiskControls
 from storage.database import Database, connect, resolve_url
@@ -29,6 +36,9 @@ from storage.orders import OrderRepository
 from storage.runs import RunRepository
 from tools.market_hours import add_market_minutes
 from tools.providers.base import MarketDataProvider
+
+
+log = logging.getLogger(__name__)
 
 
 class ApprovalError(Exception):
@@ -182,10 +192,69 @@ async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resu
         target = OrderState.REJECTED if decision.action == "reject" else OrderState.APPROVED
         why = decision.reason or (f"resized {row['quantity']} -> {quantity}" if decision.action == "resize" else None)
         await repo.transition(order_id, target, actor=decision.approver, reason=why, conn=conn)
-    if resume:
-        await resume_run(ctx.db, row["run_id"], await _deps_for_run(ctx, row["run_id"]),
-                         {"order_id": order_id, "action": decision.action})
-    return await order_review(ctx, order_id)
+    note = None
+    if resume and not await _has_graph(ctx, row["run_id"]):
+        await _execute_directly(ctx, row["run_id"], order_id)
+    elif resume:
+        try:
+            await resume_run(ctx.db, row["run_id"], await _deps_for_run(ctx, row["run_id"]),
+                             {"order_id": order_id, "action": decision.action})
+        except (RunBusy, RunFailed) as exc:
+            # The decision stands (it committed above); `recover_pending` continues the run later.
+            log.warning("decision on %s recorded; its run could not continue now: %s", order_id, exc)
+            note = f"decision recorded; execution will continue later: {exc}"
+    review = await order_review(ctx, order_id)
+    return review | ({"note": note} if note else {})
+
+
+async def _has_graph(ctx: ServiceContext, run_id: str) -> bool:
+    return bool(await ctx.db.pool.fetchval("SELECT 1 FROM checkpoints WHERE thread_id = $1 LIMIT 1", run_id))
+
+
+async def _market_context(ctx: ServiceContext, provider: MarketDataProvider, tickers: list[str]) -> MarketContext:
+    """The account, book and regime now, for orders that did not come from a graph run."""
+    snapshot = provider.snapshot(tickers, ctx.clock())
+    regime = classify_regime(float(snapshot.vix.close[-1]), float(snapshot.vix3m.close[-1]), None)
+    return MarketContext(regime=regime, account=ctx.account,
+                         positions=await OrderRepository(ctx.db.pool).open_exposures(),
+                         sectors={t: d.sector for t, d in snapshot.tickers.items()}, snapshot_sha256="")
+
+
+async def _execute_directly(ctx: ServiceContext, run_id: str, order_id: str) -> None:
+    deps = await _deps_for_run(ctx, run_id)
+    order = await OrderRepository(ctx.db.pool).get(order_id)
+    context = await _market_context(ctx, deps.provider, [order.ticker])
+    await execute_order(deps, context, order_id, ProviderQuotes(deps.provider, ctx.clock))
+    if not await ctx.db.pool.fetchval("SELECT 1 FROM orders WHERE run_id = $1 AND state = 'STAGED'", run_id):
+        await RunRepository(ctx.db.pool).mark_finished(run_id, "completed")
+
+
+async def stage_flatten(ctx: ServiceContext, actor: str, *, with_protection: bool = False) -> list[dict[str, Any]]:
+    """Buy-to-close orders for every short option in the paper account, staged for approval like
+    any other order (a graph-less run named flatten-<time> holds them)."""
+    seed = defaults().seed
+    provider = ctx.provider_factory("simulated", seed)
+    broker = ctx.broker_for(provider)
+    closing = flatten_orders(await broker.positions(), ProviderQuotes(provider, ctx.clock),
+                             with_protection=with_protection)
+    if not closing:
+        return []
+    now = ctx.clock()
+    run_id = f"flatten-{now.astimezone(NEW_YORK):%Y%m%d-%H%M%S}"
+    runs = RunRepository(ctx.db.pool)
+    await runs.create_if_absent(run_id=run_id, slot_key=f"flatten|{now.isoformat()}", watchlist="flatten", as_of=now,
+                                tickers=sorted({c.ticker for c in closing}), seed=seed, provider="simulated",
+                                config=defaults().decision.model_dump(mode="json"))
+    await runs.set_status(run_id, "awaiting_approval")
+    repo, staged = OrderRepository(ctx.db.pool), []
+    for close in closing:
+        trade = close.to_sized_trade(now)
+        key = idempotency_key(run_id, trade.proposal)
+        record, _ = await repo.stage(order_id=order_id_for(key), idempotency_key=key, run_id=run_id, trade=trade,
+                                     sector="unknown", limit_price=close.limit_price,
+                                     requires_acknowledgement=close.quantity > 10, actor=actor, created_at=now)
+        staged.append(order_summary(record))
+    return staged
 
 
 async def expire_due(ctx: ServiceContext) -> list[str]:

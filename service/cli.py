@@ -293,7 +293,7 @@ def _show_trace(run_id: str, step: Optional[int], as_json: bool) -> None:
     if as_json:
         return _print_json(rows)
     table = Table(title=f"Steps of {run_id}")
-    for col in ("step", "node(s)", "tasks", "status", "ms", "node ms", "wrote"):
+    for col in ("step", "node(s)", "tasks", "status", "ms", "node ms (sum of tasks)", "wrote"):
         table.add_column(col)
     for r in rows:
         node_ms = ", ".join(f"{k} {v:.0f}" for k, v in r["node_ms"].items())
@@ -461,6 +461,22 @@ def orders_resize(order_id: str, quantity: int = typer.Option(..., help="Fewer c
     _decide(order_id, Decision("resize", _approver_name(approver), quantity=quantity, acknowledge=acknowledge), as_json)
 
 
+@orders_app.command("flatten")
+def orders_flatten(with_protection: bool = typer.Option(False, help="Close each short with its protecting long."),
+                   actor: Optional[str] = None, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Stage buy-to-close orders for every short option position; they wait for approval."""
+    from service import approvals
+
+    staged = _run_async(_with_service(lambda ctx: approvals.stage_flatten(ctx, _approver_name(actor),
+                                                                            with_protection=with_protection)))
+    if as_json:
+        return _print_json(staged)
+    if not staged:
+        console.print("no short option positions: nothing to flatten")
+    for o in staged:
+        console.print(f"staged {o['order_id']} {o['ticker']} {_legs_text(o['legs'])} ×{o['quantity']} limit {o['limit_price']}")
+
+
 @app.command()
 def journal(limit: int = 50, ticker: Optional[str] = None, as_json: bool = typer.Option(False, "--json")) -> None:
     """Fills with their market context, approver and run; and the latest account snapshots."""
@@ -548,13 +564,35 @@ async def _schedule(once: bool, poll_seconds: float) -> None:
         if once:
             for outcome in await scheduler.tick():
                 console.print(outcome)
+            await _housekeeping(db)
             return
         stop = asyncio.Event()
         console.print(f"scheduler running ({len(config.slots)} slots a session); Ctrl-C to stop")
+
+        async def housekeeping_loop():
+            while not stop.is_set():
+                await _housekeeping(db)
+                await asyncio.sleep(poll_seconds)
+
         try:
-            await scheduler.run_forever(stop, poll_seconds=poll_seconds)
+            await asyncio.gather(scheduler.run_forever(stop, poll_seconds=poll_seconds), housekeeping_loop())
         except asyncio.CancelledError:
             stop.set()
+
+
+async def _housekeeping(db) -> None:
+    """Between slots: expire undecided orders, resume approved-but-unsent ones, attach outcomes."""
+    from memory.outcomes import attach_due_outcomes
+    from memory.store import MemoryStore
+    from service import approvals
+
+    ctx = approvals.ServiceContext(db=db, memory=MemoryStore(db.pool))
+    try:
+        await approvals.expire_due(ctx)
+        await approvals.recover_pending(ctx)
+        await attach_due_outcomes(ctx.memory, _provider(defaults().seed, {}), ctx.clock())
+    except Exception as exc:  # housekeeping must never stop the scheduler
+        console.print(f"[yellow]housekeeping:[/] {type(exc).__name__}: {exc}")
 
 
 @app.command("chain")

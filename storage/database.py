@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import psycopg
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from pgvector.asyncpg import register_vector
 from psycopg.rows import dict_row
@@ -25,6 +26,23 @@ from storage.migrate import apply_migrations
 
 class DatabaseUnavailable(RuntimeError):
     """The database could not be reached or went away."""
+
+
+# What a lost or restarted database looks like from asyncpg and psycopg.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.AdminShutdownError, psycopg.OperationalError, psycopg.InterfaceError,
+)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, CONNECTION_ERRORS):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _json_default(value: Any) -> Any:
@@ -83,7 +101,9 @@ class Database:
             try:
                 yield
             finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                # If the connection died, so did its lock: nothing to release.
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -160,3 +160,26 @@ async def test_a_crash_between_approval_and_transmission_neither_loses_nor_dupli
     assert (await approvals.order_review(ctx, order.order_id))["state"] == "FILLED"
     assert await approvals.recover_pending(ctx) == []  # nothing left: a second recovery sends nothing
     assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 1
+
+
+async def test_flatten_stages_buy_to_close_orders_that_go_through_approval(db):
+    as_of = datetime(2026, 6, 10, 12, 0, tzinfo=NEW_YORK)
+    clock = Clock(as_of)
+    outcome = await run_decision(db, SimulatedMarket(7), watchlist="core", tickers=["AAPL"], as_of=as_of, seed=7, now=clock)
+    [order] = outcome.orders
+    assert order.structure == "bull_put_spread"
+    clock.at = as_of + timedelta(minutes=5)
+    ctx = ServiceContext(db=db, clock=clock)
+    opened = await approvals.decide(ctx, order.order_id, Decision("approve", "alice", acknowledge=True))
+    assert opened["state"] == "FILLED"
+
+    clock.at = as_of + timedelta(minutes=20)
+    staged = await approvals.stage_flatten(ctx, "risk-desk")
+    assert [o["structure"] for o in staged] == ["flatten_close"]
+    assert all(leg["side"] == "buy" and leg["right"] == "P" for leg in staged[0]["legs"])
+    assert staged[0]["state"] == "STAGED"  # staged for approval like any other order: nothing sent yet
+    closed = await approvals.decide(ctx, staged[0]["order_id"], Decision("approve", "alice", acknowledge=True))
+    assert closed["state"] == "FILLED", closed["execution"]
+    broker = ctx.broker_for(SimulatedMarket(7))
+    assert all(p.quantity >= 0 for p in await broker.positions())  # no short option left
+    assert await approvals.stage_flatten(ctx, "risk-desk") == []

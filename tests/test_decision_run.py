@@ -168,3 +168,33 @@ def test_run_ids_are_stable_per_slot():
         request(as_of=datetime(2026, 11, 20, 15, 30))
     with pytest.raises(ValueError):
         request(tickers=[])
+
+
+class ProviderThatLosesTheDatabase(CountingProvider):
+    """The database drops every connection while the first snapshot is being fetched."""
+
+    def __init__(self, url):
+        super().__init__()
+        self.url = url
+
+    def snapshot(self, tickers, as_of):
+        import psycopg
+
+        snapshot = super().snapshot(tickers, as_of)
+        if self.calls == 1:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        return snapshot
+
+
+async def test_a_database_that_goes_away_mid_run_fails_clearly_and_loses_nothing(db):
+    provider = ProviderThatLosesTheDatabase(db.url)
+    with pytest.raises(RunFailed) as info:
+        await execute_run(db, request(), provider, account=default_account())
+    assert "connection" in str(info.value).lower() or "terminat" in str(info.value).lower()
+    # The database is back: the same slot runs again, from its last good checkpoint, once.
+    outcome = await execute_run(db, request(), provider, account=default_account())
+    assert outcome.run.status == "awaiting_approval" and outcome.orders
+    assert await count(db, "SELECT count(*) FROM market_snapshots") == 1
+    assert await count(db, "SELECT count(*) FROM orders") == len(outcome.orders)
