@@ -12,8 +12,9 @@ import math
 
 from langgraph.runtime import Runtime
 
+from agents.analysts import evidence_number
 from graph.deps import RunDeps
-from graph.schema import Signal, SizedTrade, TradeProposal, Verdict
+from graph.schema import SizedTrade, TradeProposal, Verdict
 from graph.state import DecisionState
 from graph.timing import timed
 from risk.kelly import payoff_ratio_for, size_trade
@@ -34,14 +35,6 @@ def view_win_rate(proposal: TradeProposal, verdict: Verdict | None, realized_vol
     return float(pop) if math.isfinite(pop) else fallback
 
 
-def _realized_vol(signals: list[Signal], ticker: str) -> float | None:
-    for s in signals:
-        if s.ticker == ticker and s.source == "vol_surface":
-            value = s.evidence.get("realized_vol_20d")
-            return float(value) if isinstance(value, (int, float)) else None
-    return None
-
-
 @timed("kelly_allocator")
 async def kelly_allocator(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
     deps, ctx = runtime.context, state["context"]
@@ -52,7 +45,8 @@ async def kelly_allocator(state: DecisionState, runtime: Runtime[RunDeps]) -> di
     sized: list[SizedTrade] = []
     for proposal in state.get("proposals", []):
         win_rate = view_win_rate(proposal, verdicts.get(proposal.ticker),
-                                 _realized_vol(state.get("signals", []), proposal.ticker),
+                                 evidence_number(state.get("signals", []), proposal.ticker, "vol_surface",
+                                                 "realized_vol_20d"),
                                  deps.decision.kelly_prior_win_rate)
         sized.append(size_trade(
             proposal, ctx.account, ctx.regime, deps.risk_matrix, deps.decision,

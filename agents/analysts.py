@@ -88,6 +88,15 @@ def surface_evidence(analysis: ChainAnalysis) -> tuple[dict, list[str]]:
     return evidence, quality
 
 
+def evidence_number(signals: list[Signal], ticker: str, source: str, key: str) -> float | None:
+    """One number from an analyst's evidence for a ticker (None when absent or not a number)."""
+    for s in signals:
+        if s.ticker == ticker and s.source == source:
+            value = s.evidence.get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return None
+
+
 # --------------------------------------------------------------------------- judgements
 
 

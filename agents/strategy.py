@@ -8,19 +8,11 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from agents.analysts import chain_iv
+from agents.analysts import chain_iv, evidence_number
 from agents.selector import build_proposal, choose_structure_with_reason
 from graph.deps import RunDeps
 from graph.state import DecisionState
 from graph.timing import timed
-
-
-def _iv_rank(state: DecisionState, ticker: str) -> float | None:
-    for s in state.get("signals", []):
-        if s.ticker == ticker and s.source == "vol_surface":
-            rank = s.evidence.get("iv_rank")
-            return float(rank) if isinstance(rank, (int, float)) else None
-    return None
 
 
 @timed("strategy_selector")
@@ -33,7 +25,8 @@ async def strategy_selector(state: DecisionState, runtime: Runtime[RunDeps]) -> 
         if verdict.ticker not in approved:
             continue
         choice = choose_structure_with_reason(verdict.price_view, verdict.vol_view, ctx.regime.name,
-                                              _iv_rank(state, verdict.ticker))
+                                              evidence_number(state.get("signals", []), verdict.ticker,
+                                                              "vol_surface", "iv_rank"))
         if choice.structure is None:
             rejected[verdict.ticker] = choice.reason
             continue

@@ -88,3 +88,20 @@ def test_approve_from_the_command_line_then_journal_and_kill_switch(cli_env):
     assert json.loads(invoke(cli_env, "risk", "status", "--json"))["halted"] is True
     invoke(cli_env, "risk", "resume")
     assert json.loads(invoke(cli_env, "risk", "status", "--json"))["halted"] is False
+
+
+def test_chain_command_analyses_a_real_cboe_file(shared_data):
+    runner = CliRunner()
+    path = shared_data / "cboe" / "spy_quotedata_2023-09-14.csv"
+    data = json.loads(invoke(runner, "chain", str(path), "--json"))
+    assert data["underlying"] == "SPY" and data["spot"] == pytest.approx(450.81)
+    fitted = [e for e in data["slices"] if e["fitted"]]
+    assert len(fitted) >= 25 and all(e["rmse_vol_points"] < 1.5 and e["butterfly_ok"] for e in fitted)
+    assert all(e["risk_reversal_25d"] is None or e["risk_reversal_25d"] < 0.02 for e in fitted)  # equity skew
+    assert abs(data["flow"]["zero_gamma_level"] / data["spot"] - 1) < 0.10
+    assert data["flow"]["put_call_open_interest_ratio"] > 1 and data["flow"]["max_pain"]
+    assert sum(data["quote_rejections"].values()) > 0  # the file's zero bids are counted, not fitted
+    table = invoke(runner, "chain", str(path))
+    assert "SPY" in table
+    bad = runner.invoke(app, ["chain", str(shared_data / "history" / "SPY_close_2015.csv")])
+    assert bad.exit_code == 2 and "error" in bad.output
