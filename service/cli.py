@@ -154,7 +154,8 @@ async def _run(provider, tickers, when, seed, watchlist, quiet: bool):
 
 def _render_outcome(outcome) -> None:
     run, state = outcome.run, outcome.state
-    status = "already completed — nothing added" if not outcome.executed else ("resumed and completed" if outcome.resumed else "completed")
+    done = f"{'resumed; ' if outcome.resumed else ''}{run.status.replace('_', ' ')}"
+    status = f"already run ({run.status.replace('_', ' ')}) — nothing added" if not outcome.executed else done
     console.print(f"\n[bold]run[/] {run.run_id}  as of {run.as_of.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z}  [green]{status}[/]")
     ctx = state.get("context")
     if ctx is not None:
@@ -190,6 +191,9 @@ def _render_outcome(outcome) -> None:
         verdicts.add_row(v.ticker, v.price_view, v.vol_view, f"{v.confidence:.2f}", gate, what)
     console.print(verdicts)
     _render_orders(outcome.orders, title="Staged orders")
+    if any(o.state == "STAGED" for o in outcome.orders):
+        console.print("review with [bold]hedgegraph orders show ORDER[/]; decide with "
+                      "[bold]hedgegraph orders approve|reject|resize ORDER[/]")
 
 
 def _render_orders(orders, title: str) -> None:

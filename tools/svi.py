@@ -55,6 +55,8 @@ _SEARCH_MAX_POINTS = 64
 # real smiles the optimum usually sits on the no-arbitrage boundary, where a long search creeps
 # along a kink; restarts move faster and, on the SPX chain, end lower.
 _MAX_SEARCH_ITERATIONS = 8
+# Local searches per expiry, each from one of the best coarse cells.
+_SEARCH_STARTS = 3
 _SEARCH_RESTARTS = 3
 _MAX_POLISH_ITERATIONS = 2
 # A local search stops once its objective gained less than this (relative) over that many steps.
@@ -525,9 +527,17 @@ def fit_svi_many(slices: Sequence[SmileData]) -> list[SVIFit]:
     ls = np.tile(grid_ls, (1, _COARSE_M_POINTS))
     rows = np.arange(n_exp)
     obj = _coarse_objective(coarse_batch, mm, np.exp(ls))
-    i = np.argmin(obj, axis=1)
-    start = np.stack([mm[rows, i], ls[rows, i]], axis=1)
-    start_ok = np.isfinite(obj[rows, i])
+    # Nearly parabolic smiles (sigma comparable to the quoted span) leave several coarse cells
+    # almost equally good, in different basins: search from the best few (all expiries at once,
+    # as one batch), keep the best result per expiry.
+    n_starts = min(_SEARCH_STARTS, obj.shape[1])
+    best_cells = np.argsort(obj, axis=1)[:, :n_starts]  # (E, S)
+    cell = best_cells.T.reshape(-1)  # start s of expiry e at s * E + e
+    rep = np.tile(rows, n_starts)
+    start = np.stack([mm[rep, cell], ls[rep, cell]], axis=1)
+    start_ok = np.isfinite(obj[rep, cell])
+    if n_starts > 1:
+        search_batch, _ = _make_batch([_thin(cleaned[i], _SEARCH_MAX_POINTS) for _ in range(n_starts) for i in todo])
     step = 0.5 * np.stack([spans * (frac_m[1] - frac_m[0]), np.full(n_exp, frac_s[1] - frac_s[0])], axis=1)
     tol = np.stack([1e-5 * spans, np.full(n_exp, 1e-5)], axis=1)
     ls_floor = np.log(_SIGMA_FLOOR_FRACTION * spans)
@@ -535,14 +545,18 @@ def fit_svi_many(slices: Sequence[SmileData]) -> list[SVIFit]:
     # lies): restart it from its best point with the initial stencil until a restart gains
     # nothing.
     searching = start_ok.copy()
-    search_obj = np.full(n_exp, np.inf)
+    search_obj = np.full(n_exp * n_starts, np.inf)
     for _ in range(_SEARCH_RESTARTS):
-        obj, _, found = _local_search(search_batch, start, searching, step, tol, ls_floor, _MAX_SEARCH_ITERATIONS)
-        improved = searching & (obj < search_obj * (1.0 - _STALL_RELATIVE_GAIN))
-        start[improved], search_obj[improved] = found[improved], obj[improved]
+        found_obj, _, found = _local_search(search_batch, start, searching, np.tile(step, (n_starts, 1)),
+                                            np.tile(tol, (n_starts, 1)), np.tile(ls_floor, n_starts),
+                                            _MAX_SEARCH_ITERATIONS)
+        improved = searching & (found_obj < search_obj * (1.0 - _STALL_RELATIVE_GAIN))
+        start[improved], search_obj[improved] = found[improved], found_obj[improved]
         searching = improved
         if not searching.any():
             break
+    pick = np.argmin(search_obj.reshape(n_starts, n_exp), axis=0) * n_exp + rows  # best start per expiry
+    start, start_ok = start[pick], start_ok[pick]
     best_obj, best_acd, best_pt = _local_search(
         batch, start, start_ok, np.maximum(16.0 * tol, 0.01 * step), tol, ls_floor, _MAX_POLISH_ITERATIONS)
 
