@@ -141,8 +141,10 @@ async def execute_run(
                     tickers=list(record.tickers), seed=record.seed, provider=record.provider, mode=record.mode,
                 )
                 await _advance(app, runs, {"run": info}, thread, deps, on_node)
-            elif checkpoint.next:
-                await _advance(app, runs, None, thread, deps, on_node)  # continue from the last checkpoint
+            elif checkpoint.next or checkpoint.tasks:
+                # Not at the end: continue from the last checkpoint. (A step whose tasks all wrote
+                # but whose next checkpoint was never saved shows no `next`, only its tasks.)
+                await _advance(app, runs, None, thread, deps, on_node)
             else:
                 await runs.mark_finished(run_id, "completed")
             return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=resumed)
@@ -158,7 +160,8 @@ async def resume_run(db: Database, run_id: str, deps: RunDeps, resume: Any, wait
     thread = {"configurable": {"thread_id": run_id}}
     try:
         async with db.advisory_lock(f"run:{run_id}", wait_seconds=wait_seconds):
-            if not (await app.aget_state(thread)).next:
+            paused = await app.aget_state(thread)
+            if not paused.next and not paused.tasks:  # the run already ended: nothing to resume
                 return await _outcome(runs, orders, app, thread, run_id, executed=False, resumed=False)
             await _advance(app, runs, Command(resume=resume), thread, deps, None)
             return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=True)
