@@ -38,7 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from brokers.order_state import OrderState
@@ -283,17 +283,20 @@ class ApproveIn(BaseModel):
         default=False, description="Required true to approve an order of more than 10 contracts.")
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("reason must not be blank")
+    return value.strip()
+
+
+# A recorded reason: 1..2000 characters, not only whitespace, stored stripped.
+Reason = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_not_blank)]
+
+
 class RejectIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    reason: str = Field(min_length=1, max_length=2000, description="Why the order is rejected (recorded).")
-
-    @field_validator("reason")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("reason must not be blank")
-        return value.strip()
+    reason: Reason = Field(description="Why the order is rejected (recorded).")
 
 
 class ResizeIn(BaseModel):
@@ -317,14 +320,7 @@ class ResizeIn(BaseModel):
 class HaltIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    reason: str = Field(min_length=1, max_length=2000)
-
-    @field_validator("reason")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("reason must not be blank")
-        return value.strip()
+    reason: Reason
 
 
 # ---------------------------------------------------------------------------------------------
