@@ -19,6 +19,9 @@ Conventions of the proposal (see also graph/schema.py)
   per calendar DAY (tools/pricing's theta / 365). Proposal Greeks are sign * ratio sums of them.
 * `probability_of_profit` is risk-neutral, lognormal with the expiry's ATM implied vol
   (interpolated at the forward from out-of-the-money IVs), exact over the breakeven intervals.
+* A long call's profit is unbounded, which `TradeProposal.max_profit` (a finite Decimal) cannot
+  carry: its `max_profit` is the expiry P&L at the +3 standard deviation price
+  F * exp(3 * atm_vol * sqrt(t)) (cents), and the proposal's rationale says so.
 """
 from __future__ import annotations
 
@@ -45,9 +48,19 @@ DTE_WINDOW = (21, 60)
 # A leg chosen by delta must land within this absolute distance of the target |delta|.
 DELTA_TOLERANCE = 0.10
 
-CREDIT_STRUCTURES = ("bull_put_spread", "bear_call_spread", "iron_condor")
-DEBIT_STRUCTURES = ("bull_call_spread", "bear_put_spread")
+# IV rank thresholds of the extreme cells: an iron fly sells more premium than a condor (short
+# ATM straddle) and only pays with very rich vol; a naked long option only with very cheap vol.
+IRON_FLY_MIN_IV_RANK = 0.75
+LONG_OPTION_MAX_IV_RANK = 0.15
+# A long call's displayed max profit: its P&L at the forward moved up this many standard deviations.
+LONG_CALL_PROFIT_CAP_SD = 3.0
+
+CREDIT_STRUCTURES = ("bull_put_spread", "bear_call_spread", "iron_condor", "iron_fly")
+DEBIT_STRUCTURES = ("bull_call_spread", "bear_put_spread", "call_butterfly", "put_butterfly",
+                    "long_call", "long_put")
 SUPPORTED_STRUCTURES = CREDIT_STRUCTURES + DEBIT_STRUCTURES
+BUTTERFLIES = ("call_butterfly", "put_butterfly")
+LONG_OPTIONS = ("long_call", "long_put")
 
 _PRICE_VIEWS = ("bullish", "bearish", "neutral", "inconclusive")
 _VOL_VIEWS = ("rich", "cheap", "neutral")
@@ -90,11 +103,18 @@ def choose_structure_with_reason(
     why_vol = f"vol view {vol_view}" + (f", IV rank {iv_rank:.2f}" if iv_rank is not None else "")
     if price_view == "inconclusive":
         return StructureChoice(None, "verdict inconclusive: no trade")
+    # Long premium needs the debate to call vol cheap AND the IV rank to confirm it; a low rank
+    # alone (vol view "neutral") keeps the defined-risk debit spread.
+    very_cheap = vol_view == "cheap" and iv_rank is not None and iv_rank <= LONG_OPTION_MAX_IV_RANK
     if price_view == "bullish":
+        if very_cheap:
+            return StructureChoice("long_call", f"bullish and very cheap vol ({why_vol}): buy a call")
         if stance == "rich":
             return StructureChoice("bull_put_spread", f"bullish and rich vol ({why_vol}): sell a put spread")
         return StructureChoice("bull_call_spread", f"bullish, vol not rich ({why_vol}): buy a call spread")
     if price_view == "bearish":
+        if very_cheap:
+            return StructureChoice("long_put", f"bearish and very cheap vol ({why_vol}): buy a put")
         if stance == "rich":
             return StructureChoice("bear_call_spread", f"bearish and rich vol ({why_vol}): sell a call spread")
         return StructureChoice("bear_put_spread", f"bearish, vol not rich ({why_vol}): buy a put spread")
@@ -103,6 +123,8 @@ def choose_structure_with_reason(
         return StructureChoice(None, f"neutral price view without rich vol ({why_vol}): no edge")
     if regime_name == "crisis":
         return StructureChoice(None, "neutral and rich vol, but regime is crisis: no short-vol condor")
+    if iv_rank is not None and iv_rank >= IRON_FLY_MIN_IV_RANK and regime_name != "high_vol":
+        return StructureChoice("iron_fly", f"neutral and very rich vol ({why_vol}), calm regime: sell an iron fly")
     return StructureChoice("iron_condor", f"neutral and rich vol ({why_vol}): sell an iron condor")
 
 
@@ -112,17 +134,24 @@ def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: 
     `iv_rank` is a fraction in [0, 1] or None. The explicit `vol_view` wins; IV rank only turns
     a "neutral" vol view into rich (>= 0.50) or cheap (<= 0.25).
 
-    | price view    | vol rich          | vol cheap        | vol neutral      |
-    |---------------|-------------------|------------------|------------------|
-    | bullish       | bull_put_spread   | bull_call_spread | bull_call_spread |
-    | bearish       | bear_call_spread  | bear_put_spread  | bear_put_spread  |
-    | neutral       | iron_condor *     | None             | None             |
-    | inconclusive  | None              | None             | None             |
+    | price view    | vol rich              | vol cheap              | vol neutral      |
+    |---------------|-----------------------|------------------------|------------------|
+    | bullish       | bull_put_spread       | bull_call_spread (1)   | bull_call_spread |
+    | bearish       | bear_call_spread      | bear_put_spread (1)    | bear_put_spread  |
+    | neutral       | iron_condor (2)(3)    | None                   | None             |
+    | inconclusive  | None                  | None                   | None             |
 
-    * None when the regime is "crisis" (no short-vol range trade into a crisis).
+    (1) long_call / long_put instead when the vol view is explicitly "cheap" AND IV rank
+        <= 0.15 (LONG_OPTION_MAX_IV_RANK): premium is cheap enough to own outright. A merely low
+        IV rank under a "neutral" vol view keeps the debit spread.
+    (2) None when the regime is "crisis" (no short-vol range trade into a crisis).
+    (3) iron_fly instead when IV rank >= 0.75 (IRON_FLY_MIN_IV_RANK) and the regime is
+        "low_vol" or "neutral": the short ATM straddle collects more premium than the condor's
+        OTM shorts, worth its narrower profit zone only when vol is very rich and the market calm.
+        (Rich vol here is the stance: explicit "rich", or "neutral" made rich by the rank.)
     Credit spreads sell rich premium; with vol cheap or without a vol edge the direction is
-    expressed with a defined-risk debit spread. Unknown view / regime names or an IV rank
-    outside [0, 1] raise ValueError.
+    expressed with a defined-risk debit spread. Butterflies are built by `build_proposal` but
+    never chosen here. Unknown view / regime names or an IV rank outside [0, 1] raise ValueError.
     """
     return choose_structure_with_reason(price_view, vol_view, regime_name, iv_rank).structure
 

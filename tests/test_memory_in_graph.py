@@ -9,7 +9,7 @@ from memory.outcomes import attach_due_outcomes
 from memory.recall import RunMemory
 from memory.store import MemoryStore
 from service import approvals
-from service.approvals import Decision, ServiceContext
+from service.approvals import Decision
 from tests.test_approvals import AS_OF, stage
 from tools.providers.simulated import SimulatedMarket
 

@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
-import yaml
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 

@@ -1,7 +1,6 @@
 """Storage against the real embedded Postgres: migrations, locks, redaction, a database that is gone."""
 from __future__ import annotations
 
-import asyncpg
 import pytest
 
 from storage.database import DatabaseUnavailable, LockBusy, connect

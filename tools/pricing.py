@@ -334,8 +334,7 @@ def bsm_greeks(spot, strike, t, rate, div_yield, vol, is_call) -> Greeks:
     df_r = np.exp(-rate * t_l)
     df_q = np.exp(-div_yield * t_l)
     forward = spot * df_q / df_r
-    undisc, d1, d2, sd = _undiscounted_black(forward, strike, t_l, v_l, is_call)
-    value = df_r * undisc
+    _, d1, d2, sd = _undiscounted_black(forward, strike, t_l, v_l, is_call)
     pdf1 = _pdf(d1)
     sqrt_t = np.sqrt(t_l)
     n_d1 = np.where(is_call, ndtr(d1), -ndtr(-d1))
