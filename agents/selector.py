@@ -268,6 +268,22 @@ def _wing_position(sl: _Slice, anchor: int, is_call: bool, steps: int, anchor_se
     return wing
 
 
+def _require_iv(sl: _Slice, pos: int, label: str, role: str) -> None:
+    if not np.isfinite(sl.delta[pos]):
+        raise _Reject("nan_iv", f"no usable implied vol for the {label} {role} at {sl.strikes[pos]:g}")
+
+
+def _offset_position(sl: _Slice, pos: int, offset: int, label: str) -> int:
+    """The slice position `offset` listed strikes from `pos` (negative: lower strikes)."""
+    wing = pos + offset
+    if not 0 <= wing < len(sl.strikes):
+        raise _Reject("no_wing_strike",
+                      f"no {label} strike {abs(offset)} steps {'above' if offset > 0 else 'below'} "
+                      f"{sl.strikes[pos]:g} (edge of the listed strikes)")
+    _require_iv(sl, wing, label, "wing")
+    return wing
+
+
 def _liquidity_problem(chain: OptionChain, row: int, side: str, config: DecisionConfig) -> str | None:
     bid, ask, oi = chain.bid[row], chain.ask[row], chain.open_interest[row]
     if not (np.isfinite(bid) and np.isfinite(ask)) or bid < 0 or ask <= 0 or ask < bid:
@@ -287,7 +303,7 @@ DAYS_PER_YEAR = 365.0  # theta per year of calendar time -> per day
 
 
 def _make_leg(chain: OptionChain, iv: np.ndarray, t: float, row: int, side: str,
-              config: DecisionConfig) -> OptionLeg:
+              config: DecisionConfig, ratio: int = 1) -> OptionLeg:
     right = "C" if chain.is_call[row] else "P"
     problem = _liquidity_problem(chain, row, side, config)
     if problem:
@@ -302,7 +318,7 @@ def _make_leg(chain: OptionChain, iv: np.ndarray, t: float, row: int, side: str,
         strike=_strike(chain.strike[row]),
         right=right,
         side=side,
-        ratio=1,
+        ratio=ratio,
         bid=bid,
         ask=ask,
         mid=((bid + ask) / 2).quantize(CENT, rounding=ROUND_HALF_EVEN),
@@ -347,7 +363,63 @@ def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.dat
                 first_rejection = first_rejection or rejected
         raise first_rejection
 
-    if structure == "bull_put_spread":
+    def long_option(is_call: bool) -> list[OptionLeg]:
+        """One long option at |delta| `long_delta`; nearest-delta liquid strike wins, as above."""
+        sl = _slice(chain, iv, expiry, t, is_call)
+        first_rejection = None
+        for anchor in _anchor_candidates(sl, config.long_delta, "call" if is_call else "put"):
+            try:
+                return [_make_leg(chain, iv, t, int(sl.rows[anchor]), "buy", config)]
+            except _Reject as rejected:
+                first_rejection = first_rejection or rejected
+        raise first_rejection
+
+    forward = chain.spot * math.exp((chain.rate - chain.dividend_yield) * t)
+
+    def butterfly(is_call: bool) -> list[OptionLeg]:
+        """Long 1 / short 2 / long 1 of one right, body at the listed strike nearest the forward."""
+        sl = _slice(chain, iv, expiry, t, is_call)
+        label = "call" if is_call else "put"
+        if len(sl.strikes) == 0:
+            raise _Reject("nan_iv", f"no {label} strikes listed at {expiry}")
+        body = int(np.argmin(np.abs(sl.strikes - forward)))
+        _require_iv(sl, body, label, "body")
+        low = _offset_position(sl, body, -steps, label)
+        high = _offset_position(sl, body, +steps, label)
+        return [_make_leg(chain, iv, t, int(sl.rows[low]), "buy", config),
+                _make_leg(chain, iv, t, int(sl.rows[body]), "sell", config, ratio=2),
+                _make_leg(chain, iv, t, int(sl.rows[high]), "buy", config)]
+
+    def iron_fly() -> list[OptionLeg]:
+        """Short call and put at the common listed strike nearest the forward, long wings out."""
+        calls = _slice(chain, iv, expiry, t, True)
+        puts = _slice(chain, iv, expiry, t, False)
+        common = np.intersect1d(calls.strikes, puts.strikes)
+        if len(common) == 0:
+            raise _Reject("nan_iv", f"no strike listed with both a call and a put at {expiry}")
+        body = common[int(np.argmin(np.abs(common - forward)))]
+        c_body = int(np.searchsorted(calls.strikes, body))
+        p_body = int(np.searchsorted(puts.strikes, body))
+        _require_iv(calls, c_body, "call", "body")
+        _require_iv(puts, p_body, "put", "body")
+        p_wing = _offset_position(puts, p_body, -steps, "put")
+        c_wing = _offset_position(calls, c_body, +steps, "call")
+        return [_make_leg(chain, iv, t, int(puts.rows[p_wing]), "buy", config),
+                _make_leg(chain, iv, t, int(puts.rows[p_body]), "sell", config),
+                _make_leg(chain, iv, t, int(calls.rows[c_body]), "sell", config),
+                _make_leg(chain, iv, t, int(calls.rows[c_wing]), "buy", config)]
+
+    if structure == "long_call":
+        legs = long_option(is_call=True)
+    elif structure == "long_put":
+        legs = long_option(is_call=False)
+    elif structure == "call_butterfly":
+        legs = butterfly(is_call=True)
+    elif structure == "put_butterfly":
+        legs = butterfly(is_call=False)
+    elif structure == "iron_fly":
+        legs = iron_fly()
+    elif structure == "bull_put_spread":
         legs = vertical(is_call=False, anchor_sells=True)
     elif structure == "bear_call_spread":
         legs = vertical(is_call=True, anchor_sells=True)
@@ -374,7 +446,18 @@ def _widest_vertical(legs: list[OptionLeg]) -> Decimal:
     return max(widths)
 
 
-def _check_premium(structure: str, net_debit: Decimal, width: Decimal) -> None:
+def _butterfly_width(legs: list[OptionLeg]) -> Decimal:
+    """The narrower wing of a 1/2/1 butterfly (legs sorted by strike): the most it can pay."""
+    low, body, high = (leg.strike for leg in legs)
+    return min(body - low, high - body)
+
+
+def _check_premium(structure: str, net_debit: Decimal, legs: list[OptionLeg]) -> None:
+    if structure in LONG_OPTIONS:
+        if net_debit <= 0:
+            raise _Reject("no_debit", f"{structure} would not cost a debit at mid (net debit {net_debit}): bad quotes")
+        return
+    width = _butterfly_width(legs) if structure in BUTTERFLIES else _widest_vertical(legs)
     if structure in CREDIT_STRUCTURES:
         if net_debit >= 0:
             raise _Reject("no_credit", f"{structure} would not collect a credit at mid (net debit {net_debit})")
@@ -385,6 +468,21 @@ def _check_premium(structure: str, net_debit: Decimal, width: Decimal) -> None:
             raise _Reject("no_debit", f"{structure} would not cost a debit at mid (net debit {net_debit}): bad quotes")
         if net_debit >= width:
             raise _Reject("debit_exceeds_width", f"debit {net_debit} is not below the width {width}: no profit possible")
+
+
+def _capped_long_call_profit(leg: OptionLeg, net_debit: Decimal, chain: OptionChain, t: float,
+                             atm_vol: float, multiplier: int) -> tuple[Decimal, Decimal]:
+    """(dollars per unit, cap price): a long call's expiry P&L at F * exp(3 * atm_vol * sqrt(t)).
+
+    The true max profit is unbounded; this is the honest finite figure a finite Decimal field can
+    carry. The cap price is rounded to cents, so the dollars are exact for that price.
+    """
+    forward = chain.spot * math.exp((chain.rate - chain.dividend_yield) * t)
+    cap_price = _cents(forward * math.exp(LONG_CALL_PROFIT_CAP_SD * atm_vol * math.sqrt(t)))
+    profit = (max(cap_price - leg.strike, Decimal(0)) * leg.ratio - net_debit) * multiplier
+    if profit <= 0:
+        raise _Reject("bad_analytics", f"long call {leg.strike} cannot profit by the +3 SD price {cap_price}")
+    return profit, cap_price
 
 
 def build_proposal(
@@ -409,7 +507,20 @@ def build_proposal(
       >= `min_open_interest`, and a positive bid on legs we sell. Anchor strikes within the
       delta tolerance are tried nearest-delta first, so an illiquid strike gives way to the
       next-best liquid one; if none works, the nearest strike's problem is the reason.
-    * Credit structures need 0 < credit < width; debit structures 0 < debit < width.
+    * Iron fly: short call and short put at the listed strike (common to both rights) nearest
+      the forward F = spot * exp((rate - div) * t), long put and long call `wing_width_steps`
+      listed strikes below / above it.
+    * Butterflies (`call_butterfly`, `put_butterfly`): long 1 / short 2 / long 1 of one right;
+      the body (ratio 2) at the listed strike nearest F, wings `wing_width_steps` listed strikes
+      either side. Only the nearest strike is tried for an ATM body (the next one is not ATM).
+    * `long_call` / `long_put`: one bought option at |delta| `config.long_delta`, nearest-delta
+      liquid strike first, like a debit spread's anchor.
+    * Credit structures need 0 < credit < width (widest vertical); verticals and butterflies
+      0 < debit < width (a butterfly's narrower wing); long options a debit > 0.
+    * max profit / loss are exact from the expiry payoff, except the unbounded profit of a long
+      call: it is reported at the +3 standard deviation price F * exp(3 * atm_vol * sqrt(t))
+      (LONG_CALL_PROFIT_CAP_SD) and a note is appended to the rationale. A long put's max
+      profit (strike - debit, at S = 0) is exact.
 
     `iv` holds one implied vol per chain row (decimal), NaN where undefined; a length mismatch
     raises ValueError (a caller bug). Every market-side problem returns a `ProposalResult`
@@ -432,14 +543,19 @@ def build_proposal(
 
         net_debit = sum((leg.sign * leg.ratio * leg.mid for leg in legs), Decimal(0))
         natural = sum((leg.sign * leg.ratio * (leg.ask if leg.side == "buy" else leg.bid) for leg in legs), Decimal(0))
-        _check_premium(structure, net_debit, _widest_vertical(legs))
+        _check_premium(structure, net_debit, legs)
 
-        extremes = max_profit_loss(legs, net_debit).dollars(multiplier)
-        if extremes.profit_unbounded or extremes.loss_unbounded:
-            raise _Reject("bad_analytics", f"{structure} came out with unbounded profit or loss")
         atm_vol = _atm_vol(chain, iv, expiry, t)
         if not math.isfinite(atm_vol):
             raise _Reject("nan_iv", f"no out-of-the-money implied vol to read the ATM vol of {expiry}")
+        extremes = max_profit_loss(legs, net_debit).dollars(multiplier)
+        max_profit = extremes.max_profit
+        if extremes.profit_unbounded and structure == "long_call":
+            max_profit, cap_price = _capped_long_call_profit(legs[0], net_debit, chain, t, atm_vol, multiplier)
+            rationale = (f"{rationale}; " if rationale else "") + (
+                f"max profit unbounded, shown at the +{LONG_CALL_PROFIT_CAP_SD:g} SD price {cap_price}")
+        elif extremes.profit_unbounded or extremes.loss_unbounded:
+            raise _Reject("bad_analytics", f"{structure} came out with unbounded profit or loss")
         pop = probability_of_profit(legs, net_debit, chain.spot, t, atm_vol, chain.rate, chain.dividend_yield)
         greeks = net_greeks(legs)
         if not all(math.isfinite(x) for x in (pop, greeks.delta, greeks.gamma, greeks.vega, greeks.theta)):
@@ -451,7 +567,7 @@ def build_proposal(
             underlying_price=float(chain.spot),
             net_debit=net_debit,
             natural_debit=natural,
-            max_profit=extremes.max_profit,
+            max_profit=max_profit,
             max_loss=extremes.max_loss,
             breakevens=breakevens(legs, net_debit),
             probability_of_profit=pop,

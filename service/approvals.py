@@ -267,14 +267,24 @@ async def expire_due(ctx: ServiceContext) -> list[str]:
 
 
 async def recover_pending(ctx: ServiceContext) -> list[str]:
-    """Runs with approved orders that were never transmitted (a crash after the decision):
-    resume them so the orders are re-checked and sent — once, whatever happened before."""
-    run_ids = [r["run_id"] for r in await ctx.db.pool.fetch(
-        """SELECT DISTINCT o.run_id FROM orders o JOIN runs r USING (run_id)
-           WHERE o.state = 'APPROVED' AND r.status = 'awaiting_approval' ORDER BY 1""")]
-    for run_id in run_ids:
-        await resume_run(ctx.db, run_id, await _deps_for_run(ctx, run_id), {"recover": True})
-    return run_ids
+    """Approved orders that were never transmitted — a crash after the decision, or the kill switch
+    holding them — are re-checked and sent now (once, whatever happened before): through their
+    paused run, or directly when the run has already ended. While halted they stay held, and the
+    execution record says so. Returns the runs touched."""
+    rows = await ctx.db.pool.fetch(
+        """SELECT o.run_id, o.order_id, r.status FROM orders o JOIN runs r USING (run_id)
+           WHERE o.state = 'APPROVED' ORDER BY o.run_id, o.order_id""")
+    touched: list[str] = []
+    for row in rows:
+        run_id = row["run_id"]
+        if row["status"] == "awaiting_approval" and await _has_graph(ctx, run_id):
+            if run_id not in touched:
+                await resume_run(ctx.db, run_id, await _deps_for_run(ctx, run_id), {"recover": True})
+        else:
+            await _execute_directly(ctx, run_id, row["order_id"])
+        if run_id not in touched:
+            touched.append(run_id)
+    return touched
 
 
 async def halt(ctx: ServiceContext, actor: str, reason: str) -> dict[str, Any]:

@@ -136,6 +136,13 @@ async def test_halt_blocks_staging_and_sending(staged, db):
     review = await approvals.order_review(ctx, order.order_id)
     assert review["state"] == "APPROVED" and review["execution"]["outcome"] == "held"
     assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 0
+    await approvals.recover_pending(ctx)  # still halted: still held
+    assert (await approvals.order_review(ctx, order.order_id))["state"] == "APPROVED"
+
+    await approvals.resume_trading(ctx, "admin")  # the held order goes out once trading resumes
+    await approvals.recover_pending(ctx)
+    assert (await approvals.order_review(ctx, order.order_id))["state"] == "FILLED"
+    assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 1
 
 
 async def test_two_approvals_at_once_one_wins(staged, db):
