@@ -56,3 +56,15 @@ async def db(fresh_database_url):
     database = await connect(fresh_database_url, max_size=6)
     yield database
     await database.close()
+
+
+@pytest.fixture
+def cli_env(fresh_database_url, monkeypatch, tmp_path):
+    """A CLI runner on a fresh database, with no LLM endpoint configured (deterministic debate)."""
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("DATABASE_URL", fresh_database_url)
+    monkeypatch.setenv("HEDGEGRAPH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    return CliRunner()

@@ -9,13 +9,6 @@ from typer.testing import CliRunner
 from service.cli import app
 
 
-@pytest.fixture
-def cli_env(fresh_database_url, monkeypatch, tmp_path):
-    monkeypatch.setenv("DATABASE_URL", fresh_database_url)
-    monkeypatch.setenv("HEDGEGRAPH_HOME", str(tmp_path / "home"))
-    return CliRunner()
-
-
 def invoke(runner, *args):
     result = runner.invoke(app, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output

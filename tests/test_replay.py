@@ -14,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from agents.llm_debate import LLMDebater, OpenAIChatBackend
 from config.settings import DecisionConfig
@@ -333,15 +332,6 @@ def test_studio_graph_is_compiled_without_our_checkpointer():
 
 
 # --- the command line ----------------------------------------------------------------------------------
-
-@pytest.fixture
-def cli_env(fresh_database_url, monkeypatch, tmp_path):
-    monkeypatch.setenv("DATABASE_URL", fresh_database_url)
-    monkeypatch.setenv("HEDGEGRAPH_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    return CliRunner()
-
 
 def invoke(runner, *args):
     result = runner.invoke(cli_app, list(args), catch_exceptions=False)
