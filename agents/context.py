@@ -11,12 +11,22 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from graph.deps import RunDeps
+from graph.schema import Regime
 from graph.state import DecisionState, MarketContext
 from graph.timing import timed
 from risk.regime import classify_regime
 from storage.controls import RiskControls
 from storage.runs import RunRepository
+from tools.providers.base import MarketSnapshot
 from tools.volstats import close_to_close_vol
+
+
+def regime_of(snapshot: MarketSnapshot, matrix=None) -> Regime:
+    """The regime from the snapshot's last VIX and VIX3M closes and the benchmark's 20-day realized vol."""
+    benchmark_close = snapshot.benchmark.close
+    realized = close_to_close_vol(benchmark_close, window=20)[-1] if len(benchmark_close) > 21 else None
+    realized = None if realized is None or not np.isfinite(realized) else float(realized)
+    return classify_regime(float(snapshot.vix.close[-1]), float(snapshot.vix3m.close[-1]), realized, matrix)
 
 
 @timed("load_context")
@@ -31,12 +41,7 @@ async def load_context(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
         digest = await runs.record_snapshot(run.run_id, snapshot)
     deps.market.remember(run.run_id, snapshot)
 
-    benchmark_close = snapshot.benchmark.close
-    realized = close_to_close_vol(benchmark_close, window=20)[-1] if len(benchmark_close) > 21 else None
-    realized = None if realized is None or not np.isfinite(realized) else float(realized)
-    regime = classify_regime(
-        float(snapshot.vix.close[-1]), float(snapshot.vix3m.close[-1]), realized, deps.risk_matrix
-    )
+    regime = regime_of(snapshot, deps.risk_matrix)
     halt = await RiskControls(deps.db.pool).state()
     account = deps.account.model_copy(update={"halted": halt.halted, "halt_reason": halt.reason})
     quality = {t: list(d.data_quality) for t, d in snapshot.tickers.items() if d.data_quality}

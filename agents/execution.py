@@ -115,7 +115,7 @@ async def execute_order(deps: RunDeps, context: MarketContext, order_id: str, qu
             e = Execution(order_id=order.order_id, outcome="refused", reasons=reasons,
                           fresh_mid=None if fresh_mid is None else float(fresh_mid))
         else:
-            spx = _spx_price(deps)
+            spx = _spx_price(quotes)
             pre = portfolio_greeks(await deps.broker.positions(), quotes, spx_price=spx, betas=_betas(quotes, order))
             broker_order_id = await deps.broker.place(ComboOrder.from_record(order))
             fills = await walk_limit(deps, order, quotes)
@@ -171,10 +171,11 @@ async def walk_limit(deps: RunDeps, order: OrderRecord, quotes) -> list:
     return fills
 
 
-def _spx_price(deps: RunDeps) -> float:
+def _spx_price(quotes: ProviderQuotes) -> float:
     # The providers carry SPY, not the index: SPX is taken as 10 × SPY, which is what SPY tracks
     # (within its dividend drift, well under 1%) — close enough to beta-weight a book's delta.
-    return deps.provider.snapshot(["SPY"], deps.now()).tickers["SPY"].spot * 10.0
+    # Read through the quote source, so every order of one execution shares one SPY fetch.
+    return quotes.ticker_data("SPY").spot * 10.0
 
 
 def _betas(quotes: ProviderQuotes, order: OrderRecord) -> dict[str, float]:

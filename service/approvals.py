@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable, Literal
 
+from agents.context import regime_of
 from agents.execution import execute_order
 from agents.staging import idempotency_key, order_id_for
 from brokers.flatten import flatten_orders
@@ -26,7 +27,6 @@ from config.settings import Settings, defaults
 from graph.runner import RunBusy, RunFailed, make_deps, resume_run
 from graph.schema import AccountState
 from graph.state import MarketContext
-from risk.regime import classify_regime
 from tools.chain import NEW_YORK
 from service.operations import default_account, jsonable, order_summary
 from storage.controls import RiskControls
@@ -214,8 +214,7 @@ async def _has_graph(ctx: ServiceContext, run_id: str) -> bool:
 async def _market_context(ctx: ServiceContext, provider: MarketDataProvider, tickers: list[str]) -> MarketContext:
     """The account, book and regime now, for orders that did not come from a graph run."""
     snapshot = provider.snapshot(tickers, ctx.clock())
-    regime = classify_regime(float(snapshot.vix.close[-1]), float(snapshot.vix3m.close[-1]), None)
-    return MarketContext(regime=regime, account=ctx.account,
+    return MarketContext(regime=regime_of(snapshot), account=ctx.account,
                          positions=await OrderRepository(ctx.db.pool).open_exposures(),
                          sectors={t: d.sector for t, d in snapshot.tickers.items()}, snapshot_sha256="")
 
