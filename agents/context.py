@@ -7,26 +7,14 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 from langgraph.runtime import Runtime
 
 from graph.deps import RunDeps
-from graph.schema import Regime
 from graph.state import DecisionState, MarketContext
 from graph.timing import timed
-from risk.regime import classify_regime
+from risk.regime import regime_of
 from storage.controls import RiskControls
 from storage.runs import RunRepository
-from tools.providers.base import MarketSnapshot
-from tools.volstats import close_to_close_vol
-
-
-def regime_of(snapshot: MarketSnapshot, matrix=None) -> Regime:
-    """The regime from the snapshot's last VIX and VIX3M closes and the benchmark's 20-day realized vol."""
-    benchmark_close = snapshot.benchmark.close
-    realized = close_to_close_vol(benchmark_close, window=20)[-1] if len(benchmark_close) > 21 else None
-    realized = None if realized is None or not np.isfinite(realized) else float(realized)
-    return classify_regime(float(snapshot.vix.close[-1]), float(snapshot.vix3m.close[-1]), realized, matrix)
 
 
 @timed("load_context")

@@ -53,6 +53,10 @@ class InsufficientBuyingPower(BrokerError):
     """The broker rejected the order: its margin need exceeds the account's free margin."""
 
 
+class TradingHalted(BrokerError):
+    """The kill switch is on: nothing is transmitted, the order stays APPROVED."""
+
+
 class FillCallbackError(BrokerError):
     """One or more fill callbacks failed. The fills themselves are recorded (see `failures`)."""
 
@@ -258,6 +262,9 @@ class PaperBroker:
                 return existing
             if row["state"] != OrderState.APPROVED.value:
                 raise OrderNotApproved(order.order_id, row["state"])
+            halted = await conn.fetchrow("SELECT halted, reason FROM risk_controls WHERE id")
+            if halted is not None and halted["halted"]:
+                raise TradingHalted(f"order {order.order_id} not sent: trading is halted ({halted['reason']})")
             self._check_matches(order, OrderRecord.from_row(row))
             if shortfall is None:
                 good_till = session_close(now) if order.time_in_force == "DAY" else None

@@ -101,18 +101,22 @@ class ProviderQuotes:
         self.refresh_seconds = refresh_seconds
         self._cache: dict[str, tuple[Any, ChainQuotes, Any]] = {}
 
-    def ticker_data(self, ticker: str):
-        """The provider's current data for `ticker` (spot, chain, ...), refreshed on the clock."""
+    def snapshot(self, ticker: str):
+        """The provider's snapshot holding `ticker` now (VIX, VIX3M and SPY come with it)."""
         now = self.clock()
         cached = self._cache.get(ticker)
         if cached is None or (now - cached[0]).total_seconds() >= self.refresh_seconds:
             snapshot = self.provider.snapshot([ticker], now)
             data = snapshot.tickers.get(ticker)
             quotes = ChainQuotes({ticker: data.chain}) if data is not None and data.chain is not None else None
-            cached = self._cache[ticker] = (now, quotes, data)
+            cached = self._cache[ticker] = (now, quotes, snapshot)
         return cached[2]
 
+    def ticker_data(self, ticker: str):
+        """The provider's current data for `ticker` (spot, chain, ...), refreshed on the clock."""
+        return self.snapshot(ticker).tickers.get(ticker)
+
     def __call__(self, contract: OptionContract) -> LegQuote | None:
-        self.ticker_data(contract.ticker)
+        self.snapshot(contract.ticker)
         quotes = self._cache[contract.ticker][1]
         return None if quotes is None else quotes(contract)

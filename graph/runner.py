@@ -161,7 +161,9 @@ async def resume_run(db: Database, run_id: str, deps: RunDeps, resume: Any, wait
     try:
         async with db.advisory_lock(f"run:{run_id}", wait_seconds=wait_seconds):
             paused = await app.aget_state(thread)
-            if not paused.next and not paused.tasks:  # the run already ended: nothing to resume
+            if not paused.next and not paused.tasks:  # the graph already ended: the run is complete
+                if paused.values:
+                    await runs.mark_finished(run_id, "completed")
                 return await _outcome(runs, orders, app, thread, run_id, executed=False, resumed=False)
             await _advance(app, runs, Command(resume=resume), thread, deps, None)
             return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=True)

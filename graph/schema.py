@@ -213,3 +213,25 @@ class StagedOrder(Frozen):
     state: str
     requires_acknowledgement: bool = False
     created_at: datetime
+
+
+class MarketContext(Frozen):
+    """What load_context found: the account, the book and the market regime at `as_of`."""
+
+    regime: Regime
+    account: AccountState
+    positions: list[Position]
+    sectors: dict[str, str]
+    snapshot_sha256: str
+    data_quality: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class Execution(Frozen):
+    """What happened to one approved order: sent, refused by the re-check, or held (halted)."""
+
+    order_id: str
+    outcome: str  # "transmitted" | "refused" | "held"
+    reasons: list[str] = Field(default_factory=list)
+    fresh_mid: float | None = None
+    broker_order_id: str | None = None
+    filled_quantity: int = 0

@@ -11,8 +11,10 @@ from typing import Annotated, TypedDict
 
 from pydantic import Field
 
-from graph.schema import (
+from graph.schema import (  # noqa: F401  (MarketContext, Execution: re-read by the nodes)
     AccountState,
+    Execution,
+    MarketContext,
     AnalystName,
     Candidate,
     Frozen,
@@ -38,28 +40,6 @@ class RunInfo(Frozen):
     seed: int
     provider: str
     mode: str = "live"  # "sandbox" for replays and forks: nothing is staged for real
-
-
-class MarketContext(Frozen):
-    """What load_context found: the account, the book and the market regime at `as_of`."""
-
-    regime: Regime
-    account: AccountState
-    positions: list[Position]
-    sectors: dict[str, str]
-    snapshot_sha256: str
-    data_quality: dict[str, list[str]] = Field(default_factory=dict)
-
-
-class Execution(Frozen):
-    """What happened to one approved order: sent, refused by the re-check, or held (halted)."""
-
-    order_id: str
-    outcome: str  # "transmitted" | "refused" | "held"
-    reasons: list[str] = Field(default_factory=list)
-    fresh_mid: float | None = None
-    broker_order_id: str | None = None
-    filled_quantity: int = 0
 
 
 class NodeTiming(Frozen):

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from graph.schema import Regime
 from risk.limits import RiskMatrix, StressTriggers, load_risk_matrix
+from tools.providers.base import MarketSnapshot
+from tools.volstats import close_to_close_vol
 
 # Sanity bounds on the units: VIX is quoted in index points (all-time low ~9), realized vol as an
 # annualized decimal. Values outside them are almost surely a unit mistake, not a market state.
@@ -124,3 +128,11 @@ def classify_regime(
             reasons.append(f"low_vol: realized vol {realized:.4f} < {calm.realized_vol_below:.4f}")
         return regime("low_vol", reasons)
     return regime("neutral", ["neutral: no stress trigger fired; not low_vol because " + "; ".join(failed)])
+
+
+def regime_of(snapshot: MarketSnapshot, matrix=None) -> Regime:
+    """The regime from the snapshot's last VIX and VIX3M closes and the benchmark's 20-day realized vol."""
+    benchmark_close = snapshot.benchmark.close
+    realized = close_to_close_vol(benchmark_close, window=20)[-1] if len(benchmark_close) > 21 else None
+    realized = None if realized is None or not np.isfinite(realized) else float(realized)
+    return classify_regime(float(snapshot.vix.close[-1]), float(snapshot.vix3m.close[-1]), realized, matrix)

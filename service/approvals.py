@@ -16,22 +16,23 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable, Literal
 
-from agents.context import regime_of
-from agents.execution import execute_order
+from agents.execution import order_manager
 from agents.staging import idempotency_key, order_id_for
 from brokers.flatten import flatten_orders
 from brokers.order_state import OrderState
 from brokers.paper import PaperBroker
 from brokers.quote_source import ProviderQuotes
+from config.clock import wall_clock
 from config.settings import Settings, defaults
 from graph.runner import RunBusy, RunFailed, make_deps, resume_run
 from graph.schema import AccountState
-from graph.state import MarketContext
 from tools.chain import NEW_YORK
 from service.operations import default_account, jsonable, order_summary
 from storage.controls import RiskControls
 from storage.database import Database, connect, resolve_url
 from storage.decisions import DecisionRepository
+from storage.executions import ExecutionRepository
+from storage.journal import Journal
 from storage.orders import OrderRepository
 from storage.runs import RunRepository
 from tools.market_hours import add_market_minutes
@@ -75,7 +76,7 @@ class Decision:
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return wall_clock()
 
 
 def provider_for(name: str, seed: int) -> MarketDataProvider:
@@ -192,17 +193,7 @@ async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resu
         target = OrderState.REJECTED if decision.action == "reject" else OrderState.APPROVED
         why = decision.reason or (f"resized {row['quantity']} -> {quantity}" if decision.action == "resize" else None)
         await repo.transition(order_id, target, actor=decision.approver, reason=why, conn=conn)
-    note = None
-    if resume and not await _has_graph(ctx, row["run_id"]):
-        await _execute_directly(ctx, row["run_id"], order_id)
-    elif resume:
-        try:
-            await resume_run(ctx.db, row["run_id"], await _deps_for_run(ctx, row["run_id"]),
-                             {"order_id": order_id, "action": decision.action})
-        except (RunBusy, RunFailed) as exc:
-            # The decision stands (it committed above); `recover_pending` continues the run later.
-            log.warning("decision on %s recorded; its run could not continue now: %s", order_id, exc)
-            note = f"decision recorded; execution will continue later: {exc}"
+    note = await _transmit_and_continue(ctx, row["run_id"], order_id) if resume else None
     review = await order_review(ctx, order_id)
     return review | ({"note": note} if note else {})
 
@@ -211,21 +202,32 @@ async def _has_graph(ctx: ServiceContext, run_id: str) -> bool:
     return bool(await ctx.db.pool.fetchval("SELECT 1 FROM checkpoints WHERE thread_id = $1 LIMIT 1", run_id))
 
 
-async def _market_context(ctx: ServiceContext, provider: MarketDataProvider, tickers: list[str]) -> MarketContext:
-    """The account, book and regime now, for orders that did not come from a graph run."""
-    snapshot = provider.snapshot(tickers, ctx.clock())
-    return MarketContext(regime=regime_of(snapshot), account=ctx.account,
-                         positions=await OrderRepository(ctx.db.pool).open_exposures(),
-                         sectors={t: d.sector for t, d in snapshot.tickers.items()}, snapshot_sha256="")
-
-
-async def _execute_directly(ctx: ServiceContext, run_id: str, order_id: str) -> None:
+async def _transmit_and_continue(ctx: ServiceContext, run_id: str, order_id: str) -> str | None:
+    """Send a just-approved order now (the order manager re-checks it, or holds it while the market
+    is closed or trading is halted), then, once no order of its run is left undecided, let the run
+    finish: its graph reports the executions and reflects; a graph-less run is marked completed.
+    The decision stands whatever happens here; `recover_pending` continues anything left."""
     deps = await _deps_for_run(ctx, run_id)
-    order = await OrderRepository(ctx.db.pool).get(order_id)
-    context = await _market_context(ctx, deps.provider, [order.ticker])
-    await execute_order(deps, context, order_id, ProviderQuotes(deps.provider, ctx.clock))
-    if not await ctx.db.pool.fetchval("SELECT 1 FROM orders WHERE run_id = $1 AND state = 'STAGED'", run_id):
+    try:
+        await order_manager(deps).transmit(order_id)
+    except Exception as exc:  # the decision is recorded; recovery owns the order from here
+        log.warning("order %s approved; transmission will be retried: %s", order_id, exc)
+        return f"decision recorded; transmission will be retried: {type(exc).__name__}: {exc}"
+    return await _finish_if_decided(ctx, run_id, deps)
+
+
+async def _finish_if_decided(ctx: ServiceContext, run_id: str, deps=None) -> str | None:
+    if await ctx.db.pool.fetchval("SELECT 1 FROM orders WHERE run_id = $1 AND state = 'STAGED' LIMIT 1", run_id):
+        return None  # the run keeps waiting for its other orders
+    if not await _has_graph(ctx, run_id):
         await RunRepository(ctx.db.pool).mark_finished(run_id, "completed")
+        return None
+    try:
+        await resume_run(ctx.db, run_id, deps or await _deps_for_run(ctx, run_id), {"decided": True})
+    except (RunBusy, RunFailed) as exc:
+        log.warning("run %s: every order decided, but the run could not finish now: %s", run_id, exc)
+        return f"decision recorded; the run finishes later: {exc}"
+    return None
 
 
 async def stage_flatten(ctx: ServiceContext, actor: str, *, with_protection: bool = False) -> list[dict[str, Any]]:
@@ -266,23 +268,31 @@ async def expire_due(ctx: ServiceContext) -> list[str]:
 
 
 async def recover_pending(ctx: ServiceContext) -> list[str]:
-    """Approved orders that were never transmitted — a crash after the decision, or the kill switch
-    holding them — are re-checked and sent now (once, whatever happened before): through their
-    paused run, or directly when the run has already ended. While halted they stay held, and the
-    execution record says so. Returns the runs touched."""
-    rows = await ctx.db.pool.fetch(
-        """SELECT o.run_id, o.order_id, r.status FROM orders o JOIN runs r USING (run_id)
-           WHERE o.state = 'APPROVED' ORDER BY o.run_id, o.order_id""")
-    touched: list[str] = []
-    for row in rows:
-        run_id = row["run_id"]
-        if row["status"] == "awaiting_approval" and await _has_graph(ctx, run_id):
-            if run_id not in touched:
-                await resume_run(ctx.db, run_id, await _deps_for_run(ctx, run_id), {"recover": True})
-        else:
-            await _execute_directly(ctx, run_id, row["order_id"])
-        if run_id not in touched:
-            touched.append(run_id)
+    """Everything a crash, a halt or a closed market left in flight goes on now, through the order
+    manager: APPROVED orders are re-checked and sent (once: the broker is idempotent per order id),
+    SUBMITTED / PARTIALLY_FILLED ones are polled and walked or cancelled, unjournaled fills are
+    journaled; then every run whose orders are all decided is finished. Returns the runs touched."""
+    in_flight = await ExecutionRepository(ctx.db.pool).in_flight()
+    unjournaled = await Journal(ctx.db.pool).unjournaled_fills()
+    order_runs = {f.order_id: (await OrderRepository(ctx.db.pool).get(f.order_id)).run_id for f in unjournaled}
+    touched = sorted({r["run_id"] for r in in_flight} | set(order_runs.values()))
+    for run_id in touched:
+        deps = await _deps_for_run(ctx, run_id)
+        manager = order_manager(deps)
+        for order in await OrderRepository(ctx.db.pool).list(run_id=run_id):
+            if order.state == OrderState.APPROVED:
+                await manager.transmit(order.order_id)
+            elif order.state in (OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED, OrderState.UNKNOWN):
+                await manager.resume_working(order.order_id)
+        await manager.journal_unjournaled()
+    # Runs left awaiting approval although nothing is undecided (or whose graph already ended).
+    waiting = await ctx.db.pool.fetch("SELECT run_id FROM runs WHERE status = 'awaiting_approval' ORDER BY run_id")
+    for r in waiting:
+        if not await ctx.db.pool.fetchval("SELECT 1 FROM orders WHERE run_id = $1 AND state = 'STAGED' LIMIT 1",
+                                          r["run_id"]):
+            await _finish_if_decided(ctx, r["run_id"])
+            if r["run_id"] not in touched:
+                touched.append(r["run_id"])
     return touched
 
 

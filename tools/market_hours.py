@@ -54,3 +54,20 @@ def add_market_minutes(start: datetime, minutes: float) -> datetime:
             return begin + remaining
         remaining -= closes - begin
     raise ValueError(f"cannot place {minutes} market minutes after {start} within the calendar")
+
+
+def is_open(at: datetime) -> bool:
+    """Whether NYSE's regular session is trading at the tz-aware instant `at`."""
+    if at.tzinfo is None:
+        raise ValueError("market time needs a timezone-aware datetime")
+    return any(opens <= at < closes for opens, closes in _sessions(at, at))
+
+
+def next_open(at: datetime) -> datetime:
+    """The first regular-session open strictly after `at` (or `at` itself while trading)."""
+    if is_open(at):
+        return at
+    for opens, _ in _sessions(at, at + timedelta(days=10)):
+        if opens > at:
+            return opens
+    raise ValueError(f"no NYSE session within 10 days after {at}")
