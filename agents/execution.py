@@ -9,15 +9,24 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from brokers.order_manager import OrderManager
+from brokers.order_manager import OrderManager, is_closing
 from brokers.quote_source import ProviderQuotes
 from graph.deps import RunDeps
 from graph.state import DecisionState
 from graph.timing import timed
 from storage.executions import ExecutionRepository
+from storage.orders import OrderRecord
 
 
-def order_manager(deps: RunDeps, on_filled=None) -> OrderManager:
+def order_manager(deps: RunDeps) -> OrderManager:
+    """The order manager for a run's orders, with the run's market, broker, limits and memory."""
+
+    async def on_filled(order: OrderRecord, fills) -> None:
+        # Whichever path filled the order, the situation it came from remembers the trade (an order
+        # approved off-hours fills after its run has already reflected).
+        if deps.memory is not None and not is_closing(order):
+            await deps.memory.attach_trade(order.run_id, order.ticker, order.proposal)
+
     return OrderManager(pool=deps.db.pool, broker=deps.broker, quotes=ProviderQuotes(deps.provider, deps.now),
                         clock=deps.now, tolerance=deps.decision.stale_price_tolerance,
                         tolerance_floor=deps.decision.stale_price_floor, risk_matrix=deps.risk_matrix,

@@ -255,6 +255,26 @@ class MemoryStore:
                 trade_dict, run_id, vector, horizon_days,
             )
 
+    async def attach_trade(self, run_id: str, ticker: str, trade: Any) -> int | None:
+        """Record the trade a remembered situation led to, once it was actually filled (an order
+        approved off-hours fills after the run reflected). The situation is re-embedded with its
+        trade. Returns the memory id, or None when the run remembered no situation for `ticker`
+        or it already names a trade."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM memories WHERE run_id = $1 AND ticker = $2 AND trade IS NULL",
+                run_id, ticker)
+        if row is None:
+            return None
+        memory = _memory(row)
+        text = situation_text(memory.ticker, memory.regime, memory.signals, memory.thesis, trade)
+        _, _, trade_dict = _normalize_inputs(memory.regime, memory.signals, trade)
+        vector = await self._embed(text)
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(
+                """UPDATE memories SET trade = $2, situation = $3, embedding = $4
+                   WHERE id = $1 AND trade IS NULL RETURNING id""", memory.id, trade_dict, text, vector)
+
     async def get(self, memory_id: int) -> Memory:
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM memories WHERE id = $1", memory_id)

@@ -33,6 +33,7 @@ from storage.database import Database, connect, resolve_url
 from storage.decisions import DecisionRepository
 from storage.executions import ExecutionRepository
 from storage.journal import Journal
+from memory.store import MemoryStore
 from storage.orders import OrderRepository
 from storage.runs import RunRepository
 from tools.market_hours import add_market_minutes
@@ -95,7 +96,7 @@ class ServiceContext:
     clock: Callable[[], datetime] = _utc_now
     account: AccountState = field(default_factory=default_account)
     provider_factory: Callable[[str, int], MarketDataProvider] = provider_for
-    memory: Any = None  # memory.store.MemoryStore: where executed runs reflect (None: they don't)
+    memory: Any = None  # memory.store.MemoryStore where runs reflect (None: one on this database)
     _server: Any = None
 
     @classmethod
@@ -116,7 +117,7 @@ async def _deps_for_run(ctx: ServiceContext, run_id: str):
     provider = ctx.provider_factory(record.provider, record.seed)
     return make_deps(ctx.db, record, provider, account=ctx.account,
                      positions=await OrderRepository(ctx.db.pool).open_exposures(),
-                     broker=ctx.broker_for(provider), now=ctx.clock, memory=ctx.memory)
+                     broker=ctx.broker_for(provider), now=ctx.clock, memory=ctx.memory or MemoryStore(ctx.db.pool))
 
 
 async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:

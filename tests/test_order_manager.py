@@ -69,6 +69,11 @@ async def test_an_approved_order_is_sent_at_once_while_its_run_waits_for_the_oth
     await approvals.decide(ctx, second.order_id, Decision("reject", "bob", reason="enough exposure"))
     assert await db.pool.fetchval("SELECT status FROM runs WHERE run_id = $1", run_id) == "completed"
     assert await counts(db, first.order_id) == (1, 1, 1)
+    # Approving from the CLI/API path still reflects: the situation remembers the filled trade.
+    trade = await db.pool.fetchval("SELECT trade FROM memories WHERE run_id = $1 AND ticker = $2", run_id, first.ticker)
+    assert trade is not None and trade["structure"] == first.structure
+    assert await db.pool.fetchval("SELECT trade FROM memories WHERE run_id = $1 AND ticker = $2",
+                                  run_id, second.ticker) is None
 
 
 async def test_an_off_hours_approval_waits_approved_and_fills_at_the_open(db):
@@ -81,10 +86,15 @@ async def test_an_off_hours_approval_waits_approved_and_fills_at_the_open(db):
     assert result["execution"]["outcome"] == "held"
     assert "market closed" in result["execution"]["reasons"][0] and "next open" in result["execution"]["reasons"][0]
     assert await counts(db, order.order_id) == (0, 0, 0)  # never sent as an order that cannot live
+    for other in orders[1:]:  # the run's last decision: it finishes and reflects, the order still unsent
+        await approvals.decide(ctx, other.order_id, Decision("reject", "bob", reason="one is enough"))
+    assert await db.pool.fetchval("SELECT status FROM runs WHERE run_id = $1", order.run_id) == "completed"
 
     clock.at = datetime(2026, 11, 20, 9, 45, tzinfo=NEW_YORK)
     await approvals.recover_pending(ctx)
-    assert await state_of(db, order.order_id) in ("FILLED", "REJECTED")
+    assert await state_of(db, order.order_id) == "FILLED"
+    assert await db.pool.fetchval("SELECT trade FROM memories WHERE run_id = $1 AND ticker = $2",
+                                      order.run_id, order.ticker) is not None
     history = [h["to_state"] for h in (await approvals.order_review(ctx, order.order_id))["history"]]
     assert history[:3] == ["DRAFT", "STAGED", "APPROVED"] and history.count("SUBMITTED") <= 1
 
