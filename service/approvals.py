@@ -27,7 +27,7 @@ from config.settings import Settings, defaults
 from graph.runner import RunBusy, RunFailed, make_deps, resume_run
 from graph.schema import AccountState
 from tools.chain import NEW_YORK
-from service.operations import default_account, jsonable, order_summary
+from service.operations import default_account, jsonable, order_summary, terminal_reason
 from storage.controls import RiskControls
 from storage.database import Database, connect, resolve_url
 from storage.decisions import DecisionRepository
@@ -134,7 +134,7 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
     record = await RunRepository(ctx.db.pool).get(order.run_id)
     ttl = record.config.get("approval_ttl_market_minutes", 30)
     approval = await ctx.db.pool.fetchrow("SELECT * FROM approvals WHERE order_id = $1", order_id)
-    execution = await ctx.db.pool.fetchrow("SELECT * FROM executions WHERE order_id = $1", order_id)
+    execution = await ExecutionRepository(ctx.db.pool).row(order_id)
     return jsonable(order_summary(order) | {
         "rationale": p.get("rationale"),
         "natural_price": p.get("natural_debit"),
@@ -146,8 +146,9 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
         "debate": debate,
         "expires_at": add_market_minutes(order.created_at, ttl).isoformat(),
         "decision": dict(approval) if approval else None,
-        "execution": dict(execution) if execution else None,
-        "history": await repo.history(order_id),
+        "execution": execution,
+        "history": (history := await repo.history(order_id)),
+        "terminal_reason": terminal_reason(order.state, history),
     })
 
 

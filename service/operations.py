@@ -17,6 +17,7 @@ from graph.runner import RunOutcome, RunRequest, execute_run
 from graph.schema import AccountState
 from storage.database import Database
 from storage.decisions import DecisionRepository
+from storage.executions import ExecutionRepository
 from storage.llm_calls import LLMCallRepository
 from storage.orders import OrderRecord, OrderRepository
 from storage.runs import RunRepository
@@ -98,12 +99,29 @@ async def list_orders(db: Database, state: str | None = None, run_id: str | None
     return [order_summary(o) for o in await OrderRepository(db.pool).list(run_id=run_id, state=state, limit=limit)]
 
 
+def terminal_reason(state: str, history: list[dict[str, Any]]) -> str | None:
+    """Why a terminal order ended where it did (stale price, risk re-check, expired, cancelled by
+    the broker, rejected by the approver …): the reason recorded with its last state change."""
+    from brokers.order_state import TERMINAL
+
+    if state not in TERMINAL or not history:
+        return None
+    return history[-1].get("reason") or f"{state.lower()} by {history[-1].get('actor')}"
+
+
 async def show_order(db: Database, order_id: str) -> dict[str, Any] | None:
+    """An order with its history, why it ended (when it has), its execution and the debate
+    (verdict and transcript) that led to it."""
     repo = OrderRepository(db.pool)
     order = await repo.get(order_id)
     if order is None:
         return None
-    return jsonable(asdict(order) | {"history": await repo.history(order_id)})
+    history = await repo.history(order_id)
+    debate = next((d for d in await DecisionRepository(db.pool).verdicts(order.run_id) if d["ticker"] == order.ticker),
+                  None)
+    execution = await ExecutionRepository(db.pool).row(order_id)
+    return jsonable(asdict(order) | {"history": history, "terminal_reason": terminal_reason(order.state, history),
+                                     "debate": debate, "execution": execution})
 
 
 async def replay(db: Database, run_id: str, on_node=None) -> dict[str, Any]:

@@ -33,6 +33,10 @@ class ExecutionRepository:
                           fresh_mid=None if r["fresh_mid"] is None else float(r["fresh_mid"]),
                           broker_order_id=r["broker_order_id"], filled_quantity=int(r["filled"])) for r in rows]
 
+    async def row(self, order_id: str) -> dict | None:
+        row = await self.pool.fetchrow("SELECT * FROM executions WHERE order_id = $1", order_id)
+        return dict(row) if row else None
+
     async def approver(self, order_id: str) -> str | None:
         return await self.pool.fetchval("SELECT approver FROM approvals WHERE order_id = $1", order_id)
 

@@ -164,3 +164,16 @@ def test_hedgegraph_now_is_the_paper_wall_clock_and_refused_for_a_live_broker(mo
         parse_now("next tuesday")
     monkeypatch.setenv("HEDGEGRAPH_NOW", "2026-11-20T15:15:00+00:00")
     assert wall_clock().utcoffset() == timedelta(0)
+
+
+async def test_orders_show_says_why_an_order_ended_and_carries_its_debate(db):
+    from service.operations import show_order
+
+    ctx, _, orders, _ = await stage_two(db)
+    await approvals.decide(ctx, orders[0].order_id, Decision("reject", "bob", reason="earnings next week"))
+    shown = await show_order(db, orders[0].order_id)
+    assert shown["state"] == "REJECTED" and shown["terminal_reason"] == "earnings next week"
+    assert shown["debate"]["ticker"] == orders[0].ticker and shown["debate"]["transcript"]
+    assert (await show_order(db, orders[1].order_id))["terminal_reason"] is None  # still STAGED
+    review = await approvals.order_review(ctx, orders[0].order_id)
+    assert review["terminal_reason"] == "earnings next week"
