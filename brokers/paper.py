@@ -26,12 +26,13 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timezone
+from datetime import datetime, time
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import asyncpg
 
+from config.clock import wall_clock
 from brokers.base import (
     CENT, BrokerAccount, BrokerError, BrokerOrderStatus, BrokerPosition, ComboLeg, ComboOrder, Fill, FillCallback,
     LegQuote, OrderMismatch, OrderNotApproved, OrderNotWorking, QuoteSource, UnknownBrokerOrder, WhatIfMargin,
@@ -86,7 +87,7 @@ class SlippageModel:
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return wall_clock()
 
 
 def session_close(at: datetime) -> datetime:

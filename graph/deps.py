@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
+from config.clock import wall_clock
 from config.settings import DecisionConfig
 from graph.schema import AccountState, Position
 from storage.database import Database
@@ -65,5 +66,5 @@ class RunDeps:
     market: MarketCache
     clock: Callable[[], datetime]  # the decision time (the run's as-of)
     broker: Any = None  # brokers.base.Broker; None: nothing can be transmitted (sandbox)
-    now: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))  # wall clock: approvals, expiry
+    now: Callable[[], datetime] = wall_clock  # wall clock (HEDGEGRAPH_NOW in paper mode): approvals, expiry
     memory: Any = None  # memory.store.MemoryStore; None: no recall, no reflection

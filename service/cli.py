@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from config.clock import wall_clock
 from config.settings import defaults, settings
 from service import operations
 from storage.database import DatabaseUnavailable, open_database
@@ -123,7 +124,7 @@ def run(
     elif chains:
         when, watchlist = provider.latest_as_of, "adhoc"  # decide when the chain files were taken
     else:
-        watchlist, when = latest_slot_time(datetime.now(NEW_YORK))
+        watchlist, when = latest_slot_time(wall_clock().astimezone(NEW_YORK))
     if tickers:
         watchlist = "adhoc"
     outcome = _run_async(_run(provider, ticker_list, when, seed, watchlist, quiet=as_json))
