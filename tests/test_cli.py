@@ -64,19 +64,19 @@ def test_run_with_a_real_cboe_chain(cli_env, shared_data):
     assert flow["evidence"]["spot"] == pytest.approx(450.81, abs=0.01)
 
 
-def test_approve_from_the_command_line_then_journal_and_kill_switch(cli_env):
+def test_approve_from_the_command_line_then_journal_and_kill_switch(cli_env, monkeypatch):
+    monkeypatch.setenv("HEDGEGRAPH_NOW", "2026-11-20T15:35")  # the paper wall clock: inside the session
     out = json.loads(invoke(cli_env, "run", "--tickers", "AMZN,JPM,XLE", "--as-of", "2026-11-20T15:30", "--json"))
     order_id = out["orders"][0]["order_id"]
     result = cli_env.invoke(app, ["orders", "approve", order_id])  # 13 contracts: acknowledgement needed
     assert result.exit_code == 2 and "acknowledge" in result.output
     decided = json.loads(invoke(cli_env, "orders", "approve", order_id, "--acknowledge", "--approver", "dana", "--json"))
     assert decided["decision"]["approver"] == "dana"
-    assert decided["state"] in ("FILLED", "REJECTED", "CANCELLED", "PARTIALLY_FILLED")  # re-checked on today's quote
+    assert decided["state"] == "FILLED", decided["execution"]  # re-checked on the quote at 15:35, then sent
     again = cli_env.invoke(app, ["orders", "reject", order_id, "--reason", "late"])
     assert again.exit_code == 2 and "already decided" in again.output
     journal = json.loads(invoke(cli_env, "journal", "--json"))
-    if decided["state"] == "FILLED":
-        assert journal["entries"][0]["approver"] == "dana"
+    assert journal["entries"][0]["approver"] == "dana"
     invoke(cli_env, "risk", "halt", "--reason", "test")
     assert json.loads(invoke(cli_env, "risk", "status", "--json"))["halted"] is True
     invoke(cli_env, "risk", "resume")
