@@ -50,7 +50,20 @@ async def measure(db, n: int, seed: int) -> tuple[float, dict[str, tuple[float, 
     return total, summary, len(outcome.orders)
 
 
+def snapshot_seconds(n: int) -> tuple[float, float]:
+    """A cold then a warm simulated snapshot of `n` tickers (target: cold < 2 s, warm < 1 s for 50)."""
+    market = SimulatedMarket(seed=7)
+    names = [f"P{i:03d}" for i in range(n)]
+    start = time.perf_counter()
+    market.snapshot(names, AS_OF)
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    market.snapshot(names, AS_OF)
+    return cold, time.perf_counter() - start
+
+
 async def main() -> None:
+    cold, warm = snapshot_seconds(50)
     home = Path(tempfile.mkdtemp(prefix="hedgegraph-bench-"))
     settings = Settings(home=home) if not os.environ.get("DATABASE_URL") else Settings()
     results = []
@@ -68,6 +81,7 @@ async def main() -> None:
     for n, total, summary, orders in results:
         analysts = sum(summary.get(k, (0, 0, 0))[1] for k in ("vol_surface", "flow", "technical", "social"))
         print(f"tickers={n} total_s={total:.2f} analyst_task_s={analysts:.2f} orders={orders}")
+    print(f"snapshot50_cold_s={cold:.2f} snapshot50_warm_s={warm:.2f}")
 
 
 if __name__ == "__main__":

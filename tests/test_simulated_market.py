@@ -5,7 +5,6 @@ import hashlib
 import math
 import subprocess
 import sys
-import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -699,18 +698,3 @@ def test_ar1_filter_matches_scipy_lfilter():
         for n in (1, 31, 32, 33, 4000):
             u = rng.standard_normal(n)
             assert np.allclose(sim._ar1(u, a, 0.3), lfilter([0.3], [1.0, -a], u), atol=1e-12)
-
-
-# ----------------------------------------------------------------------------- performance
-
-
-def test_fifty_ticker_snapshot_is_fast(market):
-    sim._calendar()  # built once per process
-    names = [f"P{i:03d}" for i in range(50)]
-    start = time.perf_counter()
-    market.snapshot(names, AS_OF)
-    cold = time.perf_counter() - start
-    start = time.perf_counter()
-    market.snapshot(names, AS_OF)
-    warm = time.perf_counter() - start
-    assert cold < 2.0 and warm < 1.0, (cold, warm)
