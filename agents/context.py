@@ -10,6 +10,7 @@ import asyncio
 import numpy as np
 from langgraph.runtime import Runtime
 
+from agents.social_feed import with_social_sources
 from graph.deps import RunDeps
 from graph.schema import Regime
 from graph.state import DecisionState, MarketContext
@@ -38,6 +39,7 @@ async def load_context(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
         snapshot, digest = recorded
     else:
         snapshot = await asyncio.to_thread(deps.provider.snapshot, run.tickers, run.as_of)
+        snapshot = await with_social_sources(snapshot, deps.db)  # no-op unless a social source is configured
         digest = await runs.record_snapshot(run.run_id, snapshot)
     deps.market.remember(run.run_id, snapshot)
 
