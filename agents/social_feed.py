@@ -38,7 +38,7 @@ from tools.tickers import TickerExtractor
 
 log = logging.getLogger(__name__)
 
-FEED_DAYS = 31  # the latest day plus the 30-day Trends baseline (which covers the 7-day mention one)
+FEED_DAYS = 35  # the latest day, the 30-day Trends baseline before it (covering the 7-day mention one), and Trends publishing a few days late
 POST_LOOKBACK = timedelta(days=7)
 MAX_POSTS_PER_TICKER = 200
 TRENDS_GEO = "US"
