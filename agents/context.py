@@ -39,7 +39,7 @@ async def load_context(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
         snapshot, digest = recorded
     else:
         snapshot = await asyncio.to_thread(deps.provider.snapshot, run.tickers, run.as_of)
-        snapshot = await with_social_sources(snapshot, deps.db)  # no-op unless a social source is configured
+        snapshot = await with_social_sources(snapshot, deps.db, provider=deps.provider)  # no-op unless configured
         digest = await runs.record_snapshot(run.run_id, snapshot)
     deps.market.remember(run.run_id, snapshot)
 

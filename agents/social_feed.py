@@ -42,6 +42,9 @@ FEED_DAYS = 35  # the latest day, the 30-day Trends baseline before it (covering
 POST_LOOKBACK = timedelta(days=7)
 MAX_POSTS_PER_TICKER = 200
 TRENDS_GEO = "US"
+# A replay or fork answers from a recorded snapshot (graph.replay.RECORDED_PROVIDER): its social
+# part is what the original run saw, and asking the sources again would change it.
+RECORDED_PROVIDER = "recorded"
 
 
 def reddit_source(env: SocialEnvironment, config: SocialConfig) -> RedditSource:
@@ -130,11 +133,14 @@ def _default_embed() -> Callable[[Sequence[str]], np.ndarray]:
 
 
 async def with_social_sources(
-    snapshot: MarketSnapshot, db: Any, *, env: SocialEnvironment | None = None, config: SocialConfig | None = None,
+    snapshot: MarketSnapshot, db: Any, *, provider: Any = None, env: SocialEnvironment | None = None, config: SocialConfig | None = None,
     reddit: RedditSource | None = None, trends: TrendsSource | None = None,
     embed: Callable[[Sequence[str]], np.ndarray] | None = None, now: Callable[[], datetime] | None = None,
 ) -> MarketSnapshot:
-    """The snapshot with each ticker's social feed filled from the configured real sources."""
+    """The snapshot with each ticker's social feed filled from the configured real sources.
+    `provider` is the one that produced `snapshot`: a recording is returned as it is."""
+    if getattr(provider, "name", None) == RECORDED_PROVIDER:
+        return snapshot
     env = env or social_environment()
     if not env.any_enabled:
         return snapshot

@@ -173,3 +173,36 @@ async def test_failing_sources_degrade_the_signal_with_reasons(db, snapshot, fak
     statuses = {r["source"]: r for r in social_source_status(env, cfg)}
     assert statuses["finbert"]["state"] == "error" and statuses["reddit"]["state"] == "on"
     assert "secret" not in str(statuses)
+
+
+async def test_a_run_with_the_fakes_shows_social_evidence_and_replays_without_asking_again(
+        db, fakes, httpserver, monkeypatch):
+    from graph.replay import replay_run
+    from graph.runner import RunRequest, execute_run
+    from service.operations import default_account
+
+    reddit, trends = fakes
+    reddit_history(reddit)
+    trends_history(trends)
+    base = httpserver.url_for("/").rstrip("/")
+    for name, value in {"REDDIT_CLIENT_ID": "id", "REDDIT_CLIENT_SECRET": "secret", "REDDIT_OAUTH_URL": base,
+                        "REDDIT_URL": base, "HEDGEGRAPH_TRENDS": "1", "HEDGEGRAPH_TRENDS_URL": base}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("HEDGEGRAPH_FINBERT_MODEL", raising=False)
+    request = RunRequest(watchlist="social", tickers=TICKERS, as_of=AS_OF, seed=7, provider="simulated")
+    outcome = await execute_run(db, request, SimulatedMarket(seed=7), account=default_account())
+    row = await db.pool.fetchrow("SELECT evidence, data_quality FROM signals WHERE run_id = $1 AND ticker = 'NVDA' "
+                                 "AND source = 'social'", outcome.run.run_id)
+    import json
+    evidence = json.loads(row["evidence"]) if isinstance(row["evidence"], str) else row["evidence"]
+    assert evidence["mentions_latest"] == 12 and evidence["mention_zscore"] > 2
+    assert evidence["search_zscore"] > 5 and evidence["mean_sentiment"] is not None
+    assert evidence["top_stories"][0]["posts"] == 12  # the packaged MiniLM merged the cross-posted burst
+    assert evidence["top_stories"][0]["url"].startswith("https://www.reddit.com/r/")
+
+    reddit.requests.clear()
+    trends.requests.clear()
+    reddit.fail_next = trends.fail_next = [(500, "{}")] * 50
+    report = await replay_run(db, outcome.run.run_id)
+    assert report.matched and report.differing_nodes == []
+    assert reddit.requests == [] and trends.requests == []
