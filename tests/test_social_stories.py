@@ -92,3 +92,19 @@ def test_summary_lists_top_stories_with_links_counts_and_sentiment():
     assert s["n_stories"] == 2 and s["sentiment_model"] == "tiny-finbert"
     assert s["context_counts"] == {"earnings": 1, "legal": 1}
     assert s["data_quality"][0] == "google trends: rate limited"
+
+
+def test_search_spike_uses_the_latest_published_day_and_says_so():
+    days = np.arange(np.datetime64("2026-10-18"), np.datetime64("2026-11-21"))  # 34 days to 11-20
+    search = np.full(len(days), 30.0)
+    search[::2] = 32.0
+    search[-3] = 60.0  # 11-18: the spike; 11-19 and 11-20 not published yet
+    search[-2:] = np.nan
+    feed = SocialFeed(dates=days, mentions=np.full(len(days), 5.0), search_interest=search)
+    s = social_summary(feed, T0 + timedelta(hours=1))
+    baseline = search[-34:-3]
+    baseline = baseline[-30:]
+    assert s["search_zscore"] == pytest.approx((60 - baseline.mean()) / baseline.std(ddof=1))
+    assert "search interest: latest known day is 2 day(s) before 2026-11-20" in s["data_quality"]
+    complete = SocialFeed(dates=days, mentions=feed.mentions, search_interest=np.where(np.isnan(search), 31.0, search))
+    assert not any("latest known day" in q for q in social_summary(complete, T0)["data_quality"])
