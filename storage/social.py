@@ -66,12 +66,12 @@ class SocialRepository:
         items created at or before `until`. Days before the first stored item are NaN."""
         first_day, last_day = days[0].astype(date), days[-1].astype(date)
         rows = await self.pool.fetch(
-            f"""SELECT ticker, (created_at AT TIME ZONE '{NEW_YORK_TZ}')::date AS day, count(*) AS n
+            """SELECT ticker, (created_at AT TIME ZONE $6)::date AS day, count(*) AS n
                 FROM social_mentions
                 WHERE source = $1 AND ticker = ANY($2::text[]) AND created_at <= $3
-                  AND (created_at AT TIME ZONE '{NEW_YORK_TZ}')::date BETWEEN $4 AND $5
+                  AND (created_at AT TIME ZONE $6)::date BETWEEN $4 AND $5
                 GROUP BY 1, 2""",
-            source, list(tickers), until, first_day, last_day)
+            source, list(tickers), until, first_day, last_day, NEW_YORK_TZ)
         out = {t: np.zeros(len(days)) for t in tickers}
         for r in rows:
             out[r["ticker"]][int((np.datetime64(r["day"], "D") - days[0]).astype(int))] = r["n"]
@@ -79,7 +79,7 @@ class SocialRepository:
         if first is None:
             unknown = np.ones(len(days), dtype=bool)
         else:
-            first_day_seen = await self.pool.fetchval(f"SELECT ($1::timestamptz AT TIME ZONE '{NEW_YORK_TZ}')::date", first)
+            first_day_seen = await self.pool.fetchval("SELECT ($1::timestamptz AT TIME ZONE $2)::date", first, NEW_YORK_TZ)
             unknown = days < np.datetime64(first_day_seen, "D")
         for series in out.values():
             series[unknown] = np.nan

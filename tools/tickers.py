@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 STOP_WORDS: frozenset[str] = frozenset({
     "A", "I", "AM", "AN", "ARE", "AS", "AT", "BE", "BY", "DO", "GO", "HE", "IF", "IN", "IS", "IT",
     "ME", "MY", "NO", "OF", "OK", "ON", "OR", "SO", "TO", "UP", "US", "WE", "ALL", "AND", "ANY",
-    "ARE", "BIG", "CAN", "FOR", "FUN", "HAS", "NEW", "NOW", "ONE", "OUT", "REAL", "SEE", "THE",
+    "BIG", "CAN", "FOR", "FUN", "HAS", "NEW", "NOW", "ONE", "OUT", "REAL", "SEE", "THE",
     "TWO", "WELL", "VERY", "BEST", "GOOD", "LOVE", "MOON", "NEXT", "OPEN", "PLAY", "RUN", "SAFE",
     "CEO", "CFO", "CTO", "COO", "IPO", "ATH", "ATM", "OTM", "ITM", "EPS", "PE", "GDP", "CPI",
     "FED", "FOMC", "SEC", "ETF", "IMO", "IMHO", "USA", "USD", "EU", "UK", "AI", "EV", "IRA",
