@@ -223,6 +223,7 @@ def social_signal(data: TickerData, as_of: datetime) -> Signal:
                       edge_type="no_feed", horizon_days=3, as_of=as_of, data_quality=quality)
     summary = social_summary(data.social, as_of)
     quality.extend(summary.pop("data_quality", []))
+    context_counts = summary.pop("context_counts", {})
     sentiment = summary.get("mean_sentiment")
     z = summary.get("mention_zscore")
     attention = 0.3 if z is None else _clip01(0.3 + max(z, 0.0) / 4.0)
@@ -230,8 +231,13 @@ def social_signal(data: TickerData, as_of: datetime) -> Signal:
     direction = "bullish" if score > 0.1 else "bearish" if score < -0.1 else "neutral"
     edge = "mention_spike" if z is not None and z >= 2 else "sentiment"
     evidence = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+    evidence.update({f"context_{k}": v for k, v in sorted(context_counts.items())})
+    conviction = _clip01(abs(score) * 1.5) if direction != "neutral" else 0.0
+    if data.social.notes:
+        conviction *= 0.5  # a source failed: what is left is a partial picture
+        quality.append("a social source failed: conviction halved")
     return Signal(source="social", ticker=data.ticker, direction=direction,
-                  conviction=round(_clip01(abs(score) * 1.5) if direction != "neutral" else 0.0, 6),
+                  conviction=round(conviction, 6),
                   edge_type=edge, horizon_days=3, as_of=as_of, evidence=evidence, data_quality=quality)
 
 

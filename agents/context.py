@@ -9,6 +9,7 @@ import asyncio
 
 from langgraph.runtime import Runtime
 
+from agents.social_feed import with_social_sources
 from graph.deps import RunDeps
 from graph.state import DecisionState, MarketContext
 from graph.timing import timed
@@ -26,6 +27,7 @@ async def load_context(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
         snapshot, digest = recorded
     else:
         snapshot = await asyncio.to_thread(deps.provider.snapshot, run.tickers, run.as_of)
+        snapshot = await with_social_sources(snapshot, deps.db, provider=deps.provider)  # no-op unless configured
         digest = await runs.record_snapshot(run.run_id, snapshot)
     deps.market.remember(run.run_id, snapshot)
 

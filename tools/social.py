@@ -20,6 +20,7 @@ import numpy as np
 from tools.chain import NEW_YORK
 from tools.providers.base import SocialFeed, SocialPost
 from tools.sentiment import score_texts
+from tools.stories import context_classes
 
 # VADER's own cut-offs for calling a text positive or negative.
 POSITIVE_COMPOUND = 0.05
@@ -106,6 +107,41 @@ def dedupe_stories(posts: Iterable[SocialPost]) -> tuple[SocialPost, ...]:
     return tuple(kept)
 
 
+def story_sentiments(stories: tuple[SocialPost, ...]) -> np.ndarray:
+    """Sentiment per story in [-1, 1]: the feed's model score where the post carries one (recorded
+    with the snapshot), the finance lexicon for the rest."""
+    scores = np.array([np.nan if p.sentiment is None else float(p.sentiment) for p in stories], dtype=float)
+    unscored = np.flatnonzero(np.isnan(scores))
+    if len(unscored):
+        scores[unscored] = score_texts([stories[i].text for i in unscored])
+    return scores
+
+
+def top_stories(recent: list[SocialPost], stories: tuple[SocialPost, ...], scores: np.ndarray,
+                limit: int = 5) -> list[dict]:
+    """The most-discussed stories: first post's text (trimmed), link, post count, sources,
+    sentiment and context classes; ties go to the earlier story."""
+    members: dict[str, list[SocialPost]] = {}
+    for p in recent:
+        if p.story_id is not None:
+            members.setdefault(p.story_id, []).append(p)
+    rows = []
+    for order, (lead, score) in enumerate(zip(stories, scores)):
+        group = members.get(lead.story_id, [lead]) if lead.story_id is not None else [lead]
+        rows.append((-len(group), order, {
+            "story_id": lead.story_id,
+            "text": lead.text if len(lead.text) <= 160 else lead.text[:157] + "...",
+            "url": lead.url,
+            "posts": len(group),
+            "sources": sorted({p.source for p in group}),
+            "sentiment": round(float(score), 4),
+            "context": list(context_classes(" ".join(p.text for p in group))),
+            "first_seen": lead.created_at.isoformat(),
+        }))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return [r[2] for r in rows[:limit]]
+
+
 def _finite_or_none(x: float) -> float | None:
     # The summary becomes signal evidence stored as JSON: NaN is not valid JSON, None is.
     return float(x) if np.isfinite(x) else None
@@ -122,9 +158,12 @@ def social_summary(
     numbers are None (JSON-safe), with the reason in `data_quality`.
 
     Keys: mention_ratio, mention_zscore, mentions_latest, mentions_baseline, search_ratio,
-    search_zscore, mean_sentiment (VADER+LM compound, -1..1, mean over stories), n_posts,
+    search_zscore, mean_sentiment (-1..1, mean over stories: the posts' recorded model score, else
+    VADER+LM compound), n_posts,
     n_stories, n_positive, n_negative (stories with compound >= 0.05 / <= -0.05),
-    posts_by_source (dict), data_quality (list of str).
+    posts_by_source (dict), sentiment_model ("lexicon" or the model that scored the posts),
+    context_counts (stories per context class), top_stories (list of dicts, see `top_stories`),
+    data_quality (list of str, starting with the feed's own notes on failed sources).
     """
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
@@ -134,7 +173,7 @@ def social_summary(
         raise ValueError(f"feed has {len(dates)} dates but {len(mentions)} mention counts")
     last_day = np.datetime64(as_of.astimezone(NEW_YORK).date(), "D")
     known = dates <= last_day
-    notes: list[str] = []
+    notes: list[str] = list(feed.notes)
 
     velocity = mention_velocity(mentions[known], window=mention_window)
     if velocity.note:
@@ -147,13 +186,21 @@ def social_summary(
         search = np.asarray(feed.search_interest, dtype=float)
         if len(search) != len(dates):
             raise ValueError(f"feed has {len(dates)} dates but {len(search)} search-interest values")
-        spike = search_spike(search[known], window=search_window)
+        search = search[known]
+        # Google publishes a day's interest once the day is complete, a day or more late: the
+        # spike is measured on the latest day known, and the lag is reported.
+        known_days = np.flatnonzero(np.isfinite(search))
+        lag = len(search) - 1 - known_days[-1] if len(known_days) else 0
+        if lag > 0:
+            search = search[:known_days[-1] + 1]
+            notes.append(f"search interest: latest known day is {lag} day(s) before {last_day}")
+        spike = search_spike(search, window=search_window)
         if spike.note:
             notes.append(spike.note)
 
     recent = [p for p in feed.posts if as_of - post_lookback < p.created_at <= as_of]
     stories = dedupe_stories(recent)
-    scores = score_texts([p.text for p in stories])
+    scores = story_sentiments(stories)
     if len(scores) == 0:
         notes.append(f"no posts in the {post_lookback} before {as_of.isoformat()}")
     by_source: dict[str, int] = {}
@@ -173,6 +220,17 @@ def social_summary(
         "n_positive": int((scores >= POSITIVE_COMPOUND).sum()),
         "n_negative": int((scores <= NEGATIVE_COMPOUND).sum()),
         "posts_by_source": by_source,
+        "sentiment_model": feed.sentiment_model or "lexicon",
+        "context_counts": _context_counts(stories),
+        "top_stories": top_stories(recent, stories, scores),
         "data_quality": notes,
     }
 
+
+
+def _context_counts(stories: tuple[SocialPost, ...]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in stories:
+        for c in context_classes(p.text):
+            counts[c] = counts.get(c, 0) + 1
+    return counts

@@ -53,6 +53,8 @@ class SocialPost:
     source: str  # "reddit", "news", "stocktwits", ...
     text: str
     story_id: str | None = None  # posts about one story share an id: one signal per story
+    url: str | None = None  # where a reader can see the post (a permalink)
+    sentiment: float | None = None  # -1..1 from the feed's sentiment model; None: score with the lexicon
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class SocialFeed:
     mentions: np.ndarray  # daily mention counts
     search_interest: np.ndarray | None  # Google-Trends-like 0..100 per day, when known
     posts: tuple[SocialPost, ...] = ()
+    sentiment_model: str | None = None  # what scored `SocialPost.sentiment` (e.g. a FinBERT path)
+    notes: tuple[str, ...] = ()  # sources that failed or were degraded while building the feed
 
 
 @dataclass(frozen=True)
