@@ -95,6 +95,15 @@ class BarSeries:
     bars: Bars
     report: BarFileReport
     has_ohlc: bool
+    dropped_dates: np.ndarray  # datetime64[D] of each dropped row (NaT: date unreadable)
+    dropped_reasons: np.ndarray  # index into DROP_REASONS, aligned with dropped_dates
+
+    def drops_until(self, last: np.datetime64) -> dict[str, int]:
+        """Dropped rows dated on or before `last` (and undated ones), by reason: what a snapshot
+        as of `last` may be told without hearing about later rows."""
+        known = np.isnat(self.dropped_dates) | (self.dropped_dates <= last)
+        codes, counts = np.unique(self.dropped_reasons[known], return_counts=True)
+        return {DROP_REASONS[c]: int(n) for c, n in zip(codes, counts)}
 
 
 @dataclass(frozen=True)
@@ -202,7 +211,7 @@ def validate_bars(dates: np.ndarray, open_: np.ndarray, high: np.ndarray, low: n
 
 
 def _report_and_bars(path: Path, symbol: str, layout: str, frame: pd.DataFrame,
-                     cols: dict[str, str]) -> tuple[BarFileReport, Bars]:
+                     cols: dict[str, str]) -> tuple[BarFileReport, Bars, np.ndarray, np.ndarray]:
     dates = _parse_dates(frame[cols["date"]].to_numpy(dtype=str))
     close = _numbers(frame, cols["close"])
     if layout in ("ohlc", "ohlcv"):
@@ -229,7 +238,8 @@ def _report_and_bars(path: Path, symbol: str, layout: str, frame: pd.DataFrame,
         dropped=dropped, examples=examples,
         first_date=str(bars.dates[0]) if len(keep) else None, last_date=str(bars.dates[-1]) if len(keep) else None,
     )
-    return report, bars
+    dropped_rows = np.flatnonzero(reason >= 0)
+    return report, bars, dates[dropped_rows], reason[dropped_rows]
 
 
 def read_bar_file(path: str | os.PathLike) -> tuple[BarSeries | None, str | None]:
@@ -252,10 +262,11 @@ def _read_bar_file_cached(path_text: str, size: int, mtime_ns: int) -> tuple[Bar
                      f"{'…' if len(frame.columns) > 6 else ''})"
     layout, cols = found
     symbol = _symbol_of(path)
-    report, bars = _report_and_bars(path, symbol, layout, frame, cols)
+    report, bars, dropped_dates, dropped_reasons = _report_and_bars(path, symbol, layout, frame, cols)
     if report.rows_kept == 0:
         return None, f"{path.name}: no valid rows ({report.summary()})"
-    return BarSeries(symbol=symbol, bars=bars, report=report, has_ohlc=layout in ("ohlc", "ohlcv")), None
+    return BarSeries(symbol=symbol, bars=bars, report=report, has_ohlc=layout in ("ohlc", "ohlcv"),
+                     dropped_dates=dropped_dates, dropped_reasons=dropped_reasons), None
 
 
 _directory_lock = threading.Lock()

@@ -19,8 +19,10 @@ from a directory of daily-bar files (`tools.providers.bar_files`: the shared
   converted to ATM through that day's SKEW smile; other tickers' is that times their rolling
   60-session realized-vol ratio to SPY.
 * **No social data**: `social` is None and data_quality says so; nothing is invented.
-* **Dropped rows**: each file's validation report is in `meta["bar_files"]`; a ticker whose file
-  lost rows says how many and why in its data_quality.
+* **Dropped rows**: `meta["bar_drops"]` counts, per series and reason, the rows validation dropped
+  that are dated up to the session (later rows are not the snapshot's business); a ticker whose
+  file lost rows says how many and why in its data_quality. The full per-file reports (with
+  first examples) are `HistoricalMarket.files.reports`.
 
 Prices are the files' prices (the shared SPY file is dividend-adjusted; a recorded chain's spot is
 the traded price, so next to a recorded chain the bars are rescaled to its spot, and it says so).
@@ -180,11 +182,19 @@ class HistoricalMarket:
                 "end_of_day": f"prices as of the {session} close (daily bars have no intraday prices)",
                 "vix_spot": float(vix.close[-1]), "vix3m_spot": float(vix3m.close[-1]),
                 "modelled_chains": modelled, "recorded_chains": recorded, "missing_tickers": missing,
-                "bar_files": {s.symbol: s.report.to_dict() for s in self.files.series.values()},
+                # Files and drops as known at the session: counts of later rows would tell the future.
+                "bar_files": {s.symbol: s.report.file for s in self.files.series.values()},
+                "bar_drops": {s.symbol: s.drops_until(session) for s in self.files.series.values()
+                              if s.drops_until(session)},
                 "skipped_files": list(self.files.skipped), "not_used_files": list(self.files.not_used),
                 "social": NO_SOCIAL,
             },
         )
+
+    def data_report(self) -> list[str]:
+        """One line per file: rows read, kept and dropped with the first examples; skipped and unused files."""
+        return ([r.summary() for r in self.files.reports] + [f"skipped {why}" for why in self.files.skipped]
+                + [f"not used {why}" for why in self.files.not_used])
 
     def chain(self, ticker: str, as_of: datetime) -> HistoryChain:
         """The chain a snapshot at `as_of` would carry for `ticker` (recorded or modelled)."""
@@ -298,9 +308,12 @@ class HistoricalMarket:
 
     def _ticker_data(self, symbol: str, bars: Bars, benchmark: Bars, as_of: datetime) -> TickerData:
         quality = [f"end-of-day data: prices as of the {bars.dates[-1]} close"]
-        report = self.files.series[symbol].report
-        if report.dropped:
-            quality.append(f"bars: {report.summary()}")
+        series = self.files.series[symbol]
+        drops = series.drops_until(bars.dates[-1])
+        if drops:
+            listed = ", ".join(f"{reason}: {n}" for reason, n in drops.items())
+            quality.append(f"bars: {series.report.file} had {sum(drops.values())} invalid rows up to "
+                           f"{bars.dates[-1]}, dropped ({listed})")
         history = self._chain(symbol, bars, benchmark, as_of)
         chain = history.chain
         atm_iv = self._atm_iv_history(symbol, bars, benchmark)
