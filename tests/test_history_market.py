@@ -238,3 +238,12 @@ def test_other_tickers_scale_the_index_surface_and_say_so(tmp_path):
     assert acme.atm_iv_history[-1] == pytest.approx(atm_spy * ratio, rel=0.05)
     assert acme.chain.meta["smile_skew"] > spy.chain.meta["smile_skew"]  # single names: less skew
     assert acme.sector == "Unknown" and math.isfinite(acme.beta)
+
+
+def test_the_fingerprint_changes_with_the_files(tmp_path):
+    _write_market(tmp_path)
+    first = HistoricalMarket(tmp_path).fingerprint()
+    assert HistoricalMarket(tmp_path).fingerprint() == first and len(first) == 64
+    acme = tmp_path / "ACME.csv"
+    acme.write_text(acme.read_text().replace("1000000.0", "1000001.0", 1))
+    assert HistoricalMarket(tmp_path).fingerprint() != first

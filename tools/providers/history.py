@@ -31,6 +31,7 @@ No rate or dividend series exists in the data: `rate` and `dividend_yields` are 
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time
@@ -191,6 +192,19 @@ class HistoricalMarket:
             },
         )
 
+    def fingerprint(self) -> str:
+        """SHA-256 over the names and contents of the files this market reads (bars and chains):
+        put it in a run id so that a run on other files is another run."""
+        paths = sorted(p for p in self.data_dir.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".parquet"))
+        if self.chains_dir is not None:
+            paths += sorted(p for p in self.chains_dir.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
+        digest = hashlib.sha256()
+        for p in paths:
+            stat = p.stat()
+            digest.update(f"{p.parent.name}/{p.name}\0".encode())
+            digest.update(_file_digest(str(p), stat.st_size, stat.st_mtime_ns))
+        return digest.hexdigest()
+
     def data_report(self) -> list[str]:
         """One line per file: rows read, kept and dropped with the first examples; skipped and unused files."""
         return ([r.summary() for r in self.files.reports] + [f"skipped {why}" for why in self.files.skipped]
@@ -229,7 +243,9 @@ class HistoricalMarket:
             raise HistoryDataError(f"no {symbol} data at {last}: the {symbol} series covers {span}")
         return bars
 
-    def _implied_inputs(self, session: np.datetime64) -> tuple[ImpliedInputs, list[str]]:
+    def implied_inputs(self, session: np.datetime64) -> tuple[ImpliedInputs, list[str]]:
+        """The VIX9D / VIX / VIX3M / SKEW closes a chain on `session` is priced from, and notes on
+        any taken from an earlier day (at most MAX_STALE_DAYS back)."""
         values, notes = {}, []
         for symbol in ("VIX9D", "VIX", "VIX3M", "SKEW"):
             value, day = _close_on_or_before(self.files.bars(symbol), session)
@@ -261,7 +277,7 @@ class HistoricalMarket:
             note = (f"chain recorded: Cboe quote table {recorded.meta.get('file')} "
                     f"({len(recorded):,} quotes as of {recorded.as_of:%Y-%m-%d %H:%M %Z})")
             return HistoryChain(recorded, note, modelled=False)
-        inputs, notes = self._implied_inputs(session)
+        inputs, notes = self.implied_inputs(session)
         if refusal:
             notes.insert(0, refusal)
         ratio, skew_factor = 1.0, 1.0
@@ -334,6 +350,11 @@ class HistoricalMarket:
             beta=1.0 if symbol == BENCHMARK else _beta(bars, benchmark), spot=spot, bars=bars, chain=chain,
             atm_iv_history=atm_iv, social=None, data_quality=tuple(quality),
         )
+
+
+@functools.lru_cache(maxsize=512)
+def _file_digest(path: str, size: int, mtime_ns: int) -> bytes:
+    return hashlib.sha256(Path(path).read_bytes()).digest()
 
 
 @functools.lru_cache(maxsize=32)
