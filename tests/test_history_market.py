@@ -247,3 +247,10 @@ def test_the_fingerprint_changes_with_the_files(tmp_path):
     acme = tmp_path / "ACME.csv"
     acme.write_text(acme.read_text().replace("1000000.0", "1000001.0", 1))
     assert HistoricalMarket(tmp_path).fingerprint() != first
+
+
+def test_a_chain_before_vix9d_and_vix3m_and_before_spy_options_says_so(market):
+    history = market.chain("SPY", as_of_from_date(date(2003, 3, 7)))
+    assert history.modelled and history.chain.meta["priced_from"] == "VIX/SKEW"
+    assert history.note.startswith("chain modelled from VIX/SKEW on 2003-03-07")
+    assert "SPY options were first listed on 2005-01-10: this chain is hypothetical" in history.note

@@ -55,6 +55,7 @@ HISTORY_SESSIONS = 504
 MAX_STALE_DAYS = 7  # calendar days a series' last bar may lag the session before it counts as ended
 DEFAULT_RATE = 0.02
 DEFAULT_DIVIDEND_YIELDS = {"SPY": 0.015}
+SPY_OPTIONS_LISTED = np.datetime64("2005-01-10")
 NO_SOCIAL = "the history market has no social data: no social signal for this date (none invented)"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _TICKER = re.compile(r"^[A-Z0-9][A-Z0-9.\-^]{0,14}$")
@@ -96,8 +97,8 @@ def _realized_vol(close: np.ndarray, window: int = REALIZED_WINDOW) -> float:
     return float(np.std(r, ddof=1) * np.sqrt(_TRADING_DAYS)) if len(r) >= 20 else float("nan")
 
 
-@functools.lru_cache(maxsize=64)
-def _atm_over_vix_table(curvature_key: tuple) -> tuple[np.ndarray, np.ndarray]:
+@functools.cache
+def _atm_over_vix_table() -> tuple[np.ndarray, np.ndarray]:
     """ATM vol / variance-swap vol at 30 days for SKEW levels 100..200 (interpolated per day)."""
     levels = np.arange(100.0, 200.5, 2.5)
     w_vs = 0.2**2 * 30.0 / 365.0
@@ -280,6 +281,8 @@ class HistoricalMarket:
         inputs, notes = self.implied_inputs(session)
         if refusal:
             notes.insert(0, refusal)
+        if symbol == BENCHMARK and session < SPY_OPTIONS_LISTED:
+            notes.append(f"SPY options were first listed on {SPY_OPTIONS_LISTED}: this chain is hypothetical")
         ratio, skew_factor = 1.0, 1.0
         if symbol != BENCHMARK:
             spy = benchmark.close[benchmark.dates <= session]
@@ -310,7 +313,7 @@ class HistoricalMarket:
         skew = self.files.bars("SKEW")
         vix_close = _aligned(vix, bars.dates) / 100.0
         skew_level = _aligned(skew, bars.dates)
-        levels, ratio = _atm_over_vix_table(())
+        levels, ratio = _atm_over_vix_table()
         conversion = np.interp(np.where(np.isfinite(skew_level), skew_level, 130.0), levels, ratio)
         iv = vix_close * conversion
         if symbol == BENCHMARK:
