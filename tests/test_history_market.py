@@ -94,7 +94,9 @@ def test_dropped_rows_of_the_shared_files_are_reported(market):
     assert any(line.startswith("skipped cboe_put_call_ratios.csv: not a daily bar file") for line in lines)
     # A snapshot is told only about drops dated up to its session.
     early = market.snapshot(["SPY"], datetime(2012, 3, 8, 17, 0, tzinfo=NEW_YORK))
-    assert early.meta["bar_drops"]["VIX"] == {"open outside [low, high]": 47}
+    drops = early.meta["bar_drops"]["VIX"]
+    assert drops["file"] == "VIX_History_1990.csv" and drops["dropped"] == {"open outside [low, high]": 47}
+    assert drops["examples"]["open outside [low, high]"][0] == "line 535: 02/11/1992,19.240000,18.570000,17.610000,17.700000"
 
 
 def test_a_recorded_chain_is_used_once_it_was_exported_and_not_before(market):
@@ -224,6 +226,24 @@ def test_the_snapshot_refuses_a_bar_or_chain_after_as_of(tmp_path):
     late_chain = replace(acme.chain, as_of=datetime(2020, 6, 11, 16, 0, tzinfo=NEW_YORK))
     with pytest.raises(LookAheadError, match="ACME chain is as of 2020-06-11"):
         replace(snapshot, tickers={"ACME": replace(acme, chain=late_chain)})
+
+
+def test_a_tickers_dropped_rows_show_up_to_its_session_only(tmp_path):
+    _write_market(tmp_path)
+    acme = tmp_path / "ACME.csv"
+    lines = acme.read_text().splitlines()
+    i_past = 1 + int(np.searchsorted(SESSIONS, pd.Timestamp("2020-03-02")))
+    i_future = 1 + int(np.searchsorted(SESSIONS, pd.Timestamp("2020-07-01")))
+    for i in (i_past, i_future):  # high below low
+        d, o, h, lo, c, v = lines[i].split(",")
+        lines[i] = ",".join([d, o, lo, h, c, v])
+    bad_past = lines[i_past]
+    acme.write_text("\n".join(lines) + "\n")
+    snapshot = HistoricalMarket(tmp_path).snapshot(["ACME"], datetime(2020, 6, 10, 16, 30, tzinfo=NEW_YORK))
+    expected = (f"bars: ACME.csv had 1 invalid rows up to 2020-06-10, dropped "
+                f"(high below low: 1, first line {i_past + 1}: {bad_past})")
+    assert expected in snapshot.tickers["ACME"].data_quality
+    assert snapshot.meta["bar_drops"]["ACME"]["dropped"] == {"high below low": 1}
 
 
 def test_other_tickers_scale_the_index_surface_and_say_so(tmp_path):

@@ -351,6 +351,7 @@ def model_chain(ticker: str, surface: ModelSurface, spot: float, as_of: datetime
         "vix3m": _finite_or_none(inputs.vix3m), "skew_index": _finite_or_none(inputs.skew_index),
         "smile_skew": surface.shape.skew, "smile_curvature": surface.shape.curvature, "smile_rho": surface.shape.rho,
         "vol_ratio_to_spx": surface.vol_ratio,
+        "flow_information": False,  # volume and open interest are a stated model, not observed positioning
         "notes": list(notes),
     }
     return OptionChain(

@@ -97,13 +97,25 @@ class BarSeries:
     has_ohlc: bool
     dropped_dates: np.ndarray  # datetime64[D] of each dropped row (NaT: date unreadable)
     dropped_reasons: np.ndarray  # index into DROP_REASONS, aligned with dropped_dates
+    dropped_rows: tuple[str, ...]  # "line N: raw row", aligned with dropped_dates
+
+    def _known(self, last: np.datetime64) -> np.ndarray:
+        return np.isnat(self.dropped_dates) | (self.dropped_dates <= last)
 
     def drops_until(self, last: np.datetime64) -> dict[str, int]:
         """Dropped rows dated on or before `last` (and undated ones), by reason: what a snapshot
         as of `last` may be told without hearing about later rows."""
-        known = np.isnat(self.dropped_dates) | (self.dropped_dates <= last)
-        codes, counts = np.unique(self.dropped_reasons[known], return_counts=True)
+        codes, counts = np.unique(self.dropped_reasons[self._known(last)], return_counts=True)
         return {DROP_REASONS[c]: int(n) for c, n in zip(codes, counts)}
+
+    def drop_examples_until(self, last: np.datetime64) -> dict[str, list[str]]:
+        """The first EXAMPLES_KEPT dropped rows per reason among those `drops_until` counts."""
+        out: dict[str, list[str]] = {}
+        for i in np.flatnonzero(self._known(last)):
+            shown = out.setdefault(DROP_REASONS[self.dropped_reasons[i]], [])
+            if len(shown) < EXAMPLES_KEPT:
+                shown.append(self.dropped_rows[i])
+        return out
 
 
 @dataclass(frozen=True)
@@ -211,7 +223,7 @@ def validate_bars(dates: np.ndarray, open_: np.ndarray, high: np.ndarray, low: n
 
 
 def _report_and_bars(path: Path, symbol: str, layout: str, frame: pd.DataFrame,
-                     cols: dict[str, str]) -> tuple[BarFileReport, Bars, np.ndarray, np.ndarray]:
+                     cols: dict[str, str]) -> tuple[BarFileReport, Bars, np.ndarray, np.ndarray, tuple[str, ...]]:
     dates = _parse_dates(frame[cols["date"]].to_numpy(dtype=str))
     close = _numbers(frame, cols["close"])
     if layout in ("ohlc", "ohlcv"):
@@ -220,14 +232,16 @@ def _report_and_bars(path: Path, symbol: str, layout: str, frame: pd.DataFrame,
         open_ = high = low = close
     volume = _numbers(frame, cols.get("volume"))
     reason = validate_bars(dates, open_, high, low, close, volume)
+    dropped_rows = np.flatnonzero(reason >= 0)
+    # +2: one header line, 1-based lines (CSV); Parquet rows are numbered the same way.
+    raw = frame.iloc[dropped_rows].astype(str).agg(",".join, axis=1).tolist() if len(dropped_rows) else []
+    dropped_text = tuple(f"line {i + 2}: {text}" for i, text in zip(dropped_rows, raw))
     dropped, examples = {}, {}
-    codes, counts = np.unique(reason[reason >= 0], return_counts=True)
+    codes, counts = np.unique(reason[dropped_rows], return_counts=True)
     for code, n in zip(codes, counts):
         name = DROP_REASONS[code]
         dropped[name] = int(n)
-        first = np.flatnonzero(reason == code)[:EXAMPLES_KEPT]
-        # +2: one header line, 1-based lines (CSV); Parquet rows are numbered the same way.
-        examples[name] = [f"line {i + 2}: {','.join(map(str, frame.iloc[i].tolist()))}" for i in first]
+        examples[name] = [dropped_text[j] for j in np.flatnonzero(reason[dropped_rows] == code)[:EXAMPLES_KEPT]]
     keep = np.flatnonzero(reason < 0)
     keep = keep[np.argsort(dates[keep], kind="stable")]
     bars = Bars(dates[keep].astype("datetime64[D]"), open_[keep], high[keep], low[keep], close[keep], volume[keep])
@@ -238,8 +252,7 @@ def _report_and_bars(path: Path, symbol: str, layout: str, frame: pd.DataFrame,
         dropped=dropped, examples=examples,
         first_date=str(bars.dates[0]) if len(keep) else None, last_date=str(bars.dates[-1]) if len(keep) else None,
     )
-    dropped_rows = np.flatnonzero(reason >= 0)
-    return report, bars, dates[dropped_rows], reason[dropped_rows]
+    return report, bars, dates[dropped_rows], reason[dropped_rows], dropped_text
 
 
 def read_bar_file(path: str | os.PathLike) -> tuple[BarSeries | None, str | None]:
@@ -262,11 +275,11 @@ def _read_bar_file_cached(path_text: str, size: int, mtime_ns: int) -> tuple[Bar
                      f"{'…' if len(frame.columns) > 6 else ''})"
     layout, cols = found
     symbol = _symbol_of(path)
-    report, bars, dropped_dates, dropped_reasons = _report_and_bars(path, symbol, layout, frame, cols)
+    report, bars, dropped_dates, dropped_reasons, dropped_text = _report_and_bars(path, symbol, layout, frame, cols)
     if report.rows_kept == 0:
         return None, f"{path.name}: no valid rows ({report.summary()})"
     return BarSeries(symbol=symbol, bars=bars, report=report, has_ohlc=layout in ("ohlc", "ohlcv"),
-                     dropped_dates=dropped_dates, dropped_reasons=dropped_reasons), None
+                     dropped_dates=dropped_dates, dropped_reasons=dropped_reasons, dropped_rows=dropped_text), None
 
 
 _directory_lock = threading.Lock()

@@ -19,9 +19,10 @@ from a directory of daily-bar files (`tools.providers.bar_files`: the shared
   converted to ATM through that day's SKEW smile; other tickers' is that times their rolling
   60-session realized-vol ratio to SPY.
 * **No social data**: `social` is None and data_quality says so; nothing is invented.
-* **Dropped rows**: `meta["bar_drops"]` counts, per series and reason, the rows validation dropped
-  that are dated up to the session (later rows are not the snapshot's business); a ticker whose
-  file lost rows says how many and why in its data_quality. The full per-file reports (with
+* **Dropped rows**: `meta["bar_drops"]` gives, per series, the file and per reason the count and
+  first examples of the rows validation dropped that are dated up to the session (later rows are
+  not the snapshot's business); a ticker whose file lost rows says how many, why and the first
+  example in its data_quality. The full per-file reports (with
   first examples) are `HistoricalMarket.files.reports`.
 
 Prices are the files' prices (the shared SPY file is dividend-adjusted; a recorded chain's spot is
@@ -186,8 +187,9 @@ class HistoricalMarket:
                 "modelled_chains": modelled, "recorded_chains": recorded, "missing_tickers": missing,
                 # Files and drops as known at the session: counts of later rows would tell the future.
                 "bar_files": {s.symbol: s.report.file for s in self.files.series.values()},
-                "bar_drops": {s.symbol: s.drops_until(session) for s in self.files.series.values()
-                              if s.drops_until(session)},
+                "bar_drops": {s.symbol: {"file": s.report.file, "dropped": s.drops_until(session),
+                                         "examples": s.drop_examples_until(session)}
+                              for s in self.files.series.values() if s.drops_until(session)},
                 "skipped_files": list(self.files.skipped), "not_used_files": list(self.files.not_used),
                 "social": NO_SOCIAL,
             },
@@ -330,7 +332,8 @@ class HistoricalMarket:
         series = self.files.series[symbol]
         drops = series.drops_until(bars.dates[-1])
         if drops:
-            listed = ", ".join(f"{reason}: {n}" for reason, n in drops.items())
+            examples = series.drop_examples_until(bars.dates[-1])
+            listed = ", ".join(f"{reason}: {n}, first {examples[reason][0]}" for reason, n in drops.items())
             quality.append(f"bars: {series.report.file} had {sum(drops.values())} invalid rows up to "
                            f"{bars.dates[-1]}, dropped ({listed})")
         history = self._chain(symbol, bars, benchmark, as_of)
