@@ -34,10 +34,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,9 @@ from tools.chain_model import (ChainModelError, ImpliedInputs, Liquidity, ModelS
                                model_chain, session_close, shape_from_skew_index)
 from tools.providers.bar_files import BarDirectory, read_bar_directory
 from tools.providers.base import Bars, MarketSnapshot, TickerData, last_complete_session
+
+if TYPE_CHECKING:
+    from tools.chain_analysis import ChainAnalysis
 
 BENCHMARK = "SPY"
 VOLATILITY_INDICES = ("VIX", "VIX3M", "VIX9D", "SKEW", "VVIX")
@@ -408,7 +411,7 @@ class HistoryChainAnalysis:
     """What `hedgegraph chain --model TICKER --as-of DATE` shows: the same `ChainAnalysis` a quote
     table gets (`service.chain_report.render_chain_report`), plus where the chain came from."""
 
-    analysis: "ChainAnalysis"
+    analysis: ChainAnalysis
     chain: OptionChain
     note: str  # e.g. "chain modelled from VIX9D/VIX/VIX3M/SKEW on 2022-03-08"
     modelled: bool
