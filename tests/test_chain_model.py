@@ -140,3 +140,26 @@ def test_a_chain_needs_a_positive_spot():
     with pytest.raises(ValueError, match="spot must be positive"):
         model_chain("SPY", build_surface(MARCH_8_2022), 0.0, datetime(2022, 3, 8, 16, tzinfo=NEW_YORK),
                     rate=0.02, dividend_yield=0.0)
+
+
+def test_the_modelled_surface_is_free_of_static_arbitrage_on_real_days():
+    """Total variance never falls with maturity at any strike (calendar), and call prices are convex
+    in strike (butterfly), on 40 days spread over the VIX3M era."""
+    from tools.pricing import black76_price
+    from tools.providers.history import HistoricalMarket, as_of_from_date
+
+    market = HistoricalMarket(HISTORY)
+    sessions = market.files.bars("SPY").dates
+    sessions = sessions[(sessions >= np.datetime64("2009-10-01")) & (sessions <= np.datetime64("2026-07-01"))]
+    strikes = np.linspace(0.45, 1.65, 601)  # evenly spaced, forward 1: second differences ~ density
+    k = np.log(strikes)
+    for day in sessions[np.linspace(0, len(sessions) - 1, 40).astype(int)]:
+        history = market.chain("SPY", as_of_from_date(day.astype(object)))
+        surface = history.surface
+        t = np.unique(history.chain.time_to_expiry)
+        w = np.array([surface.implied_vol(k, np.full_like(k, ti)) ** 2 * ti for ti in t])
+        assert (np.diff(w, axis=0) >= -1e-12).all(), f"calendar arbitrage on {day}"
+        for ti, wi in zip(t, w):
+            calls = black76_price(1.0, strikes, ti, 0.0, np.sqrt(wi / ti), True)
+            second = calls[:-2] - 2 * calls[1:-1] + calls[2:]
+            assert (second >= -1e-12).all(), f"butterfly arbitrage on {day}, {ti * 365:.0f} days"
