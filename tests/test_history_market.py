@@ -274,3 +274,27 @@ def test_a_chain_before_vix9d_and_vix3m_and_before_spy_options_says_so(market):
     assert history.modelled and history.chain.meta["priced_from"] == "VIX/SKEW"
     assert history.note.startswith("chain modelled from VIX/SKEW on 2003-03-07")
     assert "SPY options were first listed on 2005-01-10: this chain is hypothetical" in history.note
+
+
+def test_a_users_directory_of_stocks_borrows_the_market_series(tmp_path):
+    index = tmp_path / "index"
+    index.mkdir()
+    _write_market(index)
+    own = tmp_path / "mine"
+    own.mkdir()
+    (index / "ACME.csv").rename(own / "ACME.csv")
+    market = HistoricalMarket(own, index_dir=index)
+    snapshot = market.snapshot(["ACME"], datetime(2020, 6, 10, 16, 30, tzinfo=NEW_YORK))
+    assert snapshot.meta["from_index_dir"] == ["VIX", "VIX3M", "VIX9D", "SKEW", "SPY"]
+    assert snapshot.tickers["ACME"].chain.source == "modelled"
+    assert snapshot.meta["index_dir"] == str(index)
+
+
+def test_a_ticker_whose_chain_cannot_be_modelled_keeps_its_bars(tmp_path):
+    _write_market(tmp_path)
+    (tmp_path / "SKEW_History.csv").unlink()
+    market = HistoricalMarket(tmp_path, index_dir=tmp_path)
+    snapshot = market.snapshot(["ACME"], datetime(2020, 6, 10, 16, 30, tzinfo=NEW_YORK))
+    acme = snapshot.tickers["ACME"]
+    assert acme.chain is None and len(acme.bars) > 300
+    assert "no option chain: ACME on 2020-06-10: no SKEW close on 2020-06-10: cannot model the smile" in acme.data_quality

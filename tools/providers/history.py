@@ -9,7 +9,9 @@ from a directory of daily-bar files (`tools.providers.bar_files`: the shared
   before): spot is that close, the chain is as of that close, and every bar dated later is left out
   (`MarketSnapshot` re-checks it and refuses anything after `as_of`).
 * **Regime** from the real VIX and VIX3M closes; the benchmark is SPY's bars. Both must have a
-  bar within `MAX_STALE_DAYS` of the session, or the snapshot is refused with the reason.
+  bar within `MAX_STALE_DAYS` of the session, or the snapshot is refused with the reason. A
+  directory without VIX / VIX3M / VIX9D / SKEW / SPY (a user's own stocks) takes those from
+  `index_dir` (default: the shared history files) and `meta["from_index_dir"]` lists them.
 * **Option chains.** A recorded Cboe quote table from `chains_dir`
   (``<ticker>_quotedata_<session>.csv``) when one exists for the ticker and session and was
   exported by `as_of`; otherwise a chain modelled from that session's VIX9D / VIX / VIX3M / SKEW
@@ -34,7 +36,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from tools.chain_analysis import ChainAnalysis
 
 BENCHMARK = "SPY"
+MARKET_SERIES = ("VIX", "VIX3M", "VIX9D", "SKEW", BENCHMARK)  # what every snapshot or modelled chain reads
 VOLATILITY_INDICES = ("VIX", "VIX3M", "VIX9D", "SKEW", "VVIX")
 HISTORY_SESSIONS = 504
 MAX_STALE_DAYS = 7  # calendar days a series' last bar may lag the session before it counts as ended
@@ -126,8 +129,8 @@ class HistoricalMarket:
     name = "history"
 
     def __init__(self, data_dir: str | Path | None = None, chains_dir: str | Path | None = None, *,
-                 rate: float = DEFAULT_RATE, dividend_yields: dict[str, float] | None = None,
-                 history_sessions: int = HISTORY_SESSIONS) -> None:
+                 index_dir: str | Path | None = None, rate: float = DEFAULT_RATE,
+                 dividend_yields: dict[str, float] | None = None, history_sessions: int = HISTORY_SESSIONS) -> None:
         data_dir = data_dir if data_dir is not None else default_history_dir()
         if data_dir is None:
             raise HistoryDataError("no history data directory given and ../shared/data/history does not exist")
@@ -138,7 +141,20 @@ class HistoricalMarket:
         self.rate = float(rate)
         self.dividend_yields = dict(DEFAULT_DIVIDEND_YIELDS if dividend_yields is None else dividend_yields)
         self.history_sessions = int(history_sessions)
-        self.files: BarDirectory = read_bar_directory(self.data_dir)  # parsed once per process (cached)
+        own = read_bar_directory(self.data_dir)  # parsed once per process (cached)
+        # A user's directory of stocks need not carry the market series: those it lacks come from
+        # `index_dir` (default: the shared history files), and the snapshot says so.
+        index_dir = Path(index_dir) if index_dir is not None else default_history_dir()
+        borrowed = {}
+        if index_dir is not None and index_dir.resolve() != self.data_dir.resolve():
+            lacking = [s for s in MARKET_SERIES if s not in own.series]
+            if lacking:
+                index = read_bar_directory(index_dir)
+                borrowed = {s: index.series[s] for s in lacking if s in index.series}
+        self.index_dir = index_dir if borrowed else None
+        self.borrowed = tuple(borrowed)
+        self.files: BarDirectory = replace(
+            own, series=own.series | borrowed, reports=own.reports + tuple(b.report for b in borrowed.values()))
 
     def __repr__(self) -> str:
         return f"HistoricalMarket({str(self.data_dir)!r})"
@@ -183,6 +199,8 @@ class HistoricalMarket:
             rate=self.rate,
             meta={
                 "data_dir": str(self.data_dir),
+                "index_dir": None if self.index_dir is None else str(self.index_dir),
+                "from_index_dir": list(self.borrowed),
                 "chains_dir": None if self.chains_dir is None else str(self.chains_dir),
                 "last_session": str(session),
                 "end_of_day": f"prices as of the {session} close (daily bars have no intraday prices)",
@@ -202,6 +220,9 @@ class HistoricalMarket:
         """SHA-256 over the names and contents of the files this market reads (bars and chains):
         put it in a run id so that a run on other files is another run."""
         paths = sorted(p for p in self.data_dir.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".parquet"))
+        if self.index_dir is not None:
+            used = {self.files.series[s].report.file for s in self.borrowed}
+            paths += sorted(p for p in self.index_dir.iterdir() if p.name in used)
         if self.chains_dir is not None:
             paths += sorted(p for p in self.chains_dir.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
         digest = hashlib.sha256()
@@ -339,10 +360,16 @@ class HistoricalMarket:
             listed = ", ".join(f"{reason}: {n}, first {examples[reason][0]}" for reason, n in drops.items())
             quality.append(f"bars: {series.report.file} had {sum(drops.values())} invalid rows up to "
                            f"{bars.dates[-1]}, dropped ({listed})")
-        history = self._chain(symbol, bars, benchmark, as_of)
-        chain = history.chain
         atm_iv = self._atm_iv_history(symbol, bars, benchmark)
         spot = float(bars.close[-1])
+        try:
+            history = self._chain(symbol, bars, benchmark, as_of)
+        except HistoryDataError as exc:  # this ticker gets no chain; the rest of the snapshot stands
+            quality += [f"no option chain: {exc}", NO_SOCIAL]
+            return TickerData(ticker=symbol, sector="Index" if symbol == BENCHMARK else "Unknown",
+                              beta=1.0 if symbol == BENCHMARK else _beta(bars, benchmark), spot=spot, bars=bars,
+                              chain=None, atm_iv_history=atm_iv, social=None, data_quality=tuple(quality))
+        chain = history.chain
         if history.modelled:
             quality += [history.note, "option volume and open interest are modelled: no flow information"]
         else:
