@@ -264,87 +264,84 @@ class Book:
     async def _book_fill(self, row: Mapping[str, Any]) -> bool:
         legs = [ComboLeg.from_any(leg) for leg in row["broker_legs"]]
         leg_prices = [Decimal(str(p)) for p in row["leg_prices"]]
-        if row["closes_position_id"] is None:
-            return await self._book_opening(row, legs, leg_prices)
-        return await self._book_closing(row, legs)
-
-    async def _book_opening(self, row, legs: list[ComboLeg], leg_prices: list[Decimal]) -> bool:
-        units, price, commission = row["quantity"], row["price"], row["commission"]
         async with self.store.transaction() as conn:
             if await self.store.fill_booked(conn, row["fill_id"]):
                 return False
+            if row["closes_position_id"] is None:
+                return await self._book_opening(conn, row, legs, leg_prices)
+            return await self._book_closing(conn, row, legs)
+
+    async def _book_opening(self, conn, row, legs: list[ComboLeg], leg_prices: list[Decimal]) -> bool:
+        units, price, commission = row["quantity"], row["price"], row["commission"]
+        position = await self.store.lock_position(conn, order_id=row["order_id"])
+        if position is None:
+            proposal = row["proposal"] or {}
+            created = await self.store.insert_position(conn, {
+                "position_id": f"pos_{row['order_id']}", "order_id": row["order_id"], "run_id": row["run_id"],
+                "account_id": self.account_id, "ticker": row["ticker"], "sector": row["sector"],
+                "structure": row["structure"],
+                "legs": [BookLeg(l.expiry, l.strike, l.right, l.side, l.ratio, _cost(p * units)).to_json()
+                         for l, p in zip(legs, leg_prices)],
+                "multiplier": row["multiplier"], "units_opened": units, "units_open": units,
+                "entry_cost": _cost(price * units), "entry_price": _cost(price),
+                "max_profit": _optional_decimal(proposal.get("max_profit")),
+                "max_loss": _optional_decimal(proposal.get("max_loss")),
+                "probability_of_profit": proposal.get("probability_of_profit"),
+                "thesis": proposal.get("rationale") or "", "opened_at": row["filled_at"],
+                "realized_pnl": -commission, "commissions": commission})
+            if created:
+                if not await self.store.insert_position_fill(
+                        conn, fill_id=row["fill_id"], position_id=f"pos_{row['order_id']}", order_id=row["order_id"],
+                        kind="open", units=units, price=price, commission=commission, gross_pnl=ZERO,
+                        realized_pnl=-commission, at=row["filled_at"]):
+                    raise BookError(f"fill {row['fill_id']} was booked twice")
+                return True
             position = await self.store.lock_position(conn, order_id=row["order_id"])
-            if position is None:
-                proposal = row["proposal"] or {}
-                created = await self.store.insert_position(conn, {
-                    "position_id": f"pos_{row['order_id']}", "order_id": row["order_id"], "run_id": row["run_id"],
-                    "account_id": self.account_id, "ticker": row["ticker"], "sector": row["sector"],
-                    "structure": row["structure"],
-                    "legs": [BookLeg(l.expiry, l.strike, l.right, l.side, l.ratio, _cost(p * units)).to_json()
-                             for l, p in zip(legs, leg_prices)],
-                    "multiplier": row["multiplier"], "units_opened": units, "units_open": units,
-                    "entry_cost": _cost(price * units), "entry_price": _cost(price),
-                    "max_profit": _optional_decimal(proposal.get("max_profit")),
-                    "max_loss": _optional_decimal(proposal.get("max_loss")),
-                    "probability_of_profit": proposal.get("probability_of_profit"),
-                    "thesis": proposal.get("rationale") or "", "opened_at": row["filled_at"],
-                    "realized_pnl": -commission, "commissions": commission})
-                if created:
-                    if not await self.store.insert_position_fill(
-                            conn, fill_id=row["fill_id"], position_id=f"pos_{row['order_id']}", order_id=row["order_id"],
-                            kind="open", units=units, price=price, commission=commission, gross_pnl=ZERO,
-                            realized_pnl=-commission, at=row["filled_at"]):
-                        raise BookError(f"fill {row['fill_id']} was booked twice")
-                    return True
-                position = await self.store.lock_position(conn, order_id=row["order_id"])
-            p = StrategyPosition.from_row(position)
-            if p.status != "open":
-                raise BookError(f"fill {row['fill_id']} opens more of position {p.position_id}, which is {p.status}")
-            if not await self.store.insert_position_fill(
-                    conn, fill_id=row["fill_id"], position_id=p.position_id, order_id=row["order_id"], kind="open",
-                    units=units, price=price, commission=commission, gross_pnl=ZERO, realized_pnl=-commission,
-                    at=row["filled_at"]):
-                return False
-            entry_cost = p.entry_cost + price * units
-            await self.store.update_position(conn, p.position_id, {
-                "units_opened": p.units_opened + units, "units_open": p.units_open + units,
-                "entry_cost": _cost(entry_cost), "entry_price": _cost(entry_cost / (p.units_open + units)),
-                "legs": [BookLeg(l.expiry, l.strike, l.right, l.side, l.ratio, _cost(l.cost + lp * units)).to_json()
-                         for l, lp in zip(p.legs, leg_prices)],
-                "realized_pnl": p.realized_pnl - commission, "commissions": p.commissions + commission})
+        p = StrategyPosition.from_row(position)
+        if p.status != "open":
+            raise BookError(f"fill {row['fill_id']} opens more of position {p.position_id}, which is {p.status}")
+        if not await self.store.insert_position_fill(
+                conn, fill_id=row["fill_id"], position_id=p.position_id, order_id=row["order_id"], kind="open",
+                units=units, price=price, commission=commission, gross_pnl=ZERO, realized_pnl=-commission,
+                at=row["filled_at"]):
+            return False
+        entry_cost = p.entry_cost + price * units
+        await self.store.update_position(conn, p.position_id, {
+            "units_opened": p.units_opened + units, "units_open": p.units_open + units,
+            "entry_cost": _cost(entry_cost), "entry_price": _cost(entry_cost / (p.units_open + units)),
+            "legs": [BookLeg(l.expiry, l.strike, l.right, l.side, l.ratio, _cost(l.cost + lp * units)).to_json()
+                     for l, lp in zip(p.legs, leg_prices)],
+            "realized_pnl": p.realized_pnl - commission, "commissions": p.commissions + commission})
         return True
 
-    async def _book_closing(self, row, legs: list[ComboLeg]) -> bool:
+    async def _book_closing(self, conn, row, legs: list[ComboLeg]) -> bool:
         units, price, commission = row["quantity"], row["price"], row["commission"]
-        async with self.store.transaction() as conn:
-            if await self.store.fill_booked(conn, row["fill_id"]):
-                return False
-            position = await self.store.lock_position(conn, position_id=row["closes_position_id"])
-            if position is None:
-                raise BookError(f"fill {row['fill_id']} closes unknown position {row['closes_position_id']}")
-            p = StrategyPosition.from_row(position)
-            expected = sorted((l.expiry, l.strike, l.right, "sell" if l.sign > 0 else "buy", l.ratio) for l in p.legs)
-            if sorted(leg.key() for leg in legs) != expected:
-                raise BookError(f"fill {row['fill_id']}: the closing order's legs are not position {p.position_id}'s "
-                                "legs with their sides flipped")
-            if units > p.units_open:
-                raise BookError(f"fill {row['fill_id']} closes {units} units of position {p.position_id}, "
-                                f"which has only {p.units_open} open")
-            released = _share(p.entry_cost, units, p.units_open)
-            gross = _money(-(released + price * units) * p.multiplier)
-            realized = gross - commission
-            if not await self.store.insert_position_fill(
-                    conn, fill_id=row["fill_id"], position_id=p.position_id, order_id=row["order_id"], kind="close",
-                    units=units, price=price, commission=commission, gross_pnl=gross, realized_pnl=realized,
-                    at=row["filled_at"]):
-                return False
-            left = p.units_open - units
-            await self.store.update_position(conn, p.position_id, {
-                "units_open": left, "entry_cost": _cost(p.entry_cost - released),
-                "legs": [BookLeg(l.expiry, l.strike, l.right, l.side, l.ratio,
-                                 _cost(l.cost - _share(l.cost, units, p.units_open))).to_json() for l in p.legs],
-                "realized_pnl": p.realized_pnl + realized, "commissions": p.commissions + commission,
-                **({"status": "closed", "closed_at": row["filled_at"]} if left == 0 else {})})
+        position = await self.store.lock_position(conn, position_id=row["closes_position_id"])
+        if position is None:
+            raise BookError(f"fill {row['fill_id']} closes unknown position {row['closes_position_id']}")
+        p = StrategyPosition.from_row(position)
+        expected = sorted((l.expiry, l.strike, l.right, "sell" if l.sign > 0 else "buy", l.ratio) for l in p.legs)
+        if sorted(leg.key() for leg in legs) != expected:
+            raise BookError(f"fill {row['fill_id']}: the closing order's legs are not position {p.position_id}'s "
+                            "legs with their sides flipped")
+        if units > p.units_open:
+            raise BookError(f"fill {row['fill_id']} closes {units} units of position {p.position_id}, "
+                            f"which has only {p.units_open} open")
+        released = _share(p.entry_cost, units, p.units_open)
+        gross = _money(-(released + price * units) * p.multiplier)
+        realized = gross - commission
+        if not await self.store.insert_position_fill(
+                conn, fill_id=row["fill_id"], position_id=p.position_id, order_id=row["order_id"], kind="close",
+                units=units, price=price, commission=commission, gross_pnl=gross, realized_pnl=realized,
+                at=row["filled_at"]):
+            return False
+        left = p.units_open - units
+        await self.store.update_position(conn, p.position_id, {
+            "units_open": left, "entry_cost": _cost(p.entry_cost - released),
+            "legs": [BookLeg(l.expiry, l.strike, l.right, l.side, l.ratio,
+                             _cost(l.cost - _share(l.cost, units, p.units_open))).to_json() for l in p.legs],
+            "realized_pnl": p.realized_pnl + realized, "commissions": p.commissions + commission,
+            **({"status": "closed", "closed_at": row["filled_at"]} if left == 0 else {})})
         return True
 
     async def positions(self, status: str | None = "open") -> list[StrategyPosition]:

@@ -3,7 +3,9 @@ positions from fills, marks and snapshots, exits staged through the order queue,
 (cash settlement, assignment, a vertical fully in the money) and the account the risk gate reads."""
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta, timezone
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 
 import pytest
@@ -12,6 +14,7 @@ from brokers.base import BrokerPosition, ComboOrder, LegQuote, OptionContract
 from brokers.book import Book, BookError, last_daily_reset
 from brokers.order_state import OrderState
 from brokers.paper import PaperBroker, SlippageModel
+from brokers.quote_source import QuoteBook
 from config.settings import BookConfig
 from risk.gate import pre_trade
 from risk.limits import load_risk_matrix
@@ -42,6 +45,26 @@ async def open_position(db, broker, p, contracts=3, run_id="run-1"):
     assert fills and sum(f.quantity for f in fills) == contracts
     await Book(db).ingest_fills()
     return record
+
+
+@dataclass
+class Desk:
+    """One paper account on an injected clock, with its quotes, broker and book."""
+
+    clock: Clock
+    quotes: QuoteBook
+    broker: PaperBroker
+    book: Book
+
+
+async def desk_with(db, p, units: int, *, underlying="600", config: BookConfig | None = None, **broker_kw) -> Desk:
+    """A desk holding `units` of proposal `p`, opened (filled at the mid) and booked."""
+    await run_row(db)
+    clock = Clock()
+    quotes = book_for(p, underlying=underlying)
+    desk = Desk(clock, quotes, paper(db, quotes, clock, **broker_kw), Book(db, config=config))
+    await open_position(db, desk.broker, p, units)
+    return desk
 
 
 async def approve_and_fill(db, broker, record):
@@ -117,13 +140,9 @@ async def test_vertical_round_trip_marks_exit_and_realized_pnl(db):
 
 
 async def test_rejected_exit_is_restaged_at_a_later_slot(db):
-    await run_row(db)
-    clock = Clock()
     p = bull_put_spread()
-    quotes = book_for(p)
-    broker = paper(db, quotes, clock)
-    book = Book(db, config=BookConfig(close_at_dte=30))  # 28 DTE: the DTE rule fires at once
-    await open_position(db, broker, p, 2)
+    desk = await desk_with(db, p, 2, config=BookConfig(close_at_dte=30))  # 28 DTE: the DTE rule fires at once
+    clock, quotes, broker, book = desk.clock, desk.quotes, desk.broker, desk.book
     exits = await book.exit_orders(clock.now, quotes)
     assert [e.rule for e in exits] == ["dte"]
     [first] = await book.stage_exits(clock.now, exits)
@@ -135,13 +154,9 @@ async def test_rejected_exit_is_restaged_at_a_later_slot(db):
 
 
 async def test_closing_more_than_is_open_is_refused(db):
-    await run_row(db)
-    clock = Clock()
     p = bull_put_spread()
-    quotes = book_for(p)
-    broker = paper(db, quotes, clock)
-    book = Book(db, config=BookConfig(close_at_dte=30))
-    await open_position(db, broker, p, 2)
+    desk = await desk_with(db, p, 2, config=BookConfig(close_at_dte=30))
+    clock, quotes, broker, book = desk.clock, desk.quotes, desk.broker, desk.book
     [exit_trade] = await book.exit_orders(clock.now, quotes)
     [staged] = await book.stage_exits(clock.now, [exit_trade])
     # Someone edits the closing order to 3 units before it is approved and filled.
@@ -158,14 +173,10 @@ async def test_closing_more_than_is_open_is_refused(db):
 
 
 async def test_spx_cash_settlement(db):
-    await run_row(db)
-    clock = Clock()
     p = proposal([leg("5800", "P", "sell", "30.00", "31.00"), leg("5790", "P", "buy", "26.00", "27.00")],
                  ticker="SPX", max_loss="600")
-    quotes = book_for(p, underlying="5850")
-    broker = paper(db, quotes, clock)
-    book = Book(db)
-    await open_position(db, broker, p, 2)
+    desk = await desk_with(db, p, 2, underlying="5850")
+    clock, quotes, broker, book = desk.clock, desk.quotes, desk.broker, desk.book
     cash_before = await broker.ledger.cash()
     [position] = await book.positions()
     assert position.entry_price == D("-4.00")
@@ -185,13 +196,9 @@ async def test_spx_cash_settlement(db):
 
 
 async def test_equity_short_put_assigned_into_shares(db):
-    await run_row(db)
-    clock = Clock()
     p = proposal([leg("580", "P", "sell", "3.00", "3.20")], structure="short_put", max_loss="57000")
-    quotes = book_for(p)
-    broker = paper(db, quotes, clock, share_prices=lambda t: D("575"))
-    book = Book(db)
-    await open_position(db, broker, p, 1)
+    desk = await desk_with(db, p, 1, share_prices=lambda t: D("575"))
+    clock, quotes, broker, book = desk.clock, desk.quotes, desk.broker, desk.book
     cash_before = await broker.ledger.cash()
     clock.now = datetime.combine(EXPIRY, time(17, 0), tzinfo=NEW_YORK)
     [result] = await book.settle_expired(clock.now, lambda t: D("575"), broker=broker)
@@ -207,13 +214,9 @@ async def test_equity_short_put_assigned_into_shares(db):
 
 
 async def test_vertical_fully_in_the_money_nets_to_its_width(db):
-    await run_row(db)
-    clock = Clock()
     p = bull_call_spread()  # buy 600C, sell 610C: debit 3.55 at the mid
-    quotes = book_for(p)
-    broker = paper(db, quotes, clock)
-    book = Book(db)
-    await open_position(db, broker, p, 2)
+    desk = await desk_with(db, p, 2)
+    clock, quotes, broker, book = desk.clock, desk.quotes, desk.broker, desk.book
     cash_before = await broker.ledger.cash()
     clock.now = datetime.combine(EXPIRY + timedelta(days=3), time(9, 0), tzinfo=NEW_YORK)  # any later time
     [result] = await book.settle_expired(clock.now, lambda t: D("620"), broker=broker)
@@ -224,13 +227,9 @@ async def test_vertical_fully_in_the_money_nets_to_its_width(db):
 
 
 async def test_pin_risk_the_session_before_expiry(db):
-    await run_row(db)
-    clock = Clock()
     p = bull_put_spread()
-    quotes = book_for(p, underlying="582")
-    broker = paper(db, quotes, clock)
-    book = Book(db)
-    await open_position(db, broker, p, 1)
+    desk = await desk_with(db, p, 1, underlying="582")
+    clock, quotes, broker, book = desk.clock, desk.quotes, desk.broker, desk.book
     assert await book.pin_risk(clock.now, quotes) == []  # weeks away
     day_before = datetime.combine(EXPIRY - timedelta(days=1), time(15, 0), tzinfo=NEW_YORK)
     [warning] = await book.pin_risk(day_before, quotes)
@@ -303,13 +302,9 @@ async def test_trades_per_day_counts_opening_orders_filled_since_the_reset(db):
 
 
 async def test_reconcile_reports_differences_on_both_sides(db):
-    await run_row(db)
-    clock = Clock()
     p = bull_put_spread()
-    quotes = book_for(p)
-    broker = paper(db, quotes, clock)
-    book = Book(db)
-    await open_position(db, broker, p, 2)
+    desk = await desk_with(db, p, 2)
+    clock, quotes, broker, book = desk.clock, desk.quotes, desk.broker, desk.book
     held = await broker.positions()
     assert await book.reconcile(held) == []
     extra = BrokerPosition(OptionContract("QQQ", EXPIRY, D("500"), "C"), 1, D("2"))
@@ -319,13 +314,9 @@ async def test_reconcile_reports_differences_on_both_sides(db):
 
 
 async def test_queries_for_the_commands(db):
-    await run_row(db)
-    clock = Clock()
     p = bull_put_spread()
-    quotes = book_for(p)
-    broker = paper(db, quotes, clock)
-    book = Book(db)
-    await open_position(db, broker, p, 2)
+    desk = await desk_with(db, p, 2)
+    clock, quotes, broker, book = desk.clock, desk.quotes, desk.broker, desk.book
     await book.mark(clock.now, quotes)
     clock.advance(days=1)
     set_quote(quotes, "SPY", "580", "P", "2.00", "2.20")
@@ -348,3 +339,21 @@ async def test_queries_for_the_commands(db):
 def test_naive_times_are_refused():
     with pytest.raises(ValueError):
         last_daily_reset(datetime(2026, 1, 1, 12), time(0))
+
+
+async def test_concurrent_ingestion_books_each_fill_once(db):
+    await run_row(db)
+    clock = Clock()
+    p = bull_put_spread()
+    quotes = book_for(p)
+    broker = paper(db, quotes, clock, max_contracts_per_fill=1)
+    record = await stage(db, p, 3)
+    await approve(db, record.order_id)
+    await broker.place(ComboOrder.from_record(record))
+    for _ in range(3):
+        await broker.process()
+    books = [Book(db) for _ in range(4)]
+    reports = await asyncio.gather(*(b.ingest_fills() for b in books))
+    assert sorted(f for r in reports for f in r.booked) == sorted(f.fill_id for f in await broker.fills(record.order_id))
+    [position] = await books[0].positions()
+    assert (position.units_opened, position.units_open, position.commissions) == (3, 3, D("3.90"))
