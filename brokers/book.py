@@ -583,17 +583,22 @@ class Book:
             return []
         run_id = f"exits-{now.astimezone(NEW_YORK):%Y%m%d-%H%M%S}"
         runs, repo = RunRepository(self.pool), OrderRepository(self.pool)
-        await runs.create_if_absent(run_id=run_id, slot_key=f"exits|{now.isoformat()}", watchlist="exits", as_of=now,
-                                    tickers=sorted({e.order.ticker for e in exits}), seed=seed, provider="book",
-                                    config=dict(config or {}))
-        await runs.set_status(run_id, "awaiting_approval")
+
+        async def open_run() -> str:
+            # Created only when an order is about to be staged: a slot with nothing new leaves no run.
+            await runs.create_if_absent(run_id=run_id, slot_key=f"exits|{now.isoformat()}", watchlist="exits",
+                                        as_of=now, tickers=sorted({e.order.ticker for e in exits}), seed=seed,
+                                        provider="book", config=dict(config or {}))
+            await runs.set_status(run_id, "awaiting_approval")
+            return run_id
+
         staged = []
         for exit_trade in exits:
             async with self.store.position_lock(exit_trade.position_id):
-                staged.append(await self._stage_one(now, run_id, exit_trade, repo, actor))
+                staged.append(await self._stage_one(now, open_run, exit_trade, repo, actor))
         return staged
 
-    async def _stage_one(self, now: datetime, run_id: str, exit_trade: ExitTrade, repo: OrderRepository,
+    async def _stage_one(self, now: datetime, open_run, exit_trade: ExitTrade, repo: OrderRepository,
                          actor: str) -> StagedExit:
         position = await self.position(exit_trade.position_id)
         if position is None or position.status != "open":
@@ -609,7 +614,7 @@ class Book:
         key = hashlib.sha256(f"exit|{exit_trade.position_id}|{len(previous)}".encode()).hexdigest()
         trade = exit_trade.order.to_sized_trade(now)
         record, created = await repo.stage(
-            order_id=f"ord_{key[:20]}", idempotency_key=key, run_id=run_id, trade=trade, sector=position.sector,
+            order_id=f"ord_{key[:20]}", idempotency_key=key, run_id=await open_run(), trade=trade, sector=position.sector,
             limit_price=exit_trade.order.limit_price, requires_acknowledgement=exit_trade.order.quantity > 10,
             actor=actor, created_at=now)
         await self.store.link_exit(record.order_id, exit_trade.position_id, exit_trade.rule)

@@ -78,6 +78,7 @@ async def assert_nlv_agrees(book: Book, broker: PaperBroker, quotes, now, **kw):
     account = await broker.account()
     assert report.snapshot.net_liquidation == account.net_liquidation
     assert report.snapshot.cash == account.cash
+    assert report.snapshot.margin_used == account.margin_used
     return report
 
 
@@ -268,6 +269,11 @@ async def test_account_rules_act_on_real_fills(db):
     decision = pre_trade("QQQ", "index", state, await book.open_positions(), regime(), matrix, clock.now)
     codes = {v.code for v in decision.vetoes}
     assert {"daily_loss_halt", "daily_loss_lockout", "cooldown"} <= codes
+    # Half an hour later the cooldown is over; the day's loss still halts and locks out.
+    later = clock.now + timedelta(minutes=31)
+    state = await book.account_state(later, reset, quotes=quotes)
+    codes = {v.code for v in pre_trade("QQQ", "index", state, [], regime(), matrix, later).vetoes}
+    assert "cooldown" not in codes and {"daily_loss_halt", "daily_loss_lockout"} <= codes
 
     # After the daily reset the loss is yesterday's; the cooldown has long passed.
     next_day = datetime.combine(clock.now.astimezone(NEW_YORK).date() + timedelta(days=1), time(10, 0), tzinfo=NEW_YORK)
@@ -317,7 +323,8 @@ async def test_queries_for_the_commands(db):
     p = bull_put_spread()
     desk = await desk_with(db, p, 2)
     clock, quotes, broker, book = desk.clock, desk.quotes, desk.broker, desk.book
-    await book.mark(clock.now, quotes)
+    first = await book.mark(clock.now, quotes)
+    assert any("10 x SPY" in note for note in first.snapshot.missing)  # no spx_price given: said so
     clock.advance(days=1)
     set_quote(quotes, "SPY", "580", "P", "2.00", "2.20")
     set_quote(quotes, "SPY", "575", "P", "1.40", "1.60")
@@ -357,3 +364,18 @@ async def test_concurrent_ingestion_books_each_fill_once(db):
     assert sorted(f for r in reports for f in r.booked) == sorted(f.fill_id for f in await broker.fills(record.order_id))
     [position] = await books[0].positions()
     assert (position.units_opened, position.units_open, position.commissions) == (3, 3, D("3.90"))
+
+
+async def test_a_crash_between_staging_and_linking_an_exit_restages_the_same_order(db):
+    p = bull_put_spread()
+    desk = await desk_with(db, p, 2, config=BookConfig(close_at_dte=30))
+    exits = await desk.book.exit_orders(desk.clock.now, desk.quotes)
+    [first] = await desk.book.stage_exits(desk.clock.now, exits)
+    # As if the process died after OrderRepository.stage and before the link was written.
+    await db.pool.execute("UPDATE orders SET closes_position_id = NULL, exit_rule = NULL WHERE order_id = $1",
+                          first.order.order_id)
+    [again] = await desk.book.stage_exits(desk.clock.now + timedelta(minutes=30), exits)
+    assert again.order.order_id == first.order.order_id and not again.created
+    assert await db.pool.fetchval("SELECT count(*) FROM orders WHERE structure = 'close_bull_put_spread'") == 1
+    linked = await db.pool.fetchval("SELECT closes_position_id FROM orders WHERE order_id = $1", first.order.order_id)
+    assert linked == exits[0].position_id
