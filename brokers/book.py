@@ -388,15 +388,17 @@ class Book:
                                      math.nan, greeks.theta_vega_ratio, greeks.missing)
         return greeks
 
-    async def _shares_value(self, share_prices: Callable[[str], Decimal | None] | None) -> tuple[Decimal, list[str]]:
-        value, missing = ZERO, []
+    async def _shares_value(self, share_prices: Callable[[str], Decimal | None] | None) -> tuple[Decimal, Decimal, list[str]]:
+        """(value, unrealized P&L, missing) of the shares held from exercises and assignments."""
+        value, unrealized, missing = ZERO, ZERO, []
         for row in await self.store.shares():
             price = share_prices(row["ticker"]) if share_prices is not None else None
             if price is None:
                 price = row["avg_price"]
                 missing.append(f"{row['ticker']} shares: no price, carried at cost")
             value += row["quantity"] * Decimal(price)
-        return value, missing
+            unrealized += row["quantity"] * (Decimal(price) - row["avg_price"])
+        return value, unrealized, missing
 
     def _margin(self, positions: Sequence[StrategyPosition], quotes: QuoteSource | None) -> tuple[Decimal, list[str]]:
         by_ticker: dict[str, list[StrategyPosition]] = {}
@@ -437,15 +439,15 @@ class Book:
                          list(missing) + list(greeks.missing)))
         await self.store.insert_marks(rows)
         cash = await self.store.cash()
-        shares_value, share_notes = await self._shares_value(share_prices)
+        shares_value, shares_unrealized, share_notes = await self._shares_value(share_prices)
         margin, margin_notes = self._margin(positions, quotes)
         book_greeks = self._greeks([h for p in positions for h in p.holdings()], quotes, spx)
         nlv = cash + sum((m.value for m in marks), ZERO) + shares_value
-        unrealized = sum((m.unrealized_pnl for m in marks), ZERO)
+        unrealized = sum((m.unrealized_pnl for m in marks), ZERO) + _money(shares_unrealized)
         daily_pnl = None
         if daily_reset is not None:
             base = await self.store.snapshot_at_or_before(daily_reset)
-            daily_pnl = nlv - (base["net_liquidation"] if base is not None else await self._opening_cash())
+            daily_pnl = nlv - (base["net_liquidation"] if base is not None else await self.store.opening_cash())
         snapshot = AccountSnapshot(
             account_id=self.account_id, broker=self.broker, captured_at=now, net_liquidation=nlv, cash=cash,
             margin_used=margin, delta=book_greeks.delta, gamma=book_greeks.gamma, vega=book_greeks.vega,
@@ -457,10 +459,6 @@ class Book:
             shares_value=shares_value)
         await self.journal.record_snapshot(snapshot)
         return MarkReport(tuple(marks), snapshot)
-
-    async def _opening_cash(self) -> Decimal:
-        return await self.pool.fetchval("SELECT opening_cash FROM broker_accounts WHERE account_id = $1",
-                                        self.account_id) or ZERO
 
     # -------------------------------------------------------------- 3. expiry
     async def settle_expired(self, now: datetime, underlying_price: Callable[[str], Decimal], *,
@@ -646,7 +644,8 @@ class Book:
                 position_value = p.entry_cost * p.multiplier
             value += position_value
             unrealized += position_value - p.entry_cost * p.multiplier
-        shares_value, _ = await self._shares_value(share_prices)
+        shares_value, shares_unrealized, _ = await self._shares_value(share_prices)
+        unrealized += shares_unrealized
         cash = await self.store.cash()
         margin, _ = self._margin(positions, quotes)
         base = await self.store.snapshot_at_or_before(daily_reset)
@@ -663,8 +662,7 @@ class Book:
         await self.ingest_fills()
         positions = await self.positions()
         latest = await self.store.latest_marks([p.position_id for p in positions])
-        proposals = {r["order_id"]: r["proposal"] for r in await self.pool.fetch(
-            "SELECT order_id, proposal FROM orders WHERE order_id = ANY($1::text[])", [p.order_id for p in positions])}
+        proposals = await self.store.proposals([p.order_id for p in positions])
         out = []
         for p in positions:
             m = latest.get(p.position_id)

@@ -149,6 +149,15 @@ class BookStore:
             """SELECT * FROM account_snapshots WHERE account_id = $1 AND captured_at <= $2
                ORDER BY captured_at DESC LIMIT 1""", self.account_id, at)
 
+    async def opening_cash(self) -> Decimal:
+        return await self.pool.fetchval(
+            "SELECT opening_cash FROM broker_accounts WHERE account_id = $1", self.account_id) or Decimal(0)
+
+    async def proposals(self, order_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        rows = await self.pool.fetch("SELECT order_id, proposal FROM orders WHERE order_id = ANY($1::text[])",
+                                     list(order_ids))
+        return {r["order_id"]: r["proposal"] or {} for r in rows}
+
     # ---------------------------------------------------------------- exit orders
     async def exit_orders_of(self, position_id: str) -> list[asyncpg.Record]:
         return await self.pool.fetch(

@@ -210,6 +210,8 @@ async def test_equity_short_put_assigned_into_shares(db):
     assert await broker.positions() == []
     report = await assert_nlv_agrees(book, broker, quotes, clock.now, share_prices=lambda t: D("575"))
     assert report.snapshot.shares_value == D("57500")
+    snap = report.snapshot
+    assert snap.net_liquidation == D("100000") + snap.realized_pnl + snap.unrealized_pnl == D("99809.35")
     [entry] = [e for e in await broker.ledger.cash_entries() if e["kind"] == "assignment"]
     assert entry["amount"] == D("-58000")
 
