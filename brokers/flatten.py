@@ -46,6 +46,7 @@ class FlattenOrder:
     multiplier: int
     closes: tuple[str, ...]  # the positions this order closes, e.g. "SPY 2026-12-18 580P x -3"
     rationale: str = FLATTEN_RATIONALE
+    structure: str = FLATTEN_STRUCTURE  # the book stages exits as "close_<structure>"
 
     def combo_legs(self) -> tuple[ComboLeg, ...]:
         return tuple(ComboLeg.from_any(leg) for leg in self.legs)
@@ -80,7 +81,7 @@ class FlattenOrder:
             values[name] = value
         dte = (self.legs[0].expiry - as_of.astimezone(NEW_YORK).date()).days
         proposal = TradeProposal(
-            ticker=self.ticker, structure=FLATTEN_STRUCTURE, legs=list(self.legs),
+            ticker=self.ticker, structure=self.structure, legs=list(self.legs),
             underlying_price=float(self.underlying_price), net_debit=self.mid_price, natural_debit=self.natural_price,
             max_profit=extremes.max_profit, max_loss=extremes.max_loss,
             breakevens=breakevens(self.legs, self.mid_price), probability_of_profit=0.0, dte=max(dte, 0),
@@ -88,7 +89,7 @@ class FlattenOrder:
         return SizedTrade(proposal=proposal, contracts=self.quantity, kelly_fraction=0.0, applied_fraction=0.0,
                           win_rate=0.0, payoff_ratio=0.0,
                           capital_at_risk=max(self.limit_price, Decimal(0)) * self.quantity * self.multiplier,
-                          caps_applied=["flatten: closes existing risk, not Kelly-sized"])
+                          caps_applied=[f"{self.structure}: closes existing risk, not Kelly-sized"])
 
 
 def _option_leg(position: BrokerPosition, quote: LegQuote, side: str, ratio: int) -> OptionLeg:

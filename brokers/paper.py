@@ -38,6 +38,7 @@ from brokers.base import (
     LegQuote, OrderMismatch, OrderNotApproved, OrderNotWorking, QuoteSource, UnknownBrokerOrder, WhatIfMargin,
     combo_prices,
 )
+from brokers.expiry import latest_expired_date, settlement
 from brokers.margin import margin_requirement
 from brokers.order_state import OrderState
 from storage.broker_ledger import AVG_PLACES, BrokerLedger, premium_basis
@@ -149,7 +150,7 @@ class PaperBroker:
                  clock: Callable[[], datetime] = utc_now, max_contracts_per_fill: int | None = None,
                  account_id: str = "paper", opening_cash: Decimal = Decimal("100000"),
                  commission_per_contract: Decimal = Decimal("0.65"), check_buying_power: bool = True,
-                 actor: str = "broker:paper"):
+                 actor: str = "broker:paper", share_prices: Callable[[str], Decimal | None] | None = None):
         if max_contracts_per_fill is not None and max_contracts_per_fill < 1:
             raise ValueError("max_contracts_per_fill must be a positive whole number or None")
         if Decimal(commission_per_contract) < 0:
@@ -165,6 +166,8 @@ class PaperBroker:
         self.commission_per_contract = Decimal(commission_per_contract)
         self.check_buying_power = check_buying_power
         self.actor = actor
+        # Price of a share (exercised / assigned stock); None or no source = carried at cost, unmarked.
+        self.share_prices = share_prices
         self.orders = OrderRepository(self.pool)
         self.ledger = BrokerLedger(self.pool, account_id, self.name)
         self._callbacks: list[FillCallback] = []
@@ -358,12 +361,45 @@ class PaperBroker:
             by_ticker.setdefault(p.contract.ticker, []).append(p)
         margin = sum((margin_requirement([(p.contract, p.quantity) for p in group], premium_basis(group), self.quotes).requirement
                       for group in by_ticker.values()), Decimal(0))
+        for holding in await self.ledger.share_positions():
+            price = self.share_prices(holding.ticker) if self.share_prices is not None else None
+            if price is None:
+                price = holding.avg_price
+                unmarked.append(f"{holding.ticker} shares")
+            value += holding.quantity * Decimal(price)
         nlv = cash + value
         day_start = datetime.combine(now.astimezone(NEW_YORK).date(), time(0), tzinfo=NEW_YORK)
         return BrokerAccount(
             account_id=self.account_id, cash=cash, net_liquidation=nlv, positions_value=value, margin_used=margin,
             free_margin=nlv - margin, realized_pnl=await self.ledger.realized_pnl(),
             realized_pnl_today=await self.ledger.realized_pnl(day_start), as_of=now, unmarked=tuple(unmarked))
+
+    async def settle_expiries(self, now: datetime, underlying_price: Callable[[str], Decimal]) -> list[dict[str, Any]]:
+        """Take every option expired at `now` off the books (`brokers.expiry` rules), in one
+        transaction: cash-settled index options pay their intrinsic value in cash, in-the-money
+        equity options become shares at the strike, the rest expire worthless.
+        `underlying_price(ticker)` is the settlement (closing) price. Safe to repeat: a contract
+        is removed once. Returns what was done, one dict per contract."""
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        await self._ensure_account()
+        done: list[dict[str, Any]] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            for row in await self.ledger.positions_expiring(conn, latest_expired_date(now)):
+                ticker = row["ticker"]
+                price = Decimal(underlying_price(ticker))
+                outcome, intrinsic, shares = settlement(ticker, row["option_right"], row["strike"], row["quantity"],
+                                                        row["multiplier"], price)
+                realized = await self.ledger.remove_at_expiry(conn, row, settlement_price=price, intrinsic=intrinsic,
+                                                              outcome=outcome, share_change=shares, at=now)
+                done.append({"ticker": ticker, "expiry": row["expiry"], "strike": row["strike"],
+                             "right": row["option_right"], "quantity": row["quantity"], "outcome": outcome,
+                             "settlement_price": price, "intrinsic": intrinsic, "shares": shares,
+                             "realized_pnl": realized})
+        return done
+
+    async def share_positions(self):
+        return await self.ledger.share_positions()
 
     # ---------------------------------------------------------------- the simulated venue
     async def process(self) -> list[Fill]:

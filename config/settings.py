@@ -86,6 +86,25 @@ class LLMConfig(BaseModel):
         return self.timeout_s * (self.max_retries + 1) + 8.0 * self.max_retries + 1.0
 
 
+class BookConfig(BaseModel):
+    """Exit rules and expiry warnings of the book (`brokers.book`), checked at every slot.
+
+    Fractions of the position's own numbers per unit: take profit when the open profit reaches
+    `take_profit_fraction` of max profit; close at `close_at_dte` days to expiry or fewer; on a
+    credit structure stop when the loss reaches `credit_stop_multiple` x the credit received; on a
+    debit structure stop when the loss reaches `debit_stop_fraction` of the debit paid. Pin risk:
+    short strikes within `pin_risk_distance` (fraction of spot) the session before expiry.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    take_profit_fraction: float = Field(0.5, gt=0, le=1)
+    close_at_dte: int = Field(21, ge=0)
+    credit_stop_multiple: float = Field(2.0, gt=0)
+    debit_stop_fraction: float = Field(0.5, gt=0, le=1)
+    pin_risk_distance: float = Field(0.01, gt=0, lt=1)
+
+
 class Defaults(BaseModel):
     watchlist: list[str]
     seed: int
@@ -93,6 +112,7 @@ class Defaults(BaseModel):
     decision: DecisionConfig
     account: dict[str, Decimal]
     llm: LLMConfig = LLMConfig()
+    book: BookConfig = BookConfig()
 
 
 @lru_cache(maxsize=1)

@@ -11,7 +11,8 @@ unsigned leg prices, signed position quantities, cash ledger amounts + in / - ou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -221,9 +222,99 @@ class BrokerLedger:
         return [dict(r) for r in rows]
 
     async def realized_pnl(self, since: datetime | None = None) -> Decimal:
+        """Dollars realized by closing fills and by expiries (settlements, exercises, assignments)."""
         return await self.pool.fetchval(
-            """SELECT COALESCE(sum(realized_pnl), 0) FROM broker_fills
-               WHERE account_id = $1 AND ($2::timestamptz IS NULL OR filled_at >= $2)""", self.account_id, since)
+            """SELECT COALESCE((SELECT sum(realized_pnl) FROM broker_fills
+                                 WHERE account_id = $1 AND ($2::timestamptz IS NULL OR filled_at >= $2)), 0)
+                    + COALESCE((SELECT sum(realized_pnl) FROM broker_expiries
+                                 WHERE account_id = $1 AND ($2::timestamptz IS NULL OR at >= $2)), 0)""",
+            self.account_id, since)
+
+    # ---------------------------------------------------------------- expiries and shares (migration 0007)
+    async def positions_expiring(self, conn: asyncpg.Connection, on_or_before: date) -> list[asyncpg.Record]:
+        """Open option rows expiring on or before `on_or_before`, locked for the caller's transaction."""
+        return await conn.fetch(
+            """SELECT * FROM broker_positions WHERE account_id = $1 AND expiry <= $2 AND quantity <> 0
+               ORDER BY ticker, expiry, strike, option_right FOR UPDATE""", self.account_id, on_or_before)
+
+    async def remove_at_expiry(self, conn: asyncpg.Connection, row: asyncpg.Record, *, settlement_price: Decimal,
+                               intrinsic: Decimal, outcome: str, share_change: int, at: datetime) -> Decimal | None:
+        """Take one expired option row off the books inside the caller's transaction.
+
+        The option closes at its intrinsic value (`intrinsic` per share; realized against its
+        average price). A cash-settled option pays intrinsic x quantity x multiplier in cash. An
+        exercised or assigned one delivers `share_change` shares (signed) at the strike: the cash
+        entry is -strike x share_change, and the shares are booked at the settlement price (the
+        option's intrinsic value was realized on the option, so strike = settlement price -/+
+        intrinsic and the two add up to the strike). Returns the dollars realized, or None when
+        this contract was already removed (idempotent per contract and expiry).
+        """
+        contract = position_from_row(row).contract
+        _, _, realized_per = apply_to_position(row["quantity"], row["avg_price"], -row["quantity"], intrinsic)
+        realized = realized_per * contract.multiplier
+        if share_change:
+            realized += await self._trade_shares(conn, contract.ticker, share_change, settlement_price, at)
+        realized = realized.quantize(MONEY_PLACES, rounding=ROUND_HALF_EVEN)
+        inserted = await conn.fetchval(
+            """INSERT INTO broker_expiries (account_id, ticker, expiry, strike, option_right, quantity, avg_price,
+                                            settlement_price, intrinsic, outcome, realized_pnl, at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+               ON CONFLICT DO NOTHING RETURNING ticker""",
+            self.account_id, contract.ticker, contract.expiry, contract.strike, contract.right, row["quantity"],
+            row["avg_price"], settlement_price, intrinsic, outcome, realized, at)
+        if inserted is None:
+            raise FillRejected(f"{contract.label()} was already removed at expiry but is still on the books")
+        await conn.execute(
+            """DELETE FROM broker_positions
+               WHERE account_id = $1 AND ticker = $2 AND expiry = $3 AND strike = $4 AND option_right = $5""",
+            self.account_id, contract.ticker, contract.expiry, contract.strike, contract.right)
+        label = f"{row['quantity']} x {contract.label()} at {settlement_price}"
+        if outcome == "cash_settled" and intrinsic:
+            await self._cash(conn, at, intrinsic * row["quantity"] * contract.multiplier, "settlement", label)
+        elif share_change:
+            await self._cash(conn, at, -contract.strike * share_change, "exercise" if outcome == "exercised" else "assignment",
+                             f"{label}: {share_change:+d} shares at the strike")
+        return realized
+
+    async def _cash(self, conn: asyncpg.Connection, at: datetime, amount: Decimal, kind: str, note: str) -> None:
+        await conn.execute(
+            "INSERT INTO broker_cash_ledger (account_id, at, amount, kind, note) VALUES ($1, $2, $3, $4, $5)",
+            self.account_id, at, amount, kind, note)
+
+    async def _trade_shares(self, conn: asyncpg.Connection, ticker: str, change: int, price: Decimal,
+                            at: datetime) -> Decimal:
+        row = await conn.fetchrow(
+            "SELECT quantity, avg_price, realized_pnl FROM broker_share_positions WHERE account_id = $1 AND ticker = $2 FOR UPDATE",
+            self.account_id, ticker)
+        quantity, avg, before = (row["quantity"], row["avg_price"], row["realized_pnl"]) if row else (0, Decimal(0), Decimal(0))
+        new_qty, new_avg, realized = apply_to_position(quantity, avg, change, price)
+        await conn.execute(
+            """INSERT INTO broker_share_positions (account_id, ticker, quantity, avg_price, realized_pnl, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (account_id, ticker) DO UPDATE SET quantity = EXCLUDED.quantity,
+                   avg_price = EXCLUDED.avg_price, realized_pnl = EXCLUDED.realized_pnl, updated_at = EXCLUDED.updated_at""",
+            self.account_id, ticker, new_qty, new_avg, (before + realized).quantize(MONEY_PLACES), at)
+        return realized
+
+    async def share_positions(self) -> list[ShareHolding]:
+        rows = await self.pool.fetch(
+            """SELECT ticker, quantity, avg_price FROM broker_share_positions
+               WHERE account_id = $1 AND quantity <> 0 ORDER BY ticker""", self.account_id)
+        return [ShareHolding(r["ticker"], r["quantity"], r["avg_price"]) for r in rows]
+
+    async def expiries(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch("SELECT * FROM broker_expiries WHERE account_id = $1 ORDER BY at, ticker, expiry, strike",
+                                     self.account_id)
+        return [dict(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class ShareHolding:
+    """Shares held (signed), average price per share."""
+
+    ticker: str
+    quantity: int
+    avg_price: Decimal
 
 
 def premium_basis(positions: Sequence[BrokerPosition]) -> Decimal:

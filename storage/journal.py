@@ -115,6 +115,11 @@ class AccountSnapshot:
     spx_price: Decimal | None = None
     regime: str | None = None
     missing: tuple[str, ...] = ()
+    # Written by the book (`brokers.book`); None in snapshots taken without it.
+    realized_pnl: Decimal | None = None  # since the account opened, net of commissions
+    daily_pnl: Decimal | None = None  # NLV change since the last snapshot before the daily reset
+    unrealized_pnl: Decimal | None = None  # of the open positions at their marks
+    shares_value: Decimal | None = None  # shares from exercises/assignments at their price
 
     def __post_init__(self) -> None:
         _aware("captured_at", self.captured_at)
@@ -207,13 +212,14 @@ class Journal:
         inserted = await self.pool.fetchval(
             """INSERT INTO account_snapshots (account_id, broker, captured_at, net_liquidation, cash, margin_used,
                    delta, gamma, vega, theta, spx_beta_weighted_delta, theta_vega_ratio, vix, spx_price, regime,
-                   missing)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                   missing, realized_pnl, daily_pnl, unrealized_pnl, shares_value)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
                ON CONFLICT (account_id, captured_at) DO NOTHING RETURNING id""",
             snapshot.account_id, snapshot.broker, snapshot.captured_at, snapshot.net_liquidation, snapshot.cash,
             snapshot.margin_used, snapshot.delta, snapshot.gamma, snapshot.vega, snapshot.theta,
             snapshot.spx_beta_weighted_delta, snapshot.theta_vega_ratio, snapshot.vix, snapshot.spx_price,
-            snapshot.regime, list(snapshot.missing))
+            snapshot.regime, list(snapshot.missing), snapshot.realized_pnl, snapshot.daily_pnl,
+            snapshot.unrealized_pnl, snapshot.shares_value)
         return inserted is not None
 
     async def snapshots(self, *, account_id: str | None = None, since: datetime | None = None,

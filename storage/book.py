@@ -1,0 +1,197 @@
+"""SQL of the strategy book (migration 0007): positions built from fills, their fills, marks, exit
+orders and the account figures the risk gate reads. The logic lives in `brokers.book`.
+
+Conventions: prices per share per unit, signed like order limits (+ paid / - received); money in
+Decimal dollars; times timezone-aware. Every write takes the caller's connection so that one
+booking is one transaction (row locks on the position, unique fill ids).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+# Orders in these states are a live exit: a position has at most one at a time.
+LIVE_ORDER_STATES = ("DRAFT", "STAGED", "APPROVED", "SUBMITTED", "PARTIALLY_FILLED", "UNKNOWN")
+CLOSING_KINDS = ("close", "settle", "expire")
+
+
+class BookStore:
+    def __init__(self, pool: asyncpg.Pool, account_id: str):
+        self.pool = getattr(pool, "pool", pool)
+        self.account_id = account_id
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def position_lock(self, position_id: str) -> AsyncIterator[None]:
+        """A session advisory lock per position (across processes) while an exit is staged."""
+        key = int.from_bytes(hashlib.sha256(f"book-exit|{position_id}".encode()).digest()[:8], "big", signed=True)
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", key)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+    # ---------------------------------------------------------------- fills to book
+    async def unbooked_fills(self) -> list[asyncpg.Record]:
+        """Broker fills of this account not yet in the book, oldest first, with their order."""
+        return await self.pool.fetch(
+            """SELECT f.*, o.run_id, o.ticker, o.sector, o.structure, o.proposal, o.closes_position_id,
+                      bo.legs AS broker_legs, bo.multiplier
+               FROM broker_fills f
+               JOIN orders o USING (order_id)
+               JOIN broker_orders bo USING (broker_order_id)
+               LEFT JOIN position_fills pf USING (fill_id)
+               WHERE pf.fill_id IS NULL AND f.account_id = $1
+               ORDER BY f.filled_at, f.fill_id""", self.account_id)
+
+    async def fill_booked(self, conn: asyncpg.Connection, fill_id: str) -> bool:
+        return bool(await conn.fetchval("SELECT 1 FROM position_fills WHERE fill_id = $1", fill_id))
+
+    async def lock_position(self, conn: asyncpg.Connection, *, position_id: str | None = None,
+                            order_id: str | None = None) -> asyncpg.Record | None:
+        if position_id is not None:
+            return await conn.fetchrow("SELECT * FROM strategy_positions WHERE position_id = $1 FOR UPDATE", position_id)
+        return await conn.fetchrow("SELECT * FROM strategy_positions WHERE order_id = $1 FOR UPDATE", order_id)
+
+    async def insert_position(self, conn: asyncpg.Connection, values: dict[str, Any]) -> bool:
+        """Create a position (its first fill's numbers); False if its order already has one."""
+        columns = list(values)
+        placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+        created = await conn.fetchval(
+            f"INSERT INTO strategy_positions ({', '.join(columns)}) VALUES ({placeholders}) "
+            "ON CONFLICT (order_id) DO NOTHING RETURNING position_id", *values.values())
+        return created is not None
+
+    async def update_position(self, conn: asyncpg.Connection, position_id: str, values: dict[str, Any]) -> None:
+        sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(values, start=2))
+        await conn.execute(f"UPDATE strategy_positions SET {sets} WHERE position_id = $1", position_id, *values.values())
+
+    async def insert_position_fill(self, conn: asyncpg.Connection, *, fill_id: str, position_id: str,
+                                   order_id: str | None, kind: str, units: int, price: Decimal, commission: Decimal,
+                                   gross_pnl: Decimal, realized_pnl: Decimal, at: datetime) -> bool:
+        """False (nothing written) when this fill id is already booked."""
+        inserted = await conn.fetchval(
+            """INSERT INTO position_fills (fill_id, position_id, order_id, kind, units, price, commission, gross_pnl,
+                                           realized_pnl, at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id""",
+            fill_id, position_id, order_id, kind, units, price, commission, gross_pnl, realized_pnl, at)
+        return inserted is not None
+
+    # ---------------------------------------------------------------- positions and marks
+    async def positions(self, *, status: str | None = "open", position_id: str | None = None) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT * FROM strategy_positions
+               WHERE account_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR position_id = $3)
+               ORDER BY opened_at, position_id""", self.account_id, status, position_id)
+
+    async def open_positions_locked(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return await conn.fetch(
+            """SELECT * FROM strategy_positions WHERE account_id = $1 AND status = 'open'
+               ORDER BY opened_at, position_id FOR UPDATE""", self.account_id)
+
+    async def insert_marks(self, rows: Sequence[tuple]) -> None:
+        """rows: (position_id, marked_at, units, mark, value, unrealized, underlying, delta, gamma, vega,
+        theta, missing)."""
+        await self.pool.executemany(
+            """INSERT INTO position_marks (position_id, marked_at, units, mark, value, unrealized_pnl, underlying_price,
+                                           delta, gamma, vega, theta, missing)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+               ON CONFLICT (position_id, marked_at) DO NOTHING""", rows)
+
+    async def latest_marks(self, position_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
+        rows = await self.pool.fetch(
+            """SELECT DISTINCT ON (position_id) * FROM position_marks WHERE position_id = ANY($1::text[])
+               ORDER BY position_id, marked_at DESC""", list(position_ids))
+        return {r["position_id"]: r for r in rows}
+
+    # ---------------------------------------------------------------- cash, shares, account figures
+    async def cash(self) -> Decimal:
+        return await self.pool.fetchval(
+            "SELECT COALESCE(sum(amount), 0) FROM broker_cash_ledger WHERE account_id = $1", self.account_id)
+
+    async def shares(self) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT ticker, quantity, avg_price FROM broker_share_positions
+               WHERE account_id = $1 AND quantity <> 0 ORDER BY ticker""", self.account_id)
+
+    async def realized_between(self, since: datetime | None, until: datetime | None = None) -> Decimal:
+        return await self.pool.fetchval(
+            """SELECT COALESCE(sum(pf.realized_pnl), 0) FROM position_fills pf JOIN strategy_positions p USING (position_id)
+               WHERE p.account_id = $1 AND ($2::timestamptz IS NULL OR pf.at >= $2)
+                 AND ($3::timestamptz IS NULL OR pf.at < $3)""", self.account_id, since, until)
+
+    async def last_loss_at(self) -> datetime | None:
+        """When a position was last closed (in part or whole) at a loss."""
+        return await self.pool.fetchval(
+            """SELECT max(pf.at) FROM position_fills pf JOIN strategy_positions p USING (position_id)
+               WHERE p.account_id = $1 AND pf.kind = ANY($2::text[]) AND pf.realized_pnl < 0""",
+            self.account_id, list(CLOSING_KINDS))
+
+    async def trades_since(self, since: datetime) -> int:
+        """Opening orders with a fill at or after `since` (a trade filled in parts counts once)."""
+        return await self.pool.fetchval(
+            """SELECT count(DISTINCT pf.order_id) FROM position_fills pf JOIN strategy_positions p USING (position_id)
+               WHERE p.account_id = $1 AND pf.kind = 'open' AND pf.at >= $2""", self.account_id, since)
+
+    async def snapshot_at_or_before(self, at: datetime) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            """SELECT * FROM account_snapshots WHERE account_id = $1 AND captured_at <= $2
+               ORDER BY captured_at DESC LIMIT 1""", self.account_id, at)
+
+    async def opening_cash(self) -> Decimal:
+        return await self.pool.fetchval(
+            "SELECT opening_cash FROM broker_accounts WHERE account_id = $1", self.account_id) or Decimal(0)
+
+    async def proposals(self, order_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        rows = await self.pool.fetch("SELECT order_id, proposal FROM orders WHERE order_id = ANY($1::text[])",
+                                     list(order_ids))
+        return {r["order_id"]: r["proposal"] or {} for r in rows}
+
+    # ---------------------------------------------------------------- exit orders
+    async def exit_orders_of(self, position_id: str) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT order_id, state, exit_rule, created_at FROM orders WHERE closes_position_id = $1
+               ORDER BY created_at, order_id""", position_id)
+
+    async def link_exit(self, order_id: str, position_id: str, rule: str) -> None:
+        await self.pool.execute(
+            """UPDATE orders SET closes_position_id = $2, exit_rule = $3
+               WHERE order_id = $1 AND (closes_position_id IS NULL OR closes_position_id = $2)""",
+            order_id, position_id, rule)
+
+    # ---------------------------------------------------------------- reports
+    async def realized_by_day(self, since: datetime, until: datetime, zone: str) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT (pf.at AT TIME ZONE $4)::date AS day, sum(pf.realized_pnl) AS realized_pnl
+               FROM position_fills pf JOIN strategy_positions p USING (position_id)
+               WHERE p.account_id = $1 AND pf.at >= $2 AND pf.at < $3 GROUP BY 1 ORDER BY 1""",
+            self.account_id, since, until, zone)
+
+    async def last_snapshot_by_day(self, since: datetime, until: datetime, zone: str) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT DISTINCT ON ((captured_at AT TIME ZONE $4)::date) (captured_at AT TIME ZONE $4)::date AS day,
+                      captured_at, net_liquidation, unrealized_pnl, realized_pnl
+               FROM account_snapshots WHERE account_id = $1 AND captured_at >= $2 AND captured_at < $3
+               ORDER BY (captured_at AT TIME ZONE $4)::date, captured_at DESC""", self.account_id, since, until, zone)
+
+    async def realized_by_strategy(self, since: datetime, until: datetime) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            """SELECT p.structure, sum(pf.realized_pnl) AS realized_pnl, count(DISTINCT p.position_id) AS positions
+               FROM position_fills pf JOIN strategy_positions p USING (position_id)
+               WHERE p.account_id = $1 AND pf.at >= $2 AND pf.at < $3 GROUP BY 1 ORDER BY 1""",
+            self.account_id, since, until)
+
+
+def as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
