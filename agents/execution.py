@@ -9,28 +9,39 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
+from brokers.book import Book
 from brokers.order_manager import OrderManager, is_closing
 from brokers.quote_source import ProviderQuotes
+from config.settings import defaults
 from graph.deps import RunDeps
 from graph.state import DecisionState
 from graph.timing import timed
+from memory.outcomes import remember_closed_position
 from storage.executions import ExecutionRepository
 from storage.orders import OrderRecord
 
 
 def order_manager(deps: RunDeps) -> OrderManager:
-    """The order manager for a run's orders, with the run's market, broker, limits and memory."""
+    """The order manager for a run's orders, with the run's market, broker, book, limits and memory."""
+    book = Book(deps.db, account_id=deps.broker.account_id, broker=deps.broker.name, config=defaults().book)
 
     async def on_filled(order: OrderRecord, fills) -> None:
         # Whichever path filled the order, the situation it came from remembers the trade (an order
-        # approved off-hours fills after its run has already reflected).
-        if deps.memory is not None and not is_closing(order):
+        # approved off-hours fills after its run has already reflected) and, when an exit closed
+        # its position, the realized outcome.
+        if deps.memory is None:
+            return
+        if not is_closing(order):
             await deps.memory.attach_trade(order.run_id, order.ticker, order.proposal)
+        elif order.closes_position_id is not None:
+            position = await book.position(order.closes_position_id)
+            if position is not None and position.status != "open":
+                await remember_closed_position(deps.memory, position, position.closed_at)
 
     return OrderManager(pool=deps.db.pool, broker=deps.broker, quotes=ProviderQuotes(deps.provider, deps.now),
                         clock=deps.now, tolerance=deps.decision.stale_price_tolerance,
                         tolerance_floor=deps.decision.stale_price_floor, risk_matrix=deps.risk_matrix,
-                        on_filled=on_filled)
+                        book=book, on_filled=on_filled)
 
 
 @timed("execute_approved")

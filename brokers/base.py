@@ -376,7 +376,9 @@ class Broker(Protocol):
     """
 
     name: str
+    account_id: str
 
+    async def open_account(self) -> None: ...  # account exists / session connected before anything else
     async def what_if(self, order: ComboOrder) -> WhatIfMargin: ...
     async def place(self, order: ComboOrder) -> str: ...
     async def replace_limit(self, order_id: str, limit_price: Decimal) -> BrokerOrderStatus: ...

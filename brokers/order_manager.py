@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from brokers.base import ComboOrder, Fill, OrderNotWorking, UnknownBrokerOrder
+from brokers.book import last_daily_reset
 from brokers.limit_walk import LimitWalker
 from brokers.order_state import TERMINAL, OrderState
 from brokers.portfolio import PortfolioGreeks, portfolio_greeks
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 WALK_STEPS = 4
 WALK_MINUTES = 5
 # Closing orders (flatten, exit rules) relieve risk: the limits they relieve never block them.
-CLOSING_STRUCTURES = ("flatten_close",)
+FLATTEN = "flatten_close"
 
 
 def fresh_combo_prices(order: OrderRecord, quotes) -> tuple[Decimal | None, Decimal | None, list[str]]:
@@ -81,8 +82,7 @@ def sized_from_order(order: OrderRecord) -> SizedTrade:
 
 
 def is_closing(order: OrderRecord) -> bool:
-    return order.structure in CLOSING_STRUCTURES or order.structure.startswith("exit:") or \
-        bool(order.proposal.get("closes_position_id"))
+    return order.structure == FLATTEN or order.closes_position_id is not None
 
 
 @dataclass
@@ -97,15 +97,21 @@ class OrderManager:
     tolerance: float
     tolerance_floor: float
     risk_matrix: Any
+    book: Any  # brokers.book.Book of the broker's account: positions, marks, the account the gate reads
     on_filled: Callable[[OrderRecord, list[Fill]], Awaitable[None]] | None = None
 
     async def context(self, tickers: list[str]) -> MarketContext:
         """The account, the book and the regime now (not at the run's as-of): what a re-check and a
         journal entry must judge by. The account is the broker's, never a fixed stand-in."""
         snapshot = self.quotes.snapshot(tickers[0])
+        await self.broker.open_account()
         halt = await RiskControls(self.pool).state()
-        account = (await self.broker.account()).to_account_state(halted=halt.halted, halt_reason=halt.reason)
-        return MarketContext(regime=regime_of(snapshot, self.risk_matrix), account=account, positions=[],
+        now = self.clock()
+        reset = last_daily_reset(now, self.risk_matrix.daily_reset.at, self.risk_matrix.daily_reset.timezone)
+        account = await self.book.account_state(now, reset, quotes=self.quotes, halted=halt.halted,
+                                                halt_reason=halt.reason)
+        return MarketContext(regime=regime_of(snapshot, self.risk_matrix), account=account,
+                             positions=await self.book.open_positions(),
                              sectors={t: d.sector for t, d in snapshot.tickers.items()}, snapshot_sha256="")
 
     @property
@@ -246,6 +252,7 @@ class OrderManager:
         for order_id, fills in by_order.items():
             order = await self.orders.get(order_id)
             await self._journal(order, fills, None, late=True)
+            await self.book.ingest_fills()
             if self.on_filled is not None:
                 await self.on_filled(order, fills)
         return len(late)
@@ -255,6 +262,7 @@ class OrderManager:
         if not fills:
             return
         await self._journal(order, fills, pre)
+        await self.book.ingest_fills()
         if self.on_filled is not None:
             await self.on_filled(order, fills)
 

@@ -180,6 +180,10 @@ class PaperBroker:
             raise ValueError("the broker clock must return timezone-aware datetimes")
         return now
 
+    async def open_account(self) -> None:
+        """Make sure the paper account exists (opened with `opening_cash` on first use)."""
+        await self._ensure_account()
+
     async def _ensure_account(self) -> None:
         if not self._account_ready:
             await self.ledger.ensure_account(self.opening_cash, self._now())

@@ -4,6 +4,7 @@ was filled, its P&L from the journal; then a short reflection."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from memory.reflect import reflection_for
 from memory.store import MemoryStore
@@ -27,3 +28,16 @@ async def attach_due_outcomes(store: MemoryStore, provider: MarketDataProvider, 
         await store.attach_outcome(memory.id, outcome, reflection_for(memory, outcome), known_at=horizon_end)
         attached.append(memory.id)
     return attached
+
+
+async def remember_closed_position(store: MemoryStore, position: Any, known_at: datetime) -> int | None:
+    """When a strategy position closes, settles or is assigned, the situation that opened it
+    learns its realized P&L (dollars, commissions included) and reflects on it."""
+    memory_id = await store.pool.fetchval(
+        "SELECT id FROM memories WHERE run_id = $1 AND ticker = $2 AND trade IS NOT NULL", position.run_id, position.ticker)
+    if memory_id is None:
+        return None
+    memory = await store.get(memory_id)
+    outcome = {**(memory.outcome or {}), "pnl": float(position.realized_pnl)}
+    return await store.record_realized(position.run_id, position.ticker, position.realized_pnl, position.status,
+                                       reflection_for(memory, outcome), known_at)

@@ -313,6 +313,24 @@ class MemoryStore:
         raise ValueError(f"known_at {known_at.isoformat()} is before the situation's as_of "
                          f"{row['as_of'].isoformat()}")
 
+    async def record_realized(self, run_id: str, ticker: str, pnl: Any, status: str, reflection: str,
+                              known_at: datetime) -> int | None:
+        """A remembered trade's position closed (or settled): attach its realized P&L in dollars.
+
+        Merges into an outcome the horizon may have attached already; the whole outcome then
+        becomes known at `known_at` (never earlier), so a recall as of a date before the close
+        cannot see the realized result. Returns the memory id (None: no situation with a trade)."""
+        _aware(known_at, "known_at")
+        realized = {"pnl": float(pnl), "realized": True, "closed_as": status}
+        dumps(realized)
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(
+                """UPDATE memories SET outcome = coalesce(outcome, '{}'::jsonb) || $3::jsonb, reflection = $4,
+                       outcome_known_at = greatest(coalesce(outcome_known_at, $5), $5)
+                   WHERE run_id = $1 AND ticker = $2 AND trade IS NOT NULL AND as_of <= $5
+                     AND NOT coalesce((outcome ->> 'realized')::boolean, false)
+                   RETURNING id""", run_id, ticker, realized, reflection.strip(), known_at)
+
     async def due_for_outcome(self, now: datetime) -> list[Memory]:
         """Situations whose horizon (as_of + horizon_days calendar days) is at or before `now` and
         that still have no outcome, oldest first."""

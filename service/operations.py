@@ -43,17 +43,34 @@ def default_account() -> AccountState:
     return AccountState(net_liquidation=a["net_liquidation"], cash=a["cash"], margin_used=a["margin_used"])
 
 
+async def book_account(db: Database, provider: MarketDataProvider, at: datetime) -> tuple[AccountState, list]:
+    """The paper account as the risk gate must see it at `at`: NLV, cash, margin, daily P&L, last
+    loss and trades today from the book (positions marked at `at`), plus the open positions and
+    the orders still pending, whose max loss is reserved as margin until they resolve."""
+    from brokers.book import Book, last_daily_reset
+    from brokers.paper import PaperBroker
+    from brokers.quote_source import ProviderQuotes
+    from risk.limits import load_risk_matrix
+
+    quotes = ProviderQuotes(provider, lambda: at)
+    await PaperBroker(db, quotes, clock=lambda: at, opening_cash=default_account().cash).open_account()
+    book = Book(db, config=defaults().book)
+    matrix = load_risk_matrix()
+    account = await book.account_state(at, last_daily_reset(at, matrix.daily_reset.at, matrix.daily_reset.timezone),
+                                       quotes=quotes)
+    pending = await OrderRepository(db.pool).open_exposures()
+    reserved = sum((p.max_loss for p in pending), Decimal("0"))
+    account = account.model_copy(update={"margin_used": account.margin_used + reserved})
+    return account, await book.open_positions() + pending
+
+
 async def run_decision(
     db: Database, provider: MarketDataProvider, *, watchlist: str, tickers: list[str], as_of: datetime,
     seed: int, config: DecisionConfig | None = None, on_node=None, now=None,
 ) -> RunOutcome:
     request = RunRequest(watchlist=watchlist, tickers=tickers, as_of=as_of, seed=seed, provider=provider.name,
                          config=config or defaults().decision)
-    positions = await OrderRepository(db.pool).open_exposures()
-    account = default_account()
-    # Orders awaiting approval or a fill reserve their max loss as margin until they resolve.
-    reserved = sum((p.max_loss for p in positions), Decimal("0"))
-    account = account.model_copy(update={"margin_used": account.margin_used + reserved})
+    account, positions = await book_account(db, provider, as_of)
     extra = {"now": now} if now is not None else {}
     memory = MemoryStore(db.pool)  # the embedding model loads only if something is recalled or stored
     debater = make_debater(settings(), request.config, db, memory=RunMemory(memory, as_of))

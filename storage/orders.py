@@ -36,10 +36,12 @@ class OrderRecord:
     sizing: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    closes_position_id: str | None = None  # an exit: the strategy position this order closes
+    exit_rule: str | None = None  # which exit rule staged it (take_profit, dte, credit_stop, ...)
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> "OrderRecord":
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row.keys()})
 
 
 class UnknownOrder(LookupError):
