@@ -569,35 +569,35 @@ async def _schedule(once: bool, poll_seconds: float) -> None:
         if once:
             for outcome in await scheduler.tick():
                 console.print(outcome)
-            await _housekeeping(db)
+            report = await _housekeeping(db, mark=True)
+            if report is not None:
+                console.print(report)
             return
         stop = asyncio.Event()
         console.print(f"scheduler running ({len(config.slots)} slots a session); Ctrl-C to stop")
 
-        async def housekeeping_loop():
-            while not stop.is_set():
-                await _housekeeping(db)
-                await asyncio.sleep(poll_seconds)
+        async def after_tick(outcomes) -> None:
+            # The book is marked after a slot has run (and once after the close), not at every poll.
+            await _housekeeping(db, mark=bool(outcomes))
 
         try:
-            await asyncio.gather(scheduler.run_forever(stop, poll_seconds=poll_seconds), housekeeping_loop())
+            await scheduler.run_forever(stop, poll_seconds=poll_seconds, after_tick=after_tick)
         except asyncio.CancelledError:
             stop.set()
 
 
-async def _housekeeping(db) -> None:
-    """Between slots: expire undecided orders, resume approved-but-unsent ones, attach outcomes."""
-    from memory.outcomes import attach_due_outcomes
+async def _housekeeping(db, *, mark: bool):
+    """Expiry, recovery, settlement, marks, exits and outcomes (service.housekeeping); it never stops
+    the scheduler: a failure is one line."""
     from memory.store import MemoryStore
-    from service import approvals
+    from service.approvals import ServiceContext
+    from service.housekeeping import housekeeping
 
-    ctx = approvals.ServiceContext(db=db, memory=MemoryStore(db.pool))
     try:
-        await approvals.expire_due(ctx)
-        await approvals.recover_pending(ctx)
-        await attach_due_outcomes(ctx.memory, _provider(defaults().seed, {}), ctx.clock())
+        return await housekeeping(ServiceContext(db=db, memory=MemoryStore(db.pool)), mark=mark)
     except Exception as exc:  # housekeeping must never stop the scheduler
         console.print(f"[yellow]housekeeping:[/] {type(exc).__name__}: {exc}")
+        return None
 
 
 @app.command("chain")

@@ -538,16 +538,21 @@ class Scheduler:
             slot.slot_key, status, run_id, detail, self._now(),
         )
 
-    async def run_forever(self, stop_event: asyncio.Event, poll_seconds: float = 20) -> None:
-        """Tick every `poll_seconds` until `stop_event` is set. A failing tick is logged, not fatal."""
+    async def run_forever(self, stop_event: asyncio.Event, poll_seconds: float = 20,
+                          after_tick: Callable[[list[SlotOutcome]], Awaitable[Any]] | None = None) -> None:
+        """Tick every `poll_seconds` until `stop_event` is set. A failing tick is logged, not fatal.
+        `after_tick(outcomes)` runs after every tick (housekeeping: marks when a slot ran)."""
         if not 0 < poll_seconds < self.config.grace_minutes * 60:
             raise ValueError(f"poll_seconds must be in (0, {self.config.grace_minutes * 60}) so no slot "
                              f"outlives its grace period between ticks, got {poll_seconds}")
         while not stop_event.is_set():
+            outcomes: list[SlotOutcome] = []
             try:
-                await self.tick()
+                outcomes = await self.tick()
             except Exception:
                 log.exception("scheduler tick failed; retrying in %s s", poll_seconds)
+            if after_tick is not None:
+                await after_tick(outcomes)
             try:
                 await asyncio.wait_for(stop_event.wait(), timeout=poll_seconds)
             except TimeoutError:
