@@ -15,13 +15,24 @@ log = logging.getLogger(__name__)
 APP_DATABASE = "hedgegraph"
 
 
+# `password=secret`, `password = 'it''s'` in a keyword/value DSN ("host=db user=me password=...").
+_KEYWORD_PASSWORD = re.compile(r"""(\bpassword\s*=\s*)('(?:[^'\\]|\\.|'')*'|[^\s&]+)""", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    """The URL or keyword DSN with any password replaced, for logs and error messages."""
+    if "://" not in url:
+        return _KEYWORD_PASSWORD.sub(r"\1***", url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not parseable as a URL: keep nothing after the scheme that could be secret
+        return url.split("://", 1)[0] + "://***"
+    redacted = url
+    if password:
+        netloc = parts.netloc.replace(f":{password}@", ":***@")
+        redacted = urlunsplit(parts._replace(netloc=netloc))
+    return _KEYWORD_PASSWORD.sub(r"\1***", redacted)  # ?password=... in the query string
 
 
 def start_embedded_server(pg_dir: Path):
