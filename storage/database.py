@@ -72,6 +72,9 @@ def advisory_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+_CHECKPOINTER_SETUP_LOCK = advisory_key("langgraph-checkpointer-setup")
+
+
 class LockBusy(RuntimeError):
     """Another process holds the lock (e.g. is already executing this run)."""
 
@@ -158,10 +161,6 @@ async def connect(url: str, server: Any = None, min_size: int = 1, max_size: int
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
         # InterfaceError: e.g. ClientConfigurationError for a malformed URL
         raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {type(exc).__name__}: {exc}") from exc
-    async with pool.acquire() as conn:
-        await apply_migrations(conn)
-    # Connections opened before the `vector` type existed lack its codec; reopen them lazily.
-    await pool.expire_connections()
     checkpoint_pool = AsyncConnectionPool(
         url, min_size=1, max_size=max_size, open=False,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
@@ -170,7 +169,17 @@ async def connect(url: str, server: Any = None, min_size: int = 1, max_size: int
     from graph.serde import checkpoint_serializer  # the graph decides which of its types may be restored
 
     saver = AsyncPostgresSaver(checkpoint_pool, serde=checkpoint_serializer())
-    await saver.setup()
+    async with pool.acquire() as conn:
+        await apply_migrations(conn)
+        # LangGraph's own migrations do not lock: processes connecting to a fresh database at once
+        # would insert the same migration row. One at a time, under a session lock.
+        await conn.execute("SELECT pg_advisory_lock($1)", _CHECKPOINTER_SETUP_LOCK)
+        try:
+            await saver.setup()
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _CHECKPOINTER_SETUP_LOCK)
+    # Connections opened before the `vector` type existed lack its codec; reopen them lazily.
+    await pool.expire_connections()
     return Database(url=url, pool=pool, checkpoint_pool=checkpoint_pool, checkpointer=saver, _server=server)
 
 
