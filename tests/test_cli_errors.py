@@ -142,3 +142,25 @@ def test_concurrent_runs_of_one_slot_say_busy_in_one_line(cli_env, fresh_databas
         if code != 0:
             assert err.strip().count("\n") == 0 and err.startswith("error: busy: run "), err
     assert run_rows(fresh_database_url) == 1
+
+
+def test_a_run_held_by_another_process_is_one_busy_line(cli_env, fresh_database_url, capsys):
+    """While another session holds the run's lock (as a process executing it does), `run` says so."""
+    from config.settings import defaults
+    from graph.runner import RunRequest
+    from storage.database import advisory_key
+
+    request = RunRequest(watchlist="adhoc", tickers=["AMZN"], as_of=datetime(2026, 11, 20, 15, 30, tzinfo=NEW_YORK),
+                         seed=defaults().seed, provider="simulated", config=defaults().decision)
+
+    async def hold_lock_while(fn):
+        conn = await asyncpg.connect(fresh_database_url)
+        try:
+            assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", advisory_key(f"run:{request.run_id}"))
+            return await asyncio.to_thread(fn)
+        finally:
+            await conn.close()
+
+    code, out, err = asyncio.run(hold_lock_while(lambda: call(["run", "--tickers", "AMZN", *AS_OF], capsys)))
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: busy: run {request.run_id} is being executed by another process"), err
