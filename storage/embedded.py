@@ -5,10 +5,13 @@ processes using the same directory and stops it when the last one exits.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from tools.processes import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,32 @@ def start_embedded_server(pg_dir: Path):
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
         import pgserver  # imported here: only the embedded path needs it
 
-        return pgserver.get_server(str(pg_dir), cleanup_mode="stop")
+        _forget_dead_handles(pg_dir)
+        server = pgserver.get_server(str(pg_dir), cleanup_mode="stop")
+    # Registered after pgserver's own exit hook, so it runs first (atexit is LIFO): a process killed
+    # since we joined must not keep the server alive after the last live user leaves.
+    atexit.register(_forget_dead_handles, pg_dir)
+    return server
+
+
+def _forget_dead_handles(pg_dir: Path) -> None:
+    """Drop the pids of dead processes from pgserver's list of processes using the server.
+
+    pgserver stops the server when the last process on that list exits; a process killed with
+    SIGKILL never takes itself off, and the server would then run forever."""
+    from pgserver.postgres_server import PostgresServer
+    from pgserver.utils import DiskList
+
+    handles = DiskList(pg_dir / ".handle_pids.json")
+    with PostgresServer._lock:  # pgserver's own inter-process lock over that list
+        try:
+            pids = handles.get()
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if process_alive(pid)]
+        if alive != pids:
+            log.info("embedded postgres: forgetting dead users %s", sorted(set(pids) - set(alive)))
+            handles.put(alive)
 
 
 def embedded_database_url(pg_dir: Path, database: str = APP_DATABASE) -> tuple[str, object]:
