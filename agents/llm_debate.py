@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from string import Template
 from typing import Any, Literal, Protocol, TypeVar
 
-import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.debate import DeterministicDebater, Debater, deterministic_verdict
@@ -105,6 +104,8 @@ class OpenAIChatBackend:
 
     async def complete(self, messages: list[Message], *, ticker: str, role: Role, round: int,
                        json_mode: bool = False) -> ChatResult:
+        import openai  # loaded with the client already; kept out of module import (~1 s) for other commands
+
         kwargs: dict[str, Any] = {"response_format": {"type": "json_object"}} if json_mode else {}
         try:
             reply = await asyncio.wait_for(self._llm.ainvoke(messages, **kwargs), timeout=self._deadline_s)

@@ -4,6 +4,13 @@ A chain analysis (implied vols, SVI fits, gamma sweep) is pure NumPy/Python over
 threads it would serialize on the GIL, so it runs in a small process pool instead. The pool uses
 the forkserver start method: forking the server process (which imported the numeric stack once)
 is fast, and unlike a plain fork it never copies this process's threads and open connections.
+
+Workers must not outlive the run that started them, even when it is killed with SIGKILL (no
+atexit, no pool shutdown). Left alone they would: each waits on a queue whose write end it holds
+itself, and each holds the forkserver's "alive" pipe, which keeps the forkserver (and the resource
+tracker) running too. So every worker watches the process that made the pool and exits when it is
+gone; the forkserver and the resource tracker then see their pipes close and exit by themselves.
+On Linux a worker also asks the kernel to kill it with its parent, the forkserver.
 """
 from __future__ import annotations
 
@@ -11,8 +18,17 @@ import asyncio
 import atexit
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Callable
+
+from tools.processes import process_alive
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_WATCH_INTERVAL_S = 0.5
 
 _PRELOAD = ["tools.chain_analysis"]
 _pool: Executor | None = None
@@ -31,10 +47,30 @@ def compute_pool() -> Executor:
         else:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(_PRELOAD)
-            _pool = ProcessPoolExecutor(max_workers=workers(), mp_context=context)
+            _pool = ProcessPoolExecutor(max_workers=workers(), mp_context=context,
+                                        initializer=die_with_parent, initargs=(os.getpid(),))
         atexit.register(_pool.shutdown, wait=False, cancel_futures=True)
     return _pool
 
 
 async def run_cpu(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(compute_pool(), fn, *args)
+
+
+def die_with_parent(owner_pid: int) -> None:
+    """Worker initializer: end this worker when `owner_pid` (the process that made the pool) or
+    this worker's own parent (the forkserver) dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before prctl took effect: nobody will signal us
+            os._exit(1)
+    threading.Thread(target=_watch_owner, args=(owner_pid,), name="owner-watchdog", daemon=True).start()
+
+
+def _watch_owner(owner_pid: int) -> None:
+    while process_alive(owner_pid):
+        time.sleep(_WATCH_INTERVAL_S)
+    os._exit(1)

@@ -7,21 +7,16 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agents.llm_debate import make_debater
 from config.settings import DecisionConfig, defaults, settings
-from memory.recall import RunMemory
-from memory.store import MemoryStore
-from graph.runner import RunOutcome, RunRequest, execute_run
-from graph.schema import AccountState
-from storage.database import Database
-from storage.decisions import DecisionRepository
-from storage.executions import ExecutionRepository
-from storage.llm_calls import LLMCallRepository
-from storage.orders import OrderRecord, OrderRepository
-from storage.runs import RunRepository
-from tools.providers.base import MarketDataProvider
+
+if TYPE_CHECKING:  # the decision stack is imported by the operations that run it, not by listing ones
+    from graph.runner import RunOutcome
+    from graph.schema import AccountState
+    from storage.database import Database
+    from storage.orders import OrderRecord
+    from tools.providers.base import MarketDataProvider
 
 
 def jsonable(value: Any) -> Any:
@@ -39,6 +34,8 @@ def jsonable(value: Any) -> Any:
 
 
 def default_account() -> AccountState:
+    from graph.schema import AccountState
+
     a = defaults().account
     return AccountState(net_liquidation=a["net_liquidation"], cash=a["cash"], margin_used=a["margin_used"])
 
@@ -51,6 +48,7 @@ async def book_account(db: Database, provider: MarketDataProvider, at: datetime)
     from brokers.paper import PaperBroker
     from brokers.quote_source import ProviderQuotes
     from risk.limits import load_risk_matrix
+    from storage.orders import OrderRepository
 
     quotes = ProviderQuotes(provider, lambda: at)
     await PaperBroker(db, quotes, clock=lambda: at, opening_cash=default_account().cash).open_account()
@@ -68,6 +66,11 @@ async def run_decision(
     db: Database, provider: MarketDataProvider, *, watchlist: str, tickers: list[str], as_of: datetime,
     seed: int, config: DecisionConfig | None = None, on_node=None, now=None,
 ) -> RunOutcome:
+    from agents.llm_debate import make_debater
+    from graph.runner import RunRequest, execute_run
+    from memory.recall import RunMemory
+    from memory.store import MemoryStore
+
     request = RunRequest(watchlist=watchlist, tickers=tickers, as_of=as_of, seed=seed, provider=provider.name,
                          config=config or defaults().decision)
     account, positions = await book_account(db, provider, as_of)
@@ -91,10 +94,17 @@ def order_summary(order: OrderRecord) -> dict[str, Any]:
 
 
 async def list_runs(db: Database, limit: int = 50) -> list[dict[str, Any]]:
+    from storage.runs import RunRepository
+
     return [jsonable(asdict(r)) for r in await RunRepository(db.pool).list(limit)]
 
 
 async def show_run(db: Database, run_id: str) -> dict[str, Any] | None:
+    from storage.decisions import DecisionRepository
+    from storage.llm_calls import LLMCallRepository
+    from storage.orders import OrderRepository
+    from storage.runs import RunRepository
+
     run = await RunRepository(db.pool).get(run_id)
     if run is None:
         return None
@@ -113,6 +123,8 @@ async def show_run(db: Database, run_id: str) -> dict[str, Any] | None:
 
 
 async def list_orders(db: Database, state: str | None = None, run_id: str | None = None, limit: int = 100):
+    from storage.orders import OrderRepository
+
     return [order_summary(o) for o in await OrderRepository(db.pool).list(run_id=run_id, state=state, limit=limit)]
 
 
@@ -129,6 +141,10 @@ def terminal_reason(state: str, history: list[dict[str, Any]]) -> str | None:
 async def show_order(db: Database, order_id: str) -> dict[str, Any] | None:
     """An order with its history, why it ended (when it has), its execution and the debate
     (verdict and transcript) that led to it."""
+    from storage.decisions import DecisionRepository
+    from storage.executions import ExecutionRepository
+    from storage.orders import OrderRepository
+
     repo = OrderRepository(db.pool)
     order = await repo.get(order_id)
     if order is None:
@@ -154,7 +170,7 @@ async def fork(db: Database, run_id: str, at_node: str, sets: list[str], *, live
 
     `live_llm`: debate with the configured LLM (new calls, recorded under the fork) instead of the
     original's recorded answers — needed when the settings change what the debate is asked."""
-    from agents.llm_debate import llm_configured
+    from agents.llm_debate import llm_configured, make_debater
     from graph.replay import ReplayError, fork_run, parse_overrides
 
     overrides = parse_overrides(sets)

