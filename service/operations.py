@@ -193,3 +193,47 @@ async def state_at(db: Database, run_id: str, step: int) -> dict[str, Any]:
     from graph.trace import state_at_step
 
     return await state_at_step(db, run_id, step)
+
+
+# ---------------------------------------------------------------------------------- the book
+async def _book_and_quotes(ctx):
+    """The paper account's book, its broker opened, and quotes on the context's clock."""
+    from brokers.book import Book
+    from brokers.quote_source import ProviderQuotes
+
+    provider = ctx.provider_factory("simulated", defaults().seed)
+    broker = ctx.broker_for(provider)
+    await broker.open_account()
+    return Book(ctx.db, account_id=broker.account_id, broker=broker.name, config=defaults().book), \
+        ProviderQuotes(provider, ctx.clock)
+
+
+async def positions(ctx) -> dict[str, Any]:
+    """Open strategy positions with their latest marks, Greeks and exit orders."""
+    book, _ = await _book_and_quotes(ctx)
+    return jsonable({"as_of": ctx.clock(), "positions": await book.positions_report()})
+
+
+async def pnl(ctx, start, end) -> dict[str, Any]:
+    """Daily P&L (realized, unrealized and its change) and P&L by strategy between two New York days."""
+    if end < start:
+        raise ValueError(f"--to {end} is before --from {start}")
+    book, _ = await _book_and_quotes(ctx)
+    days = await book.pnl_by_day(start, end)
+    return jsonable({"from": start.isoformat(), "to": end.isoformat(), "days": days,
+                     "by_strategy": await book.pnl_by_strategy(start, end),
+                     "realized_pnl": sum((d["realized_pnl"] for d in days), Decimal("0")),
+                     "unrealized_pnl": next((d["unrealized_pnl"] for d in reversed(days)
+                                             if d["unrealized_pnl"] is not None), None)})
+
+
+async def account(ctx) -> dict[str, Any]:
+    """The account as the risk gate sees it now (positions marked at the current quotes)."""
+    from brokers.book import last_daily_reset
+    from risk.limits import load_risk_matrix
+
+    book, quotes = await _book_and_quotes(ctx)
+    now = ctx.clock()
+    matrix = load_risk_matrix()
+    reset = last_daily_reset(now, matrix.daily_reset.at, matrix.daily_reset.timezone)
+    return jsonable(await book.account_now(now, reset, quotes=quotes) | {"daily_reset": reset})
