@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -240,6 +240,83 @@ class OrderReviewOut(OrderSummaryOut):
     decision: DecisionRecordOut | None
     execution: ExecutionOut | None
     history: list[HistoryEntryOut]
+    terminal_reason: str | None = Field(None, description="Why a terminal order ended where it did.")
+
+
+class PositionOut(BaseModel):
+    """One open strategy position of the book, with its latest mark."""
+
+    position_id: str
+    order_id: str
+    run_id: str
+    ticker: str
+    structure: str
+    expiry: date
+    units: int
+    multiplier: int
+    entry_price: Decimal = Field(description="Per share per unit, signed: + paid, − received.")
+    legs: list[dict[str, Any]]
+    opened_at: datetime
+    thesis: str
+    max_profit: Decimal | None
+    max_loss: Decimal | None
+    realized_pnl: Decimal
+    mark: Decimal | None
+    marked_at: datetime | None
+    value: Decimal | None
+    unrealized_pnl: Decimal | None
+    greeks: dict[str, float | None] | None
+    missing: list[str]
+    exit_orders: list[dict[str, Any]]
+
+
+class PositionsOut(BaseModel):
+    as_of: datetime
+    positions: list[PositionOut]
+
+
+class PnlDayOut(BaseModel):
+    day: date
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal | None
+    unrealized_change: Decimal | None
+    total_pnl: Decimal
+    net_liquidation: Decimal | None
+
+
+class PnlStrategyOut(BaseModel):
+    structure: str
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal
+    positions: int
+    open_positions: int
+
+
+class PnlOut(BaseModel):
+    from_: date = Field(alias="from")
+    to: date
+    days: list[PnlDayOut]
+    by_strategy: list[PnlStrategyOut]
+    realized_pnl: Decimal
+    unrealized_pnl: Decimal | None
+
+
+class AccountOut(BaseModel):
+    """The account as the risk gate reads it from the book."""
+
+    as_of: datetime
+    net_liquidation: Decimal
+    cash: Decimal
+    margin_used: Decimal
+    daily_realized_pnl: Decimal
+    daily_unrealized_pnl: Decimal
+    realized_pnl: Decimal
+    last_loss_at: datetime | None
+    trades_today: int
+    open_positions: int
+    halted: bool
+    daily_reset: datetime
+    last_snapshot: dict[str, Any] | None
 
 
 class HaltStateOut(BaseModel):
@@ -545,6 +622,24 @@ def _routes(app: FastAPI) -> None:
     async def resize(ctx: Ctx, who: Approver, order_id: Annotated[str, Path()], body: ResizeIn) -> dict[str, Any]:
         return await decide(ctx, order_id, Decision(action="resize", approver=who.name, quantity=body.quantity,
                                                     reason=None, acknowledge=body.acknowledge))
+
+    @app.get("/positions", tags=["book"], response_model=PositionsOut, responses=_errors(401, 403),
+             summary="Open strategy positions with their latest marks, Greeks and exit orders")
+    async def positions(ctx: Ctx, _: Viewer) -> dict[str, Any]:
+        return await operations.positions(ctx)
+
+    @app.get("/pnl", tags=["book"], response_model=PnlOut, response_model_by_alias=True,
+             responses=_errors(401, 403, 422), summary="Daily P&L and P&L by strategy between two New York days")
+    async def pnl(ctx: Ctx, _: Viewer, start: Annotated[date, Query(alias="from", description="First New York day.")],
+                  days: Annotated[int, Query(ge=1, le=3660, description="Number of days from `from`.")] = 30,
+                  ) -> dict[str, Any]:
+        end = date.max if (date.max - start).days < days else start + timedelta(days=days - 1)
+        return await operations.pnl(ctx, start, end)
+
+    @app.get("/account", tags=["book"], response_model=AccountOut, responses=_errors(401, 403),
+             summary="The account the risk gate reads: NLV, cash, margin, daily P&L, last loss, trades today")
+    async def account(ctx: Ctx, _: Viewer) -> dict[str, Any]:
+        return await operations.account(ctx)
 
     @app.get("/risk", tags=["risk"], response_model=RiskStatusOut, responses=_errors(401, 403), summary="Kill-switch state and order counts by state")
     async def risk(ctx: Ctx, _: Viewer) -> dict[str, Any]:

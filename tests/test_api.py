@@ -232,7 +232,7 @@ async def test_openapi_schema_is_served_and_precise(seeded_url):
     paths = schema["paths"]
     assert set(paths) == {"/health", "/metrics", "/runs", "/runs/{run_id}", "/orders", "/orders/{order_id}",
                           "/orders/{order_id}/approve", "/orders/{order_id}/reject", "/orders/{order_id}/resize",
-                          "/risk", "/risk/halt", "/risk/resume"}
+                          "/risk", "/risk/halt", "/risk/resume", "/positions", "/pnl", "/account"}
     assert schema["components"]["securitySchemes"]["bearer"] == {
         "type": "http", "scheme": "bearer", "description": "An API token from `hedgegraph tokens create NAME --role ROLE`."}
     assert "security" not in paths["/health"]["get"]
@@ -384,7 +384,7 @@ def test_generated_requests_get_no_server_error_and_match_the_schema(seeded, see
                     # Only an operation that takes no input at all has no invalid request to make.
                     raw = operation.definition.raw
                     assert mode is GenerationMode.NEGATIVE and not raw.get("parameters") and "requestBody" not in raw
-        assert len(operations_seen) == 12, operations_seen
+        assert len(operations_seen) == 15, operations_seen
 
         # Then on the real run and order, so the rich responses (run detail, review, decisions)
         # are validated against their schemas too. The service's own 422s (acknowledgement
@@ -449,3 +449,21 @@ async def test_a_lost_database_is_a_503_not_a_crash(pg_server, seeded, seeded_ur
         assert health.json()["ok"] is False and health.json()["database"]["ok"] is False
         r = await api.get("/runs", headers=seeded.auth("viewer"))
         assert r.status_code == 503 and r.json() == {"detail": "database unavailable"}, r.text
+
+
+async def test_the_book_through_the_api_after_an_approval(seeded_url, seeded):
+    async with serving(seeded_url) as (client, _):
+        decided = await client.post(f"/orders/{seeded.order_id}/approve", headers=seeded.auth("approver"),
+                                    json={"acknowledge": True})
+        assert decided.status_code == 200 and decided.json()["state"] == "FILLED", decided.text
+        positions = (await client.get("/positions", headers=seeded.auth("viewer"))).json()["positions"]
+        assert [p["order_id"] for p in positions] == [seeded.order_id]
+        account = await client.get("/account", headers=seeded.auth("viewer"))
+        assert account.status_code == 200 and Decimal(account.json()["net_liquidation"]) > 0
+        assert account.json()["trades_today"] == 1 and account.json()["open_positions"] == 1
+        pnl = await client.get("/pnl", params={"from": "2026-11-20", "days": 1}, headers=seeded.auth("viewer"))
+        assert pnl.status_code == 200 and (pnl.json()["from"], pnl.json()["to"]) == ("2026-11-20", "2026-11-20")
+        assert [s["structure"] for s in pnl.json()["by_strategy"]] == [positions[0]["structure"]]
+        assert (await client.get("/pnl", params={"from": "2026-11-20", "days": 0},
+                                 headers=seeded.auth("viewer"))).status_code == 422
+        assert (await client.get("/positions")).status_code == 401
