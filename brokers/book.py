@@ -569,10 +569,11 @@ class Book:
                 trades.append(ExitTrade(p.position_id, rule, reason, _closing_order(p, quoted, rule, reason)))
         return trades
 
-    async def stage_exits(self, now: datetime, exits: Sequence[ExitTrade], *, actor: str = "book",
+    async def stage_exits(self, now: datetime, exits: Sequence[ExitTrade], *, provider: str, actor: str = "book",
                           seed: int = 0, config: Mapping[str, Any] | None = None) -> list[StagedExit]:
-        """Stage each exit as a closing order for approval in a graph-less run `exits-<time>`,
-        with `closes_position_id` and `exit_rule` set. One live exit order per position: a
+        """Stage each exit as a closing order for approval in a graph-less run `exits-<time>`
+        on `provider` (the market that re-quotes it at transmission), with `closes_position_id` and
+        `exit_rule` set. One live exit order per position: a
         position whose exit order is still live is skipped; a rejected, expired or cancelled one
         may be re-staged at a later slot. Idempotent: the order's key is (position, number of
         exit orders before it), so a crash between staging and linking re-finds the same order."""
@@ -586,7 +587,7 @@ class Book:
             # Created only when an order is about to be staged: a slot with nothing new leaves no run.
             await runs.create_if_absent(run_id=run_id, slot_key=f"exits|{now.isoformat()}", watchlist="exits",
                                         as_of=now, tickers=sorted({e.order.ticker for e in exits}), seed=seed,
-                                        provider="book", config=dict(config or {}))
+                                        provider=provider, config=dict(config or {}))
             await runs.set_status(run_id, "awaiting_approval")
             return run_id
 

@@ -91,7 +91,8 @@ async def housekeeping(ctx: ServiceContext, *, mark: bool) -> HousekeepingReport
                                 vix=regime.vix, regime=regime.name)
         report.marked = len(marks.marks)
         report.net_liquidation = str(marks.snapshot.net_liquidation)
-        staged = await book.stage_exits(now, await book.exit_orders(now, quotes), seed=seed)
+        staged = await book.stage_exits(now, await book.exit_orders(now, quotes), provider=provider.name, seed=seed,
+                                        config=defaults().decision.model_dump(mode="json"))
         report.exits_staged = [{"position_id": s.position_id, "rule": s.rule, "created": s.created,
                                 "order_id": s.order.order_id if s.order else None, "note": s.note} for s in staged]
         report.pin_risk = [approvals.jsonable(p.__dict__) for p in await book.pin_risk(now, quotes)]

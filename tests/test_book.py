@@ -117,14 +117,14 @@ async def test_vertical_round_trip_marks_exit_and_realized_pnl(db):
     # 62 of max profit 100 per unit >= 50%: take profit, staged as a closing order for approval.
     exits = await book.exit_orders(clock.now, quotes)
     assert [(e.rule, e.order.quantity, e.order.limit_price) for e in exits] == [("take_profit", 3, D("0.30"))]
-    [staged] = await book.stage_exits(clock.now, exits)
+    [staged] = await book.stage_exits(clock.now, exits, provider="simulated")
     assert staged.created and staged.order.state == "STAGED"
     row = await db.pool.fetchrow("SELECT closes_position_id, exit_rule, structure FROM orders WHERE order_id = $1",
                                  staged.order.order_id)
     assert dict(row) == {"closes_position_id": position.position_id, "exit_rule": "take_profit",
                          "structure": "close_bull_put_spread"}
     # One live exit per position: the next slot stages nothing new.
-    again = await book.stage_exits(clock.now + timedelta(minutes=30), await book.exit_orders(clock.now, quotes))
+    again = await book.stage_exits(clock.now + timedelta(minutes=30), await book.exit_orders(clock.now, quotes), provider="simulated")
     assert not again[0].created and again[0].order.order_id == staged.order.order_id
 
     fills = await approve_and_fill(db, broker, staged.order)
@@ -146,11 +146,11 @@ async def test_rejected_exit_is_restaged_at_a_later_slot(db):
     clock, quotes, broker, book = desk.clock, desk.quotes, desk.broker, desk.book
     exits = await book.exit_orders(clock.now, quotes)
     assert [e.rule for e in exits] == ["dte"]
-    [first] = await book.stage_exits(clock.now, exits)
+    [first] = await book.stage_exits(clock.now, exits, provider="simulated")
     await OrderRepository(db.pool).transition(first.order.order_id, OrderState.REJECTED, actor="approver", reason="no")
-    same_slot = await book.stage_exits(clock.now, exits)
+    same_slot = await book.stage_exits(clock.now, exits, provider="simulated")
     assert same_slot[0].order is None and not same_slot[0].created
-    [later] = await book.stage_exits(clock.now + timedelta(minutes=30), await book.exit_orders(clock.now, quotes))
+    [later] = await book.stage_exits(clock.now + timedelta(minutes=30), await book.exit_orders(clock.now, quotes), provider="simulated")
     assert later.created and later.order.order_id != first.order.order_id
 
 
@@ -159,7 +159,7 @@ async def test_closing_more_than_is_open_is_refused(db):
     desk = await desk_with(db, p, 2, config=BookConfig(close_at_dte=30))
     clock, quotes, broker, book = desk.clock, desk.quotes, desk.broker, desk.book
     [exit_trade] = await book.exit_orders(clock.now, quotes)
-    [staged] = await book.stage_exits(clock.now, [exit_trade])
+    [staged] = await book.stage_exits(clock.now, [exit_trade], provider="simulated")
     # Someone edits the closing order to 3 units before it is approved and filled.
     await db.pool.execute("UPDATE orders SET quantity = 3 WHERE order_id = $1", staged.order.order_id)
     record = await OrderRepository(db.pool).get(staged.order.order_id)
@@ -263,7 +263,7 @@ async def test_account_rules_act_on_real_fills(db):
     set_quote(quotes, "SPY", "610", "C", "0.05", "0.15")
     [exit_trade] = await book.exit_orders(clock.now, quotes)
     assert exit_trade.rule == "debit_stop"
-    [staged] = await book.stage_exits(clock.now, [exit_trade])
+    [staged] = await book.stage_exits(clock.now, [exit_trade], provider="simulated")
     await approve_and_fill(db, broker, staged.order)
     state = await book.account_state(clock.now, reset, quotes=quotes)
     assert state.daily_realized_pnl == D("-3450") - D("26")
@@ -372,11 +372,11 @@ async def test_a_crash_between_staging_and_linking_an_exit_restages_the_same_ord
     p = bull_put_spread()
     desk = await desk_with(db, p, 2, config=BookConfig(close_at_dte=30))
     exits = await desk.book.exit_orders(desk.clock.now, desk.quotes)
-    [first] = await desk.book.stage_exits(desk.clock.now, exits)
+    [first] = await desk.book.stage_exits(desk.clock.now, exits, provider="simulated")
     # As if the process died after OrderRepository.stage and before the link was written.
     await db.pool.execute("UPDATE orders SET closes_position_id = NULL, exit_rule = NULL WHERE order_id = $1",
                           first.order.order_id)
-    [again] = await desk.book.stage_exits(desk.clock.now + timedelta(minutes=30), exits)
+    [again] = await desk.book.stage_exits(desk.clock.now + timedelta(minutes=30), exits, provider="simulated")
     assert again.order.order_id == first.order.order_id and not again.created
     assert await db.pool.fetchval("SELECT count(*) FROM orders WHERE structure = 'close_bull_put_spread'") == 1
     linked = await db.pool.fetchval("SELECT closes_position_id FROM orders WHERE order_id = $1", first.order.order_id)

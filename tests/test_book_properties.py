@@ -96,7 +96,7 @@ async def scenario(url: str, ops: list[tuple[str, int]]) -> None:
                 position = open_positions[0]
                 quoted = [(l, quotes(l.contract(position.ticker, position.multiplier))) for l in position.legs]
                 order = dataclasses.replace(_closing_order(position, quoted, "test", "property"), quantity=amount)
-                [staged] = await book.stage_exits(clock.now, [ExitTrade(position.position_id, "test", "property", order)])
+                [staged] = await book.stage_exits(clock.now, [ExitTrade(position.position_id, "test", "property", order)], provider="simulated")
                 await OrderRepository(db.pool).transition(staged.order.order_id, OrderState.APPROVED, actor="a")
                 await broker.place(ComboOrder.from_record(staged.order))
                 assert await broker.process()
@@ -114,7 +114,7 @@ async def scenario(url: str, ops: list[tuple[str, int]]) -> None:
             clock.advance(minutes=5)
             quoted = [(l, quotes(l.contract(position.ticker, position.multiplier))) for l in position.legs]
             order = _closing_order(position, quoted, "test", "flat")
-            [staged] = await book.stage_exits(clock.now, [ExitTrade(position.position_id, "test", "flat", order)])
+            [staged] = await book.stage_exits(clock.now, [ExitTrade(position.position_id, "test", "flat", order)], provider="simulated")
             await OrderRepository(db.pool).transition(staged.order.order_id, OrderState.APPROVED, actor="a")
             await broker.place(ComboOrder.from_record(staged.order))
             await broker.process()

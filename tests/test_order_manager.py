@@ -177,3 +177,43 @@ async def test_orders_show_says_why_an_order_ended_and_carries_its_debate(db):
     assert (await show_order(db, orders[1].order_id))["terminal_reason"] is None  # still STAGED
     review = await approvals.order_review(ctx, orders[0].order_id)
     assert review["terminal_reason"] == "earnings next week"
+
+
+async def test_an_exit_rule_stages_a_close_that_approval_turns_into_realized_pnl_and_memory(db):
+    """fill → housekeeping on later days marks the book → an exit rule (at the latest 21 DTE) stages
+    a closing order → approving it closes the position: realized P&L in the book and in the memory
+    of the situation that opened it, known only from the close."""
+    from brokers.book import Book
+    from service.housekeeping import housekeeping
+
+    ctx, clock, orders, run_id = await stage_two(db)
+    order = orders[0]
+    assert (await approvals.decide(ctx, order.order_id, approve(order)))["state"] == "FILLED"
+    for other in orders[1:]:
+        await approvals.decide(ctx, other.order_id, Decision("reject", "bob", reason="one is enough"))
+    book = Book(db)
+    [position] = await book.positions()
+
+    day, staged = AS_OF.date(), []
+    while not staged:
+        day += timedelta(days=1)
+        assert day < position.expiry, "no exit rule fired before expiry"
+        clock.at = datetime.combine(day, datetime.min.time(), tzinfo=NEW_YORK).replace(hour=15, minute=35)
+        if clock.at.weekday() >= 5:
+            continue
+        report = await housekeeping(ctx, mark=True)
+        assert report.marked == 1
+        staged = [e for e in report.exits_staged if e["created"]]
+    [exit_] = staged
+    exit_order = await approvals.order_review(ctx, exit_["order_id"])
+    assert exit_order["state"] == "STAGED" and exit_order["structure"].startswith("close_")
+
+    closed = await approvals.decide(ctx, exit_["order_id"], approve(order))
+    assert closed["state"] == "FILLED", closed["execution"]
+    position = await book.position(position.position_id)
+    assert position.status == "closed" and position.units_open == 0 and position.realized_pnl != 0
+    memory = await db.pool.fetchrow("SELECT outcome, outcome_known_at FROM memories WHERE run_id = $1 AND ticker = $2",
+                                    run_id, order.ticker)
+    assert memory["outcome"]["realized"] is True
+    assert memory["outcome"]["pnl"] == pytest.approx(float(position.realized_pnl))
+    assert memory["outcome_known_at"] >= position.closed_at  # no look-ahead: known from the close on
