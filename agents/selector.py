@@ -17,8 +17,13 @@ Conventions of the proposal (see also graph/schema.py)
 * Leg Greeks are per share for a LONG option, in trader units (graph.schema): delta per 1.00 of
   spot, gamma per 1.00 of spot squared, vega per vol POINT (tools/pricing's vega / 100), theta
   per calendar DAY (tools/pricing's theta / 365). Proposal Greeks are sign * ratio sums of them.
-* `probability_of_profit` is risk-neutral, lognormal with the expiry's ATM implied vol
-  (interpolated at the forward from out-of-the-money IVs), exact over the breakeven intervals.
+* `probability_of_profit` is risk-neutral and exact over the breakeven intervals. Given the
+  chain's fitted surface and a fitted smile at the expiry, it is under that smile's law
+  (tools/density.py: Breeden–Litzenberger on the SVI slice, skew included; `pop_model`
+  "svi_density"), with `expected_pnl` (dollars per unit at mid) and the smile itself on the
+  proposal; otherwise lognormal with the expiry's ATM implied vol (interpolated at the forward
+  from out-of-the-money IVs; "lognormal_atm"). The lognormal ATM figure is always kept in
+  `probability_of_profit_lognormal` for comparison.
 * A long call's profit is unbounded, which `TradeProposal.max_profit` (a finite Decimal) cannot
   carry: its `max_profit` is the expiry P&L at the +3 standard deviation price
   F * exp(3 * atm_vol * sqrt(t)) (cents), and the proposal's rationale says so.
@@ -32,9 +37,12 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import numpy as np
 
 from config.settings import DecisionConfig
-from graph.schema import OptionLeg, TradeProposal
+from graph.schema import OptionLeg, SmileFit, TradeProposal
 from tools.chain import NEW_YORK, OptionChain, years_to_expiry
+from tools.density import SmileDensity, pnl_distribution
+from tools.density import probability_of_profit as density_probability_of_profit
 from tools.pricing import bsm_greeks
+from tools.surface import VolSurface
 from tools.structures import breakevens, max_profit_loss, net_greeks, probability_of_profit
 
 CENT = Decimal("0.01")
@@ -485,6 +493,23 @@ def _capped_long_call_profit(leg: OptionLeg, net_debit: Decimal, chain: OptionCh
     return profit, cap_price
 
 
+def smile_density(surface: VolSurface | None, expiry) -> SmileDensity | None:
+    """The risk-neutral law of the surface's fitted smile at `expiry`, or None (no surface, no
+    such expiry, or not fitted)."""
+    if surface is None:
+        return None
+    try:
+        sl = surface.slice_for(expiry)
+    except KeyError:
+        return None
+    if not sl.fitted or not (sl.t > 0 and sl.forward > 0):
+        return None
+    try:
+        return SmileDensity(sl.params, sl.t, sl.forward)
+    except ValueError:
+        return None
+
+
 def build_proposal(
     structure: str,
     ticker: str,
@@ -493,6 +518,7 @@ def build_proposal(
     config: DecisionConfig,
     rationale: str,
     dte_window: tuple[int, int] = DTE_WINDOW,
+    surface: VolSurface | None = None,
 ) -> ProposalResult:
     """Choose expiry and strikes for `structure`, check them, and price the proposal.
 
@@ -521,6 +547,9 @@ def build_proposal(
       call: it is reported at the +3 standard deviation price F * exp(3 * atm_vol * sqrt(t))
       (LONG_CALL_PROFIT_CAP_SD) and a note is appended to the rationale. A long put's max
       profit (strike - debit, at S = 0) is exact.
+
+    `surface` (the chain's fitted SVI surface, optional): when it has a fitted smile at the chosen
+    expiry, probability of profit and expected P&L are under that smile's law (see module doc).
 
     `iv` holds one implied vol per chain row (decimal), NaN where undefined; a length mismatch
     raises ValueError (a caller bug). Every market-side problem returns a `ProposalResult`
@@ -556,9 +585,17 @@ def build_proposal(
                 f"max profit unbounded, shown at the +{LONG_CALL_PROFIT_CAP_SD:g} SD price {cap_price}")
         elif extremes.profit_unbounded or extremes.loss_unbounded:
             raise _Reject("bad_analytics", f"{structure} came out with unbounded profit or loss")
-        pop = probability_of_profit(legs, net_debit, chain.spot, t, atm_vol, chain.rate, chain.dividend_yield)
+        pop_lognormal = probability_of_profit(legs, net_debit, chain.spot, t, atm_vol, chain.rate, chain.dividend_yield)
+        pop, pop_model, expected_pnl, smile = pop_lognormal, "lognormal_atm", None, None
+        density = smile_density(surface, expiry)
+        if density is not None:
+            pop = density_probability_of_profit(legs, net_debit, density)
+            pop_model = "svi_density"
+            expected_pnl = _cents(pnl_distribution(legs, net_debit, density).mean * multiplier)
+            p = density.params
+            smile = SmileFit(a=p.a, b=p.b, rho=p.rho, m=p.m, sigma=p.sigma, t=density.t, forward=density.forward)
         greeks = net_greeks(legs)
-        if not all(math.isfinite(x) for x in (pop, greeks.delta, greeks.gamma, greeks.vega, greeks.theta)):
+        if not all(math.isfinite(x) for x in (pop, pop_lognormal, greeks.delta, greeks.gamma, greeks.vega, greeks.theta)):
             raise _Reject("bad_analytics", "probability of profit or net Greeks not finite")
         proposal = TradeProposal(
             ticker=ticker,
@@ -578,6 +615,10 @@ def build_proposal(
             dte=_dte(chain, expiry),
             multiplier=multiplier,
             rationale=rationale,
+            pop_model=pop_model,
+            probability_of_profit_lognormal=pop_lognormal,
+            expected_pnl=expected_pnl,
+            smile=smile,
         )
     except _Reject as rejected:
         return ProposalResult(None, rejected.reason, rejected.code)

@@ -2,13 +2,14 @@
 
 The structure comes from the direction, the volatility view, the regime and IV rank
 (`agents.selector.choose_structure`); the legs from delta and DTE targets against the chain's
-implied vols. A verdict with no fitting structure or no liquid legs is recorded with the reason.
+implied vols; probability of profit under the chain's fitted smile. A verdict with no fitting
+structure or no liquid legs is recorded with the reason.
 """
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from agents.analysts import chain_iv, evidence_number
+from agents.analysts import chain_analysis, evidence_number
 from agents.selector import build_proposal, choose_structure_with_reason
 from graph.deps import RunDeps
 from graph.state import DecisionState
@@ -34,9 +35,9 @@ async def strategy_selector(state: DecisionState, runtime: Runtime[RunDeps]) -> 
         if data is None or data.chain is None:
             rejected[verdict.ticker] = "no option chain in the snapshot"
             continue
-        iv = await chain_iv(deps.market, run.run_id, data)
-        result = build_proposal(choice.structure, verdict.ticker, data.chain, iv, deps.decision,
-                                rationale=f"{choice.reason}. {verdict.rationale}")
+        analysis = await chain_analysis(deps.market, run.run_id, data)
+        result = build_proposal(choice.structure, verdict.ticker, data.chain, analysis.chain_iv.vol, deps.decision,
+                                rationale=f"{choice.reason}. {verdict.rationale}", surface=analysis.surface)
         if result.ok:
             proposals.append(result.proposal)
         else:

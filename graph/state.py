@@ -15,6 +15,7 @@ from graph.schema import (
     AccountState,
     AnalystName,
     Candidate,
+    ClosedOutcome,
     Frozen,
     Position,
     Regime,
@@ -49,6 +50,9 @@ class MarketContext(Frozen):
     sectors: dict[str, str]
     snapshot_sha256: str
     data_quality: dict[str, list[str]] = Field(default_factory=dict)
+    # Realized outcomes of closed strategy positions known at `as_of` (the Kelly journal); the
+    # allocator uses those with closed_at <= as_of of the proposal's structure and the regime.
+    closed_outcomes: list[ClosedOutcome] = Field(default_factory=list)
 
 
 class Execution(Frozen):
