@@ -10,8 +10,15 @@ Two pure functions; the graph node that calls them lives elsewhere.
 Conventions of the proposal (see also graph/schema.py)
 ------------------------------------------------------
 * Leg bid/ask/mid are Decimal per share rounded to cents (half-even); `net_debit` is the signed
-  sum of leg mids (positive pay, negative credit) and `natural_debit` the same at the far side
-  of each quote (pay the ask on buys, receive the bid on sells).
+  sum of leg limits (positive pay, negative credit) and `natural_debit` the same at the far side
+  of each quote (pay the ask on buys, receive the bid on sells). A leg's limit is its mid, or,
+  against a fitted surface, its value on the fitted smile clipped to [bid, ask] (`fit_value`,
+  `limit`, and `edge_vs_fit` = sign * (fit_value - limit) on the leg).
+* Against a fitted surface (`build_proposal(..., surface=...)` with the expiry fitted) the
+  expiry's vols come from the fit, so strikes are chosen by delta on the fitted smile and Greeks
+  are the fit's; a vertical's wing is the listed strike nearest `wing_width_expected_move` x the
+  expected move (F x ATM vol x sqrt(t)) beyond its anchor, the next-nearest tried when illiquid.
+  Butterflies and the iron fly keep `wing_width_steps` listed strikes (symmetric wings).
 * `max_profit` / `max_loss` are dollars per unit (multiplier applied), exact from the expiry
   payoff; `breakevens` are terminal underlying prices.
 * Leg Greeks are per share for a LONG option, in trader units (graph.schema): delta per 1.00 of
@@ -41,7 +48,7 @@ from graph.schema import OptionLeg, SmileFit, TradeProposal
 from tools.chain import NEW_YORK, OptionChain, years_to_expiry
 from tools.density import SmileDensity, pnl_distribution
 from tools.density import probability_of_profit as density_probability_of_profit
-from tools.pricing import bsm_greeks
+from tools.pricing import black76_price, bsm_greeks
 from tools.surface import VolSurface
 from tools.structures import breakevens, max_profit_loss, net_greeks, probability_of_profit
 
@@ -55,6 +62,11 @@ LOW_IV_RANK = 0.25
 DTE_WINDOW = (21, 60)
 # A leg chosen by delta must land within this absolute distance of the target |delta|.
 DELTA_TOLERANCE = 0.10
+
+# Against a fitted surface, a vertical's wing is the listed strike nearest
+# config.wing_width_expected_move x the expected move (F x ATM vol x sqrt(t)) beyond the anchor;
+# the next-nearest ones are tried, in order, when a wing is illiquid.
+WING_CANDIDATES = 4
 
 # IV rank thresholds of the extreme cells: an iron fly sells more premium than a condor (short
 # ATM straddle) and only pays with very rich vol; a naked long option only with very cheap vol.
@@ -276,6 +288,21 @@ def _wing_position(sl: _Slice, anchor: int, is_call: bool, steps: int, anchor_se
     return wing
 
 
+def _wing_candidates(sl: _Slice, anchor: int, is_call: bool, width: float, spot: float,
+                     anchor_sells: bool) -> list[int]:
+    """Listed strikes further OTM than the anchor, nearest to `width` (price units) away first
+    (at most WING_CANDIDATES, each at least one listed step out); rejects an ITM short anchor."""
+    label = "call" if is_call else "put"
+    if anchor_sells and (sl.strikes[anchor] <= spot if is_call else sl.strikes[anchor] >= spot):
+        raise _Reject("short_strike_itm", f"short {label} strike {sl.strikes[anchor]:g} is not OTM (spot {spot:g})")
+    beyond = np.arange(anchor + 1, len(sl.strikes)) if is_call else np.arange(anchor - 1, -1, -1)
+    beyond = beyond[np.isfinite(sl.delta[beyond])]
+    if beyond.size == 0:
+        raise _Reject("no_wing_strike", f"no {label} strike with a usable vol beyond {sl.strikes[anchor]:g}")
+    distance = np.abs(np.abs(sl.strikes[beyond] - sl.strikes[anchor]) - width)
+    return [int(i) for i in beyond[np.argsort(distance, kind="stable")][:WING_CANDIDATES]]
+
+
 def _require_iv(sl: _Slice, pos: int, label: str, role: str) -> None:
     if not np.isfinite(sl.delta[pos]):
         raise _Reject("nan_iv", f"no usable implied vol for the {label} {role} at {sl.strikes[pos]:g}")
@@ -310,8 +337,22 @@ VOL_POINTS = 100.0  # vega per 1.00 of vol -> per vol point
 DAYS_PER_YEAR = 365.0  # theta per year of calendar time -> per day
 
 
+@dataclass(frozen=True)
+class _Fit:
+    """The fitted smile of the chosen expiry: vols per chain row come from it, and each leg is
+    valued on it (Black-76 on the slice's parity forward and discount)."""
+
+    forward: float
+    discount: float
+    t: float
+
+    def value(self, strike: float, vol: float, is_call: bool) -> float:
+        rate = -math.log(self.discount) / self.t
+        return float(black76_price(self.forward, strike, self.t, rate, vol, is_call))
+
+
 def _make_leg(chain: OptionChain, iv: np.ndarray, t: float, row: int, side: str,
-              config: DecisionConfig, ratio: int = 1) -> OptionLeg:
+              config: DecisionConfig, ratio: int = 1, fit: _Fit | None = None) -> OptionLeg:
     right = "C" if chain.is_call[row] else "P"
     problem = _liquidity_problem(chain, row, side, config)
     if problem:
@@ -321,6 +362,13 @@ def _make_leg(chain: OptionChain, iv: np.ndarray, t: float, row: int, side: str,
                    chain.dividend_yield, vol, bool(chain.is_call[row]))
     bid, ask = _cents(chain.bid[row]), _cents(chain.ask[row])
     oi = chain.open_interest[row]
+    priced = {}
+    if fit is not None:
+        fit_value = _cents(fit.value(float(chain.strike[row]), vol, bool(chain.is_call[row])))
+        limit = min(max(fit_value, bid), ask)
+        sign = 1 if side == "buy" else -1
+        edge = sign * (fit_value - limit)
+        priced = {"fit_value": fit_value, "limit": limit, "edge_vs_fit": edge if edge != 0 else Decimal("0.00")}
     return OptionLeg(
         expiry=chain.expiry[row].astype("datetime64[D]").astype(object),
         strike=_strike(chain.strike[row]),
@@ -334,6 +382,7 @@ def _make_leg(chain: OptionChain, iv: np.ndarray, t: float, row: int, side: str,
         delta=float(g.delta), gamma=float(g.gamma),
         vega=float(g.vega) / VOL_POINTS, theta=float(g.theta) / DAYS_PER_YEAR,
         open_interest=float(oi) if np.isfinite(oi) else None,
+        **priced,
     )
 
 
@@ -350,8 +399,13 @@ def _atm_vol(chain: OptionChain, iv: np.ndarray, expiry: np.datetime64, t: float
 
 
 def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.datetime64, t: float,
-              config: DecisionConfig) -> list[OptionLeg]:
+              config: DecisionConfig, fit: _Fit | None = None, wing_width: float | None = None) -> list[OptionLeg]:
+    """Legs of `structure`; with a fitted smile (`fit`), every leg is valued on it and a
+    vertical's wing is `wing_width` (price units) away, else `wing_width_steps` listed strikes."""
     steps = config.wing_width_steps
+
+    def make(row: int, side: str, ratio: int = 1) -> OptionLeg:
+        return _make_leg(chain, iv, t, row, side, config, ratio, fit)
 
     def vertical(is_call: bool, anchor_sells: bool) -> list[OptionLeg]:
         """Anchor strikes are tried nearest-delta first; the first with a usable, liquid pair wins.
@@ -364,11 +418,17 @@ def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.dat
         first_rejection = None
         for anchor in _anchor_candidates(sl, target, "call" if is_call else "put"):
             try:
-                wing = _wing_position(sl, anchor, is_call, steps, anchor_sells, chain.spot)
-                return [_make_leg(chain, iv, t, int(sl.rows[anchor]), anchor_side, config),
-                        _make_leg(chain, iv, t, int(sl.rows[wing]), wing_side, config)]
+                wings = ([_wing_position(sl, anchor, is_call, steps, anchor_sells, chain.spot)] if wing_width is None
+                         else _wing_candidates(sl, anchor, is_call, wing_width, chain.spot, anchor_sells))
+                anchor_leg = make(int(sl.rows[anchor]), anchor_side)
             except _Reject as rejected:
                 first_rejection = first_rejection or rejected
+                continue
+            for wing in wings:
+                try:
+                    return [anchor_leg, make(int(sl.rows[wing]), wing_side)]
+                except _Reject as rejected:
+                    first_rejection = first_rejection or rejected
         raise first_rejection
 
     def long_option(is_call: bool) -> list[OptionLeg]:
@@ -377,7 +437,7 @@ def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.dat
         first_rejection = None
         for anchor in _anchor_candidates(sl, config.long_delta, "call" if is_call else "put"):
             try:
-                return [_make_leg(chain, iv, t, int(sl.rows[anchor]), "buy", config)]
+                return [make(int(sl.rows[anchor]), "buy")]
             except _Reject as rejected:
                 first_rejection = first_rejection or rejected
         raise first_rejection
@@ -394,9 +454,9 @@ def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.dat
         _require_iv(sl, body, label, "body")
         low = _offset_position(sl, body, -steps, label)
         high = _offset_position(sl, body, +steps, label)
-        return [_make_leg(chain, iv, t, int(sl.rows[low]), "buy", config),
-                _make_leg(chain, iv, t, int(sl.rows[body]), "sell", config, ratio=2),
-                _make_leg(chain, iv, t, int(sl.rows[high]), "buy", config)]
+        return [make(int(sl.rows[low]), "buy"),
+                make(int(sl.rows[body]), "sell", ratio=2),
+                make(int(sl.rows[high]), "buy")]
 
     def iron_fly() -> list[OptionLeg]:
         """Short call and put at the common listed strike nearest the forward, long wings out."""
@@ -412,10 +472,10 @@ def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.dat
         _require_iv(puts, p_body, "put", "body")
         p_wing = _offset_position(puts, p_body, -steps, "put")
         c_wing = _offset_position(calls, c_body, +steps, "call")
-        return [_make_leg(chain, iv, t, int(puts.rows[p_wing]), "buy", config),
-                _make_leg(chain, iv, t, int(puts.rows[p_body]), "sell", config),
-                _make_leg(chain, iv, t, int(calls.rows[c_body]), "sell", config),
-                _make_leg(chain, iv, t, int(calls.rows[c_wing]), "buy", config)]
+        return [make(int(puts.rows[p_wing]), "buy"),
+                make(int(puts.rows[p_body]), "sell"),
+                make(int(calls.rows[c_body]), "sell"),
+                make(int(calls.rows[c_wing]), "buy")]
 
     if structure == "long_call":
         legs = long_option(is_call=True)
@@ -510,6 +570,15 @@ def smile_density(surface: VolSurface | None, expiry) -> SmileDensity | None:
         return None
 
 
+def _fitted_iv(chain: OptionChain, iv: np.ndarray, expiry, density: SmileDensity) -> np.ndarray:
+    """`iv` with the expiry's rows replaced by the fitted smile's vol (where it is finite)."""
+    rows = np.flatnonzero(chain.expiry == expiry)
+    fitted = density.params.implied_vol(np.log(chain.strike[rows] / density.forward), density.t)
+    out = iv.copy()
+    out[rows] = np.where(np.isfinite(fitted) & (fitted > 0), fitted, iv[rows])
+    return out
+
+
 def build_proposal(
     structure: str,
     ticker: str,
@@ -568,9 +637,17 @@ def build_proposal(
             raise _Reject("no_expiry_in_window", "the chain is empty")
         expiry = _pick_expiry(chain, config.target_dte, dte_window)
         t = float(years_to_expiry(np.array([expiry]), chain.as_of)[0])
-        legs = _legs_for(structure, chain, iv, expiry, t, config)
+        density = smile_density(surface, expiry)
+        fit = wing_width = None
+        if density is not None:
+            iv = _fitted_iv(chain, iv, expiry, density)
+            sl = surface.slice_for(expiry)
+            fit = _Fit(sl.forward, sl.discount, sl.t)
+            wing_width = config.wing_width_expected_move * density.forward * density.atm_sd
+        legs = _legs_for(structure, chain, iv, expiry, t, config, fit, wing_width)
 
-        net_debit = sum((leg.sign * leg.ratio * leg.mid for leg in legs), Decimal(0))
+        net_debit = sum((leg.sign * leg.ratio * (leg.mid if leg.limit is None else leg.limit) for leg in legs),
+                        Decimal(0))
         natural = sum((leg.sign * leg.ratio * (leg.ask if leg.side == "buy" else leg.bid) for leg in legs), Decimal(0))
         _check_premium(structure, net_debit, legs)
 
@@ -587,7 +664,6 @@ def build_proposal(
             raise _Reject("bad_analytics", f"{structure} came out with unbounded profit or loss")
         pop_lognormal = probability_of_profit(legs, net_debit, chain.spot, t, atm_vol, chain.rate, chain.dividend_yield)
         pop, pop_model, expected_pnl, smile = pop_lognormal, "lognormal_atm", None, None
-        density = smile_density(surface, expiry)
         if density is not None:
             pop = density_probability_of_profit(legs, net_debit, density)
             pop_model = "svi_density"

@@ -50,7 +50,9 @@ class DecisionConfig(BaseModel):
     target_dte: int = Field(35, ge=1)
     short_delta: float = Field(0.25, gt=0, lt=0.5)
     long_delta: float = Field(0.40, gt=0, lt=1)
-    wing_width_steps: int = Field(2, ge=1)
+    wing_width_steps: int = Field(2, ge=1)  # without a fitted smile; flies always
+    # Against a fitted smile, a vertical's wing width as a fraction of the expected move F*vol*sqrt(t).
+    wing_width_expected_move: float = Field(0.15, gt=0, le=2)
     max_spread_pct: float = Field(0.25, gt=0)
     min_open_interest: float = Field(10, ge=0)
     approval_ttl_market_minutes: float = Field(30, gt=0)  # staged orders expire after this much market time

@@ -164,6 +164,12 @@ class OptionLeg(Frozen):
     vega: float | None = None
     theta: float | None = None
     open_interest: float | None = None
+    # Against a fitted surface: the leg's value on the fitted smile, the limit (that value clipped
+    # to [bid, ask]) and the edge against the fit at the limit, per share (positive: in our
+    # favour, buying below or selling above the fitted value).
+    fit_value: Decimal | None = None
+    limit: Decimal | None = None
+    edge_vs_fit: Decimal | None = None
 
     @property
     def sign(self) -> int:
