@@ -72,6 +72,8 @@ WING_CANDIDATES = 4
 # ATM straddle) and only pays with very rich vol; a naked long option only with very cheap vol.
 IRON_FLY_MIN_IV_RANK = 0.75
 LONG_OPTION_MAX_IV_RANK = 0.15
+# A neutral view with a pin expected within this fraction of spot buys a butterfly at the money.
+PIN_BAND = 0.02
 # A long call's displayed max profit: its P&L at the forward moved up this many standard deviations.
 LONG_CALL_PROFIT_CAP_SD = 3.0
 
@@ -107,7 +109,7 @@ def _vol_stance(vol_view: str, iv_rank: float | None) -> str:
 
 
 def choose_structure_with_reason(
-    price_view: str, vol_view: str, regime_name: str, iv_rank: float | None
+    price_view: str, vol_view: str, regime_name: str, iv_rank: float | None, pin: float | None = None
 ) -> StructureChoice:
     """`choose_structure` with the one-line reason for the choice (or for choosing nothing)."""
     if price_view not in _PRICE_VIEWS:
@@ -118,6 +120,8 @@ def choose_structure_with_reason(
         raise ValueError(f"regime_name must be one of {_REGIMES}, got {regime_name!r}")
     if iv_rank is not None and not (math.isfinite(iv_rank) and 0.0 <= iv_rank <= 1.0):
         raise ValueError(f"iv_rank is a fraction in [0, 1] (or None), got {iv_rank!r}")
+    if pin is not None and not math.isfinite(pin):
+        raise ValueError(f"pin is a relative distance from spot (or None), got {pin!r}")
 
     stance = _vol_stance(vol_view, iv_rank)
     why_vol = f"vol view {vol_view}" + (f", IV rank {iv_rank:.2f}" if iv_rank is not None else "")
@@ -138,8 +142,12 @@ def choose_structure_with_reason(
         if stance == "rich":
             return StructureChoice("bear_call_spread", f"bearish and rich vol ({why_vol}): sell a call spread")
         return StructureChoice("bear_put_spread", f"bearish, vol not rich ({why_vol}): buy a put spread")
-    # neutral price view: only a short-vol range trade has an edge, and not in a crisis.
+    # neutral price view: a short-vol range trade with rich vol, a long butterfly on a pin; never in a crisis.
     if stance != "rich":
+        if pin is not None and abs(pin) <= PIN_BAND and regime_name != "crisis":
+            fly = "call_butterfly" if pin >= 0 else "put_butterfly"
+            return StructureChoice(fly, f"neutral, vol not rich ({why_vol}), dealers long gamma and max pain "
+                                        f"{pin:+.1%} from spot: buy a {fly.replace('_', ' ')} for the pin")
         return StructureChoice(None, f"neutral price view without rich vol ({why_vol}): no edge")
     if regime_name == "crisis":
         return StructureChoice(None, "neutral and rich vol, but regime is crisis: no short-vol condor")
@@ -148,7 +156,26 @@ def choose_structure_with_reason(
     return StructureChoice("iron_condor", f"neutral and rich vol ({why_vol}): sell an iron condor")
 
 
-def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: float | None) -> str | None:
+def expected_pin(flow, spot: float, as_of, target_dte: int) -> float | None:
+    """The expected pin's signed distance from spot, (max pain - spot) / spot, of the listed
+    expiry nearest `target_dte` days — only while dealers are long gamma (spot above the
+    zero-gamma level), when their hedging damps moves toward a pin. None otherwise, or when the
+    flow totals (tools.chain_analysis.FlowTotals) lack either number."""
+    if flow is None or not (math.isfinite(spot) and spot > 0):
+        return None
+    zero = float(flow.zero_gamma_level)
+    if not math.isfinite(zero) or spot <= zero:
+        return None
+    today = np.datetime64(as_of.astimezone(NEW_YORK).date(), "D")
+    pains = [mp for mp in flow.max_pain if math.isfinite(mp.strike) and np.datetime64(mp.expiry, "D") > today]
+    if not pains:
+        return None
+    nearest = min(pains, key=lambda mp: abs(int((np.datetime64(mp.expiry, "D") - today).astype(int)) - target_dte))
+    return (float(nearest.strike) - spot) / spot
+
+
+def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: float | None,
+                     pin: float | None = None) -> str | None:
     """Structure name for a verdict, or None for no trade.
 
     `iv_rank` is a fraction in [0, 1] or None. The explicit `vol_view` wins; IV rank only turns
@@ -158,7 +185,7 @@ def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: 
     |---------------|-----------------------|------------------------|------------------|
     | bullish       | bull_put_spread       | bull_call_spread (1)   | bull_call_spread |
     | bearish       | bear_call_spread      | bear_put_spread (1)    | bear_put_spread  |
-    | neutral       | iron_condor (2)(3)    | None                   | None             |
+    | neutral       | iron_condor (2)(3)    | butterfly (4) or None  | butterfly (4) or None |
     | inconclusive  | None                  | None                   | None             |
 
     (1) long_call / long_put instead when the vol view is explicitly "cheap" AND IV rank
@@ -169,11 +196,15 @@ def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: 
         "low_vol" or "neutral": the short ATM straddle collects more premium than the condor's
         OTM shorts, worth its narrower profit zone only when vol is very rich and the market calm.
         (Rich vol here is the stance: explicit "rich", or "neutral" made rich by the rank.)
+    (4) call_butterfly (put_butterfly when the pin is below spot) when a pin is expected: `pin`
+        is the expected pin's signed distance from spot as a fraction (max pain of the target
+        expiry, given only while dealers are long gamma, spot above the zero-gamma level), within
+        PIN_BAND (2%); not in a crisis. Otherwise None.
     Credit spreads sell rich premium; with vol cheap or without a vol edge the direction is
-    expressed with a defined-risk debit spread. Butterflies are built by `build_proposal` but
-    never chosen here. Unknown view / regime names or an IV rank outside [0, 1] raise ValueError.
+    expressed with a defined-risk debit spread. Unknown view / regime names, an IV rank outside
+    [0, 1] or a non-finite pin raise ValueError.
     """
-    return choose_structure_with_reason(price_view, vol_view, regime_name, iv_rank).structure
+    return choose_structure_with_reason(price_view, vol_view, regime_name, iv_rank, pin).structure
 
 
 # --------------------------------------------------------------------------- leg optimizer

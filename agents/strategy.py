@@ -1,16 +1,17 @@
 """strategy_selector: a structure for each risk-approved verdict, with legs from the chain.
 
-The structure comes from the direction, the volatility view, the regime and IV rank
-(`agents.selector.choose_structure`); the legs from delta and DTE targets against the chain's
-implied vols; probability of profit under the chain's fitted smile. A verdict with no fitting
-structure or no liquid legs is recorded with the reason.
+The structure comes from the direction, the volatility view, the regime, IV rank and an expected
+pin (max pain while dealers are long gamma; `agents.selector.choose_structure`); the legs from
+delta and DTE targets against the chain's fitted smile, priced at fitted values clipped to the
+quotes, with probability of profit under the smile's law. A verdict with no fitting structure or
+no liquid legs is recorded with the reason.
 """
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
 from agents.analysts import chain_analysis, evidence_number
-from agents.selector import build_proposal, choose_structure_with_reason
+from agents.selector import build_proposal, choose_structure_with_reason, expected_pin
 from graph.deps import RunDeps
 from graph.state import DecisionState
 from graph.timing import timed
@@ -25,17 +26,19 @@ async def strategy_selector(state: DecisionState, runtime: Runtime[RunDeps]) -> 
     for verdict in state.get("verdicts", []):
         if verdict.ticker not in approved:
             continue
+        data = snapshot.tickers.get(verdict.ticker)
+        analysis = None if data is None else await chain_analysis(deps.market, run.run_id, data)
+        pin = None if analysis is None else expected_pin(analysis.flow, data.chain.spot, run.as_of,
+                                                         deps.decision.target_dte)
         choice = choose_structure_with_reason(verdict.price_view, verdict.vol_view, ctx.regime.name,
                                               evidence_number(state.get("signals", []), verdict.ticker,
-                                                              "vol_surface", "iv_rank"))
+                                                              "vol_surface", "iv_rank"), pin)
         if choice.structure is None:
             rejected[verdict.ticker] = choice.reason
             continue
-        data = snapshot.tickers.get(verdict.ticker)
         if data is None or data.chain is None:
             rejected[verdict.ticker] = "no option chain in the snapshot"
             continue
-        analysis = await chain_analysis(deps.market, run.run_id, data)
         result = build_proposal(choice.structure, verdict.ticker, data.chain, analysis.chain_iv.vol, deps.decision,
                                 rationale=f"{choice.reason}. {verdict.rationale}", surface=analysis.surface)
         if result.ok:

@@ -67,10 +67,9 @@ def test_run_with_a_real_cboe_chain(cli_env, shared_data):
 def test_approve_from_the_command_line_then_journal_and_kill_switch(cli_env):
     out = json.loads(invoke(cli_env, "run", "--tickers", "AMZN,JPM,XLE", "--as-of", "2026-11-20T15:30", "--json"))
     order_id = out["orders"][0]["order_id"]
-    # Half Kelly on AMZN's bull call spread: 5 contracts, no acknowledgement needed (the API tests
-    # cover an order over 10 contracts).
-    assert out["orders"][0]["quantity"] == 5
-    decided = json.loads(invoke(cli_env, "orders", "approve", order_id, "--approver", "dana", "--json"))
+    result = cli_env.invoke(app, ["orders", "approve", order_id])  # 15 contracts: acknowledgement needed
+    assert result.exit_code == 2 and "acknowledge" in result.output
+    decided = json.loads(invoke(cli_env, "orders", "approve", order_id, "--acknowledge", "--approver", "dana", "--json"))
     assert decided["decision"]["approver"] == "dana"
     assert decided["state"] in ("FILLED", "REJECTED", "CANCELLED", "PARTIALLY_FILLED")  # re-checked on today's quote
     again = cli_env.invoke(app, ["orders", "reject", order_id, "--reason", "late"])
