@@ -74,14 +74,19 @@ IRON_FLY_MIN_IV_RANK = 0.75
 LONG_OPTION_MAX_IV_RANK = 0.15
 # A neutral view with a pin expected within this fraction of spot buys a butterfly at the money.
 PIN_BAND = 0.02
+# A directional view's target (the pin on its side) must be at least this far from spot.
+MIN_TARGET_DISTANCE = 0.005
+# A 25-delta risk reversal at or below minus this (vol, decimal) is a rich put skew.
+RICH_PUT_SKEW = 0.04
 # A long call's displayed max profit: its P&L at the forward moved up this many standard deviations.
 LONG_CALL_PROFIT_CAP_SD = 3.0
 
-CREDIT_STRUCTURES = ("bull_put_spread", "bear_call_spread", "iron_condor", "iron_fly")
+CREDIT_STRUCTURES = ("bull_put_spread", "bear_call_spread", "iron_condor", "iron_fly", "jade_lizard")
 DEBIT_STRUCTURES = ("bull_call_spread", "bear_put_spread", "call_butterfly", "put_butterfly",
-                    "long_call", "long_put")
+                    "call_broken_wing_butterfly", "put_broken_wing_butterfly", "long_call", "long_put")
 SUPPORTED_STRUCTURES = CREDIT_STRUCTURES + DEBIT_STRUCTURES
 BUTTERFLIES = ("call_butterfly", "put_butterfly")
+BROKEN_WINGS = ("call_broken_wing_butterfly", "put_broken_wing_butterfly")
 LONG_OPTIONS = ("long_call", "long_put")
 
 _PRICE_VIEWS = ("bullish", "bearish", "neutral", "inconclusive")
@@ -109,7 +114,8 @@ def _vol_stance(vol_view: str, iv_rank: float | None) -> str:
 
 
 def choose_structure_with_reason(
-    price_view: str, vol_view: str, regime_name: str, iv_rank: float | None, pin: float | None = None
+    price_view: str, vol_view: str, regime_name: str, iv_rank: float | None, pin: float | None = None,
+    risk_reversal: float | None = None, allow_jade_lizard: bool = False,
 ) -> StructureChoice:
     """`choose_structure` with the one-line reason for the choice (or for choosing nothing)."""
     if price_view not in _PRICE_VIEWS:
@@ -130,15 +136,27 @@ def choose_structure_with_reason(
     # Long premium needs the debate to call vol cheap AND the IV rank to confirm it; a low rank
     # alone (vol view "neutral") keeps the defined-risk debit spread.
     very_cheap = vol_view == "cheap" and iv_rank is not None and iv_rank <= LONG_OPTION_MAX_IV_RANK
+    target = pin is not None and MIN_TARGET_DISTANCE <= abs(pin) <= PIN_BAND and regime_name != "crisis"
     if price_view == "bullish":
         if very_cheap:
             return StructureChoice("long_call", f"bullish and very cheap vol ({why_vol}): buy a call")
+        if target and pin > 0:
+            return StructureChoice("call_broken_wing_butterfly",
+                                   f"bullish with a target {pin:+.1%} from spot (max pain, dealers long gamma): "
+                                   "buy a call broken-wing butterfly at the target")
         if stance == "rich":
+            if allow_jade_lizard and risk_reversal is not None and risk_reversal <= -RICH_PUT_SKEW:
+                return StructureChoice("jade_lizard", f"bullish, rich vol ({why_vol}) and rich put skew (25-delta "
+                                                      f"risk reversal {risk_reversal:+.3f}): sell a jade lizard")
             return StructureChoice("bull_put_spread", f"bullish and rich vol ({why_vol}): sell a put spread")
         return StructureChoice("bull_call_spread", f"bullish, vol not rich ({why_vol}): buy a call spread")
     if price_view == "bearish":
         if very_cheap:
             return StructureChoice("long_put", f"bearish and very cheap vol ({why_vol}): buy a put")
+        if target and pin < 0:
+            return StructureChoice("put_broken_wing_butterfly",
+                                   f"bearish with a target {pin:+.1%} from spot (max pain, dealers long gamma): "
+                                   "buy a put broken-wing butterfly at the target")
         if stance == "rich":
             return StructureChoice("bear_call_spread", f"bearish and rich vol ({why_vol}): sell a call spread")
         return StructureChoice("bear_put_spread", f"bearish, vol not rich ({why_vol}): buy a put spread")
@@ -175,7 +193,8 @@ def expected_pin(flow, spot: float, as_of, target_dte: int) -> float | None:
 
 
 def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: float | None,
-                     pin: float | None = None) -> str | None:
+                     pin: float | None = None, risk_reversal: float | None = None,
+                     allow_jade_lizard: bool = False) -> str | None:
     """Structure name for a verdict, or None for no trade.
 
     `iv_rank` is a fraction in [0, 1] or None. The explicit `vol_view` wins; IV rank only turns
@@ -183,7 +202,7 @@ def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: 
 
     | price view    | vol rich              | vol cheap              | vol neutral      |
     |---------------|-----------------------|------------------------|------------------|
-    | bullish       | bull_put_spread       | bull_call_spread (1)   | bull_call_spread |
+    | bullish       | bull_put_spread (5)   | bull_call_spread (1)   | bull_call_spread |
     | bearish       | bear_call_spread      | bear_put_spread (1)    | bear_put_spread  |
     | neutral       | iron_condor (2)(3)    | butterfly (4) or None  | butterfly (4) or None |
     | inconclusive  | None                  | None                   | None             |
@@ -200,11 +219,18 @@ def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: 
         is the expected pin's signed distance from spot as a fraction (max pain of the target
         expiry, given only while dealers are long gamma, spot above the zero-gamma level), within
         PIN_BAND (2%); not in a crisis. Otherwise None.
+    (5) jade_lizard instead when `allow_jade_lizard` (config: its short put cash-secured) and the
+        put skew is rich: 25-delta risk reversal <= -RICH_PUT_SKEW (4 vol points).
+    A directional view with a target — a pin between MIN_TARGET_DISTANCE (0.5%) and PIN_BAND from
+    spot on the view's side, not in a crisis — buys a broken-wing butterfly at it instead of the
+    bullish / bearish cell (after (1)): call_broken_wing_butterfly above spot when bullish,
+    put_broken_wing_butterfly below when bearish.
     Credit spreads sell rich premium; with vol cheap or without a vol edge the direction is
     expressed with a defined-risk debit spread. Unknown view / regime names, an IV rank outside
     [0, 1] or a non-finite pin raise ValueError.
     """
-    return choose_structure_with_reason(price_view, vol_view, regime_name, iv_rank, pin).structure
+    return choose_structure_with_reason(price_view, vol_view, regime_name, iv_rank, pin, risk_reversal,
+                                        allow_jade_lizard).structure
 
 
 # --------------------------------------------------------------------------- leg optimizer
@@ -430,7 +456,8 @@ def _atm_vol(chain: OptionChain, iv: np.ndarray, expiry: np.datetime64, t: float
 
 
 def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.datetime64, t: float,
-              config: DecisionConfig, fit: _Fit | None = None, wing_width: float | None = None) -> list[OptionLeg]:
+              config: DecisionConfig, fit: _Fit | None = None, wing_width: float | None = None,
+              target: float | None = None) -> list[OptionLeg]:
     """Legs of `structure`; with a fitted smile (`fit`), every leg is valued on it and a
     vertical's wing is `wing_width` (price units) away, else `wing_width_steps` listed strikes."""
     steps = config.wing_width_steps
@@ -489,6 +516,45 @@ def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.dat
                 make(int(sl.rows[body]), "sell", ratio=2),
                 make(int(sl.rows[high]), "buy")]
 
+    def broken_wing(is_call: bool) -> list[OptionLeg]:
+        """Long 1 / short 2 / long 1 of one right, body at the listed strike nearest `target` (else
+        the forward), the wing toward the view `steps` strikes out and the other `2 * steps`: a
+        call fly skips a strike below (it keeps paying above the body: bullish), a put fly above
+        (bearish). Its loss is the debit, on the side away from the view."""
+        sl = _slice(chain, iv, expiry, t, is_call)
+        label = "call" if is_call else "put"
+        if len(sl.strikes) == 0:
+            raise _Reject("nan_iv", f"no {label} strikes listed at {expiry}")
+        body = int(np.argmin(np.abs(sl.strikes - (forward if target is None else target))))
+        _require_iv(sl, body, label, "body")
+        low = _offset_position(sl, body, -2 * steps if is_call else -steps, label)
+        high = _offset_position(sl, body, steps if is_call else 2 * steps, label)
+        return [make(int(sl.rows[low]), "buy"),
+                make(int(sl.rows[body]), "sell", ratio=2),
+                make(int(sl.rows[high]), "buy")]
+
+    def jade_lizard() -> list[OptionLeg]:
+        """A short put at |delta| `short_delta` plus a bear call spread (short call at the same
+        |delta|, long call a wing beyond). The put is uncovered: built only when the configuration
+        secures it with cash (`jade_lizard_short_put`), else refused."""
+        if config.jade_lizard_short_put != "cash_secured":
+            raise _Reject("naked_short_refused",
+                          "jade lizard's short put would be uncovered and jade_lizard_short_put is 'refuse'")
+        puts = _slice(chain, iv, expiry, t, False)
+        first_rejection = None
+        for anchor in _anchor_candidates(puts, config.short_delta, "put"):
+            try:
+                if puts.strikes[anchor] >= chain.spot:
+                    raise _Reject("short_strike_itm", f"short put strike {puts.strikes[anchor]:g} is not OTM")
+                put = [make(int(puts.rows[anchor]), "sell")]
+                break
+            except _Reject as rejected:
+                first_rejection = first_rejection or rejected
+        else:
+            raise first_rejection
+        calls = vertical(is_call=True, anchor_sells=True)
+        return put + calls
+
     def iron_fly() -> list[OptionLeg]:
         """Short call and put at the common listed strike nearest the forward, long wings out."""
         calls = _slice(chain, iv, expiry, t, True)
@@ -518,6 +584,12 @@ def _legs_for(structure: str, chain: OptionChain, iv: np.ndarray, expiry: np.dat
         legs = butterfly(is_call=False)
     elif structure == "iron_fly":
         legs = iron_fly()
+    elif structure == "call_broken_wing_butterfly":
+        legs = broken_wing(is_call=True)
+    elif structure == "put_broken_wing_butterfly":
+        legs = broken_wing(is_call=False)
+    elif structure == "jade_lizard":
+        legs = jade_lizard()
     elif structure == "bull_put_spread":
         legs = vertical(is_call=False, anchor_sells=True)
     elif structure == "bear_call_spread":
@@ -552,6 +624,22 @@ def _butterfly_width(legs: list[OptionLeg]) -> Decimal:
 
 
 def _check_premium(structure: str, net_debit: Decimal, legs: list[OptionLeg]) -> None:
+    if structure == "jade_lizard":
+        call_width = _widest_vertical([leg for leg in legs if leg.right == "C"])
+        if net_debit >= 0:
+            raise _Reject("no_credit", f"jade_lizard would not collect a credit (net debit {net_debit})")
+        if -net_debit < call_width:
+            raise _Reject("lizard_upside_risk",
+                          f"credit {-net_debit} is below the call spread width {call_width}: upside risk")
+        return
+    if structure in BROKEN_WINGS:
+        low, body, high = (leg.strike for leg in legs)
+        width = max(body - low, high - body)  # the wide wing: what it pays at the body
+        if net_debit <= 0:
+            raise _Reject("no_debit", f"{structure} would not cost a debit (net debit {net_debit}): bad quotes")
+        if net_debit >= width:
+            raise _Reject("debit_exceeds_width", f"debit {net_debit} is not below the width {width}: no profit possible")
+        return
     if structure in LONG_OPTIONS:
         if net_debit <= 0:
             raise _Reject("no_debit", f"{structure} would not cost a debit at mid (net debit {net_debit}): bad quotes")
@@ -619,6 +707,7 @@ def build_proposal(
     rationale: str,
     dte_window: tuple[int, int] = DTE_WINDOW,
     surface: VolSurface | None = None,
+    target: float | None = None,
 ) -> ProposalResult:
     """Choose expiry and strikes for `structure`, check them, and price the proposal.
 
@@ -648,6 +737,13 @@ def build_proposal(
       (LONG_CALL_PROFIT_CAP_SD) and a note is appended to the rationale. A long put's max
       profit (strike - debit, at S = 0) is exact.
 
+    * Broken-wing butterflies: body at the listed strike nearest `target` (a price, e.g. the
+      expected pin; default the forward), wings `wing_width_steps` and twice that either side
+      (call: the wide wing below; put: above); 0 < debit < the wide wing.
+    * Jade lizard: short put and bear call spread (short strikes at `short_delta`); refused
+      unless `config.jade_lizard_short_put` is "cash_secured"; its credit must cover the call
+      spread's width (no upside risk), its max loss is the put strike less the credit.
+
     `surface` (the chain's fitted SVI surface, optional): when it has a fitted smile at the chosen
     expiry, probability of profit and expected P&L are under that smile's law (see module doc).
 
@@ -675,7 +771,7 @@ def build_proposal(
             sl = surface.slice_for(expiry)
             fit = _Fit(sl.forward, sl.discount, sl.t)
             wing_width = config.wing_width_expected_move * density.forward * density.atm_sd
-        legs = _legs_for(structure, chain, iv, expiry, t, config, fit, wing_width)
+        legs = _legs_for(structure, chain, iv, expiry, t, config, fit, wing_width, target)
 
         net_debit = sum((leg.sign * leg.ratio * (leg.mid if leg.limit is None else leg.limit) for leg in legs),
                         Decimal(0))

@@ -30,9 +30,12 @@ async def strategy_selector(state: DecisionState, runtime: Runtime[RunDeps]) -> 
         analysis = None if data is None else await chain_analysis(deps.market, run.run_id, data)
         pin = None if analysis is None else expected_pin(analysis.flow, data.chain.spot, run.as_of,
                                                          deps.decision.target_dte)
-        choice = choose_structure_with_reason(verdict.price_view, verdict.vol_view, ctx.regime.name,
-                                              evidence_number(state.get("signals", []), verdict.ticker,
-                                                              "vol_surface", "iv_rank"), pin)
+        signals = state.get("signals", [])
+        choice = choose_structure_with_reason(
+            verdict.price_view, verdict.vol_view, ctx.regime.name,
+            evidence_number(signals, verdict.ticker, "vol_surface", "iv_rank"), pin,
+            evidence_number(signals, verdict.ticker, "vol_surface", "rr25_30d"),
+            allow_jade_lizard=deps.decision.jade_lizard_short_put == "cash_secured")
         if choice.structure is None:
             rejected[verdict.ticker] = choice.reason
             continue
@@ -40,7 +43,8 @@ async def strategy_selector(state: DecisionState, runtime: Runtime[RunDeps]) -> 
             rejected[verdict.ticker] = "no option chain in the snapshot"
             continue
         result = build_proposal(choice.structure, verdict.ticker, data.chain, analysis.chain_iv.vol, deps.decision,
-                                rationale=f"{choice.reason}. {verdict.rationale}", surface=analysis.surface)
+                                rationale=f"{choice.reason}. {verdict.rationale}", surface=analysis.surface,
+                                target=None if pin is None else data.chain.spot * (1.0 + pin))
         if result.ok:
             proposals.append(result.proposal)
         else:

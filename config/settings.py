@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -53,6 +53,9 @@ class DecisionConfig(BaseModel):
     wing_width_steps: int = Field(2, ge=1)  # without a fitted smile; flies always
     # Against a fitted smile, a vertical's wing width as a fraction of the expected move F*vol*sqrt(t).
     wing_width_expected_move: float = Field(0.15, gt=0, le=2)
+    # A jade lizard's short put is uncovered: "cash_secured" builds it (its max loss, strike less
+    # credit, held as cash), "refuse" never proposes one. The risk gate's naked-short rule applies.
+    jade_lizard_short_put: Literal["refuse", "cash_secured"] = "refuse"
     max_spread_pct: float = Field(0.25, gt=0)
     min_open_interest: float = Field(10, ge=0)
     approval_ttl_market_minutes: float = Field(30, gt=0)  # staged orders expire after this much market time
