@@ -6,7 +6,9 @@ market's law from the proposal's fitted smile (tools/density.py, skew included),
 drift from the verdict (VIEW_DRIFT x confidence, signed by direction) and with its dispersion
 scaled by realized over implied vol (the 20-day realized vol from the vol analyst over the
 smile's ATM vol). A fairly priced structure under the market's own law has no Kelly edge by
-construction; the edge, if any, is exactly the gap between our view and the market's. Without a
+construction; the edge, if any, is exactly the gap between our view and the market's. A calendar
+or diagonal's outcomes are its P&L at the near expiry with the far legs valued on the fitted
+surface (tools/two_expiry.py), over the near smile's law under the view. Without a
 fitted smile the law is lognormal at the realized vol (else at the legs' mean implied vol) with
 the same drift; with neither there is no distribution and no trade.
 
@@ -26,8 +28,9 @@ from graph.schema import SizedTrade, TradeProposal, Verdict
 from graph.state import DecisionState
 from graph.timing import timed
 from risk.kelly import PayoffDistribution, size_trade
-from tools.density import VIEW_SCALE_RANGE, SmileDensity, View, pnl_distribution
+from tools.density import VIEW_SCALE_RANGE, SmileDensity, View, market_distribution, pnl_distribution, tilt
 from tools.svi import SVIParams
+from tools.two_expiry import FarSmile, TwoExpiryModel, pnl_at_near_expiry
 
 # Annualized drift the verdict may tilt the distribution by at full confidence.
 VIEW_DRIFT = 0.20
@@ -63,9 +66,25 @@ def view_distribution(proposal: TradeProposal, verdict: Verdict | None,
             return None
         density = SmileDensity.flat(vol, t, proposal.underlying_price)
         view = View(drift=drift)
-    dist = pnl_distribution(proposal.legs, proposal.net_debit, density, view)
-    return PayoffDistribution(dist.pnl * proposal.multiplier, dist.probabilities, source,
+    if proposal.smile_far is not None:
+        pnl, probabilities = _two_expiry_outcomes(proposal, density, view)
+    else:
+        dist = pnl_distribution(proposal.legs, proposal.net_debit, density, view)
+        pnl, probabilities = dist.pnl, dist.probabilities
+    return PayoffDistribution(pnl * proposal.multiplier, probabilities, source,
                               view_drift=view.drift, view_vol_scale=view.vol_scale)
+
+
+def _two_expiry_outcomes(proposal: TradeProposal, near: SmileDensity, view: View):
+    """A calendar's or diagonal's P&L at the near expiry (far legs on the fitted surface) over
+    the near smile's law under the view."""
+    far = proposal.smile_far
+    model = TwoExpiryModel(near, proposal.smile.discount or 1.0,
+                           FarSmile(SVIParams(a=far.a, b=far.b, rho=far.rho, m=far.m, sigma=far.sigma),
+                                    far.t, far.forward, far.discount or 1.0))
+    edges = [float(leg.strike) for leg in proposal.legs] + list(proposal.breakevens)
+    dist = tilt(market_distribution(near, edges), view, near.t)
+    return pnl_at_near_expiry(proposal.legs, proposal.net_debit, dist.prices, model), dist.probabilities
 
 
 @timed("kelly_allocator")

@@ -46,10 +46,12 @@ import numpy as np
 from config.settings import DecisionConfig
 from graph.schema import OptionLeg, SmileFit, TradeProposal
 from tools.chain import NEW_YORK, OptionChain, years_to_expiry
-from tools.density import SmileDensity, pnl_distribution
+from tools.density import SmileDensity, market_distribution, pnl_distribution
 from tools.density import probability_of_profit as density_probability_of_profit
 from tools.pricing import black76_price, bsm_greeks
 from tools.surface import VolSurface
+from tools.two_expiry import FarSmile, TwoExpiryModel, numeric_extremes, pnl_at_near_expiry
+from tools.two_expiry import probability_of_profit as two_expiry_probability_of_profit
 from tools.structures import breakevens, max_profit_loss, net_greeks, probability_of_profit
 
 CENT = Decimal("0.01")
@@ -72,6 +74,11 @@ WING_CANDIDATES = 4
 # ATM straddle) and only pays with very rich vol; a naked long option only with very cheap vol.
 IRON_FLY_MIN_IV_RANK = 0.75
 LONG_OPTION_MAX_IV_RANK = 0.15
+# A calendar's or diagonal's far expiry: at least this many days after the near one, nearest the
+# near one plus CALENDAR_GAP_DAYS.
+CALENDAR_MIN_GAP_DAYS = 14
+CALENDAR_GAP_DAYS = 28
+
 # A neutral view with a pin expected within this fraction of spot buys a butterfly at the money.
 PIN_BAND = 0.02
 # A directional view's target (the pin on its side) must be at least this far from spot.
@@ -84,7 +91,8 @@ LONG_CALL_PROFIT_CAP_SD = 3.0
 CREDIT_STRUCTURES = ("bull_put_spread", "bear_call_spread", "iron_condor", "iron_fly", "jade_lizard")
 DEBIT_STRUCTURES = ("bull_call_spread", "bear_put_spread", "call_butterfly", "put_butterfly",
                     "call_broken_wing_butterfly", "put_broken_wing_butterfly", "long_call", "long_put")
-SUPPORTED_STRUCTURES = CREDIT_STRUCTURES + DEBIT_STRUCTURES
+TWO_EXPIRY_STRUCTURES = ("call_calendar", "put_calendar", "call_diagonal", "put_diagonal")
+SUPPORTED_STRUCTURES = CREDIT_STRUCTURES + DEBIT_STRUCTURES + TWO_EXPIRY_STRUCTURES
 BUTTERFLIES = ("call_butterfly", "put_butterfly")
 BROKEN_WINGS = ("call_broken_wing_butterfly", "put_broken_wing_butterfly")
 LONG_OPTIONS = ("long_call", "long_put")
@@ -115,7 +123,7 @@ def _vol_stance(vol_view: str, iv_rank: float | None) -> str:
 
 def choose_structure_with_reason(
     price_view: str, vol_view: str, regime_name: str, iv_rank: float | None, pin: float | None = None,
-    risk_reversal: float | None = None, allow_jade_lizard: bool = False,
+    risk_reversal: float | None = None, allow_jade_lizard: bool = False, term_inverted: bool = False,
 ) -> StructureChoice:
     """`choose_structure` with the one-line reason for the choice (or for choosing nothing)."""
     if price_view not in _PRICE_VIEWS:
@@ -137,6 +145,9 @@ def choose_structure_with_reason(
     # alone (vol view "neutral") keeps the defined-risk debit spread.
     very_cheap = vol_view == "cheap" and iv_rank is not None and iv_rank <= LONG_OPTION_MAX_IV_RANK
     target = pin is not None and MIN_TARGET_DISTANCE <= abs(pin) <= PIN_BAND and regime_name != "crisis"
+    # An inverted term structure (front vol above back): sell the rich front, own the back.
+    calendar = term_inverted and regime_name != "crisis"
+    why_term = "term structure inverted (front vol above back)"
     if price_view == "bullish":
         if very_cheap:
             return StructureChoice("long_call", f"bullish and very cheap vol ({why_vol}): buy a call")
@@ -144,6 +155,8 @@ def choose_structure_with_reason(
             return StructureChoice("call_broken_wing_butterfly",
                                    f"bullish with a target {pin:+.1%} from spot (max pain, dealers long gamma): "
                                    "buy a call broken-wing butterfly at the target")
+        if calendar:
+            return StructureChoice("call_diagonal", f"bullish, {why_term}: buy a call diagonal")
         if stance == "rich":
             if allow_jade_lizard and risk_reversal is not None and risk_reversal <= -RICH_PUT_SKEW:
                 return StructureChoice("jade_lizard", f"bullish, rich vol ({why_vol}) and rich put skew (25-delta "
@@ -157,10 +170,15 @@ def choose_structure_with_reason(
             return StructureChoice("put_broken_wing_butterfly",
                                    f"bearish with a target {pin:+.1%} from spot (max pain, dealers long gamma): "
                                    "buy a put broken-wing butterfly at the target")
+        if calendar:
+            return StructureChoice("put_diagonal", f"bearish, {why_term}: buy a put diagonal")
         if stance == "rich":
             return StructureChoice("bear_call_spread", f"bearish and rich vol ({why_vol}): sell a call spread")
         return StructureChoice("bear_put_spread", f"bearish, vol not rich ({why_vol}): buy a put spread")
-    # neutral price view: a short-vol range trade with rich vol, a long butterfly on a pin; never in a crisis.
+    # neutral price view: a calendar on an inverted term structure, a short-vol range trade with
+    # rich vol, a long butterfly on a pin; never in a crisis.
+    if calendar:
+        return StructureChoice("call_calendar", f"neutral, {why_term}: buy an at-the-money call calendar")
     if stance != "rich":
         if pin is not None and abs(pin) <= PIN_BAND and regime_name != "crisis":
             fly = "call_butterfly" if pin >= 0 else "put_butterfly"
@@ -194,7 +212,7 @@ def expected_pin(flow, spot: float, as_of, target_dte: int) -> float | None:
 
 def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: float | None,
                      pin: float | None = None, risk_reversal: float | None = None,
-                     allow_jade_lizard: bool = False) -> str | None:
+                     allow_jade_lizard: bool = False, term_inverted: bool = False) -> str | None:
     """Structure name for a verdict, or None for no trade.
 
     `iv_rank` is a fraction in [0, 1] or None. The explicit `vol_view` wins; IV rank only turns
@@ -225,12 +243,15 @@ def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: 
     spot on the view's side, not in a crisis — buys a broken-wing butterfly at it instead of the
     bullish / bearish cell (after (1)): call_broken_wing_butterfly above spot when bullish,
     put_broken_wing_butterfly below when bearish.
+    An inverted term structure (`term_inverted`: the 90-day ATM vol below the 30-day one), not in
+    a crisis, after (1) and a target: neutral buys an at-the-money call_calendar, bullish a
+    call_diagonal, bearish a put_diagonal (short the rich front, long the back).
     Credit spreads sell rich premium; with vol cheap or without a vol edge the direction is
     expressed with a defined-risk debit spread. Unknown view / regime names, an IV rank outside
     [0, 1] or a non-finite pin raise ValueError.
     """
     return choose_structure_with_reason(price_view, vol_view, regime_name, iv_rank, pin, risk_reversal,
-                                        allow_jade_lizard).structure
+                                        allow_jade_lizard, term_inverted).structure
 
 
 # --------------------------------------------------------------------------- leg optimizer
@@ -698,6 +719,111 @@ def _fitted_iv(chain: OptionChain, iv: np.ndarray, expiry, density: SmileDensity
     return out
 
 
+def _two_expiry_proposal(structure: str, ticker: str, chain: OptionChain, iv: np.ndarray, config: DecisionConfig,
+                         rationale: str, dte_window: tuple[int, int], surface: VolSurface | None,
+                         target: float | None, multiplier: int) -> TradeProposal:
+    """A calendar (same strike) or diagonal: short the near expiry, long the far one, both
+    valued on the fitted surface (tools/two_expiry.py); see `build_proposal`."""
+    near = _pick_expiry(chain, config.target_dte, dte_window)
+    near_density = smile_density(surface, near)
+    if near_density is None:
+        raise _Reject("no_fitted_surface", f"{structure} needs a fitted smile at the near expiry {near}")
+    near_dte = _dte(chain, near)
+    fars = [e for e in chain.expiries if _dte(chain, e) >= near_dte + CALENDAR_MIN_GAP_DAYS
+            and smile_density(surface, e) is not None]
+    if not fars:
+        raise _Reject("no_expiry_in_window", f"no fitted expiry {CALENDAR_MIN_GAP_DAYS}+ days after {near}")
+    far = min(fars, key=lambda e: (abs(_dte(chain, e) - near_dte - CALENDAR_GAP_DAYS), _dte(chain, e)))
+    far_density = smile_density(surface, far)
+    near_sl, far_sl = surface.slice_for(near), surface.slice_for(far)
+    iv = _fitted_iv(chain, _fitted_iv(chain, iv, near, near_density), far, far_density)
+    t_near = float(years_to_expiry(np.array([near]), chain.as_of)[0])
+    t_far = float(years_to_expiry(np.array([far]), chain.as_of)[0])
+    fit_near, fit_far = _Fit(near_sl.forward, near_sl.discount, near_sl.t), _Fit(far_sl.forward, far_sl.discount, far_sl.t)
+    is_call = structure.startswith("call")
+    label = "call" if is_call else "put"
+    near_slice = _slice(chain, iv, near, t_near, is_call)
+    far_slice = _slice(chain, iv, far, t_far, is_call)
+    if structure.endswith("calendar"):
+        common = np.intersect1d(near_slice.strikes, far_slice.strikes)
+        if common.size == 0:
+            raise _Reject("no_strike_near_delta", f"no {label} strike listed at both {near} and {far}")
+        aim = near_density.forward if target is None else target
+        strike = common[int(np.argmin(np.abs(common - aim)))]
+        short_pos = int(np.searchsorted(near_slice.strikes, strike))
+        long_pos = int(np.searchsorted(far_slice.strikes, strike))
+        _require_iv(near_slice, short_pos, label, "near leg")
+        _require_iv(far_slice, long_pos, label, "far leg")
+        pairs = [(short_pos, long_pos)]
+    else:
+        # Diagonal: long the far option at |delta| long_delta, short the near one further OTM at
+        # short_delta (so the short is covered with nothing at risk between the strikes).
+        longs = _anchor_candidates(far_slice, config.long_delta, label)
+        shorts = _anchor_candidates(near_slice, config.short_delta, label)
+        pairs = [(sp, lp) for lp in longs for sp in shorts
+                 if (near_slice.strikes[sp] > far_slice.strikes[lp] if is_call
+                     else near_slice.strikes[sp] < far_slice.strikes[lp])]
+        if not pairs:
+            raise _Reject("no_strike_near_delta", f"no near {label} strike beyond the far one at the target deltas")
+    first_rejection = None
+    for short_pos, long_pos in pairs:
+        try:
+            legs = [_make_leg(chain, iv, t_near, int(near_slice.rows[short_pos]), "sell", config, fit=fit_near),
+                    _make_leg(chain, iv, t_far, int(far_slice.rows[long_pos]), "buy", config, fit=fit_far)]
+            break
+        except _Reject as rejected:
+            first_rejection = first_rejection or rejected
+    else:
+        raise first_rejection
+    net_debit = sum((leg.sign * leg.ratio * leg.limit for leg in legs), Decimal(0))
+    natural = sum((leg.sign * leg.ratio * (leg.ask if leg.side == "buy" else leg.bid) for leg in legs), Decimal(0))
+    if net_debit <= 0:
+        raise _Reject("no_debit", f"{structure} would not cost a debit (net debit {net_debit}): bad quotes")
+
+    far_smile = FarSmile(far_density.params, far_sl.t, far_sl.forward, far_sl.discount)
+    model = TwoExpiryModel(near_density, near_sl.discount, far_smile)
+    extremes = numeric_extremes(legs, net_debit, model)
+    if not extremes.max_profit > 0:
+        raise _Reject("bad_analytics", f"{structure} cannot profit at the near expiry on the fitted surface")
+    pop = two_expiry_probability_of_profit(legs, net_debit, model)
+    flat_model = TwoExpiryModel(SmileDensity.flat(near_density.atm_vol, near_sl.t, near_sl.forward), near_sl.discount,
+                                FarSmile(SmileDensity.flat(far_density.atm_vol, far_sl.t, far_sl.forward).params,
+                                         far_sl.t, far_sl.forward, far_sl.discount))
+    pop_lognormal = two_expiry_probability_of_profit(legs, net_debit, flat_model)
+    dist = market_distribution(near_density, [float(leg.strike) for leg in legs] + extremes.breakevens)
+    expected = float(np.dot(dist.probabilities, pnl_at_near_expiry(legs, net_debit, dist.prices, model)))
+    greeks = net_greeks(legs)
+    vega_by_expiry: dict[str, float] = {}
+    for leg in legs:
+        key = leg.expiry.isoformat()
+        vega_by_expiry[key] = vega_by_expiry.get(key, 0.0) + leg.sign * leg.ratio * float(leg.vega)
+    if not all(math.isfinite(x) for x in (pop, pop_lognormal, expected, greeks.delta, greeks.vega)):
+        raise _Reject("bad_analytics", "probability of profit, expected P&L or net Greeks not finite")
+    note = (f"{structure}: P&L at the near expiry {near} with the {far} leg valued on the fitted surface "
+            "(total variance linear in time at fixed log-moneyness); max profit/loss and breakevens found "
+            f"numerically (max profit at {extremes.profit_at:.2f}, max loss at {extremes.loss_at:.2f})")
+
+    def smile_fit(density: SmileDensity, discount: float) -> SmileFit:
+        p = density.params
+        return SmileFit(a=p.a, b=p.b, rho=p.rho, m=p.m, sigma=p.sigma, t=density.t, forward=density.forward,
+                        discount=discount)
+
+    return TradeProposal(
+        ticker=ticker, structure=structure, legs=legs, underlying_price=float(chain.spot),
+        net_debit=net_debit, natural_debit=natural,
+        max_profit=_cents(extremes.max_profit * multiplier), max_loss=_cents(extremes.max_loss * multiplier),
+        breakevens=extremes.breakevens, probability_of_profit=pop,
+        delta=greeks.delta, gamma=greeks.gamma, vega=greeks.vega, theta=greeks.theta,
+        dte=near_dte, multiplier=multiplier,
+        rationale=(f"{rationale}; " if rationale else "") + note,
+        pop_model="svi_density", probability_of_profit_lognormal=pop_lognormal,
+        expected_pnl=_cents(expected * multiplier),
+        smile=smile_fit(near_density, near_sl.discount),
+        smile_far=smile_fit(far_density, far_sl.discount),
+        vega_by_expiry=vega_by_expiry,
+    )
+
+
 def build_proposal(
     structure: str,
     ticker: str,
@@ -762,6 +888,9 @@ def build_proposal(
             raise _Reject("invalid_chain", f"chain spot {chain.spot} / multiplier {chain.multiplier} unusable")
         if len(chain) == 0:
             raise _Reject("no_expiry_in_window", "the chain is empty")
+        if structure in TWO_EXPIRY_STRUCTURES:
+            return ProposalResult(_two_expiry_proposal(structure, ticker, chain, iv, config, rationale, dte_window,
+                                                       surface, target, multiplier))
         expiry = _pick_expiry(chain, config.target_dte, dte_window)
         t = float(years_to_expiry(np.array([expiry]), chain.as_of)[0])
         density = smile_density(surface, expiry)

@@ -17,6 +17,15 @@ from graph.state import DecisionState
 from graph.timing import timed
 
 
+def _term_shape(signals, ticker: str) -> str | None:
+    """The vol analyst's term-structure shape for `ticker` ("contango", "backwardation", ...)."""
+    for signal in signals:
+        if signal.ticker == ticker and signal.source == "vol_surface":
+            shape = signal.evidence.get("term_shape")
+            return shape if isinstance(shape, str) else None
+    return None
+
+
 @timed("strategy_selector")
 async def strategy_selector(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
     deps, run, ctx = runtime.context, state["run"], state["context"]
@@ -35,7 +44,8 @@ async def strategy_selector(state: DecisionState, runtime: Runtime[RunDeps]) -> 
             verdict.price_view, verdict.vol_view, ctx.regime.name,
             evidence_number(signals, verdict.ticker, "vol_surface", "iv_rank"), pin,
             evidence_number(signals, verdict.ticker, "vol_surface", "rr25_30d"),
-            allow_jade_lizard=deps.decision.jade_lizard_short_put == "cash_secured")
+            allow_jade_lizard=deps.decision.jade_lizard_short_put == "cash_secured",
+            term_inverted=_term_shape(signals, verdict.ticker) == "backwardation")
         if choice.structure is None:
             rejected[verdict.ticker] = choice.reason
             continue

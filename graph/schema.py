@@ -189,6 +189,7 @@ class SmileFit(Frozen):
     sigma: float
     t: float = Field(gt=0)
     forward: float = Field(gt=0)
+    discount: float | None = None  # the expiry's discount factor (two-expiry structures need it)
 
 
 class TradeProposal(Frozen):
@@ -215,6 +216,10 @@ class TradeProposal(Frozen):
     probability_of_profit_lognormal: float | None = None
     expected_pnl: Decimal | None = None  # dollars per unit at expiry under the smile's law (at mid)
     smile: SmileFit | None = None
+    # Calendars and diagonals: the far expiry's smile (the near one is `smile`); their max
+    # profit/loss and breakevens are at the near expiry, found numerically (see rationale).
+    smile_far: SmileFit | None = None
+    vega_by_expiry: dict[str, float] = Field(default_factory=dict)  # ISO expiry -> vega per vol point
 
 
 class ClosedOutcome(Frozen):

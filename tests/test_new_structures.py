@@ -133,3 +133,69 @@ def test_new_structures_on_real_chains(shared_data, filename):
             assert p.max_loss == (put_strike + p.net_debit) * p.multiplier  # cash-secured: strike less credit
         else:
             assert not has_naked_short(p.legs)
+
+
+# --------------------------------------------------------------------------- calendars and diagonals
+
+
+@pytest.mark.parametrize("price_view, regime_name, expected", [
+    ("neutral", "neutral", "call_calendar"),
+    ("bullish", "high_vol", "call_diagonal"),
+    ("bearish", "low_vol", "put_diagonal"),
+    ("neutral", "crisis", None),  # not into a crisis: the rich-vol cell says no condor either
+])
+def test_an_inverted_term_structure_chooses_calendars_and_diagonals(price_view, regime_name, expected):
+    choice = choose_structure_with_reason(price_view, "rich", regime_name, 0.6, term_inverted=True)
+    assert choice.structure == expected
+    if expected:
+        assert "term structure inverted" in choice.reason
+    assert choose_structure_with_reason(price_view, "rich", regime_name, 0.6).structure != expected or expected is None
+
+
+@pytest.mark.parametrize("filename, structures", [
+    ("spy_quotedata_2023-09-14.csv", ("call_calendar", "put_calendar", "call_diagonal", "put_diagonal")),
+    ("spx_quotedata_2022-02-04.csv", ("call_calendar", "call_diagonal", "put_diagonal")),
+])
+def test_calendars_and_diagonals_on_real_chains(shared_data, filename, structures):
+    from agents.allocator import view_distribution
+    from brokers.base import OptionContract
+    from brokers.margin import margin_requirement
+    from tools.cboe import read_cboe_quote_table
+    from tools.chain_analysis import analyze_chain
+    from tools.two_expiry import FarSmile, TwoExpiryModel, pnl_at_near_expiry
+    from tools.density import SmileDensity
+    from tools.svi import SVIParams
+
+    chain = read_cboe_quote_table(shared_data / "cboe" / filename)
+    analysis = analyze_chain(chain)
+    for structure in structures:
+        result = build_proposal(structure, "X", chain, analysis.chain_iv.vol, DecisionConfig(), "real",
+                                surface=analysis.surface)
+        assert result.ok, f"{structure}: {result.code} {result.reason}"
+        p = result.proposal
+        short, long_ = p.legs
+        assert (short.side, long_.side) == ("sell", "buy") and short.expiry < long_.expiry
+        assert short.right == long_.right == ("C" if structure.startswith("call") else "P")
+        if structure.endswith("calendar"):
+            assert short.strike == long_.strike
+        else:  # the near short sits beyond the far long: nothing at risk between the strikes
+            assert (short.strike > long_.strike) if short.right == "C" else (short.strike < long_.strike)
+        assert p.net_debit > 0 and p.max_profit > 0 and p.max_loss > 0
+        assert "numerically" in p.rationale and p.smile_far is not None
+        assert set(p.vega_by_expiry) == {short.expiry.isoformat(), long_.expiry.isoformat()}
+        assert sum(p.vega_by_expiry.values()) == pytest.approx(p.vega)
+        assert p.vega_by_expiry[long_.expiry.isoformat()] > 0 > p.vega_by_expiry[short.expiry.isoformat()]
+        near, far = p.smile, p.smile_far
+        model = TwoExpiryModel(SmileDensity(SVIParams(near.a, near.b, near.rho, near.m, near.sigma), near.t, near.forward),
+                               near.discount, FarSmile(SVIParams(far.a, far.b, far.rho, far.m, far.sigma), far.t,
+                                                       far.forward, far.discount))
+        for be in p.breakevens:
+            assert float(pnl_at_near_expiry(p.legs, p.net_debit, [be], model)[0]) == pytest.approx(0.0, abs=1e-6)
+        assert not uncovered_short_legs(p.legs)  # the gate sees a covered short
+        # Margin across two expiries: the pair needs nothing at risk, so the debit paid.
+        holdings = [(OptionContract("X", leg.expiry, leg.strike, leg.right), leg.sign) for leg in p.legs]
+        margin = margin_requirement(holdings, p.net_debit * p.multiplier)
+        assert margin.method == "reg_t" and margin.requirement == p.net_debit * p.multiplier
+        # Kelly's distribution under the market's own law has the proposal's expected P&L.
+        dist = view_distribution(p, None, None)
+        assert dist.mean == pytest.approx(float(p.expected_pnl), abs=0.05)

@@ -17,7 +17,8 @@ time value, which is a model question. The model here is the fitted surface itse
 P&L at the near expiry = sum of sign * ratio * (near intrinsic | far model value) - net debit,
 per share per unit. It is smooth and not piecewise linear, so its extremes and breakevens are
 found numerically (a dense grid in log-price over +-GRID_SD near-expiry standard deviations
-plus the strikes, refined by bounded scalar search and Brent's method) and are stated as such.
+plus the strikes, refined by bounded scalar search and Brent's method) over that range, and
+are stated as such.
 """
 from __future__ import annotations
 
@@ -108,8 +109,11 @@ def pnl_at_near_expiry(legs: Sequence[LegLike], net_debit, prices, model: TwoExp
 
 @dataclass(frozen=True)
 class NumericExtremes:
-    """Max profit and max loss (positive) per share per unit over S at the near expiry, where they
-    were found, and the breakevens — all found numerically."""
+    """Max profit and max loss (positive) per share per unit over S at the near expiry within
+    +-GRID_SD near-expiry standard deviations of the near forward, where they were found, and the
+    breakevens in that range — all found numerically. Beyond that range the P&L of a calendar is
+    not flat: a far leg's carry (dividends over the gap, F_far / F_near < 1) makes it drift
+    linearly in S, so an "extreme" there would only measure how far one looked."""
 
     max_profit: float
     max_loss: float
@@ -128,9 +132,6 @@ def numeric_extremes(legs: Sequence[LegLike], net_debit, model: TwoExpiryModel) 
         return float(pnl_at_near_expiry(legs, net_debit, [x], model)[0])
 
     values = pnl_at_near_expiry(legs, net_debit, grid, model)
-    # The tails: far below and far above the grid (where a calendar's P&L flattens to -debit).
-    tails = np.array([near.forward * math.exp(-40 * sd), near.forward * math.exp(40 * sd)])
-    tail_values = pnl_at_near_expiry(legs, net_debit, tails, model)
 
     def refine(index: int, sign: float) -> tuple[float, float]:
         lo, hi = grid[max(index - 1, 0)], grid[min(index + 1, len(grid) - 1)]
@@ -144,11 +145,6 @@ def numeric_extremes(legs: Sequence[LegLike], net_debit, model: TwoExpiryModel) 
 
     profit_at, max_profit = refine(int(np.argmax(values)), 1.0)
     loss_at, min_pnl = refine(int(np.argmin(values)), -1.0)
-    for x, v in zip(tails, tail_values):
-        if v > max_profit:
-            profit_at, max_profit = float(x), float(v)
-        if v < min_pnl:
-            loss_at, min_pnl = float(x), float(v)
     roots = []
     sign = np.sign(values)
     for i in np.flatnonzero(sign[:-1] * sign[1:] < 0):
