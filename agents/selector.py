@@ -79,6 +79,10 @@ LONG_OPTION_MAX_IV_RANK = 0.15
 CALENDAR_MIN_GAP_DAYS = 14
 CALENDAR_GAP_DAYS = 28
 
+# The 30-day ATM vol must exceed the 90-day one by this much (vol, decimal) to call the term
+# structure inverted (front rich against the back).
+TERM_INVERSION_VOL = 0.02
+
 # A neutral view with a pin expected within this fraction of spot buys a butterfly at the money.
 PIN_BAND = 0.02
 # A directional view's target (the pin on its side) must be at least this far from spot.
@@ -192,6 +196,14 @@ def choose_structure_with_reason(
     return StructureChoice("iron_condor", f"neutral and rich vol ({why_vol}): sell an iron condor")
 
 
+def term_inverted(atm_vol_30d: float | None, atm_vol_90d: float | None) -> bool:
+    """The front rich against the back: 30-day ATM vol above the 90-day one by at least
+    TERM_INVERSION_VOL (a flat-ish curve's noise is not an inversion)."""
+    if atm_vol_30d is None or atm_vol_90d is None:
+        return False
+    return atm_vol_30d - atm_vol_90d >= TERM_INVERSION_VOL
+
+
 def expected_pin(flow, spot: float, as_of, target_dte: int) -> float | None:
     """The expected pin's signed distance from spot, (max pain - spot) / spot, of the listed
     expiry nearest `target_dte` days — only while dealers are long gamma (spot above the
@@ -243,7 +255,8 @@ def choose_structure(price_view: str, vol_view: str, regime_name: str, iv_rank: 
     spot on the view's side, not in a crisis — buys a broken-wing butterfly at it instead of the
     bullish / bearish cell (after (1)): call_broken_wing_butterfly above spot when bullish,
     put_broken_wing_butterfly below when bearish.
-    An inverted term structure (`term_inverted`: the 90-day ATM vol below the 30-day one), not in
+    An inverted term structure (`term_inverted`: the 30-day ATM vol at least 2 vol points above
+    the 90-day one, see `term_inverted()`), not in
     a crisis, after (1) and a target: neutral buys an at-the-money call_calendar, bullish a
     call_diagonal, bearish a put_diagonal (short the rich front, long the back).
     Credit spreads sell rich premium; with vol cheap or without a vol edge the direction is

@@ -11,19 +11,10 @@ from __future__ import annotations
 from langgraph.runtime import Runtime
 
 from agents.analysts import chain_analysis, evidence_number
-from agents.selector import build_proposal, choose_structure_with_reason, expected_pin
+from agents.selector import build_proposal, choose_structure_with_reason, expected_pin, term_inverted
 from graph.deps import RunDeps
 from graph.state import DecisionState
 from graph.timing import timed
-
-
-def _term_shape(signals, ticker: str) -> str | None:
-    """The vol analyst's term-structure shape for `ticker` ("contango", "backwardation", ...)."""
-    for signal in signals:
-        if signal.ticker == ticker and signal.source == "vol_surface":
-            shape = signal.evidence.get("term_shape")
-            return shape if isinstance(shape, str) else None
-    return None
 
 
 @timed("strategy_selector")
@@ -45,7 +36,8 @@ async def strategy_selector(state: DecisionState, runtime: Runtime[RunDeps]) -> 
             evidence_number(signals, verdict.ticker, "vol_surface", "iv_rank"), pin,
             evidence_number(signals, verdict.ticker, "vol_surface", "rr25_30d"),
             allow_jade_lizard=deps.decision.jade_lizard_short_put == "cash_secured",
-            term_inverted=_term_shape(signals, verdict.ticker) == "backwardation")
+            term_inverted=term_inverted(evidence_number(signals, verdict.ticker, "vol_surface", "atm_iv_30d"),
+                                        evidence_number(signals, verdict.ticker, "vol_surface", "atm_iv_90d")))
         if choice.structure is None:
             rejected[verdict.ticker] = choice.reason
             continue

@@ -199,3 +199,11 @@ def test_calendars_and_diagonals_on_real_chains(shared_data, filename, structure
         # Kelly's distribution under the market's own law has the proposal's expected P&L.
         dist = view_distribution(p, None, None)
         assert dist.mean == pytest.approx(float(p.expected_pnl), abs=0.05)
+
+
+def test_term_inversion_needs_two_vol_points():
+    from agents.selector import term_inverted
+
+    assert term_inverted(0.32, 0.30) and term_inverted(0.40, 0.25)
+    assert not term_inverted(0.31, 0.30) and not term_inverted(0.25, 0.30)
+    assert not term_inverted(None, 0.30) and not term_inverted(0.30, None)
