@@ -11,10 +11,12 @@ from langgraph.runtime import Runtime
 
 from agents.social_feed import with_social_sources
 from graph.deps import RunDeps
+from graph.schema import ClosedOutcome
 from graph.state import DecisionState, MarketContext
 from graph.timing import timed
 from risk.regime import regime_of
 from storage.controls import RiskControls
+from storage.book import BookStore
 from storage.runs import RunRepository
 
 
@@ -43,5 +45,6 @@ async def load_context(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
             regime=regime, account=account, positions=deps.positions,
             sectors={t: d.sector for t, d in snapshot.tickers.items()},
             snapshot_sha256=digest, data_quality=quality,
+            closed_outcomes=[ClosedOutcome(**row) for row in await BookStore(deps.db.pool, getattr(deps.broker, "account_id", "paper")).closed_outcomes(run.as_of)],
         )
     }

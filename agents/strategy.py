@@ -1,15 +1,17 @@
 """strategy_selector: a structure for each risk-approved verdict, with legs from the chain.
 
-The structure comes from the direction, the volatility view, the regime and IV rank
-(`agents.selector.choose_structure`); the legs from delta and DTE targets against the chain's
-implied vols. A verdict with no fitting structure or no liquid legs is recorded with the reason.
+The structure comes from the direction, the volatility view, the regime, IV rank and an expected
+pin (max pain while dealers are long gamma; `agents.selector.choose_structure`); the legs from
+delta and DTE targets against the chain's fitted smile, priced at fitted values clipped to the
+quotes, with probability of profit under the smile's law. A verdict with no fitting structure or
+no liquid legs is recorded with the reason.
 """
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from agents.analysts import chain_iv, evidence_number
-from agents.selector import build_proposal, choose_structure_with_reason
+from agents.analysts import chain_analysis, evidence_number
+from agents.selector import build_proposal, choose_structure_with_reason, expected_pin, term_inverted
 from graph.deps import RunDeps
 from graph.state import DecisionState
 from graph.timing import timed
@@ -24,19 +26,27 @@ async def strategy_selector(state: DecisionState, runtime: Runtime[RunDeps]) -> 
     for verdict in state.get("verdicts", []):
         if verdict.ticker not in approved:
             continue
-        choice = choose_structure_with_reason(verdict.price_view, verdict.vol_view, ctx.regime.name,
-                                              evidence_number(state.get("signals", []), verdict.ticker,
-                                                              "vol_surface", "iv_rank"))
+        data = snapshot.tickers.get(verdict.ticker)
+        analysis = None if data is None else await chain_analysis(deps.market, run.run_id, data)
+        pin = None if analysis is None else expected_pin(analysis.flow, data.chain.spot, run.as_of,
+                                                         deps.decision.target_dte)
+        signals = state.get("signals", [])
+        choice = choose_structure_with_reason(
+            verdict.price_view, verdict.vol_view, ctx.regime.name,
+            evidence_number(signals, verdict.ticker, "vol_surface", "iv_rank"), pin,
+            evidence_number(signals, verdict.ticker, "vol_surface", "rr25_30d"),
+            allow_jade_lizard=deps.decision.jade_lizard_short_put == "cash_secured",
+            term_inverted=term_inverted(evidence_number(signals, verdict.ticker, "vol_surface", "atm_iv_30d"),
+                                        evidence_number(signals, verdict.ticker, "vol_surface", "atm_iv_90d")))
         if choice.structure is None:
             rejected[verdict.ticker] = choice.reason
             continue
-        data = snapshot.tickers.get(verdict.ticker)
         if data is None or data.chain is None:
             rejected[verdict.ticker] = "no option chain in the snapshot"
             continue
-        iv = await chain_iv(deps.market, run.run_id, data)
-        result = build_proposal(choice.structure, verdict.ticker, data.chain, iv, deps.decision,
-                                rationale=f"{choice.reason}. {verdict.rationale}")
+        result = build_proposal(choice.structure, verdict.ticker, data.chain, analysis.chain_iv.vol, deps.decision,
+                                rationale=f"{choice.reason}. {verdict.rationale}", surface=analysis.surface,
+                                target=None if pin is None else data.chain.spot * (1.0 + pin))
         if result.ok:
             proposals.append(result.proposal)
         else:

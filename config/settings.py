@@ -9,10 +9,10 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -45,17 +45,31 @@ class DecisionConfig(BaseModel):
     min_agreeing_sources: int = Field(2, ge=1, le=4)
     debate_rounds: int = Field(1, ge=1, le=5)
     kelly_multiplier: float = Field(0.5, gt=0, le=1)
-    kelly_prior_win_rate: float = Field(0.55, gt=0, lt=1)
+    # Pseudo-trades the model's payoff distribution counts for against the journal's outcomes.
     kelly_prior_weight: float = Field(20, ge=0)
     target_dte: int = Field(35, ge=1)
     short_delta: float = Field(0.25, gt=0, lt=0.5)
     long_delta: float = Field(0.40, gt=0, lt=1)
-    wing_width_steps: int = Field(2, ge=1)
+    wing_width_steps: int = Field(2, ge=1)  # without a fitted smile; flies always
+    # Against a fitted smile, a vertical's wing width as a fraction of the expected move F*vol*sqrt(t).
+    wing_width_expected_move: float = Field(0.15, gt=0, le=2)
+    # A jade lizard's short put is uncovered: "cash_secured" builds it (its max loss, strike less
+    # credit, held as cash), "refuse" never proposes one. The risk gate's naked-short rule applies.
+    jade_lizard_short_put: Literal["refuse", "cash_secured"] = "refuse"
     max_spread_pct: float = Field(0.25, gt=0)
     min_open_interest: float = Field(10, ge=0)
     approval_ttl_market_minutes: float = Field(30, gt=0)  # staged orders expire after this much market time
     stale_price_tolerance: float = Field(0.10, gt=0)  # re-check: |fresh mid - limit| / |limit| allowed
     stale_price_floor: float = Field(0.05, ge=0)  # ... but never less than this many dollars per share
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_keys(cls, data: Any) -> Any:
+        # Runs recorded before Kelly sized on the payoff distribution carry a configured prior win
+        # rate; the prior is now the distribution itself, so the key is read and dropped.
+        if isinstance(data, dict) and "kelly_prior_win_rate" in data:
+            data = {k: v for k, v in data.items() if k != "kelly_prior_win_rate"}
+        return data
 
     def with_overrides(self, overrides: dict[str, Any]) -> "DecisionConfig":
         unknown = set(overrides) - set(type(self).model_fields)

@@ -164,10 +164,32 @@ class OptionLeg(Frozen):
     vega: float | None = None
     theta: float | None = None
     open_interest: float | None = None
+    # Against a fitted surface: the leg's value on the fitted smile, the limit (that value clipped
+    # to [bid, ask]) and the edge against the fit at the limit, per share (positive: in our
+    # favour, buying below or selling above the fitted value).
+    fit_value: Decimal | None = None
+    limit: Decimal | None = None
+    edge_vs_fit: Decimal | None = None
 
     @property
     def sign(self) -> int:
         return 1 if self.side == "buy" else -1
+
+
+class SmileFit(Frozen):
+    """The fitted raw-SVI smile of a proposal's expiry (tools/svi.py): total variance
+    w(k) = a + b (rho (k - m) + sqrt((k - m)^2 + sigma^2)) at k = ln(K / forward), t in years.
+    Its risk-neutral law (tools/density.py) gives the proposal's probability of profit, and the
+    allocator's payoff distribution."""
+
+    a: float
+    b: float
+    rho: float
+    m: float
+    sigma: float
+    t: float = Field(gt=0)
+    forward: float = Field(gt=0)
+    discount: float | None = None  # the expiry's discount factor (two-expiry structures need it)
 
 
 class TradeProposal(Frozen):
@@ -188,6 +210,55 @@ class TradeProposal(Frozen):
     dte: int
     multiplier: int = 100
     rationale: str = ""
+    # Which law `probability_of_profit` is under: "svi_density" (the fitted smile, skew included)
+    # or "lognormal_atm" (one ATM vol); the lognormal ATM figure is kept for comparison.
+    pop_model: Literal["svi_density", "lognormal_atm"] = "lognormal_atm"
+    probability_of_profit_lognormal: float | None = None
+    expected_pnl: Decimal | None = None  # dollars per unit at expiry under the smile's law (at mid)
+    smile: SmileFit | None = None
+    # Calendars and diagonals: the far expiry's smile (the near one is `smile`); their max
+    # profit/loss and breakevens are at the near expiry, found numerically (see rationale).
+    smile_far: SmileFit | None = None
+    vega_by_expiry: dict[str, float] = Field(default_factory=dict)  # ISO expiry -> vega per vol point
+
+
+class ClosedOutcome(Frozen):
+    """The realized result of one closed strategy position, as the Kelly estimator reads it."""
+
+    structure: str
+    regime: RegimeName  # the regime the position was opened in
+    closed_at: datetime
+    pnl: Decimal  # realized dollars for the whole position
+    max_loss: Decimal  # dollars the position could lose when opened (positive)
+
+    _check_closed_at = field_validator("closed_at")(_aware)
+
+
+class KellyInputs(Frozen):
+    """What sized a trade, for the approver: the payoff distribution under the view, the journal's
+    pull on it, the log-optimal fraction and what cut it down."""
+
+    distribution: str  # "svi_density" or "lognormal_realized_vol" / "lognormal_leg_iv"
+    view_drift: float  # annualized log drift tilted in by the verdict
+    view_vol_scale: float  # dispersion relative to the smile (realized / implied)
+    outcomes: int  # support points of the per-unit P&L distribution
+    model_win_rate: float  # P(P&L > 0) under the view
+    model_expected_pnl: Decimal  # dollars per unit under the view
+    pnl_p05: Decimal  # dollars per unit, 5th / 50th / 95th percentile
+    pnl_p50: Decimal
+    pnl_p95: Decimal
+    journal_trades: int  # closed outcomes of this structure and regime known as of the run
+    journal_wins: int
+    prior_weight: float  # kelly_prior_weight / (trades + kelly_prior_weight)
+    journal_weight: float  # trades / (trades + kelly_prior_weight)
+    win_rate: float  # after shrinkage
+    expected_return: float  # E[P&L / max loss] after shrinkage
+    full_fraction: float  # log-optimal fraction of NLV at risk
+    expected_log_growth: float  # at the full fraction, per trade
+    multiplier: float  # fractional Kelly
+    applied_fraction: float  # after multiplier and caps, before whole contracts
+    expected_log_growth_applied: float
+    caps: dict[str, Decimal] = Field(default_factory=dict)  # cap name -> dollars allowed
 
 
 class SizedTrade(Frozen):
@@ -199,6 +270,7 @@ class SizedTrade(Frozen):
     payoff_ratio: float
     capital_at_risk: Decimal
     caps_applied: list[str] = Field(default_factory=list)
+    inputs: KellyInputs | None = None
 
 
 class StagedOrder(Frozen):
@@ -224,6 +296,9 @@ class MarketContext(Frozen):
     sectors: dict[str, str]
     snapshot_sha256: str
     data_quality: dict[str, list[str]] = Field(default_factory=dict)
+    # Realized outcomes of closed strategy positions known at `as_of` (the Kelly journal); the
+    # allocator uses those with closed_at <= as_of of the proposal's structure and the regime.
+    closed_outcomes: list[ClosedOutcome] = Field(default_factory=list)
 
 
 class Execution(Frozen):

@@ -2,11 +2,10 @@
 sizing, VaR and the pre-/post-trade gate. See risk/gate.py for the conventions."""
 from risk.gate import post_trade, pre_trade, uncovered_short_legs
 from risk.kelly import (
-    estimate_win_rate,
-    kelly_fraction,
-    payoff_ratio_for,
-    prior_win_rate,
-    shrunk_win_rate,
+    PayoffDistribution,
+    journal_estimate,
+    log_optimal_fraction,
+    shrunk_distribution,
     size_trade,
 )
 from risk.limits import HARD_LIMITS, HardLimits, RiskMatrix, RiskMatrixError, load_risk_matrix
@@ -15,7 +14,7 @@ from risk.var import delta_gamma_normal_var, historical_var
 
 __all__ = [
     "HARD_LIMITS", "HardLimits", "RiskMatrix", "RiskMatrixError", "load_risk_matrix",
-    "classify_regime", "kelly_fraction", "shrunk_win_rate", "payoff_ratio_for", "prior_win_rate",
-    "estimate_win_rate", "size_trade", "delta_gamma_normal_var", "historical_var", "pre_trade",
+    "classify_regime", "PayoffDistribution", "log_optimal_fraction", "journal_estimate",
+    "shrunk_distribution", "size_trade", "delta_gamma_normal_var", "historical_var", "pre_trade",
     "post_trade", "uncovered_short_legs",
 ]

@@ -26,6 +26,18 @@ class BookStore:
         self.pool = getattr(pool, "pool", pool)
         self.account_id = account_id
 
+    async def closed_outcomes(self, as_of: datetime) -> list[dict[str, Any]]:
+        """Every strategy position closed (or settled, assigned) at or before `as_of`, with the
+        regime its opening order was filled in (from the journal): the Kelly journal as of a date."""
+        rows = await self.pool.fetch(
+            """SELECT p.structure, p.closed_at, p.realized_pnl AS pnl, coalesce(p.max_loss, 0) * p.units_opened AS max_loss,
+                      (SELECT j.regime FROM trade_journal j WHERE j.order_id = p.order_id
+                        ORDER BY j.filled_at LIMIT 1) AS regime
+               FROM strategy_positions p
+               WHERE p.account_id = $1 AND p.status <> 'open' AND p.closed_at <= $2
+               ORDER BY p.closed_at, p.position_id""", self.account_id, as_of)
+        return [dict(r) for r in rows if r["regime"] is not None]
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -31,7 +31,7 @@ class Clock:
 
 
 async def stage(db, config=None):
-    """A run on the simulated market that stages one AMZN bull call spread (13 contracts),
+    """A run on the simulated market that stages one AMZN bull call spread (over 10 contracts),
     staged at the decision time (the clock is the test's, not the wall's)."""
     clock = Clock(AS_OF)
     outcome = await run_decision(db, SimulatedMarket(7), watchlist="core", tickers=["AMZN", "JPM", "XLE"],
@@ -82,8 +82,9 @@ async def test_reject_needs_a_reason_and_sends_nothing(staged, db):
 
 async def test_resize_approves_a_smaller_quantity(staged, db):
     ctx, order, _ = staged
-    with pytest.raises(approvals.InvalidDecision, match="quantity from 1 to 12"):
-        await approvals.decide(ctx, order.order_id, Decision("resize", "carol", quantity=13))
+    assert order.quantity > 10  # Kelly-sized; the acknowledgement tests below need more than 10
+    with pytest.raises(approvals.InvalidDecision, match=f"quantity from 1 to {order.quantity - 1}"):
+        await approvals.decide(ctx, order.order_id, Decision("resize", "carol", quantity=order.quantity))
     result = await approvals.decide(ctx, order.order_id, Decision("resize", "carol", quantity=4))
     assert result["quantity"] == 4 and result["state"] == "FILLED"
     assert not result["requires_acknowledgement"]  # 4 contracts need no acknowledgement

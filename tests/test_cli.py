@@ -68,7 +68,7 @@ def test_approve_from_the_command_line_then_journal_and_kill_switch(cli_env, mon
     monkeypatch.setenv("HEDGEGRAPH_NOW", "2026-11-20T15:35")  # the paper wall clock: inside the session
     out = json.loads(invoke(cli_env, "run", "--tickers", "AMZN,JPM,XLE", "--as-of", "2026-11-20T15:30", "--json"))
     order_id = out["orders"][0]["order_id"]
-    result = cli_env.invoke(app, ["orders", "approve", order_id])  # 13 contracts: acknowledgement needed
+    result = cli_env.invoke(app, ["orders", "approve", order_id])  # 15 contracts: acknowledgement needed
     assert result.exit_code == 2 and "acknowledge" in result.output
     decided = json.loads(invoke(cli_env, "orders", "approve", order_id, "--acknowledge", "--approver", "dana", "--json"))
     assert decided["decision"]["approver"] == "dana"

@@ -217,3 +217,18 @@ async def test_an_exit_rule_stages_a_close_that_approval_turns_into_realized_pnl
     assert memory["outcome"]["realized"] is True
     assert memory["outcome"]["pnl"] == pytest.approx(float(position.realized_pnl))
     assert memory["outcome_known_at"] >= position.closed_at  # no look-ahead: known from the close on
+
+    # The Kelly journal: a later run sees the closed outcome, a run as of before the close does not.
+    def next_slot(at: datetime, days: int) -> datetime:
+        day = at.date() + timedelta(days=days)
+        while day.weekday() >= 5:
+            day += timedelta(days=1)
+        return datetime.combine(day, datetime.min.time(), tzinfo=NEW_YORK).replace(hour=15, minute=30)
+
+    later = await run_decision(db, SimulatedMarket(7), watchlist="journal", tickers=["SPY"],
+                               as_of=next_slot(position.closed_at, 1), seed=7, now=clock)
+    [outcome] = later.state["context"].closed_outcomes
+    assert outcome.structure == position.structure and outcome.pnl == position.realized_pnl
+    earlier = await run_decision(db, SimulatedMarket(7), watchlist="journal", tickers=["SPY"],
+                                 as_of=next_slot(AS_OF, 1), seed=7, now=clock)
+    assert earlier.state["context"].closed_outcomes == []

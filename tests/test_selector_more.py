@@ -271,6 +271,7 @@ def test_long_option_without_a_strike_near_the_delta(base):
     ("inconclusive", "cheap", "neutral", 0.05, None),
 ])
 def test_new_choice_rules(price_view, vol_view, regime, iv_rank, expected):
+    assert choose_structure(price_view, vol_view, regime, iv_rank, pin=None) == expected
     assert choose_structure(price_view, vol_view, regime, iv_rank) == expected
     choice = choose_structure_with_reason(price_view, vol_view, regime, iv_rank)
     assert choice.structure == expected and choice.reason
@@ -285,9 +286,13 @@ def test_every_chosen_structure_builds_on_the_synthetic_chain(base):
               for vv in ("rich", "cheap", "neutral")
               for rg in ("low_vol", "neutral", "high_vol", "crisis")
               for rank in (None, 0.0, 0.1, 0.3, 0.6, 0.8, 1.0)} - {None}
+    pinned = {choose_structure("neutral", vv, rg, rank, pin)
+              for vv in ("cheap", "neutral") for rg in ("low_vol", "neutral", "high_vol")
+              for rank in (None, 0.1, 0.3) for pin in (-0.01, 0.0, 0.015)}
     assert {"iron_fly", "long_call", "long_put", "iron_condor"} <= chosen
-    assert not chosen & {"call_butterfly", "put_butterfly"}  # built, never chosen automatically
-    for structure in chosen:
+    assert not chosen & {"call_butterfly", "put_butterfly"}  # only with a pin expected
+    assert pinned == {"call_butterfly", "put_butterfly"}
+    for structure in chosen | pinned:
         assert build(structure, chain, iv).ok, structure
 
 
@@ -380,3 +385,37 @@ def test_new_structures_on_real_cboe_chains(shared_data, filename):
             body = float(p.legs[1].strike)
             step = float(p.legs[-1].strike - p.legs[1].strike) / CONFIG.wing_width_steps
             assert abs(body - p.underlying_price) <= step + 1.0
+
+
+@pytest.mark.parametrize("price_view, vol_view, regime, iv_rank, pin, expected", [
+    ("neutral", "neutral", "neutral", 0.30, 0.005, "call_butterfly"),
+    ("neutral", "cheap", "low_vol", 0.10, -0.012, "put_butterfly"),
+    ("neutral", "neutral", "high_vol", None, 0.02, "call_butterfly"),   # boundary: within 2%
+    ("neutral", "neutral", "neutral", 0.30, 0.021, None),               # pin too far
+    ("neutral", "neutral", "crisis", 0.30, 0.0, None),                  # not into a crisis
+    ("neutral", "rich", "neutral", 0.60, 0.0, "iron_condor"),           # rich vol: sell the range
+    ("bullish", "neutral", "neutral", 0.30, 0.0, "bull_call_spread"),   # a direction wins over a pin
+])
+def test_a_pin_buys_a_butterfly_on_a_neutral_view(price_view, vol_view, regime, iv_rank, pin, expected):
+    choice = choose_structure_with_reason(price_view, vol_view, regime, iv_rank, pin)
+    assert choice.structure == expected
+    if expected in ("call_butterfly", "put_butterfly"):
+        assert "max pain" in choice.reason and "pin" in choice.reason
+    with pytest.raises(ValueError, match="pin"):
+        choose_structure_with_reason(price_view, vol_view, regime, iv_rank, math.nan)
+
+
+def test_expected_pin_on_real_chains(shared_data):
+    from agents.selector import expected_pin
+    from tools.cboe import read_cboe_quote_table
+    from tools.chain_analysis import analyze_chain
+
+    chain = read_cboe_quote_table(shared_data / "cboe" / "spy_quotedata_2023-09-14.csv")
+    flow = analyze_chain(chain).flow
+    pin = expected_pin(flow, chain.spot, chain.as_of, CONFIG.target_dte)
+    if chain.spot > flow.zero_gamma_level:
+        assert pin is not None and abs(pin) < 0.1
+    else:
+        assert pin is None
+    assert expected_pin(flow, flow.zero_gamma_level * 0.99, chain.as_of, CONFIG.target_dte) is None  # short gamma
+    assert expected_pin(None, chain.spot, chain.as_of, CONFIG.target_dte) is None
