@@ -28,7 +28,7 @@ from functools import reduce
 from brokers.base import CENT, BrokerPosition, ComboLeg, ComboOrder, LegQuote, QuoteSource, QuoteUnavailable
 from graph.schema import OptionLeg, SizedTrade, TradeProposal
 from tools.chain import NEW_YORK
-from tools.structures import breakevens, max_profit_loss, net_greeks
+from tools.structures import breakevens, max_profit_loss, net_greeks, pnl_at_expiry
 
 FLATTEN_STRUCTURE = "flatten_close"
 FLATTEN_RATIONALE = "Flatten risk: buy to close short options"
@@ -56,6 +56,11 @@ class FlattenOrder:
                           limit_price=self.limit_price if limit_price is None else limit_price,
                           time_in_force=time_in_force, multiplier=self.multiplier)
 
+    def _far_price(self, dte: int) -> Decimal:
+        ivs = [leg.iv for leg in self.legs if leg.iv is not None and math.isfinite(leg.iv) and leg.iv > 0]
+        vol = max(ivs) if ivs else 1.0  # no IV at all: a 100% vol stands in, and says so via the price
+        return (self.underlying_price * Decimal(str(math.exp(3 * vol * math.sqrt(dte / 365.0))))).quantize(Decimal("0.01"))
+
     def to_sized_trade(self, as_of: datetime) -> SizedTrade:
         """A `SizedTrade` to stage through `OrderRepository.stage` (structure "flatten_close").
 
@@ -72,6 +77,19 @@ class FlattenOrder:
         extremes = max_profit_loss(self.legs, self.mid_price).dollars(self.multiplier)
         greeks = net_greeks(self.legs)
         notes = [self.rationale, "closes " + ", ".join(self.closes)]
+        dte = (self.legs[0].expiry - as_of.astimezone(NEW_YORK).date()).days
+        max_profit, max_loss = extremes.max_profit, extremes.max_loss
+        if extremes.profit_unbounded or extremes.loss_unbounded:
+            # Buying back a short call alone has no upper bound: shown at the +3 SD price on the
+            # legs' own implied vol (a finite figure an order can carry; the note says so).
+            far = self._far_price(max(dte, 1))
+            pnl = Decimal(str(pnl_at_expiry(self.legs, [float(far)], self.mid_price)[0])) * self.multiplier
+            pnl = pnl.quantize(Decimal("0.01"))
+            if extremes.profit_unbounded:
+                max_profit = pnl
+            if extremes.loss_unbounded:
+                max_loss = -pnl
+            notes.append(f"unbounded {'profit' if extremes.profit_unbounded else 'loss'} shown at the +3 SD price {far}")
         values = {}
         for name in ("delta", "gamma", "vega", "theta"):
             value = getattr(greeks, name)
@@ -79,11 +97,10 @@ class FlattenOrder:
                 notes.append(f"net {name} unavailable (a leg has no {name}); shown as 0")
                 value = 0.0
             values[name] = value
-        dte = (self.legs[0].expiry - as_of.astimezone(NEW_YORK).date()).days
         proposal = TradeProposal(
             ticker=self.ticker, structure=self.structure, legs=list(self.legs),
             underlying_price=float(self.underlying_price), net_debit=self.mid_price, natural_debit=self.natural_price,
-            max_profit=extremes.max_profit, max_loss=extremes.max_loss,
+            max_profit=max_profit, max_loss=max_loss,
             breakevens=breakevens(self.legs, self.mid_price), probability_of_profit=0.0, dte=max(dte, 0),
             multiplier=self.multiplier, rationale="; ".join(notes), **values)
         return SizedTrade(proposal=proposal, contracts=self.quantity, kelly_fraction=0.0, applied_fraction=0.0,

@@ -124,3 +124,24 @@ async def test_flatten_orders_are_staged_approved_and_executed_like_any_order(db
     # Opened for 0.87 credit, closed for 0.97 debit: -0.10 * 3 * 100 realized.
     assert account.realized_pnl == Decimal("-30")
     assert account.cash == D("100000") + D("261") - D("291") - D("0.65") * 12
+
+
+def test_buying_back_a_short_call_has_a_finite_stated_max_profit():
+    """A short call's close alone has unbounded profit: the order carries it at the +3 SD price on
+    the legs' IV, and says so (it used to fail to stage at all)."""
+    from datetime import date, datetime
+
+    from brokers.base import OptionContract
+    from tools.chain import NEW_YORK
+
+    held = [BrokerPosition(OptionContract("SPY", date(2026, 12, 18), Decimal(600), "C"), -2, Decimal("3.00"))]
+
+    def quotes(contract):
+        return LegQuote(Decimal("2.00"), Decimal("2.20"), underlying_price=Decimal("590"), delta=0.3, gamma=0.01,
+                      vega=0.1, theta=-0.05, iv=0.2)
+
+    [close] = flatten_orders(held, quotes)
+    proposal = close.to_sized_trade(datetime(2026, 11, 20, 15, 0, tzinfo=NEW_YORK)).proposal
+    assert proposal.max_profit.is_finite() and proposal.max_profit > 0
+    assert "+3 SD price" in proposal.rationale
+    assert proposal.max_loss == Decimal("210.00")  # the premium paid to close, per unit
