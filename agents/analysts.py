@@ -164,6 +164,12 @@ def flow_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: datetim
         quality.append("no option chain: no flow" if analysis is None else f"flow not computed: {analysis.flow_error}")
         return Signal(source="flow", ticker=data.ticker, direction="neutral", conviction=0.0,
                       edge_type="no_chain", horizon_days=5, as_of=as_of, data_quality=quality)
+    if data.chain is not None and data.chain.meta.get("flow_information") is False:
+        # A modelled chain's volume and open interest are a stated model, not anyone's positioning:
+        # reading dealer gamma from them would vote the model's assumption every day.
+        return Signal(source="flow", ticker=data.ticker, direction="neutral", conviction=0.0,
+                      edge_type="no_flow_data", horizon_days=5, as_of=as_of,
+                      data_quality=quality + ["modelled chain: no flow information"])
     flow = analysis.flow
     quality.extend(flow.notes)
     spot = data.spot

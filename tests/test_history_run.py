@@ -24,3 +24,6 @@ async def test_a_run_on_a_historical_day_reads_the_modelled_chain_and_no_social_
     assert signals["vol_surface"].edge_type not in ("no_chain", "insufficient_data")
     # The regime came from that day's real VIX (35.13) and VIX3M (35.00): backwardation, not calm.
     assert outcome.state["context"].regime.name != "calm"
+    # Modelled open interest is an assumption, not positioning: the flow analyst abstains and says so.
+    assert signals["flow"].edge_type == "no_flow_data" and signals["flow"].conviction == 0.0
+    assert "modelled chain: no flow information" in signals["flow"].data_quality
