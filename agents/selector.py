@@ -958,6 +958,7 @@ def build_proposal(
             vega=greeks.vega,
             theta=greeks.theta,
             dte=_dte(chain, expiry),
+            cash_secured_puts=structure == "jade_lizard",
             multiplier=multiplier,
             rationale=rationale,
             pop_model=pop_model,

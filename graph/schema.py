@@ -220,6 +220,9 @@ class TradeProposal(Frozen):
     # profit/loss and breakevens are at the near expiry, found numerically (see rationale).
     smile_far: SmileFit | None = None
     vega_by_expiry: dict[str, float] = Field(default_factory=dict)  # ISO expiry -> vega per vol point
+    # Short puts the approver's configuration secures with cash (a jade lizard's): the gate admits
+    # them only when free cash covers strike x multiplier for every such contract.
+    cash_secured_puts: bool = False
 
 
 class ClosedOutcome(Frozen):

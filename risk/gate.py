@@ -472,6 +472,20 @@ def post_trade(
                 message=f"daily loss {loss:.2%} of NLV reached the {halt:.0%} halt: no new trades today"))
 
         uncovered = uncovered_short_legs(proposal.legs)
+        if proposal.cash_secured_puts:
+            secured = [(leg, n) for leg, n in uncovered if leg.right == "P"]
+            uncovered = [(leg, n) for leg, n in uncovered if leg.right != "P"]
+            needed = sum((leg.strike * n for leg, n in secured), Decimal(0)) * proposal.multiplier * trade.contracts
+            free_cash = account.cash - account.margin_used
+            if needed > free_cash:
+                vetoes.append(RiskReason(
+                    code="cash_secured_put_unfunded", hard=True, limit=float(free_cash), value=float(needed),
+                    message=f"{proposal.structure}: its cash-secured short puts need ${needed:,.0f} of cash, "
+                            f"only ${free_cash:,.0f} is free"))
+            elif secured:
+                warnings.append(RiskReason(
+                    code="cash_secured_put", hard=False, limit=float(free_cash), value=float(needed),
+                    message=f"{proposal.structure}: ${needed:,.0f} of cash secures its short puts"))
         if uncovered:
             count = sum(n for _, n in uncovered)
             vetoes.append(RiskReason(

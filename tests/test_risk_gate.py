@@ -83,6 +83,21 @@ def test_post_trade_vetoes_naked_short():
     assert "1x 2024-04-19 440P" in veto.message and "1x 2024-04-19 460C" in veto.message
 
 
+def test_a_jade_lizards_cash_secured_put_passes_only_when_cash_covers_it():
+    legs = [leg(440, "P", "sell"), leg(460, "C", "sell"), leg(465, "C", "buy")]
+    lizard = proposal(structure="jade_lizard", legs=legs, max_loss="43000").model_copy(
+        update={"cash_secured_puts": True})
+    [funded] = post([sized(lizard, 1)], acct=account(nlv="1000000"), matrix=LOOSE)
+    assert "naked_short" not in codes(funded.vetoes) and "cash_secured_put_unfunded" not in codes(funded.vetoes)
+    assert "cash_secured_put" in codes(funded.warnings)
+    [unfunded] = post([sized(lizard, 3)], acct=account(nlv="100000"), matrix=LOOSE)
+    assert "cash_secured_put_unfunded" in codes(unfunded.vetoes)  # 3 x 440 x 100 = $132,000 > $100,000
+    # Without the flag the same short put is naked; the short call stays covered by the long call either way.
+    [naked] = post([sized(lizard.model_copy(update={"cash_secured_puts": False}), 1)], acct=account(nlv="1000000"),
+                   matrix=LOOSE)
+    assert "naked_short" in codes(naked.vetoes) and "1x 2024-04-19 440P" in naked.vetoes[0].message
+
+
 # --------------------------------------------------------------------------- pre-trade
 
 
