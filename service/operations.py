@@ -50,16 +50,17 @@ async def run_decision(
     from memory.store import MemoryStore
     from storage.orders import OrderRepository
 
+    memory = MemoryStore(db.pool)  # the embedding model loads only if something is recalled or stored
+    config = config or defaults().decision
+    debater = make_debater(settings(), config, db, memory=RunMemory(memory, as_of))
     request = RunRequest(watchlist=watchlist, tickers=tickers, as_of=as_of, seed=seed, provider=provider.name,
-                         config=config or defaults().decision)
+                         config=config, debater=debater.name)
     positions = await OrderRepository(db.pool).open_exposures()
     account = default_account()
     # Orders awaiting approval or a fill reserve their max loss as margin until they resolve.
     reserved = sum((p.max_loss for p in positions), Decimal("0"))
     account = account.model_copy(update={"margin_used": account.margin_used + reserved})
     extra = {"now": now} if now is not None else {}
-    memory = MemoryStore(db.pool)  # the embedding model loads only if something is recalled or stored
-    debater = make_debater(settings(), request.config, db, memory=RunMemory(memory, as_of))
     return await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node,
                              debater=debater, memory=memory, **extra)
 
@@ -76,10 +77,18 @@ def order_summary(order: OrderRecord) -> dict[str, Any]:
     })
 
 
-async def list_runs(db: Database, limit: int = 50) -> list[dict[str, Any]]:
+async def list_runs(db: Database, limit: int = 50, **filters) -> list[dict[str, Any]]:
+    """Newest first; `filters` as `RunRepository.list` (ticker, status, since, until, debater, mode)."""
     from storage.runs import RunRepository
 
-    return [jsonable(asdict(r)) for r in await RunRepository(db.pool).list(limit)]
+    return [jsonable(asdict(r)) for r in await RunRepository(db.pool).list(limit, **filters)]
+
+
+async def diff_runs(db: Database, a: str, b: str) -> dict[str, Any]:
+    """Two runs compared: inputs, settings, and node by node every difference in full."""
+    from graph.diff import diff_runs as diff
+
+    return jsonable((await diff(db, a, b)).to_dict())
 
 
 async def show_run(db: Database, run_id: str) -> dict[str, Any] | None:
