@@ -111,6 +111,44 @@ async def show_run(db: Database, run_id: str) -> dict[str, Any] | None:
         "orders": [order_summary(o) for o in await OrderRepository(db.pool).list(run_id=run_id)],
         "node_timings": [dict(t) for t in timings],
         "llm_usage": await LLMCallRepository(db.pool).usage_by_run(run_id),
+        "llm_cost": price_usage(await LLMCallRepository(db.pool).usage_by_model(run_id)),
+    })
+
+
+def price_usage(by_model: dict[str, dict[str, int]], prices=None) -> dict[str, Any]:
+    """A run's LLM usage by model with its cost in dollars from the price table; a model without a
+    price makes the total unknown (None) rather than silently low."""
+    from config.settings import llm_prices
+
+    prices = llm_prices() if prices is None else prices
+    models, total = {}, Decimal("0")
+    for model, usage in by_model.items():
+        price = prices.get(model)
+        cost = None if price is None else price.cost(usage["tokens_in"], usage["tokens_out"])
+        models[model] = {**usage, "cost_usd": cost}
+        total = None if cost is None or total is None else total + cost
+    keys = ("calls", "requests", "retries", "failed", "tokens_in", "tokens_out")
+    return jsonable({**{k: sum(u[k] for u in by_model.values()) for k in keys}, "cost_usd": total,
+                     "priced_models": sorted(m for m in by_model if m in prices), "by_model": models})
+
+
+async def llm_calls(db: Database, run_id: str) -> dict[str, Any] | None:
+    """Every LLM call of a run with its prompt and response, and what the run's calls cost."""
+    from dataclasses import asdict as as_dict
+
+    from storage.llm_calls import LLMCallRepository
+    from storage.runs import RunRepository
+
+    if await RunRepository(db.pool).get(run_id) is None:
+        return None
+    repo = LLMCallRepository(db.pool)
+    fallbacks = await db.pool.fetch(
+        "SELECT ticker, debater FROM debates WHERE run_id = $1 AND debater LIKE '%fallback%' ORDER BY ticker", run_id)
+    return jsonable({
+        "run_id": run_id,
+        "usage": price_usage(await repo.usage_by_model(run_id)),
+        "fallbacks": [dict(r) for r in fallbacks],
+        "calls": [as_dict(c) for c in await repo.for_run(run_id)],
     })
 
 

@@ -131,7 +131,15 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json"),
     if run.get("error"):
         console.print(f"[red]error:[/] {run['error']}")
     usage = data["llm_usage"]
-    console.print(f"LLM calls {usage['calls']}, tokens in {usage['tokens_in']}, out {usage['tokens_out']}")
+    cost = data["llm_cost"]
+    priced = "" if not usage["calls"] else (
+        f", cost ${float(cost['cost_usd']):.4f}" if cost["cost_usd"] is not None else ", cost unknown (no price)")
+    console.print(f"LLM calls {usage['calls']}, tokens in {usage['tokens_in']}, out {usage['tokens_out']}{priced}"
+                  + (f", {cost['retries']} retries" if cost["retries"] else ""))
+    fallbacks = [d["ticker"] for d in data["debates"] if "fallback" in d["debater"]]
+    if fallbacks:
+        console.print(f"[yellow]the LLM debate fell back to the deterministic debater for {', '.join(fallbacks)}[/] "
+                      f"(see `hedgegraph llm calls {run['run_id']}`)")
     t = table("Signals", ("ticker", "source", "direction", "conviction", "edge", "data quality"))
     for s in data["signals"]:
         t.add_row(s["ticker"], s["source"], s["direction"], f"{s['conviction']:.2f}", s["edge_type"],
