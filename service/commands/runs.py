@@ -81,11 +81,13 @@ def runs_list(limit: int = typer.Option(50, min=1, max=10_000, help="At most thi
 
 
 @app.command("diff")
-def runs_diff(a: str = typer.Argument(..., help="A run id (the one shown as original)."),
-              b: str = typer.Argument(..., help="The run id to compare it with."),
+def runs_diff(a: str = typer.Argument(..., metavar="RUN_A", help="A run id (shown as the original)."),
+              b: str = typer.Argument(..., metavar="RUN_B", help="The run id to compare it with."),
               as_json: bool = typer.Option(False, "--json", help="Everything, in full.")) -> None:
-    """Compare any two runs: inputs, settings, then node by node (signals, verdicts and transcripts, risk,
-    proposals, sizes, staged orders)."""
+    """Compare any two runs, node by node.
+
+    Inputs and settings first, then signals, verdicts (with a line diff of the transcripts), risk
+    decisions, proposals, sizes and staged orders."""
     from graph.diff import RunDiffError
     from service import operations
 
