@@ -13,11 +13,12 @@ from its `llm_calls` rows with no network at all.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from string import Template
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -47,6 +48,7 @@ class ChatResult:
     text: str
     tokens_in: int | None = None
     tokens_out: int | None = None
+    attempts: int = 1  # HTTP requests this answer took: retries are attempts - 1
 
 
 class LLMCallFailed(Exception):
@@ -57,6 +59,7 @@ class LLMCallFailed(Exception):
         super().__init__(f"{status}: {error}")
         self.status, self.error, self.response = status, error, response
         self.tokens_in, self.tokens_out = tokens_in, tokens_out
+        self.attempts = 1  # HTTP requests made before giving up (set by the backend)
 
 
 class ReplayDivergence(LookupError):
@@ -73,12 +76,24 @@ class ChatBackend(Protocol):
         ...
 
 
+# The HTTP requests of the call in progress (per asyncio task): the client's retries happen inside
+# one `ainvoke`, and only the transport sees each of them.
+_HTTP_REQUESTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("llm_http_requests", default=None)
+
+
+async def _count_http_request(request) -> None:
+    counter = _HTTP_REQUESTS.get()
+    if counter is not None:
+        counter[0] += 1
+
+
 class OpenAIChatBackend:
     """ChatOpenAI against any OpenAI-compatible endpoint, with bounded timeout and retries."""
 
     def __init__(self, *, model: str, api_key: str | None, base_url: str | None, timeout_s: float,
                  max_retries: int, temperature: float = 0.0, max_tokens: int | None = None,
                  deadline_s: float | None = None):
+        import httpx
         from langchain_openai import ChatOpenAI  # only a live LLM run needs the client
 
         self.model = model
@@ -88,6 +103,7 @@ class OpenAIChatBackend:
             model=model, api_key=api_key or NO_KEY_PLACEHOLDER, base_url=base_url, timeout=timeout_s,
             max_retries=max_retries, temperature=temperature, max_tokens=max_tokens,
             use_responses_api=False,  # Chat Completions is what every compatible endpoint speaks
+            http_async_client=httpx.AsyncClient(event_hooks={"request": [_count_http_request]}),
         )
 
     @classmethod
@@ -104,6 +120,18 @@ class OpenAIChatBackend:
 
     async def complete(self, messages: list[Message], *, ticker: str, role: Role, round: int,
                        json_mode: bool = False) -> ChatResult:
+        counter = [0]
+        token = _HTTP_REQUESTS.set(counter)
+        try:
+            result = await self._complete(messages, json_mode=json_mode)
+        except LLMCallFailed as exc:
+            exc.attempts = max(1, counter[0])
+            raise
+        finally:
+            _HTTP_REQUESTS.reset(token)
+        return replace(result, attempts=max(1, counter[0]))
+
+    async def _complete(self, messages: list[Message], *, json_mode: bool) -> ChatResult:
         import openai  # loaded with the client already; kept out of module import (~1 s) for other commands
 
         kwargs: dict[str, Any] = {"response_format": {"type": "json_object"}} if json_mode else {}
@@ -381,7 +409,7 @@ class LLMDebater:
                 status=status, error=failure.error if failure else None,
                 tokens_in=result.tokens_in if result else (failure.tokens_in if failure else None),
                 tokens_out=result.tokens_out if result else (failure.tokens_out if failure else None),
-                latency_ms=latency_ms,
+                latency_ms=latency_ms, attempts=result.attempts if result else (failure.attempts if failure else 1),
             )
         log.info("llm %s %s %s round %d: %s in %.0f ms", self.backend.model, ticker, role, round, status, latency_ms)
         if failure:
@@ -393,6 +421,7 @@ class _TurnFailed(LLMCallFailed):
     def __init__(self, role: Role, round: int, failure: LLMCallFailed):
         super().__init__(failure.status, failure.error, response=failure.response,  # type: ignore[arg-type]
                          tokens_in=failure.tokens_in, tokens_out=failure.tokens_out)
+        self.attempts = failure.attempts
         self.role, self.round = role, round
 
 

@@ -6,11 +6,14 @@ Measures, each as the median of a few runs in subprocesses:
   Postgres kept running by this script, passed as DATABASE_URL;
 - `run10_s`: a cold 10-ticker `hedgegraph run` (a new slot each time, so nothing is resumed or
   skipped; target < 5 s).
-Prints one line: `help_s=… orders_list_s=… run10_s=…`. Measures, never asserts.
+Prints one line: `help_s=… orders_list_s=… run10_s=…`, then the same with the CPU time (user +
+system) of the command and its children, `*_cpu_s`: on a loaded machine wall time measures the
+neighbours too. Measures, never asserts.
 """
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -28,18 +31,25 @@ from storage.embedded import start_embedded_server  # noqa: E402
 TICKERS = "SPY,QQQ,IWM,AAPL,MSFT,NVDA,AMZN,TSLA,JPM,XLE"
 
 
-def timed(args: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one `hedgegraph ARGS` in a fresh process."""
+    cpu, start = _children_cpu(), time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, cwd=REPO_ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"hedgegraph {' '.join(args)} failed: {done.stderr.strip()}")
-    return elapsed
+    return elapsed, _children_cpu() - cpu
 
 
-def median_of(args_for, env, repeat: int) -> float:
-    return statistics.median(timed(args_for(i), env) for i in range(repeat))
+def median_of(args_for, env, repeat: int) -> tuple[float, float]:
+    samples = [timed(args_for(i), env) for i in range(repeat)]
+    return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
 
 
 def main() -> None:
@@ -53,11 +63,13 @@ def main() -> None:
         env.pop("OPENAI_API_KEY", None)
         env.pop("OPENAI_BASE_URL", None)
         timed(["db", "migrate"], env)  # the first connect migrates: not what is measured
-        help_s = median_of(lambda i: ["--help"], env, 5)
-        orders_s = median_of(lambda i: ["orders", "list"], env, 5)
-        # A different slot each time (minutes apart on one day): every run is executed from scratch.
-        run_s = median_of(lambda i: ["run", "--tickers", TICKERS, "--as-of", f"2026-11-20T1{i}:05", "--json"], env, 3)
-        print(f"help_s={help_s:.2f} orders_list_s={orders_s:.2f} run10_s={run_s:.2f}")
+        help_s, help_cpu = median_of(lambda i: ["--help"], env, 5)
+        orders_s, orders_cpu = median_of(lambda i: ["orders", "list"], env, 5)
+        # A different slot each time (hours apart on one day): every run is executed from scratch.
+        run_s, run_cpu = median_of(
+            lambda i: ["run", "--tickers", TICKERS, "--as-of", f"2026-11-20T1{i}:05", "--json"], env, 3)
+        print(f"help_s={help_s:.2f} orders_list_s={orders_s:.2f} run10_s={run_s:.2f} "
+              f"help_cpu_s={help_cpu:.2f} orders_list_cpu_s={orders_cpu:.2f} run10_cpu_s={run_cpu:.2f}")
     finally:
         server.cleanup()
         shutil.rmtree(data_dir, ignore_errors=True)

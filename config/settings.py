@@ -129,6 +129,31 @@ class Defaults(BaseModel):
     book: BookConfig = BookConfig()
 
 
+class ModelPrice(BaseModel):
+    """Dollars per million tokens of one model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+
+    def cost(self, tokens_in: int, tokens_out: int) -> Decimal:
+        """Dollars for these token counts (exact: no rounding until shown)."""
+        return (self.input * tokens_in + self.output * tokens_out) / Decimal(1_000_000)
+
+
+def llm_prices(path: str | Path | None = None) -> dict[str, ModelPrice]:
+    """The price table: `path`, else $HEDGEGRAPH_LLM_PRICES, else config/llm_prices.yaml."""
+    import os
+
+    path = Path(path or os.environ.get("HEDGEGRAPH_LLM_PRICES") or CONFIG_DIR / "llm_prices.yaml")
+    with open(path, encoding="utf-8") as fh:
+        table = yaml.safe_load(fh) or {}
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: expected `model: {{input: ..., output: ...}}` entries")
+    return {str(model): ModelPrice.model_validate(price) for model, price in table.items()}
+
+
 @lru_cache(maxsize=1)
 def defaults() -> Defaults:
     return Defaults.model_validate(load_yaml("defaults.yaml"))

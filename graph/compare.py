@@ -7,9 +7,10 @@ runs: run ids, order ids, idempotency keys, creation times.
 """
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agents.analysts import ANALYSTS
@@ -25,7 +26,8 @@ COMPARED_NODES: tuple[str, ...] = (
 # agree to the last bit, but a replay must not be called diverged over a last-bit rounding.
 REL_TOL = 1e-9
 ABS_TOL = 1e-12
-MAX_DIFF_ITEMS = 3  # differences spelled out per node; the rest are counted
+MAX_DIFF_ITEMS = 3  # differences spelled out in a node's one-line summary; `differences` has them all
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class NodeComparison:
     matched: bool
     diff: str  # "" when matched; otherwise the first differences, "path: original → other"
     rerun: bool = True  # False: a fork copied this node's output from the original, it did not run
+    # Every difference in full: {"path", "original", "other"} (absent side: missing), and for two
+    # texts (debate transcripts, rationales) a line diff under "text_diff".
+    differences: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,29 +106,73 @@ def _same_float(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 
-def value_differences(a: Any, b: Any, path: str, other: str) -> list[str]:
-    """Every leaf where `a` (the original) and `b` differ, as "path: a → b" (floats to REL_TOL)."""
+def _leaf_differences(a: Any, b: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
+    """(path, original, other) for every leaf where `a` and `b` differ; a missing side is `_MISSING`;
+    lists of different lengths differ as wholes (floats compared to REL_TOL)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        out = []
         for key in list(a) + [k for k in b if k not in a]:
             sub = f"{path}.{key}" if path else str(key)
-            if key not in b:
-                out.append(f"{sub}: only in original")
-            elif key not in a:
-                out.append(f"{sub}: only in {other}")
-            else:
-                out += value_differences(a[key], b[key], sub, other)
-        return out
+            yield from _leaf_differences(a.get(key, _MISSING), b.get(key, _MISSING), sub)
+        return
+    if a is _MISSING or b is _MISSING:
+        yield path, a, b
+        return
     if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [f"{path}: {len(a)} items → {len(b)}"]
-        out = []
+        if len(a) != len(b) or (_as_text(a) is not None and _as_text(b) is not None):
+            if a != b:  # a transcript differs as a whole: it is read (and text-diffed) as one text
+                yield path, a, b
+            return
         for i, (x, y) in enumerate(zip(a, b)):
-            out += value_differences(x, y, f"{path}[{i}]", other)
-        return out
+            yield from _leaf_differences(x, y, f"{path}[{i}]")
+        return
     if isinstance(a, float) and isinstance(b, float) and not isinstance(a, bool) and not isinstance(b, bool):
-        return [] if _same_float(a, b) else [f"{path}: {_short(a)} → {_short(b)}"]
-    return [] if a == b and type(a) is type(b) else [f"{path}: {_short(a)} → {_short(b)}"]
+        if not _same_float(a, b):
+            yield path, a, b
+        return
+    if not (a == b and type(a) is type(b)):
+        yield path, a, b
+
+
+def value_differences(a: Any, b: Any, path: str, other: str) -> list[str]:
+    """Every leaf where `a` (the original) and `b` differ, as "path: a → b" (floats to REL_TOL)."""
+    out = []
+    for where, x, y in _leaf_differences(a, b, path):
+        if y is _MISSING:
+            out.append(f"{where}: only in original")
+        elif x is _MISSING:
+            out.append(f"{where}: only in {other}")
+        elif isinstance(x, list) and isinstance(y, list):
+            out.append(f"{where}: {len(x)} items → {len(y)}" if len(x) != len(y) else f"{where}: the text differs")
+        else:
+            out.append(f"{where}: {_short(x)} → {_short(y)}")
+    return out
+
+
+def _as_text(value: Any) -> str | None:
+    """A transcript (list of turns) or a long string as lines, for a line diff; else None."""
+    if isinstance(value, str) and (len(value) > 48 or "\n" in value):
+        return value
+    if isinstance(value, list) and value and all(isinstance(t, dict) and "text" in t for t in value):
+        return "\n\n".join(f"[{t.get('role', '?')}{' r' + str(t['round']) if 'round' in t else ''}] {t['text']}"
+                            for t in value)
+    return None
+
+
+def detailed_differences(a: Any, b: Any, path: str = "") -> list[dict[str, Any]]:
+    """Every difference in full, for machines (`--json`): nothing is shortened or left out."""
+    out = []
+    for where, x, y in _leaf_differences(a, b, path):
+        item: dict[str, Any] = {"path": where}
+        if x is not _MISSING:
+            item["original"] = x
+        if y is not _MISSING:
+            item["other"] = y
+        x_text, y_text = _as_text(x), _as_text(y)
+        if x_text is not None and y_text is not None:
+            item["text_diff"] = list(difflib.unified_diff(
+                x_text.splitlines(), y_text.splitlines(), "original", "other", lineterm="", n=1))
+        out.append(item)
+    return out
 
 
 def compare_node(original: Mapping[str, Any], other: Mapping[str, Any], node: str, *,
@@ -137,7 +186,7 @@ def compare_node(original: Mapping[str, Any], other: Mapping[str, Any], node: st
         return NodeComparison(node, False, f"the {other_label} never reached {node}", rerun)
     diffs = value_differences(a, b, "", other_label)
     text = "; ".join(diffs[:MAX_DIFF_ITEMS]) + (f" (+{len(diffs) - MAX_DIFF_ITEMS} more)" if len(diffs) > MAX_DIFF_ITEMS else "")
-    return NodeComparison(node, not diffs, text, rerun)
+    return NodeComparison(node, not diffs, text, rerun, detailed_differences(a, b))
 
 
 def compare_states(original: Mapping[str, Any], other: Mapping[str, Any], *, other_label: str = "replay",

@@ -301,6 +301,7 @@ async def _run_sandbox(
             run_id=run_id, slot_key=parent.slot_key, watchlist=parent.watchlist, as_of=parent.as_of,
             tickers=list(parent.tickers), seed=parent.seed, provider=RECORDED_PROVIDER,
             config=config.model_dump(mode="json"), mode="sandbox", parent_run_id=parent.run_id,
+            debater=getattr(debater, "name", "deterministic"),
         )
         if record.status != "pending" or record.parent_run_id != parent.run_id:
             continue  # taken by a concurrent replay or fork
@@ -335,8 +336,8 @@ async def _run_sandbox(
                     if isinstance(failed.cause, ReplayDivergence):
                         raise ReplayError(
                             f"{run_id}: the LLM debate asked for a prompt {parent.run_id} never sent, so the "
-                            f"recording cannot answer it ({failed.cause}); fork with a live debater to make new "
-                            "LLM calls") from failed
+                            f"recording cannot answer it ({failed.cause}); fork again with --live-llm to debate "
+                            "with the configured LLM (new calls, recorded under the fork)") from failed
                     raise
                 return await runs.get(run_id), dict((await app.aget_state(thread)).values)
         except LockBusy:

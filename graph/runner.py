@@ -53,6 +53,7 @@ class RunRequest:
     provider: str
     config: DecisionConfig = field(default_factory=DecisionConfig)
     mode: str = "live"
+    debater: str = "deterministic"  # or "llm:<model>": the same slot debated by an LLM is another run
 
     def __post_init__(self) -> None:
         if self.as_of.tzinfo is None:
@@ -70,7 +71,10 @@ class RunRequest:
     @property
     def run_id(self) -> str:
         local = self.as_of.astimezone(NEW_YORK)
-        inputs = "|".join([self.slot_key, ",".join(self.tickers), str(self.seed), self.provider, self.mode])
+        parts = [self.slot_key, ",".join(self.tickers), str(self.seed), self.provider, self.mode]
+        if self.debater != "deterministic":  # so deterministic runs keep the ids they always had
+            parts.append(self.debater)
+        inputs = "|".join(parts)
         digest = hashlib.sha256(inputs.encode()).hexdigest()[:10]
         return f"{self.watchlist}-{local:%Y%m%d-%H%M}-{digest}"
 
@@ -120,7 +124,7 @@ async def execute_run(
     record = await runs.create_if_absent(
         run_id=run_id, slot_key=request.slot_key, watchlist=request.watchlist, as_of=request.as_of,
         tickers=request.tickers, seed=request.seed, provider=request.provider,
-        config=request.config.model_dump(mode="json"), mode=request.mode,
+        config=request.config.model_dump(mode="json"), mode=request.mode, debater=request.debater,
     )
     app = build_graph().compile(checkpointer=db.checkpointer)
     thread = {"configurable": {"thread_id": run_id}}

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import operator
 from datetime import datetime
-from typing import Annotated, TypedDict
+from typing import Annotated
 
 from pydantic import Field
+from typing_extensions import TypedDict  # pydantic builds schemas (Studio) only from this one on Python < 3.12
 
 from graph.schema import (  # noqa: F401  (MarketContext, Execution: re-read by the nodes)
     AccountState,

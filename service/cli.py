@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from service.commands import book, db, decide, orders, risk, runs, service, tokens
+from service.commands import book, db, decide, llm, orders, risk, runs, service, tokens
 from service.commands.common import one_line
 
 
@@ -56,6 +56,7 @@ app.add_typer(orders.app, name="orders")
 app.add_typer(risk.app, name="risk")
 app.add_typer(db.app, name="db")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(llm.app, name="llm")
 app.add_typer(book.app)  # positions, pnl, account
 
 

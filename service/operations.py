@@ -71,12 +71,13 @@ async def run_decision(
     from memory.recall import RunMemory
     from memory.store import MemoryStore
 
+    memory = MemoryStore(db.pool)  # the embedding model loads only if something is recalled or stored
+    config = config or defaults().decision
+    debater = make_debater(settings(), config, db, memory=RunMemory(memory, as_of))
     request = RunRequest(watchlist=watchlist, tickers=tickers, as_of=as_of, seed=seed, provider=provider.name,
-                         config=config or defaults().decision)
+                         config=config, debater=debater.name)
     account, positions = await book_account(db, provider, as_of)
     extra = {"now": now} if now is not None else {}
-    memory = MemoryStore(db.pool)  # the embedding model loads only if something is recalled or stored
-    debater = make_debater(settings(), request.config, db, memory=RunMemory(memory, as_of))
     return await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node,
                              debater=debater, memory=memory, **extra)
 
@@ -93,10 +94,18 @@ def order_summary(order: OrderRecord) -> dict[str, Any]:
     })
 
 
-async def list_runs(db: Database, limit: int = 50) -> list[dict[str, Any]]:
+async def list_runs(db: Database, limit: int = 50, **filters) -> list[dict[str, Any]]:
+    """Newest first; `filters` as `RunRepository.list` (ticker, status, since, until, debater, mode)."""
     from storage.runs import RunRepository
 
-    return [jsonable(asdict(r)) for r in await RunRepository(db.pool).list(limit)]
+    return [jsonable(asdict(r)) for r in await RunRepository(db.pool).list(limit, **filters)]
+
+
+async def diff_runs(db: Database, a: str, b: str) -> dict[str, Any]:
+    """Two runs compared: inputs, settings, and node by node every difference in full."""
+    from graph.diff import diff_runs as diff
+
+    return jsonable((await diff(db, a, b)).to_dict())
 
 
 async def show_run(db: Database, run_id: str) -> dict[str, Any] | None:
@@ -119,6 +128,44 @@ async def show_run(db: Database, run_id: str) -> dict[str, Any] | None:
         "orders": [order_summary(o) for o in await OrderRepository(db.pool).list(run_id=run_id)],
         "node_timings": [dict(t) for t in timings],
         "llm_usage": await LLMCallRepository(db.pool).usage_by_run(run_id),
+        "llm_cost": price_usage(await LLMCallRepository(db.pool).usage_by_model(run_id)),
+    })
+
+
+def price_usage(by_model: dict[str, dict[str, int]], prices=None) -> dict[str, Any]:
+    """A run's LLM usage by model with its cost in dollars from the price table; a model without a
+    price makes the total unknown (None) rather than silently low."""
+    from config.settings import llm_prices
+
+    prices = llm_prices() if prices is None else prices
+    models, total = {}, Decimal("0")
+    for model, usage in by_model.items():
+        price = prices.get(model)
+        cost = None if price is None else price.cost(usage["tokens_in"], usage["tokens_out"])
+        models[model] = {**usage, "cost_usd": cost}
+        total = None if cost is None or total is None else total + cost
+    keys = ("calls", "requests", "retries", "failed", "tokens_in", "tokens_out")
+    return jsonable({**{k: sum(u[k] for u in by_model.values()) for k in keys}, "cost_usd": total,
+                     "priced_models": sorted(m for m in by_model if m in prices), "by_model": models})
+
+
+async def llm_calls(db: Database, run_id: str) -> dict[str, Any] | None:
+    """Every LLM call of a run with its prompt and response, and what the run's calls cost."""
+    from dataclasses import asdict as as_dict
+
+    from storage.llm_calls import LLMCallRepository
+    from storage.runs import RunRepository
+
+    if await RunRepository(db.pool).get(run_id) is None:
+        return None
+    repo = LLMCallRepository(db.pool)
+    fallbacks = await db.pool.fetch(
+        "SELECT ticker, debater FROM debates WHERE run_id = $1 AND debater LIKE '%fallback%' ORDER BY ticker", run_id)
+    return jsonable({
+        "run_id": run_id,
+        "usage": price_usage(await repo.usage_by_model(run_id)),
+        "fallbacks": [dict(r) for r in fallbacks],
+        "calls": [as_dict(c) for c in await repo.for_run(run_id)],
     })
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from tools.chain import NEW_YORK
@@ -129,6 +129,9 @@ class PrefetchedProvider:
     def __init__(self, inner, tickers: list[str], as_of: datetime):
         self.inner = inner
         self.name = inner.name
+        # Asked in UTC, as the run will ask (its as-of comes back from Postgres in UTC): the snapshot
+        # carries the as-of it was asked for, and a replay of the recording must see the same one.
+        as_of = as_of.astimezone(timezone.utc)
         self._key = (list(tickers), as_of)
         self._snapshot = inner.snapshot(list(tickers), as_of)
 

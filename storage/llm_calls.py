@@ -46,6 +46,7 @@ class LLMCall:
     tokens_out: int | None
     latency_ms: float
     created_at: datetime
+    attempts: int = 1  # HTTP requests made: retries are attempts - 1
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> "LLMCall":
@@ -59,18 +60,18 @@ class LLMCallRepository:
     async def record(
         self, *, run_id: str, node: str, ticker: str, role: str, round: int, model: str,
         messages: list[dict[str, str]], response: str | None, status: str, latency_ms: float,
-        error: str | None = None, tokens_in: int | None = None, tokens_out: int | None = None,
+        error: str | None = None, tokens_in: int | None = None, tokens_out: int | None = None, attempts: int = 1,
     ) -> int:
         """Store one call; returns its id. The prompt hash is computed here from `messages`."""
         if status not in CALL_STATUSES:
             raise ValueError(f"unknown LLM call status {status!r}; expected one of {CALL_STATUSES}")
         return await self.pool.fetchval(
             """INSERT INTO llm_calls (run_id, node, ticker, role, round, model, prompt_hash, messages, response,
-                                      status, error, tokens_in, tokens_out, latency_ms)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                                      status, error, tokens_in, tokens_out, latency_ms, attempts)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                RETURNING id""",
             run_id, node, ticker, role, round, model, prompt_hash(messages), messages, response,
-            status, error, tokens_in, tokens_out, float(latency_ms),
+            status, error, tokens_in, tokens_out, float(latency_ms), attempts,
         )
 
     async def for_run(self, run_id: str) -> list[LLMCall]:
@@ -87,6 +88,20 @@ class LLMCallRepository:
             run_id,
         )
         return {"calls": int(row["calls"]), "tokens_in": int(row["tokens_in"]), "tokens_out": int(row["tokens_out"])}
+
+    async def usage_by_model(self, run_id: str) -> dict[str, dict[str, int]]:
+        """{model: {calls, requests, retries, failed, tokens_in, tokens_out}}: what a run's calls
+        cost is priced per model; retries are HTTP requests beyond the first of each call."""
+        rows = await self.pool.fetch(
+            """SELECT model, count(*) AS calls, sum(attempts) AS requests,
+                      count(*) FILTER (WHERE status <> 'ok') AS failed,
+                      COALESCE(sum(tokens_in), 0) AS tokens_in, COALESCE(sum(tokens_out), 0) AS tokens_out
+               FROM llm_calls WHERE run_id = $1 GROUP BY model ORDER BY model""",
+            run_id,
+        )
+        return {r["model"]: {"calls": int(r["calls"]), "requests": int(r["requests"]),
+                             "retries": int(r["requests"]) - int(r["calls"]), "failed": int(r["failed"]),
+                             "tokens_in": int(r["tokens_in"]), "tokens_out": int(r["tokens_out"])} for r in rows}
 
     async def usage_by_ticker(self, run_id: str) -> dict[str, dict[str, int]]:
         """{ticker: {calls, tokens_in, tokens_out}}: what each debated ticker cost."""

@@ -29,6 +29,7 @@ class RunRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    debater: str = "deterministic"  # "llm:<model>" when the debate was the LLM's
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> "RunRecord":
@@ -42,14 +43,15 @@ class RunRepository:
     async def create_if_absent(
         self, *, run_id: str, slot_key: str, watchlist: str, as_of: datetime, tickers: list[str],
         seed: int, provider: str, config: dict[str, Any], mode: str = "live", parent_run_id: str | None = None,
+        debater: str = "deterministic",
     ) -> RunRecord:
         async with self.pool.acquire() as conn:
             await conn.execute(
                 """INSERT INTO runs (run_id, slot_key, watchlist, as_of, tickers, seed, provider, config,
-                                     mode, parent_run_id, status)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending')
+                                     mode, parent_run_id, status, debater)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11)
                    ON CONFLICT (run_id) DO NOTHING""",
-                run_id, slot_key, watchlist, as_of, tickers, seed, provider, config, mode, parent_run_id,
+                run_id, slot_key, watchlist, as_of, tickers, seed, provider, config, mode, parent_run_id, debater,
             )
             return RunRecord.from_row(await conn.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id))
 
@@ -57,8 +59,22 @@ class RunRepository:
         row = await self.pool.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id)
         return RunRecord.from_row(row) if row else None
 
-    async def list(self, limit: int = 50) -> list[RunRecord]:
-        rows = await self.pool.fetch("SELECT * FROM runs ORDER BY created_at DESC, run_id LIMIT $1", limit)
+    async def list(self, limit: int = 50, *, ticker: str | None = None, status: str | None = None,
+                   since: datetime | None = None, until: datetime | None = None, debater: str | None = None,
+                   mode: str | None = None) -> list[RunRecord]:
+        """Newest first. `since`/`until` bound the as-of (until exclusive); `debater` matches exactly
+        or, without a model ("llm"), every model."""
+        rows = await self.pool.fetch(
+            """SELECT * FROM runs
+               WHERE ($2::text IS NULL OR $2 = ANY(tickers))
+                 AND ($3::text IS NULL OR status = $3)
+                 AND ($4::timestamptz IS NULL OR as_of >= $4)
+                 AND ($5::timestamptz IS NULL OR as_of < $5)
+                 AND ($6::text IS NULL OR debater = $6 OR ($6 = 'llm' AND debater LIKE 'llm:%'))
+                 AND ($7::text IS NULL OR mode = $7)
+               ORDER BY created_at DESC, run_id LIMIT $1""",
+            limit, ticker, status, since, until, debater, mode,
+        )
         return [RunRecord.from_row(r) for r in rows]
 
     async def mark_started(self, run_id: str) -> None:

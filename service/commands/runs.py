@@ -10,19 +10,107 @@ from service.commands.common import console, fail, print_json, run_async, table,
 app = typer.Typer(no_args_is_help=True, help="Decision runs.")
 
 
+RUN_STATUSES = ("pending", "running", "awaiting_approval", "completed", "failed")
+
+
+def _choice(allowed: tuple[str, ...]):
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value.lower() not in allowed:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}")
+        return value.lower() if value is not None else None
+    return check
+
+
+def _ticker(value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    from tools.providers.simulated import normalize_ticker
+
+    try:
+        return normalize_ticker(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a ticker symbol") from None
+
+
+def _day(value: Optional[str]):
+    """A New York date (YYYY-MM-DD) as the start of that day."""
+    if value is None:
+        return None
+    from datetime import date, datetime
+
+    from tools.chain import NEW_YORK
+
+    try:
+        return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=NEW_YORK)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date like 2026-11-20") from None
+
+
 @app.command("list")
 def runs_list(limit: int = typer.Option(50, min=1, max=10_000, help="At most this many runs."),
+              ticker: Optional[str] = typer.Option(None, callback=_ticker, help="Runs that decided on TICKER."),
+              status: Optional[str] = typer.Option(None, callback=_choice(RUN_STATUSES),
+                                                   help=f"One of {', '.join(RUN_STATUSES)}."),
+              since: Optional[str] = typer.Option(None, help="As of this New York date or later (YYYY-MM-DD)."),
+              until: Optional[str] = typer.Option(None, help="As of this New York date or earlier (YYYY-MM-DD)."),
+              debater: Optional[str] = typer.Option(None, help="deterministic, llm (any model) or llm:MODEL."),
+              mode: Optional[str] = typer.Option(None, callback=_choice(("live", "sandbox")),
+                                                 help="live, or sandbox (replays and forks)."),
               as_json: bool = typer.Option(False, "--json")) -> None:
-    """Recent runs."""
+    """Recent runs, newest first, optionally filtered."""
+    from datetime import timedelta
+
     from service import operations
 
-    rows = run_async(with_db(lambda db: operations.list_runs(db, limit)))
+    try:
+        start, end = _day(since), _day(until)
+    except typer.BadParameter as exc:
+        fail(f"--since/--until: {exc}")
+    filters = {"ticker": ticker, "status": status, "since": start, "until": end and end + timedelta(days=1),
+               "debater": debater, "mode": mode}
+    rows = run_async(with_db(lambda db: operations.list_runs(db, limit, **filters)))
     if as_json:
         return print_json(rows)
-    t = table("Runs", ("run_id", "as_of", "status", "tickers", "attempts", "mode"))
+    t = table("Runs", ("run_id", "as_of", "status", "tickers", "debater", "attempts", "mode"))
     for r in rows:
-        t.add_row(r["run_id"], r["as_of"], r["status"], str(len(r["tickers"])), str(r["attempts"]), r["mode"])
+        t.add_row(r["run_id"], r["as_of"], r["status"], str(len(r["tickers"])), r["debater"], str(r["attempts"]),
+                  r["mode"])
+    if not rows:
+        t.caption = "no runs" + (" match these filters" if any(v is not None for v in filters.values()) else "")
     console.print(t)
+
+
+@app.command("diff")
+def runs_diff(a: str = typer.Argument(..., metavar="RUN_A", help="A run id (shown as the original)."),
+              b: str = typer.Argument(..., metavar="RUN_B", help="The run id to compare it with."),
+              as_json: bool = typer.Option(False, "--json", help="Everything, in full.")) -> None:
+    """Compare any two runs, node by node.
+
+    Inputs and settings first, then signals, verdicts (with a line diff of the transcripts), risk
+    decisions, proposals, sizes and staged orders."""
+    from graph.diff import RunDiffError
+    from service import operations
+
+    try:
+        data = run_async(with_db(lambda db: operations.diff_runs(db, a, b)))
+    except RunDiffError as exc:
+        fail(str(exc))
+    if as_json:
+        return print_json(data)
+    console.print(f"[bold]{a}[/] → [bold]{b}[/]")
+    if data["inputs"] or data["config"]:
+        t = table("Inputs", ("input", a, b))
+        for d in data["inputs"]:
+            t.add_row(d["field"], str(d["a"]), str(d["b"]))
+        for d in data["config"]:
+            t.add_row(f"config.{d['setting']}", str(d["a"]), str(d["b"]))
+        console.print(t)
+    t = table("Nodes", ("node", "same", "differences"))
+    for n in data["nodes"]:
+        t.add_row(n["node"], "[green]yes[/]" if n["matched"] else "[red]no[/]", n["diff"])
+    console.print(t)
+    console.print("[green]every node matched[/]" if data["matched"] else
+                  f"[red]differs at {', '.join(data['differing_nodes'])}[/] (all of it: --json)")
 
 
 @app.command("show")
@@ -45,7 +133,15 @@ def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json"),
     if run.get("error"):
         console.print(f"[red]error:[/] {run['error']}")
     usage = data["llm_usage"]
-    console.print(f"LLM calls {usage['calls']}, tokens in {usage['tokens_in']}, out {usage['tokens_out']}")
+    cost = data["llm_cost"]
+    priced = "" if not usage["calls"] else (
+        f", cost ${float(cost['cost_usd']):.4f}" if cost["cost_usd"] is not None else ", cost unknown (no price)")
+    console.print(f"LLM calls {usage['calls']}, tokens in {usage['tokens_in']}, out {usage['tokens_out']}{priced}"
+                  + (f", {cost['retries']} retries" if cost["retries"] else ""))
+    fallbacks = [d["ticker"] for d in data["debates"] if "fallback" in d["debater"]]
+    if fallbacks:
+        console.print(f"[yellow]the LLM debate fell back to the deterministic debater for {', '.join(fallbacks)}[/] "
+                      f"(see `hedgegraph llm calls {run['run_id']}`)")
     t = table("Signals", ("ticker", "source", "direction", "conviction", "edge", "data quality"))
     for s in data["signals"]:
         t.add_row(s["ticker"], s["source"], s["direction"], f"{s['conviction']:.2f}", s["edge_type"],
