@@ -146,6 +146,9 @@ class KellyOut(BaseModel):
     payoff_ratio: float | None
     capital_at_risk: Decimal | None = Field(description="Dollars: quantity × max loss per unit.")
     caps_applied: list[str] | None
+    inputs: dict[str, Any] | None = Field(None, description=(
+        "What sized the trade: the payoff distribution under the view, the journal's pull on it "
+        "(trades, wins, prior and journal weights), full and applied fraction, expected log growth, caps."))
 
 
 class OrderSummaryOut(BaseModel):

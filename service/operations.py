@@ -89,7 +89,7 @@ def order_summary(order: OrderRecord) -> dict[str, Any]:
         "max_profit_per_unit": order.proposal.get("max_profit"),
         "breakevens": order.proposal.get("breakevens"),
         "probability_of_profit": order.proposal.get("probability_of_profit"),
-        "kelly": {k: order.sizing.get(k) for k in ("kelly_fraction", "applied_fraction", "win_rate",
+        "kelly": {k: order.sizing.get(k) for k in ("kelly_fraction", "applied_fraction", "win_rate", "inputs",
                                                    "payoff_ratio", "capital_at_risk", "caps_applied")},
     })
 
