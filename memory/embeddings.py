@@ -20,6 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from tools.text_batch import text_list
+
 DEFAULT_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on sequences up to 256 word pieces
 
 
@@ -117,12 +119,7 @@ class MiniLMEmbedder:
         return _load(self.model_dir).dim
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if isinstance(texts, str):
-            raise TypeError("embed() takes a sequence of texts, not a single string")
-        texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+        texts = text_list(texts, "embed")
         loaded = _load(self.model_dir)
         out = np.empty((len(texts), loaded.dim), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):

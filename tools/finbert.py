@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from tools.text_batch import text_list
+
 DEFAULT_MAX_TOKENS = 128  # posts and headlines; FinBERT was fine-tuned on sentences
 
 
@@ -82,12 +84,7 @@ class FinBertScorer:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """P(positive) - P(negative) per text, float64, in input order."""
-        if isinstance(texts, str):
-            raise TypeError("score() takes a sequence of texts, not a single string")
-        texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+        texts = text_list(texts, "score")
         out = np.empty(len(texts))
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start:start + self.batch_size]
