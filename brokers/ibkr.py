@@ -448,3 +448,48 @@ class IbkrBroker:
             account_id=self.account_id, cash=tag("TotalCashValue"), net_liquidation=nlv,
             positions_value=tag("GrossPositionValue"), margin_used=margin, free_margin=nlv - margin,
             realized_pnl=tag("RealizedPnL"), realized_pnl_today=tag("RealizedPnL"), as_of=self.clock())
+
+
+async def probe(config: IbkrConfig, *, market_data: bool = False) -> dict:
+    """What `hedgegraph doctor` reports for IBKR: is the port open, does the API handshake complete,
+    is the account managed by this login. Read-only: nothing is requested but the handshake's own
+    startup data."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(config.host, config.port), config.timeout_s)
+        writer.close()
+    except ConnectionRefusedError:
+        return {"status": "error", "detail": f"port {config.port} on {config.host} is closed (connection refused): "
+                                             "start TWS or IB Gateway and enable API socket clients on that port"}
+    except (TimeoutError, asyncio.TimeoutError):
+        return {"status": "error", "detail": f"no answer from {config.address} within {config.timeout_s:g}s "
+                                             "(a firewall, or the wrong host)"}
+    except OSError as exc:
+        return {"status": "error", "detail": f"cannot reach {config.address}: {exc.strerror or exc}"}
+    ib = IB()
+    try:
+        await ib.connectAsync(config.host, config.port, clientId=config.client_id, timeout=config.timeout_s,
+                              readonly=True, fetchFields=StartupFetch(0))
+    except (TimeoutError, asyncio.TimeoutError):
+        ib.disconnect()
+        return {"status": "error", "detail": f"{config.address} accepted the connection but the API handshake did not "
+                                             f"complete within {config.timeout_s:g}s (API disabled, a trusted-IP "
+                                             f"prompt waiting in TWS, or client id {config.client_id} in use)"}
+    except Exception as exc:
+        ib.disconnect()
+        return {"status": "error", "detail": f"API handshake with {config.address} failed: {exc}"}
+    try:
+        accounts = ib.managedAccounts()
+        version = ib.client.serverVersion()
+        if config.account and config.account not in accounts:
+            return {"status": "error", "detail": f"account {config.account} is not managed by this login "
+                                                 f"(managed: {', '.join(accounts)})"}
+        if not config.account and len(accounts) != 1:
+            return {"status": "error", "detail": f"this login manages {len(accounts)} accounts: set "
+                                                 "HEDGEGRAPH_IBKR_ACCOUNT to the one to trade"}
+        data = {"address": config.address, "client_id": config.client_id, "server_version": version,
+                "accounts": accounts, "market_data_requested": config.market_data}
+        detail = (f"connected to {config.address} (API server version {version}), account "
+                  f"{config.account or accounts[0]}; market data type requested: {config.market_data}")
+        return {"status": "ok", "detail": detail, "data": data}
+    finally:
+        ib.disconnect()

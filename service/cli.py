@@ -694,3 +694,8 @@ def tokens_revoke(name: str) -> None:
 def main() -> None:  # pragma: no cover - console entry
     logging.basicConfig(level=logging.WARNING)
     app()
+
+
+from service.commands_doctor import doctor  # noqa: E402
+
+app.command("doctor")(doctor)
