@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from brokers.base import ComboOrder, Fill, OrderNotWorking, UnknownBrokerOrder
+from brokers.base import BrokerError, ComboOrder, Fill, OrderNotWorking, UnknownBrokerOrder
 from brokers.limit_walk import LimitWalker
 from brokers.order_state import TERMINAL, OrderState
 from brokers.portfolio import PortfolioGreeks, portfolio_greeks
@@ -146,9 +146,14 @@ class OrderManager:
                              fresh_mid=None if fresh_mid is None else float(fresh_mid))
         pre = await self._greeks(order)
         seen = await self._fill_ids(order.order_id)  # a live venue may fill while `place` waits for its ack
-        broker_order_id = await self.broker.place(ComboOrder.from_record(order))
+        try:
+            broker_order_id = await self.broker.place(ComboOrder.from_record(order))
+        except BrokerError:
+            if (await self.orders.get(order.order_id)).state != OrderState.REJECTED:
+                raise  # nothing was decided (e.g. the broker is unreachable): recovery retries it
+            broker_order_id = None
         placed = await self.orders.get(order.order_id)
-        if placed.state == OrderState.REJECTED:  # a live broker's answer to the order itself
+        if placed.state == OrderState.REJECTED:  # the broker's answer to the order itself
             history = await self.orders.history(order.order_id)
             return Execution(order_id=order.order_id, outcome="refused", broker_order_id=broker_order_id,
                              reasons=[history[-1].get("reason") or "rejected by the broker"],
