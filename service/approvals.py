@@ -20,7 +20,9 @@ from agents.execution import order_manager
 from agents.staging import idempotency_key, order_id_for
 from brokers.flatten import flatten_orders
 from brokers.order_state import OrderState
-from brokers.paper import PaperBroker
+from brokers.base import BrokerError, ComboOrder
+from brokers.factory import close_broker, make_broker
+from brokers.portfolio import holdings_after, portfolio_greeks
 from brokers.quote_source import ProviderQuotes
 from config.clock import wall_clock
 from config.settings import Settings, defaults
@@ -107,8 +109,9 @@ class ServiceContext:
     async def close(self) -> None:
         await self.db.close()
 
-    def broker_for(self, provider: MarketDataProvider) -> PaperBroker:
-        return PaperBroker(self.db, ProviderQuotes(provider, self.clock), clock=self.clock,
+    def broker_for(self, provider: MarketDataProvider):
+        """The configured broker (`broker:` in config/connections.yaml; paper by default)."""
+        return make_broker(self.db, ProviderQuotes(provider, self.clock), self.clock,
                            opening_cash=Decimal(str(self.account.cash)))
 
 
@@ -142,6 +145,8 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
         "greeks_impact": {k: float(p[k]) * m for k in ("delta", "gamma", "vega", "theta")},
         "margin_what_if": {"initial_margin_change": str(Decimal(p["max_loss"]) * order.quantity),
                            "basis": "defined-risk structure: margin is its maximum loss"},
+        "broker_preview": await broker_preview(ctx, order, record) if order.state in (
+            OrderState.STAGED, OrderState.APPROVED) else None,
         "risk": risk,
         "debate": debate,
         "expires_at": add_market_minutes(order.created_at, ttl).isoformat(),
@@ -150,6 +155,40 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
         "history": (history := await repo.history(order_id)),
         "terminal_reason": terminal_reason(order.state, history),
     })
+
+
+async def broker_preview(ctx: ServiceContext, order, record) -> dict[str, Any]:
+    """What the configured broker says this order would do — its margin change, buying-power
+    effect and commission (`what_if`: IBKR's whatIfOrder, tastytrade's dry run, the paper broker's
+    own rules) — and the book's Greeks before and after it. Nothing is placed. When the broker
+    cannot answer, the approver is told why instead."""
+    try:
+        provider = ctx.provider_factory(record.provider, record.seed)
+    except ApprovalError as exc:
+        return {"available": False, "reason": str(exc)}
+    broker = ctx.broker_for(provider)
+    try:
+        combo = ComboOrder.from_record(order)
+        preview = await broker.what_if(combo)
+        quotes = ProviderQuotes(provider, ctx.clock)
+        spy = quotes.ticker_data("SPY")
+        data = quotes.ticker_data(order.ticker)
+        betas = {order.ticker: data.beta} if data is not None else {}
+        positions = await broker.positions()
+        spx = spy.spot * 10.0  # SPX taken as 10 x SPY, as the order manager's journal does
+        before = portfolio_greeks(positions, quotes, spx_price=spx, betas=betas)
+        after = portfolio_greeks(holdings_after(positions, combo), quotes, spx_price=spx, betas=betas)
+    except (BrokerError, OSError, ValueError) as exc:
+        return {"available": False, "broker": broker.name, "reason": f"{type(exc).__name__}: {exc}"}
+    finally:
+        await close_broker(broker)
+    return {"available": True, "broker": broker.name, "method": preview.method,
+            "initial_margin_change": preview.initial_margin_change,
+            "maintenance_margin_change": preview.maintenance_margin_change,
+            "margin_before": preview.margin_before, "margin_after": preview.margin_after,
+            "buying_power_change": preview.buying_power_change, "commission": preview.commission,
+            "cash_change": preview.cash_change, "warnings": list(preview.warnings),
+            "book_greeks_before": before.to_json(), "book_greeks_after": after.to_json()}
 
 
 async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resume: bool = True) -> dict[str, Any]:

@@ -7,8 +7,8 @@ answers the handshake with (server version, connection time), then, on `startApi
 `nextValidId` (9) and `managedAccounts` (15).
 
 Handled requests (msg id): placeOrder 3 (new, modify, whatIf), cancelOrder 4, reqOpenOrders 5,
-reqExecutions 7, reqContractDetails 9, reqMarketDataType 59, reqPositions 61, reqAccountSummary 62,
-startApi 71, reqCompletedOrders 99. Field layouts follow ib_async's `decoder.py` at version 157.
+reqExecutions 7, reqContractDetails 9, reqHistoricalData 20, reqMarketDataType 59, reqPositions 61, reqAccountSummary 62,
+startApi 71, reqSecDefOptParams 78, reqCompletedOrders 99. Field layouts follow ib_async's `decoder.py` at version 157.
 
 What the venue does with an order is the test's choice (`policy`): fill it at its limit, fill part
 of it, reject it with a reason, or hold it; `fill(...)` fills a held order later (also while no
@@ -65,6 +65,11 @@ class FakeTws:
         self.account_values = account_values or {"NetLiquidation": "250000.00", "TotalCashValue": "180000.00",
                                                  "InitMarginReq": "12000.00", "GrossPositionValue": "70000.00",
                                                  "RealizedPnL": "125.50"}
+        # Market data: (symbol, expiry, strike, right) -> (bid, ask, iv, delta, gamma, vega, theta, underlying)
+        self.option_quotes: dict[tuple, tuple] = {}
+        self.market_data_type = 3  # what IB answers under reqMarketDataType(3) without a subscription
+        self.chain: dict[str, tuple[list[str], list[float]]] = {}  # symbol -> (expirations, strikes)
+        self.daily: dict[str, list[tuple]] = {}  # symbol -> [(yyyymmdd, o, h, l, c, v)]
         self.contracts: dict[int, tuple[str, str, float, str]] = {}  # conId -> (symbol, expiry, strike, right)
         self._conid_by_key: dict[tuple, int] = {}
         self.orders: dict[int, FakeOrder] = {}
@@ -167,6 +172,33 @@ class FakeTws:
             for tag, value in self.account_values.items():
                 self._send(63, 1, req_id, ACCOUNT, tag, value, "USD")
             self._send(64, 1, req_id)
+        elif msg_id == 78:  # reqSecDefOptParams
+            req_id, symbol, con_id = f[1], f[2], f[5]
+            if symbol in self.chain:
+                expirations, strikes = self.chain[symbol]
+                self._send(75, req_id, "SMART", con_id, symbol, "100", len(expirations), *expirations, len(strikes),
+                           *strikes)
+            self._send(76, req_id)
+        elif msg_id == 1:  # reqMktData (snapshot)
+            req_id, key = f[2], (f[4], f[6], float(f[7] or 0), f[8])
+            quote = self.option_quotes.get(key)
+            if quote is not None:
+                delayed = self.market_data_type == 3
+                bid, ask, iv, delta, gamma, vega, theta, und = quote
+                self._send(58, 1, req_id, self.market_data_type)
+                self._send(1, 6, req_id, 66 if delayed else 1, bid, 10, 0)
+                self._send(1, 6, req_id, 67 if delayed else 2, ask, 10, 0)
+                self._send(21, req_id, 83 if delayed else 13, 0, iv, delta, (bid + ask) / 2, 0, gamma, vega, theta, und)
+            else:
+                self._send(4, 2, req_id, 354, "Requested market data is not subscribed.")
+            self._send(57, 1, req_id)
+        elif msg_id == 20:  # reqHistoricalData
+            req_id, symbol = f[1], f[3]
+            rows = self.daily.get(symbol, [])
+            fields = [17, req_id, "", "", len(rows)]
+            for day, o, h, low, c, v in rows:
+                fields += [day, o, h, low, c, v, c, 1]
+            self._send(*fields)
         elif msg_id == 3:
             self._place(f)
         elif msg_id == 4:  # cancelOrder

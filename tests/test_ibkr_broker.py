@@ -200,3 +200,59 @@ async def test_a_closed_port_is_named_precisely(db):
     broker = IbkrBroker(db, IbkrConfig(port=port, timeout_s=1))
     with pytest.raises(BrokerDisconnected, match=f"nothing listens on 127.0.0.1:{port} \\(connection refused\\)"):
         await broker.connect()
+
+
+async def test_the_approver_sees_the_configured_brokers_preview(db, tws, monkeypatch):
+    ctx, clock, orders, _ = await stage_two(db)
+    order = orders[0]
+    # Paper by default: its own margin rule and commission, and the book's Greeks after the trade.
+    monkeypatch.delenv("HEDGEGRAPH_BROKER", raising=False)
+    paper = (await approvals.order_review(ctx, order.order_id))["broker_preview"]
+    assert paper["available"] and paper["broker"] == "paper" and paper["method"] in ("max_loss", "reg_t")
+    assert Decimal(paper["commission"]) == Decimal("0.65") * order.quantity * len(order.legs)
+    assert paper["book_greeks_before"]["delta"] == 0 and paper["book_greeks_after"]["delta"] != 0
+    # IBKR configured: IB's whatIfOrder numbers, and nothing is placed.
+    monkeypatch.setenv("HEDGEGRAPH_BROKER", "ibkr")
+    monkeypatch.setenv("HEDGEGRAPH_IBKR_PORT", str(tws.port))
+    ibkr = (await approvals.order_review(ctx, order.order_id))["broker_preview"]
+    assert ibkr["available"] and ibkr["method"] == "ibkr_what_if", ibkr
+    assert Decimal(ibkr["initial_margin_change"]) == Decimal("500") and Decimal(ibkr["margin_after"]) == Decimal("10500")
+    assert not tws.orders
+    # A broker that cannot be reached is named, not hidden.
+    await tws.stop()
+    down = (await approvals.order_review(ctx, order.order_id))["broker_preview"]
+    assert down["available"] is False and "connection refused" in down["reason"]
+
+
+async def test_market_data_chains_quotes_and_bars_say_whether_they_are_delayed(db, tws):
+    from datetime import date
+
+    from brokers.base import OptionContract
+    from brokers.ibkr_market import IbkrMarketData
+
+    tws.chain["SPY"] = (["20261218", "20261120"], [575.0, 580.0, 585.0])
+    tws.option_quotes[("SPY", "20261218", 580.0, "P")] = (3.0, 3.2, 0.21, -0.31, 0.012, 0.55, -0.09, 601.5)
+    tws.daily["SPY"] = [("20261118", 598.0, 603.0, 597.0, 601.0, 5.1e7), ("20261119", 601.0, 604.0, 599.5, 602.5, 4.8e7)]
+    broker = await connected(db, tws, clock=lambda: AS_OF)
+    market = IbkrMarketData(broker)
+    try:
+        params = await market.chain_parameters("SPY")
+        assert params.expirations == (date(2026, 11, 20), date(2026, 12, 18))
+        assert params.strikes == (Decimal("575"), Decimal("580"), Decimal("585")) and params.multiplier == 100
+        put = OptionContract("SPY", date(2026, 12, 18), Decimal("580"), "P")
+        call = OptionContract("SPY", date(2026, 12, 18), Decimal("585"), "C")
+        got = await market.quotes([put, call])
+        quote = got.quotes[put]
+        assert (quote.bid, quote.ask, quote.underlying_price) == (Decimal("3"), Decimal("3.2"), Decimal("601.5"))
+        assert quote.delta == pytest.approx(-0.31) and quote.iv == pytest.approx(0.21)
+        assert got.data_types[put] == "delayed" and got.data_type == "delayed"
+        assert got.missing == [f"{call.label()}: IBKR error 354: Requested market data is not subscribed."]
+        bars = await market.daily_bars("SPY", 2)
+        assert list(bars.close) == [601.0, 602.5] and str(bars.dates[-1]) == "2026-11-19"
+        sent = sum(1 for fields in tws.received if fields[0] == "20")
+        await market.daily_bars("SPY", 2)  # the same request within 15 s: IB's pacing rule, answered locally
+        assert sum(1 for fields in tws.received if fields[0] == "20") == sent
+        tws.market_data_type = 1
+        assert (await market.quotes([put])).data_type == "live"
+    finally:
+        await broker.close()
