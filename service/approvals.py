@@ -25,6 +25,7 @@ from brokers.factory import close_broker, make_broker
 from brokers.portfolio import holdings_after, portfolio_greeks
 from brokers.quote_source import ProviderQuotes
 from config.clock import wall_clock
+from config.connections import load_connections
 from config.settings import Settings, defaults
 from graph.runner import RunBusy, RunFailed, make_deps, resume_run
 from graph.schema import AccountState
@@ -100,6 +101,7 @@ class ServiceContext:
     provider_factory: Callable[[str, int], MarketDataProvider] = provider_for
     memory: Any = None  # memory.store.MemoryStore where runs reflect (None: one on this database)
     _server: Any = None
+    _live_broker: Any = None
 
     @classmethod
     async def open(cls, settings: Settings | None = None, **kwargs) -> "ServiceContext":
@@ -107,12 +109,21 @@ class ServiceContext:
         return cls(db=await connect(url, server), _server=server, **kwargs)
 
     async def close(self) -> None:
+        if self._live_broker is not None:
+            await close_broker(self._live_broker)
         await self.db.close()
 
     def broker_for(self, provider: MarketDataProvider):
-        """The configured broker (`broker:` in config/connections.yaml; paper by default)."""
-        return make_broker(self.db, ProviderQuotes(provider, self.clock), self.clock,
-                           opening_cash=Decimal(str(self.account.cash)))
+        """The configured broker (`broker:` in config/connections.yaml; paper by default). A real
+        broker is one connection for the whole context, closed with it."""
+        connections = load_connections()
+        if connections.broker != "paper" and self._live_broker is not None:
+            return self._live_broker
+        broker = make_broker(self.db, ProviderQuotes(provider, self.clock), self.clock,
+                             opening_cash=Decimal(str(self.account.cash)), connections=connections)
+        if connections.broker != "paper":
+            self._live_broker = broker
+        return broker
 
 
 async def _deps_for_run(ctx: ServiceContext, run_id: str):
@@ -180,8 +191,6 @@ async def broker_preview(ctx: ServiceContext, order, record) -> dict[str, Any]:
         after = portfolio_greeks(holdings_after(positions, combo), quotes, spx_price=spx, betas=betas)
     except (BrokerError, OSError, ValueError) as exc:
         return {"available": False, "broker": broker.name, "reason": f"{type(exc).__name__}: {exc}"}
-    finally:
-        await close_broker(broker)
     return {"available": True, "broker": broker.name, "method": preview.method,
             "initial_margin_change": preview.initial_margin_change,
             "maintenance_margin_change": preview.maintenance_margin_change,
