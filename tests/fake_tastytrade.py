@@ -8,6 +8,7 @@ reason, or hold; `stop()` / `start()` on the same port is a dropped connection.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -32,6 +33,12 @@ class FakeTastytrade:
         self.next_id = 7001
         self.fill_seq = 0
         self.positions: list[dict] = []
+        # Option chain and streamed market data: symbol -> nested chain; streamer symbol -> (bid, ask, greeks)
+        self.chains: dict[str, dict] = {}
+        self.streamed: dict[str, tuple[str, str, dict]] = {}
+        self.dxlink_token = "dxlink-token-from-fake"
+        self.dxlink_port = 0
+        self.dxlink_messages: list[dict] = []
         self.requests: list[tuple[str, str, str]] = []  # (method, path, body)
         self.lock = threading.Lock()
         self.httpd: ThreadingHTTPServer | None = None
@@ -92,6 +99,13 @@ class FakeTastytrade:
             return 200, {"access_token": "access-token-from-fake", "expires_in": 900, "token_type": "Bearer"}
         if headers.get("Authorization") != "Bearer access-token-from-fake":
             return 401, {"error": {"code": "unauthorized", "message": "Not logged in"}}
+        if method == "GET" and path == "/api-quote-tokens":
+            return 200, {"data": {"token": self.dxlink_token, "dxlink-url": f"ws://127.0.0.1:{self.dxlink_port}",
+                                  "level": "api"}}
+        match = re.fullmatch(r"/option-chains/([A-Z]+)/nested", path)
+        if method == "GET" and match:
+            chain = self.chains.get(match.group(1))
+            return (200, {"data": {"items": [chain]}}) if chain else (404, {"error": {"code": "not_found", "message": "no chain"}})
         if method == "GET" and path == "/customers/me/accounts":
             return 200, {"data": {"items": [{"account": self.account_json(), "authority-level": "owner"}]}}
         prefix = f"/accounts/{ACCOUNT}"
@@ -243,3 +257,58 @@ class FakeTastytrade:
                 "clearing-fees-effect": "Debit", "commission": str(commission), "commission-effect": "Debit",
                 "proprietary-index-option-fees": "0.0", "proprietary-index-option-fees-effect": "None",
                 "total-fees": str(commission + Decimal("0.30")), "total-fees-effect": "Debit"}
+
+
+    # ---------------------------------------------------------------- DXLink (WebSocket)
+    async def start_dxlink(self) -> None:
+        """A DXLink endpoint speaking the messages the SDK's DXLinkStreamer uses: SETUP, AUTH_STATE,
+        CHANNEL_REQUEST/OPENED, FEED_SETUP/CONFIG, FEED_SUBSCRIPTION -> FEED_DATA (FULL format)."""
+        import websockets
+
+        async def serve(ws):
+            channels: dict[int, str] = {}
+            async for raw in ws:
+                message = json.loads(raw)
+                self.dxlink_messages.append(message)
+                kind, channel = message.get("type"), message.get("channel", 0)
+                if kind == "SETUP":
+                    await ws.send(json.dumps({"type": "SETUP", "channel": 0, "keepaliveTimeout": 60,
+                                              "acceptKeepaliveTimeout": 60, "version": "fake"}))
+                    await ws.send(json.dumps({"type": "AUTH_STATE", "channel": 0, "state": "UNAUTHORIZED"}))
+                elif kind == "AUTH":
+                    ok = message.get("token") == self.dxlink_token
+                    await ws.send(json.dumps({"type": "AUTH_STATE", "channel": 0,
+                                              "state": "AUTHORIZED" if ok else "UNAUTHORIZED"}))
+                elif kind == "CHANNEL_REQUEST":
+                    await ws.send(json.dumps({"type": "CHANNEL_OPENED", "channel": channel, "service": "FEED",
+                                              "parameters": {"contract": "AUTO"}}))
+                elif kind == "FEED_SETUP":
+                    channels[channel] = next(iter(message["acceptEventFields"]))
+                    await ws.send(json.dumps({"type": "FEED_CONFIG", "channel": channel, "dataFormat": "FULL",
+                                              "aggregationPeriod": 0.1}))
+                elif kind == "FEED_SUBSCRIPTION":
+                    events = [self.event(channels[channel], add["symbol"]) for add in message.get("add", [])]
+                    events = [e for e in events if e is not None]
+                    if events:
+                        await ws.send(json.dumps({"type": "FEED_DATA", "channel": channel, "data": events}))
+
+        self._dxlink = await websockets.serve(serve, "127.0.0.1", 0)
+        self.dxlink_port = self._dxlink.sockets[0].getsockname()[1]
+
+    async def stop_dxlink(self) -> None:
+        self._dxlink.close()
+        await self._dxlink.wait_closed()
+
+    def event(self, kind: str, symbol: str) -> dict | None:
+        data = self.streamed.get(symbol)
+        if data is None:
+            return None
+        bid, ask, greeks = data
+        if kind == "Quote":
+            return {"eventType": "Quote", "eventSymbol": symbol, "eventTime": 0, "sequence": 0, "timeNanoPart": 0,
+                    "bidTime": 0, "bidExchangeCode": "C", "askTime": 0, "askExchangeCode": "C", "bidPrice": bid,
+                    "askPrice": ask, "bidSize": 10, "askSize": 12}
+        if kind == "Greeks":
+            return {"eventType": "Greeks", "eventSymbol": symbol, "eventTime": 0, "eventFlags": 0, "index": 0,
+                    "time": 0, "sequence": 0, "price": str((Decimal(bid) + Decimal(ask)) / 2), **greeks}
+        return None

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from brokers.base import ComboOrder
+from brokers.base import ComboOrder, OptionContract
 from brokers.order_manager import OrderManager
 from brokers.order_state import OrderState
 from brokers.quote_source import ProviderQuotes
@@ -177,3 +177,44 @@ async def test_doctor_probe_logs_in_and_names_a_refused_login_without_the_secret
     assert "invalid_grant" in refused["detail"]
     assert SECRET not in json.dumps([result, refused]) and SECRET not in caplog.text
     assert "expired-token" not in json.dumps(refused) and "expired-token" not in caplog.text
+
+
+def nested_chain(ticker: str) -> dict:
+    strikes = [{"strike-price": str(k), "call": occ_symbol(ticker, __import__("datetime").date(2026, 12, 18), Decimal(k), "C"),
+                "put": occ_symbol(ticker, __import__("datetime").date(2026, 12, 18), Decimal(k), "P"),
+                "call-streamer-symbol": f".{ticker}261218C{k}", "put-streamer-symbol": f".{ticker}261218P{k}"}
+               for k in ("575", "580")]
+    return {"underlying-symbol": ticker, "root-symbol": ticker, "option-chain-type": "Standard",
+            "shares-per-contract": 100, "tick-sizes": [{"value": "0.01"}],
+            "expirations": [{"expiration-type": "Regular", "expiration-date": "2026-12-18", "days-to-expiration": 28,
+                             "settlement-type": "PM", "strikes": strikes}]}
+
+
+async def test_nested_chain_and_dxlink_quotes_with_greeks(db, tasty):
+    from datetime import date
+
+    from brokers.tastytrade_market import TastytradeMarketData
+
+    await tasty.start_dxlink()
+    tasty.chains["SPY"] = nested_chain("SPY")
+    tasty.streamed[".SPY261218P580"] = ("3.00", "3.20", {"volatility": "0.21", "delta": "-0.31", "gamma": "0.012",
+                                                          "theta": "-0.09", "rho": "-0.1", "vega": "0.55"})
+    broker = await connected(db, tasty, clock=lambda: __import__("datetime").datetime.now(
+        __import__("datetime").timezone.utc))
+    market = TastytradeMarketData(broker)
+    try:
+        listed = await market.chain("SPY")
+        assert {o.contract.label() for o in listed} == {"SPY 2026-12-18 575C", "SPY 2026-12-18 575P",
+                                                        "SPY 2026-12-18 580C", "SPY 2026-12-18 580P"}
+        put = OptionContract("SPY", date(2026, 12, 18), Decimal("580"), "P")
+        call = OptionContract("SPY", date(2026, 12, 18), Decimal("575"), "C")
+        got = await market.quotes([put, call], timeout=1.0)
+        quote = got.quotes[put]
+        assert (quote.bid, quote.ask) == (Decimal("3.00"), Decimal("3.20"))
+        assert quote.delta == pytest.approx(-0.31) and quote.iv == pytest.approx(0.21) and quote.vega == pytest.approx(0.55)
+        assert got.missing == [f"{call.label()}: no two-sided quote from DXLink within 1s"]
+        auth = [m for m in tasty.dxlink_messages if m["type"] == "AUTH"]
+        assert auth and auth[0]["token"] == tasty.dxlink_token
+    finally:
+        await broker.close()
+        await tasty.stop_dxlink()
