@@ -29,9 +29,10 @@ from collections.abc import Callable
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
-from ib_async import IB, Contract, LimitOrder, Option
+from ib_async import IB, Contract, LimitOrder, Option, Stock
 from ib_async import ComboLeg as IbComboLeg
 from ib_async.ib import StartupFetch
+from ib_async.wrapper import RequestError
 
 from brokers.base import (
     BrokerAccount, BrokerError, BrokerOrderStatus, BrokerPosition, ComboLeg, ComboOrder, Fill, FillCallback,
@@ -489,7 +490,25 @@ async def probe(config: IbkrConfig, *, market_data: bool = False) -> dict:
         data = {"address": config.address, "client_id": config.client_id, "server_version": version,
                 "accounts": accounts, "market_data_requested": config.market_data}
         detail = (f"connected to {config.address} (API server version {version}), account "
-                  f"{config.account or accounts[0]}; market data type requested: {config.market_data}")
-        return {"status": "ok", "detail": detail, "data": data}
+                  f"{config.account or accounts[0]}")
+        status = "ok"
+        if market_data:  # the market is IBKR's: can this login see prices, live or delayed?
+            ib.RaiseRequestErrors = True
+            ib.reqMarketDataType(1 if config.market_data == "live" else 3)
+            try:
+                [stock] = await asyncio.wait_for(ib.qualifyContractsAsync(Stock("SPY", "SMART", "USD")), config.timeout_s)
+                [ticker] = await asyncio.wait_for(ib.reqTickersAsync(stock), config.timeout_s * 2)
+            except RequestError as exc:
+                return {"status": "error", "detail": f"{detail}; market data for SPY refused: IBKR error {exc.code}: "
+                                                     f"{exc.message} (market-data permission missing?)", "data": data}
+            except (TimeoutError, asyncio.TimeoutError):
+                return {"status": "error", "detail": f"{detail}; no market data for SPY within "
+                                                     f"{config.timeout_s * 2:g}s", "data": data}
+            kind = MARKET_DATA_TYPES.get(ticker.marketDataType, f"type {ticker.marketDataType}")
+            data["market_data"] = kind
+            detail += f"; SPY market data: {kind}"
+            if config.market_data == "live" and kind != "live":
+                status, detail = "warning", detail + " although live was requested (no live subscription?)"
+        return {"status": status, "detail": detail, "data": data}
     finally:
         ib.disconnect()

@@ -92,6 +92,17 @@ async def test_doctor_reaches_a_listening_tws_and_names_the_account(monkeypatch)
                       "HEDGEGRAPH_IBKR_ACCOUNT": "U999"})
         result = await probe(wrong.ibkr)
         assert result["status"] == "error" and "account U999 is not managed" in result["detail"]
+        # As the market: which market data this login gets, or why it gets none.
+        result = await probe(conn.ibkr, market_data=True)
+        assert result["status"] == "error" and "IBKR error 354" in result["detail"] \
+            and "permission missing" in result["detail"]
+        tws.option_quotes[("SPY", "", 0.0, "")] = (601.0, 601.1, -1, -2, -2, -2, -2, -1)
+        result = await probe(conn.ibkr, market_data=True)
+        assert result["status"] == "ok" and result["detail"].endswith("SPY market data: delayed"), result
+        live = load({"HEDGEGRAPH_MARKET": "ibkr", "HEDGEGRAPH_IBKR_PORT": str(tws.port),
+                     "HEDGEGRAPH_IBKR_MARKET_DATA": "live"})
+        result = await probe(live.ibkr, market_data=True)
+        assert result["status"] == "warning" and "although live was requested" in result["detail"]
     finally:
         await tws.stop()
 
