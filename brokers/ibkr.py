@@ -48,8 +48,14 @@ STARTUP_FETCH = StartupFetch.POSITIONS | StartupFetch.ORDERS_OPEN | StartupFetch
     StartupFetch.EXECUTIONS
 DONE = frozenset({"Cancelled", "ApiCancelled", "Inactive"})
 CANCELLED_BY_REQUEST = 202  # IB's "Order Canceled" message code: not a rejection
+WARNING_CODES = frozenset({105, 110, 165, 321, 329, 399, 404, 434, 492, 10167})
 UNSET = 1.7976931348623157e308
 MARKET_DATA_TYPES = {1: "live", 2: "frozen", 3: "delayed", 4: "delayed-frozen"}
+
+
+def is_warning(code: int) -> bool:
+    """IB's informational and validation-warning codes (the order stays live), as ib_async treats them."""
+    return code in WARNING_CODES or 2100 <= code < 2200
 
 
 def utc_now() -> datetime:
@@ -140,6 +146,8 @@ class IbkrBroker:
             self.book.callbacks = self._callbacks
         await self.book.ensure_account(self.clock())
         self.ib.reqMarketDataType(1 if cfg.market_data == "live" else 3)
+        # A lost connection's UNKNOWN marking must land before IB's report reconciles the orders.
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if not self._wired:
             self.ib.disconnectedEvent += self._on_disconnected
             self.ib.orderStatusEvent += self._on_trade
@@ -225,16 +233,17 @@ class IbkrBroker:
                                 order_id, order_id)
                 return
             status = trade.orderStatus.status
-            errors = [e for e in trade.log if e.errorCode and e.errorCode != CANCELLED_BY_REQUEST]
+            errors = [e for e in trade.log if e.errorCode and e.errorCode != CANCELLED_BY_REQUEST
+                      and not is_warning(e.errorCode)]
             if status in DONE or (errors and not trade.isActive()):
                 if trade.orderStatus.filled > filled:
                     return  # executions are still on their way: they decide first
                 requested = self._cancel_reasons.get(order_id)
-                if requested is not None and not errors:
-                    await self.book.move(order_id, OrderState.CANCELLED, f"cancelled: {requested}")
-                elif errors and filled == 0 and status != "ApiCancelled":
+                if errors and filled == 0 and status != "ApiCancelled":
                     await self.book.move(order_id, OrderState.REJECTED,
                                          f"IBKR rejected the order: error {errors[-1].errorCode}: {errors[-1].message}")
+                elif requested is not None:
+                    await self.book.move(order_id, OrderState.CANCELLED, f"cancelled: {requested}")
                 else:
                     why = f"error {errors[-1].errorCode}: {errors[-1].message}" if errors else status
                     await self.book.move(order_id, OrderState.CANCELLED, f"cancelled by IBKR ({why}); "

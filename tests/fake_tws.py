@@ -59,7 +59,7 @@ def encode(*fields) -> bytes:
 class FakeTws:
     def __init__(self, *, policy: str = "fill", what_if_init_change: str = "500", positions=None,
                  account_values: dict[str, str] | None = None):
-        self.policy = policy  # "fill" | "partial:N" | "reject:REASON" | "hold"
+        self.policy = policy  # "fill" | "partial:N" | "reject:REASON" | "hold" | "warn" (warning 399, then hold)
         self.what_if_init_change = what_if_init_change
         self.positions = positions or []  # [(conId, symbol, expiry, strike, right, qty, avgCost)]
         self.account_values = account_values or {"NetLiquidation": "250000.00", "TotalCashValue": "180000.00",
@@ -236,6 +236,9 @@ class FakeTws:
             return
         self._open_order(order)
         self._order_status(order)
+        if self.policy == "warn":  # an informational warning: the order stays live
+            self._send(4, 2, order_id, 399, "Order Message: Warning: your order will not be placed at the exchange "
+                                            "until 2026-11-20 09:30:00 US/Eastern")
         if self.policy == "fill":
             self.fill(order_id, quantity)
         elif self.policy.startswith("partial:"):

@@ -256,3 +256,16 @@ async def test_market_data_chains_quotes_and_bars_say_whether_they_are_delayed(d
         assert (await market.quotes([put])).data_type == "live"
     finally:
         await broker.close()
+
+
+async def test_an_ib_warning_is_not_a_rejection_and_the_walk_still_cancels_the_unfilled_order(db, tws):
+    tws.policy = "warn"
+    clock, order = await approved_order(db)
+    broker = await connected(db, tws, clock)
+    try:
+        execution = await manager_for(db, broker, clock).transmit(order.order_id)
+        assert execution.outcome == "transmitted" and execution.filled_quantity == 0
+        state, reason = (await history(db, order.order_id))[-1]
+        assert state == "CANCELLED" and "limit walk deadline" in reason
+    finally:
+        await broker.close()
