@@ -339,7 +339,7 @@ class IbkrBroker:
             initial_margin_change=_money(state.initMarginChange), maintenance_margin_change=_money(state.maintMarginChange),
             commission=commission, cash_change=-order.limit_price * order.quantity * order.multiplier - commission,
             margin_before=_money(state.initMarginBefore) or Decimal(0), margin_after=_money(state.initMarginAfter) or Decimal(0),
-            method="ibkr_what_if")
+            method="ibkr_what_if", warnings=(state.warningText,) if state.warningText else ())
 
     async def place(self, order: ComboOrder) -> str:
         """Transmit an APPROVED order as a BAG combo; idempotent by our order id."""
