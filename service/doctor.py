@@ -78,8 +78,11 @@ async def check_market(conn: Connections) -> Check:
     if conn.market == "files":
         return Check("market", "warning", "files market: its directory is checked when a run reads it "
                                           "(hedgegraph run --market files --data DIR)", {"market": "files"})
-    return Check("market", "ok", f"market data from {conn.market}: see the {conn.market} check",
-                 {"market": conn.market})
+    # The adapters read chains, quotes and bars from the broker (brokers/ibkr_market.py,
+    # brokers/tastytrade_market.py), but no decision-run provider is built on them yet.
+    return Check("market", "warning", f"market {conn.market}: its chains and quotes reach the broker adapters, "
+                                      "but decision runs still use the simulated market (no run provider on "
+                                      f"{conn.market} data yet)", {"market": conn.market})
 
 
 async def check_broker(conn: Connections) -> Check:
