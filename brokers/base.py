@@ -266,7 +266,11 @@ class WhatIfMargin:
     cash_change: Decimal
     margin_before: Decimal
     margin_after: Decimal
-    method: str  # "max_loss" or "reg_t" (which rule produced margin_after)
+    method: str  # "max_loss" or "reg_t" (which rule produced margin_after), or the broker's own preview
+    # A real broker's preview may also say what the order does to buying power (negative = uses it)
+    # and warn (e.g. IBKR's warningText, tastytrade's dry-run warnings).
+    buying_power_change: Decimal | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from brokers.base import ComboOrder, Fill, OrderNotWorking, UnknownBrokerOrder
+from brokers.base import BrokerError, ComboOrder, Fill, OrderNotWorking, UnknownBrokerOrder
 from brokers.book import last_daily_reset
 from brokers.limit_walk import LimitWalker
 from brokers.order_state import TERMINAL, OrderState
@@ -99,6 +99,7 @@ class OrderManager:
     risk_matrix: Any
     book: Any  # brokers.book.Book of the broker's account: positions, marks, the account the gate reads
     on_filled: Callable[[OrderRecord, list[Fill]], Awaitable[None]] | None = None
+    walk_minutes: float = WALK_MINUTES  # how long a live order is walked before the rest is cancelled
 
     async def context(self, tickers: list[str]) -> MarketContext:
         """The account, the book and the regime now (not at the run's as-of): what a re-check and a
@@ -150,8 +151,20 @@ class OrderManager:
             return Execution(order_id=order.order_id, outcome="refused", reasons=reasons,
                              fresh_mid=None if fresh_mid is None else float(fresh_mid))
         pre = await self._greeks(order)
-        broker_order_id = await self.broker.place(ComboOrder.from_record(order))
-        fills = await self.walk(order, start_limit=order.limit_price)
+        seen = await self._fill_ids(order.order_id)  # a live venue may fill while `place` waits for its ack
+        try:
+            broker_order_id = await self.broker.place(ComboOrder.from_record(order))
+        except BrokerError:
+            if (await self.orders.get(order.order_id)).state != OrderState.REJECTED:
+                raise  # nothing was decided (e.g. the broker is unreachable): recovery retries it
+            broker_order_id = None
+        placed = await self.orders.get(order.order_id)
+        if placed.state == OrderState.REJECTED:  # the broker's answer to the order itself
+            history = await self.orders.history(order.order_id)
+            return Execution(order_id=order.order_id, outcome="refused", broker_order_id=broker_order_id,
+                             reasons=[history[-1].get("reason") or "rejected by the broker"],
+                             fresh_mid=float(fresh_mid))
+        fills = await self.walk(order, start_limit=order.limit_price, seen=seen)
         await self._after_fills(order, fills, pre)
         return Execution(order_id=order.order_id, outcome="transmitted", fresh_mid=float(fresh_mid),
                          broker_order_id=broker_order_id, filled_quantity=sum(f.quantity for f in fills))
@@ -175,31 +188,53 @@ class OrderManager:
             reasons.extend(f"risk: {v.message}" for v in decision.vetoes)
         return reasons, fresh_mid
 
-    async def walk(self, order: OrderRecord, start_limit: Decimal) -> list[Fill]:
+    async def _fill_ids(self, order_id: str) -> set[str]:
+        if getattr(self.broker, "process", None) is not None:
+            return set()  # the paper venue reports new fills from `process()` itself
+        try:
+            return {f.fill_id for f in await self.broker.fills(order_id)}
+        except UnknownBrokerOrder:
+            return set()
+
+    async def walk(self, order: OrderRecord, start_limit: Decimal, seen: set[str] | None = None) -> list[Fill]:
         """Work the order from `start_limit` toward the natural price, never past the approved limit
         plus the re-check tolerance (the approver did not approve any price), then cancel what is
         unfilled. The paper venue fills against the quote in force, so its walk is stepped at once,
-        level by level; a live broker steps the same schedule on the clock."""
+        level by level; a live broker (one without `process()`) moves on its own, so each level is
+        held for its share of the walk while the broker takes in what the venue pushes
+        (`settle(order_id, seconds)`), and the walk ends as soon as the order is done."""
         _, natural, _ = fresh_combo_prices(order, self.quotes)
         worst = order.limit_price + allowed_difference(order.limit_price, self.tolerance, self.tolerance_floor)
         target = min(natural, worst) if natural is not None else start_limit
         start = self.clock()
-        deadline = start + timedelta(minutes=WALK_MINUTES)
+        deadline = start + timedelta(minutes=self.walk_minutes)
         walker = LimitWalker.from_quotes(self.broker, order.order_id, mid=start_limit, natural=target,
                                          steps=WALK_STEPS, start=start, deadline=deadline)
+        live = getattr(self.broker, "process", None) is None
+        seen = await self._fill_ids(order.order_id) if seen is None else seen
+        level_seconds = self.walk_minutes * 60 / (WALK_STEPS + 1)
         fills: list[Fill] = []
         for at, _ in walker.schedule:
             step = await walker.step(at)
-            fills += await self._venue_step(order.order_id)
+            fills += await self._venue_step(order.order_id, level_seconds if step.outcome == "working" else 0.0)
             if step.outcome != "working" or (await self.broker.status(order.order_id)).state == OrderState.FILLED:
                 break
         else:
             await walker.step(deadline)  # unfilled at the end of the walk: cancel the rest
+        if live:  # everything the live venue reported during the walk, the cancel included
+            fills = [f for f in await self.broker.fills(order.order_id) if f.fill_id not in seen]
         return fills
 
-    async def _venue_step(self, order_id: str) -> list[Fill]:
+    async def _venue_step(self, order_id: str, seconds: float = 0.0) -> list[Fill]:
+        """The paper venue's `process()` step (its new fills), or a live broker's `settle` for up to
+        `seconds` (its fills are read from the broker afterwards)."""
         process = getattr(self.broker, "process", None)
-        new = await process() if process is not None else []
+        if process is None:
+            settle = getattr(self.broker, "settle", None)
+            if settle is not None:
+                await settle(order_id, seconds)
+            return []
+        new = await process()
         return [f for f in new if f.order_id == order_id]
 
     # ------------------------------------------------------------------ recovery

@@ -203,6 +203,26 @@ class MarginWhatIfOut(BaseModel):
     basis: str
 
 
+class BrokerPreviewOut(BaseModel):
+    """What the configured broker says the order would do (nothing is placed), and the book's Greeks
+    before and after it. `available` false: the broker could not answer, and `reason` says why."""
+
+    available: bool
+    broker: str | None = None
+    reason: str | None = None
+    method: str | None = Field(None, description="ibkr_what_if, tastytrade_dry_run, or the paper rule used.")
+    initial_margin_change: Decimal | None = Field(None, description="Dollars.")
+    maintenance_margin_change: Decimal | None = Field(None, description="Dollars.")
+    margin_before: Decimal | None = Field(None, description="Dollars.")
+    margin_after: Decimal | None = Field(None, description="Dollars.")
+    buying_power_change: Decimal | None = Field(None, description="Dollars; negative uses buying power.")
+    commission: Decimal | None = Field(None, description="Dollars.")
+    cash_change: Decimal | None = Field(None, description="Dollars.")
+    warnings: list[str] = Field(default_factory=list)
+    book_greeks_before: dict[str, Any] | None = None
+    book_greeks_after: dict[str, Any] | None = None
+
+
 class DecisionRecordOut(BaseModel):
     """The one decision recorded on an order: who, when, and what they saw."""
 
@@ -237,6 +257,8 @@ class OrderReviewOut(OrderSummaryOut):
     underlying_price: float | None
     greeks_impact: GreeksImpactOut
     margin_what_if: MarginWhatIfOut
+    broker_preview: BrokerPreviewOut | None = Field(
+        None, description="The broker's own margin/buying-power/commission preview while the order is undecided.")
     risk: list[RiskDecisionOut] = Field(description="The risk gate's pre- and post-trade decisions.")
     debate: DebateOut | None = Field(description="The bull/bear debate and its transcript.")
     expires_at: datetime = Field(description="After this the order can no longer be approved.")

@@ -20,9 +20,12 @@ from agents.execution import order_manager
 from agents.staging import idempotency_key, order_id_for
 from brokers.flatten import flatten_orders
 from brokers.order_state import OrderState
-from brokers.paper import PaperBroker
+from brokers.base import BrokerError, ComboOrder
+from brokers.factory import close_broker, make_broker
+from brokers.portfolio import holdings_after, portfolio_greeks
 from brokers.quote_source import ProviderQuotes
 from config.clock import wall_clock
+from config.connections import load_connections
 from config.settings import Settings, defaults
 from graph.runner import RunBusy, RunFailed, make_deps, resume_run
 from graph.schema import AccountState
@@ -98,6 +101,7 @@ class ServiceContext:
     provider_factory: Callable[[str, int], MarketDataProvider] = provider_for
     memory: Any = None  # memory.store.MemoryStore where runs reflect (None: one on this database)
     _server: Any = None
+    _live_broker: Any = None
 
     @classmethod
     async def open(cls, settings: Settings | None = None, **kwargs) -> "ServiceContext":
@@ -105,11 +109,21 @@ class ServiceContext:
         return cls(db=await connect(url, server), _server=server, **kwargs)
 
     async def close(self) -> None:
+        if self._live_broker is not None:
+            await close_broker(self._live_broker)
         await self.db.close()
 
-    def broker_for(self, provider: MarketDataProvider) -> PaperBroker:
-        return PaperBroker(self.db, ProviderQuotes(provider, self.clock), clock=self.clock,
-                           opening_cash=Decimal(str(self.account.cash)))
+    def broker_for(self, provider: MarketDataProvider):
+        """The configured broker (`broker:` in config/connections.yaml; paper by default). A real
+        broker is one connection for the whole context, closed with it."""
+        connections = load_connections()
+        if connections.broker != "paper" and self._live_broker is not None:
+            return self._live_broker
+        broker = make_broker(self.db, ProviderQuotes(provider, self.clock), self.clock,
+                             opening_cash=Decimal(str(self.account.cash)), connections=connections)
+        if connections.broker != "paper":
+            self._live_broker = broker
+        return broker
 
 
 async def _deps_for_run(ctx: ServiceContext, run_id: str):
@@ -142,6 +156,8 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
         "greeks_impact": {k: float(p[k]) * m for k in ("delta", "gamma", "vega", "theta")},
         "margin_what_if": {"initial_margin_change": str(Decimal(p["max_loss"]) * order.quantity),
                            "basis": "defined-risk structure: margin is its maximum loss"},
+        "broker_preview": await broker_preview(ctx, order, record) if order.state in (
+            OrderState.STAGED, OrderState.APPROVED) else None,
         "risk": risk,
         "debate": debate,
         "expires_at": add_market_minutes(order.created_at, ttl).isoformat(),
@@ -150,6 +166,38 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
         "history": (history := await repo.history(order_id)),
         "terminal_reason": terminal_reason(order.state, history),
     })
+
+
+async def broker_preview(ctx: ServiceContext, order, record) -> dict[str, Any]:
+    """What the configured broker says this order would do — its margin change, buying-power
+    effect and commission (`what_if`: IBKR's whatIfOrder, tastytrade's dry run, the paper broker's
+    own rules) — and the book's Greeks before and after it. Nothing is placed. When the broker
+    cannot answer, the approver is told why instead."""
+    try:
+        provider = ctx.provider_factory(record.provider, record.seed)
+    except ApprovalError as exc:
+        return {"available": False, "reason": str(exc)}
+    broker = ctx.broker_for(provider)
+    try:
+        combo = ComboOrder.from_record(order)
+        preview = await broker.what_if(combo)
+        quotes = ProviderQuotes(provider, ctx.clock)
+        spy = quotes.ticker_data("SPY")
+        data = quotes.ticker_data(order.ticker)
+        betas = {order.ticker: data.beta} if data is not None else {}
+        positions = await broker.positions()
+        spx = spy.spot * 10.0  # SPX taken as 10 x SPY, as the order manager's journal does
+        before = portfolio_greeks(positions, quotes, spx_price=spx, betas=betas)
+        after = portfolio_greeks(holdings_after(positions, combo), quotes, spx_price=spx, betas=betas)
+    except (BrokerError, OSError, ValueError) as exc:
+        return {"available": False, "broker": broker.name, "reason": f"{type(exc).__name__}: {exc}"}
+    return {"available": True, "broker": broker.name, "method": preview.method,
+            "initial_margin_change": preview.initial_margin_change,
+            "maintenance_margin_change": preview.maintenance_margin_change,
+            "margin_before": preview.margin_before, "margin_after": preview.margin_after,
+            "buying_power_change": preview.buying_power_change, "commission": preview.commission,
+            "cash_change": preview.cash_change, "warnings": list(preview.warnings),
+            "book_greeks_before": before.to_json(), "book_greeks_after": after.to_json()}
 
 
 async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resume: bool = True) -> dict[str, Any]:
