@@ -21,9 +21,10 @@ from storage.executions import ExecutionRepository
 from storage.orders import OrderRecord
 
 
-def order_manager(deps: RunDeps) -> OrderManager:
+async def order_manager(deps: RunDeps) -> OrderManager:
     """The order manager for a run's orders, with the run's market, broker, book, limits and memory."""
-    book = Book(deps.db, account_id=deps.broker.account_id, broker=deps.broker.name, config=defaults().book)
+    await deps.broker.ensure_connected()  # the book is the broker account's: its id is known once connected
+    book = Book(deps.db, account_id=deps.broker.ledger_account_id, broker=deps.broker.name, config=defaults().book)
 
     async def on_filled(order: OrderRecord, fills) -> None:
         # Whichever path filled the order, the situation it came from remembers the trade (an order
@@ -49,7 +50,7 @@ async def execute_approved(state: DecisionState, runtime: Runtime[RunDeps]) -> d
     deps, run = runtime.context, state["run"]
     if run.mode != "live" or deps.broker is None:
         return {"executions": []}
-    manager = order_manager(deps)
+    manager = await order_manager(deps)
     order_ids = [staged.order_id for staged in state.get("staged", [])]
     for order_id in order_ids:
         await manager.transmit(order_id)

@@ -380,9 +380,9 @@ class Broker(Protocol):
     """
 
     name: str
-    account_id: str
+    ledger_account_id: str  # the account our ledger and book record its fills under (once connected)
 
-    async def open_account(self) -> None: ...  # account exists / session connected before anything else
+    async def ensure_connected(self) -> None: ...  # connect / open the account; a no-op when it is
     async def what_if(self, order: ComboOrder) -> WhatIfMargin: ...
     async def place(self, order: ComboOrder) -> str: ...
     async def replace_limit(self, order_id: str, limit_price: Decimal) -> BrokerOrderStatus: ...

@@ -94,6 +94,13 @@ class IbkrBroker:
 
     name = "ibkr"
 
+    @property
+    def ledger_account_id(self) -> str:
+        """The account id our ledger and book record this broker's fills under (set on connect)."""
+        if self.book is None:
+            raise BrokerError(f"{self.name}: not connected yet, so no account is known")
+        return self.book.account_id
+
     def __init__(self, db, config: IbkrConfig, *, clock: Callable[[], datetime] = utc_now, ib: IB | None = None,
                  actor: str = "broker:ibkr"):
         self.pool = getattr(db, "pool", db)

@@ -105,12 +105,15 @@ class OrderManager:
         """The account, the book and the regime now (not at the run's as-of): what a re-check and a
         journal entry must judge by. The account is the broker's, never a fixed stand-in."""
         snapshot = self.quotes.snapshot(tickers[0])
-        await self.broker.open_account()
+        balances = await self.broker.account()  # the venue's own cash, NLV and margin
         halt = await RiskControls(self.pool).state()
         now = self.clock()
         reset = last_daily_reset(now, self.risk_matrix.daily_reset.at, self.risk_matrix.daily_reset.timezone)
-        account = await self.book.account_state(now, reset, quotes=self.quotes, halted=halt.halted,
-                                                halt_reason=halt.reason)
+        # The book supplies what only a record of fills knows (P&L since the reset, the last loss,
+        # trades today); balances come from the broker (the paper broker's equal the book's).
+        account = (await self.book.account_state(now, reset, quotes=self.quotes, halted=halt.halted,
+                                                 halt_reason=halt.reason)).model_copy(update={
+            "net_liquidation": balances.net_liquidation, "cash": balances.cash, "margin_used": balances.margin_used})
         return MarketContext(regime=regime_of(snapshot, self.risk_matrix), account=account,
                              positions=await self.book.open_positions(),
                              sectors={t: d.sector for t, d in snapshot.tickers.items()}, snapshot_sha256="")

@@ -180,7 +180,11 @@ class PaperBroker:
             raise ValueError("the broker clock must return timezone-aware datetimes")
         return now
 
-    async def open_account(self) -> None:
+    @property
+    def ledger_account_id(self) -> str:
+        return self.account_id
+
+    async def ensure_connected(self) -> None:
         """Make sure the paper account exists (opened with `opening_cash` on first use)."""
         await self._ensure_account()
 

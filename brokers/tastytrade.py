@@ -107,6 +107,13 @@ class TastytradeBroker:
 
     name = "tastytrade"
 
+    @property
+    def ledger_account_id(self) -> str:
+        """The account id our ledger and book record this broker's fills under (set on connect)."""
+        if self.book is None:
+            raise BrokerError(f"{self.name}: not connected yet, so no account is known")
+        return self.book.account_id
+
     def __init__(self, db, config: TastytradeConfig, *, clock: Callable[[], datetime] = utc_now,
                  poll_seconds: float = 1.0, actor: str = "broker:tastytrade"):
         self.pool = getattr(db, "pool", db)

@@ -259,7 +259,7 @@ async def _transmit_and_continue(ctx: ServiceContext, run_id: str, order_id: str
     The decision stands whatever happens here; `recover_pending` continues anything left."""
     deps = await _deps_for_run(ctx, run_id)
     try:
-        await order_manager(deps).transmit(order_id)
+        await (await order_manager(deps)).transmit(order_id)
     except Exception as exc:  # the decision is recorded; recovery owns the order from here
         log.warning("order %s approved; transmission will be retried: %s", order_id, exc)
         return f"decision recorded; transmission will be retried: {type(exc).__name__}: {exc}"
@@ -328,7 +328,7 @@ async def recover_pending(ctx: ServiceContext) -> list[str]:
     touched = sorted({r["run_id"] for r in in_flight} | set(order_runs.values()))
     for run_id in touched:
         deps = await _deps_for_run(ctx, run_id)
-        manager = order_manager(deps)
+        manager = await order_manager(deps)
         for order in await OrderRepository(ctx.db.pool).list(run_id=run_id):
             if order.state == OrderState.APPROVED:
                 await manager.transmit(order.order_id)

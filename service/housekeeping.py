@@ -67,8 +67,8 @@ async def housekeeping(ctx: ServiceContext, *, mark: bool) -> HousekeepingReport
     provider = ctx.provider_factory("simulated", seed)
     quotes = ProviderQuotes(provider, ctx.clock)
     broker = ctx.broker_for(provider)
-    await broker.open_account()
-    book = Book(ctx.db, account_id=broker.account_id, broker=broker.name, config=defaults().book)
+    await broker.ensure_connected()
+    book = Book(ctx.db, account_id=broker.ledger_account_id, broker=broker.name, config=defaults().book)
     memory = ctx.memory or MemoryStore(ctx.db.pool)
 
     def underlying_price(ticker: str) -> Decimal:

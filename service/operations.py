@@ -51,7 +51,7 @@ async def book_account(db: Database, provider: MarketDataProvider, at: datetime)
     from storage.orders import OrderRepository
 
     quotes = ProviderQuotes(provider, lambda: at)
-    await PaperBroker(db, quotes, clock=lambda: at, opening_cash=default_account().cash).open_account()
+    await PaperBroker(db, quotes, clock=lambda: at, opening_cash=default_account().cash).ensure_connected()
     book = Book(db, config=defaults().book)
     matrix = load_risk_matrix()
     account = await book.account_state(at, last_daily_reset(at, matrix.daily_reset.at, matrix.daily_reset.timezone),
@@ -250,8 +250,8 @@ async def _book_and_quotes(ctx):
 
     provider = ctx.provider_factory("simulated", defaults().seed)
     broker = ctx.broker_for(provider)
-    await broker.open_account()
-    return Book(ctx.db, account_id=broker.account_id, broker=broker.name, config=defaults().book), \
+    await broker.ensure_connected()
+    return Book(ctx.db, account_id=broker.ledger_account_id, broker=broker.name, config=defaults().book), \
         ProviderQuotes(provider, ctx.clock)
 
 

@@ -16,6 +16,7 @@ import pytest
 from brokers.base import ComboOrder, OrderNotApproved
 from brokers.ibkr import IbkrBroker
 from brokers.live import BrokerDisconnected
+from brokers.book import Book
 from brokers.order_manager import OrderManager
 from brokers.order_state import OrderState
 from brokers.quote_source import ProviderQuotes
@@ -45,7 +46,8 @@ async def connected(db, tws, clock, **config) -> IbkrBroker:
 
 def manager_for(db, broker, clock) -> OrderManager:
     return OrderManager(pool=db.pool, broker=broker, quotes=ProviderQuotes(SimulatedMarket(7), clock), clock=clock,
-                        tolerance=0.10, tolerance_floor=0.05, risk_matrix=load_risk_matrix(), walk_minutes=0.02)
+                        tolerance=0.10, tolerance_floor=0.05, risk_matrix=load_risk_matrix(), walk_minutes=0.02,
+                        book=Book(db, account_id=broker.ledger_account_id, broker=broker.name))
 
 
 async def approved_order(db):

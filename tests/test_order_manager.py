@@ -111,7 +111,7 @@ async def test_place_itself_refuses_while_halted(db):
     with pytest.raises(TradingHalted, match="halted"):
         await deps.broker.place(ComboOrder.from_record(OrderRecord.from_row(record)))
     assert await state_of(db, order.order_id) == "APPROVED"
-    held = await order_manager(deps).transmit(order.order_id)
+    held = await (await order_manager(deps)).transmit(order.order_id)
     assert held.outcome == "held" and "halted" in held.reasons[0]
     await RiskControls(db.pool).set_halted(False, actor="ops", reason=None)
     await approvals.recover_pending(ctx)

@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from brokers.base import ComboOrder, OptionContract
+from brokers.book import Book
 from brokers.order_manager import OrderManager
 from brokers.order_state import OrderState
 from brokers.quote_source import ProviderQuotes
@@ -44,7 +45,8 @@ async def connected(db, fake, clock) -> TastytradeBroker:
 
 def manager_for(db, broker, clock) -> OrderManager:
     return OrderManager(pool=db.pool, broker=broker, quotes=ProviderQuotes(SimulatedMarket(7), clock), clock=clock,
-                        tolerance=0.10, tolerance_floor=0.05, risk_matrix=load_risk_matrix(), walk_minutes=0.02)
+                        tolerance=0.10, tolerance_floor=0.05, risk_matrix=load_risk_matrix(), walk_minutes=0.02,
+                        book=Book(db, account_id=broker.ledger_account_id, broker=broker.name))
 
 
 async def approved_order(db):
