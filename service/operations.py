@@ -160,3 +160,15 @@ async def state_at(db: Database, run_id: str, step: int) -> dict[str, Any]:
     from graph.trace import state_at_step
 
     return await state_at_step(db, run_id, step)
+
+
+async def show_run_record(db: Database, run_id: str):
+    """The run's record, or None: whether a run exists."""
+    return await RunRepository(db.pool).get(run_id)
+
+
+async def journal_entries(db: Database, *, ticker: str | None = None, run_id: str | None = None,
+                          limit: int = 100) -> list[dict[str, Any]]:
+    from storage.journal import Journal
+
+    return [jsonable(asdict(e)) for e in await Journal(db.pool).entries(ticker=ticker, run_id=run_id, limit=limit)]
