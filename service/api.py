@@ -31,6 +31,7 @@ authenticates, validates and shapes JSON, so the CLI and the API never disagree.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -52,7 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from brokers.order_state import OrderState
 from graph.schema import DebateTurn, OptionLeg, RiskReason
-from service import approvals, operations
+from service import approvals, notify, operations
 from service.approvals import ApprovalError, Decision, ServiceContext
 from service.security import HardeningMiddleware, LoginThrottle, ServiceConfig, client_address
 from storage.database import DatabaseUnavailable
@@ -528,9 +529,12 @@ def create_app(ctx_factory: ContextFactory | None = None, *, service_config: Ser
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ctx = await factory()
+        sweeping = asyncio.create_task(_sweep_notifications(app.state.ctx))
         try:
             yield
         finally:
+            sweeping.cancel()
+            await notify.drain(timeout=5)
             await app.state.ctx.close()
 
     app = FastAPI(
@@ -546,6 +550,13 @@ def create_app(ctx_factory: ContextFactory | None = None, *, service_config: Ser
     web.install(app)
     app.add_middleware(HardeningMiddleware, config=config)
     return app
+
+
+async def _sweep_notifications(ctx: ServiceContext, every_seconds: float = 30) -> None:
+    """While serving, look for time-driven notifications (see `service.notify.sweep`)."""
+    while True:
+        notify.sweep(ctx.db, ctx.clock())
+        await asyncio.sleep(every_seconds)
 
 
 def _docs_routes(app: FastAPI, config: ServiceConfig) -> None:

@@ -15,6 +15,7 @@ from memory.recall import RunMemory
 from memory.store import MemoryStore
 from graph.runner import RunOutcome, RunRequest, execute_run
 from graph.schema import AccountState
+from service import notify
 from storage.database import Database
 from storage.decisions import DecisionRepository
 from storage.executions import ExecutionRepository
@@ -57,8 +58,10 @@ async def run_decision(
     extra = {"now": now} if now is not None else {}
     memory = MemoryStore(db.pool)  # the embedding model loads only if something is recalled or stored
     debater = make_debater(settings(), request.config, db, memory=RunMemory(memory, as_of))
-    return await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node,
-                             debater=debater, memory=memory, **extra)
+    outcome = await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node,
+                                debater=debater, memory=memory, **extra)
+    notify.notify_run(db, outcome)
+    return outcome
 
 
 def order_summary(order: OrderRecord) -> dict[str, Any]:
