@@ -59,10 +59,6 @@ async def _send_json(send, status: int, detail: str, headers: list[tuple[bytes, 
     await send({"type": "http.response.body", "body": body})
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class HardeningMiddleware:
     """Outermost layer: Host check, body limit (declared and streamed), security headers."""
 
@@ -97,31 +93,35 @@ class HardeningMiddleware:
             if too_big:
                 return await _send_json(send, 413, f"request body larger than {limit} bytes", security)
         received = 0
-        started = False
+        overflowed = False  # the body outgrew the limit: the app saw it cut short, the client gets 413
+        replaced = False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, overflowed
+            if overflowed:
+                return {"type": "http.request", "body": b"", "more_body": False}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge
+                    overflowed = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
         async def secured_send(message):
-            nonlocal started
+            nonlocal replaced
+            if overflowed:  # whatever the app made of a truncated body, the answer is 413
+                if not replaced:
+                    replaced = True
+                    await _send_json(send, 413, f"request body larger than {limit} bytes", security)
+                return
             if message["type"] == "http.response.start":
-                started = True
                 names = {k.lower() for k, _ in message.get("headers", [])}
                 message = dict(message)
                 message["headers"] = list(message.get("headers", [])) + [h for h in security if h[0] not in names]
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, secured_send)
-        except BodyTooLarge:
-            if not started:
-                await _send_json(send, 413, f"request body larger than {limit} bytes", security)
+        await self.app(scope, limited_receive, secured_send)
 
 
 @dataclass
