@@ -251,6 +251,9 @@ class OrderReviewOut(OrderSummaryOut):
     decision: DecisionRecordOut | None
     execution: ExecutionOut | None
     history: list[HistoryEntryOut]
+    terminal_reason: str | None = Field(default=None, description="Why a terminal order ended where it did.")
+    closes_position_id: str | None = Field(
+        default=None, description="Set on an exit order: the position it closes (its structure starts 'exit:').")
 
 
 class HaltStateOut(BaseModel):

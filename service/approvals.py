@@ -150,6 +150,7 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
         "execution": execution,
         "history": (history := await repo.history(order_id)),
         "terminal_reason": terminal_reason(order.state, history),
+        "closes_position_id": p.get("closes_position_id"),  # set on exits: the position they close
     })
 
 

@@ -58,7 +58,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
     start = math.ceil(lo / step) * step
-    return [start + i * step for i in range(int((hi - start) / step + 1e-9) + 1)]
+    return [round(start + i * step, 12) for i in range(int((hi - start) / step + 1e-9) + 1)]
 
 
 def _finite(values: Sequence[float]) -> np.ndarray:

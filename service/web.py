@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,6 @@ def install(app: FastAPI) -> None:
 
     @page("/login")
     async def login_form(request: Request) -> Response:
-        import secrets
-
         if await current_session(request) is not None:
             return RedirectResponse("/", status_code=303)
         csrf = secrets.token_urlsafe(24)
@@ -198,7 +197,7 @@ def install(app: FastAPI) -> None:
         rendered = {name: Markup(svg.render(chart, chart_id=f"plot-{name}")) for name, chart in plots.items()}
         return render(request, "order.html", session, status_code=status_code, order=review,
                       proposal=(order or {}).get("proposal", {}), sizing=(order or {}).get("sizing", {}),
-                      is_exit=_is_exit(review | ((order or {}).get("proposal") or {})),
+                      is_exit=_is_exit(review),
                       seconds_left=_seconds_left(review["expires_at"], ctx.clock()),
                       plots=rendered, message=message, error=error,
                       can_decide=session.principal.has_role("approver") and review["state"] == "STAGED")

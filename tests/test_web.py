@@ -125,12 +125,18 @@ class Server:
 
 
 @pytest.fixture
-def server(pg_server, seeded):
+def database(pg_server, seeded):
+    """A private copy of the seeded database."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     pg_server.psql(f"CREATE DATABASE {name} TEMPLATE {seeded.template};")
-    with Server(_db_url(pg_server, name)) as running:
-        yield running
+    yield _db_url(pg_server, name)
     pg_server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
+
+
+@pytest.fixture
+def server(database):
+    with Server(database) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +191,8 @@ def _plots_rendered(page) -> None:
 
 def test_queue_order_page_plots_and_approve(browser, server, seeded, tmp_path):
     context, page = _signed_in(browser, server, seeded.tokens["approver"])
+    refused = []  # anything the Content-Security-Policy blocked (inline styles or scripts, other hosts)
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None)
     queue = page.locator("ul.queue > li")
     assert queue.count() == 1
     card = queue.first
@@ -213,6 +221,7 @@ def test_queue_order_page_plots_and_approve(browser, server, seeded, tmp_path):
     assert "Approved by alice" in message and "FILLED" in message
     assert page.locator(".badge.state").inner_text() == "FILLED"
     assert page.locator("#approve-form").count() == 0  # nothing left to decide
+    assert refused == []
     context.close()
 
 
@@ -319,3 +328,21 @@ def test_signin_refuses_bad_tokens_and_throttles(server):
         codes = [client.post("/login", data={"csrf": csrf, "token": f"wrong-{i}"}).status_code for i in range(6)]
         assert codes == [401] * 5 + [429]
         assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+
+
+def test_an_exit_is_marked_as_an_exit(browser, database, seeded):
+    async def make_exit() -> None:
+        db = await connect(database, max_size=1)
+        try:
+            await db.pool.execute("UPDATE orders SET structure = 'exit:' || structure WHERE order_id = $1",
+                                  seeded.order_id)
+        finally:
+            await db.close()
+
+    _in_own_loop(make_exit())
+    with Server(database) as server:
+        context, page = _signed_in(browser, server, seeded.tokens["viewer"])
+        assert page.locator("ul.queue > li .badge.exit").inner_text() == "EXIT"
+        _open_order(page, seeded)
+        assert page.locator("h1 .badge.exit").is_visible()
+        context.close()
