@@ -631,9 +631,13 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/runs", tags=["runs"], response_model=list[RunOut], responses=_errors(401, 403, 422),
              summary="Recent decision runs, newest first")
-    async def list_runs(ctx: Ctx, _: Viewer,
-                        limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
-        return await operations.list_runs(ctx.db, limit)
+    async def list_runs(
+        ctx: Ctx, _: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        status: Annotated[Literal["pending", "running", "awaiting_approval", "completed", "failed"] | None,
+                          Query(description="Only runs in this status")] = None,
+        q: Annotated[str | None, Query(max_length=100, description="Run id, watchlist or ticker contains this")] = None,
+    ) -> list[dict[str, Any]]:
+        return await operations.list_runs(ctx.db, limit, status=status, text=q)
 
     @app.get("/runs/{run_id}", tags=["runs"], response_model=RunDetailOut, responses=_errors(401, 403, 404, 422),
              summary="One run: signals, debates, risk decisions, orders, node timings")

@@ -76,8 +76,17 @@ def order_summary(order: OrderRecord) -> dict[str, Any]:
     })
 
 
-async def list_runs(db: Database, limit: int = 50) -> list[dict[str, Any]]:
-    return [jsonable(asdict(r)) for r in await RunRepository(db.pool).list(limit)]
+async def list_runs(db: Database, limit: int = 50, *, status: str | None = None,
+                    text: str | None = None) -> list[dict[str, Any]]:
+    """Recent runs, newest first; optionally only those in `status`, or whose id, watchlist or
+    tickers contain `text` (case-insensitive) — among the latest 500 when filtering."""
+    runs = [jsonable(asdict(r)) for r in await RunRepository(db.pool).list(500 if status or text else limit)]
+    if status:
+        runs = [r for r in runs if r["status"] == status]
+    if text:
+        needle = text.lower()
+        runs = [r for r in runs if needle in " ".join([r["run_id"], r["watchlist"], *r["tickers"]]).lower()]
+    return runs[:limit]
 
 
 async def show_run(db: Database, run_id: str) -> dict[str, Any] | None:

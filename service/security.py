@@ -10,6 +10,7 @@ import json
 import os
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from config.settings import load_yaml
@@ -130,7 +131,8 @@ class LoginThrottle:
 
     max_failures: int
     window_seconds: float
-    clock: callable = time.monotonic
+    clock: Callable[[], float] = time.monotonic
+    max_clients: int = 10_000  # addresses remembered at most: a flood of addresses cannot grow it unbounded
     _failures: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
 
     def _trim(self, client: str) -> deque:
@@ -150,6 +152,11 @@ class LoginThrottle:
         return max(q[0] + self.window_seconds - self.clock(), 1.0)
 
     def failed(self, client: str) -> None:
+        if len(self._failures) >= self.max_clients and client not in self._failures:
+            for stale in [c for c in self._failures if not self._trim(c)]:
+                del self._failures[stale]
+            if len(self._failures) >= self.max_clients:  # all recent: forget the oldest address
+                del self._failures[min(self._failures, key=lambda c: self._failures[c][-1])]
         self._trim(client).append(self.clock())
 
     def succeeded(self, client: str) -> None:

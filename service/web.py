@@ -265,12 +265,8 @@ def install(app: FastAPI) -> None:
         session = await _session(request)
         status_filter = request.query_params.get("status") or ""
         text = (request.query_params.get("q") or "").strip()[:100]
-        rows = await operations.list_runs(_ctx(request).db, 500)
-        if status_filter in RUN_STATUSES:
-            rows = [r for r in rows if r["status"] == status_filter]
-        if text:
-            rows = [r for r in rows if text.lower() in (r["run_id"] + " " + r["watchlist"] + " "
-                                                         + " ".join(r["tickers"])).lower()]
+        rows = await operations.list_runs(_ctx(request).db, 200, text=text or None,
+                                          status=status_filter if status_filter in RUN_STATUSES else None)
         return render(request, "runs.html", session, runs=rows, statuses=RUN_STATUSES,
                       status_filter=status_filter, text=text)
 

@@ -92,6 +92,10 @@ async def test_failed_tokens_are_throttled_per_address(seeded, seeded_url):
 async def test_trace_steps_replay_fork_and_journal_endpoints(seeded, seeded_url):
     run = f"/runs/{seeded.run_id}"
     async with serving(seeded_url) as (api, _):
+        listed = {key: [r["run_id"] for r in (await api.get("/runs", params=params, headers=seeded.auth("viewer"))).json()]
+                  for key, params in {"waiting": {"status": "awaiting_approval"}, "failed": {"status": "failed"},
+                                      "amzn": {"q": "amzn"}, "spy": {"q": "SPY"}}.items()}
+        assert listed == {"waiting": [seeded.run_id], "failed": [], "amzn": [seeded.run_id], "spy": []}
         steps = (await api.get(f"{run}/steps", headers=seeded.auth("viewer"))).json()
         nodes = [n for s in steps for n in s["nodes"]]
         assert nodes[:2] == ["__start__", "load_context"] and "stage_orders" in nodes and steps[-1]["status"] == "interrupted"
