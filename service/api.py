@@ -8,9 +8,17 @@ each including the ones before it:
 - approver — also approve, reject and resize orders (recorded as approved by the token's name);
 - admin    — also halt and resume trading.
 
+The approver's web page (`service.web`) is served by the same app at `/` (sign in with a token).
+
 `/health` needs no token (load balancers and orchestrators probe it). `/metrics` needs a viewer
 token: it exposes order and approval counts, which are business data; Prometheus sends one with
 `authorization: {type: Bearer, credentials_file: ...}` in its scrape config.
+
+Hardening: a Host header outside `allowed_hosts` is answered 400; a request body beyond
+`max_body_bytes` 413 before it is read; every response carries a Content-Security-Policy,
+X-Content-Type-Options: nosniff and X-Frame-Options: DENY; `/docs` and `/openapi.json` need a
+viewer token unless `docs_public` (all in `config/service.yaml`); too many failed tokens from one
+address in a window are answered 429 until it passes.
 
 Errors are JSON `{"detail": "<message>"}`: 400 an order that cannot be executed as recorded, 401
 missing/invalid/revoked token (with `WWW-Authenticate: Bearer`), 403 role too low, 404 unknown run
@@ -23,6 +31,7 @@ authenticates, validates and shapes JSON, so the CLI and the API never disagree.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,7 +44,8 @@ import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
@@ -43,8 +53,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from brokers.order_state import OrderState
 from graph.schema import DebateTurn, OptionLeg, RiskReason
-from service import approvals, operations
+from service import approvals, notify, operations
 from service.approvals import ApprovalError, Decision, ServiceContext
+from service.security import HardeningMiddleware, LoginThrottle, ServiceConfig, client_address
 from storage.database import DatabaseUnavailable
 from storage.tokens import Principal, Role, TokenRepository
 
@@ -266,6 +277,8 @@ class OrderReviewOut(OrderSummaryOut):
     execution: ExecutionOut | None
     history: list[HistoryEntryOut]
     terminal_reason: str | None = Field(None, description="Why a terminal order ended where it did.")
+    closes_position_id: str | None = Field(
+        default=None, description="Set on an exit order: the strategy position it closes.")
 
 
 class PositionOut(BaseModel):
@@ -378,6 +391,81 @@ class HealthOut(BaseModel):
     broker: BrokerHealthOut
 
 
+class StepOut(BaseModel):
+    step: int = Field(description="LangGraph's step number of the checkpoint the step's writes went into.")
+    nodes: list[str]
+    tasks: int
+    status: str = Field(description="done | interrupted | failed | pending | update")
+    started_at: str
+    duration_ms: float | None
+    node_ms: dict[str, float]
+    writes: list[str] = Field(description="Per channel written: 'signals +12' (appended), 'verdicts 3' (replaced).")
+    checkpoint_id: str
+    errors: list[str]
+
+
+class StateAtStepOut(BaseModel):
+    run_id: str
+    step: int
+    checkpoint_id: str
+    created_at: str
+    next: list[str]
+    values: dict[str, Any] = Field(description="The graph state after the step, JSON-safe.")
+
+
+class NodeComparisonOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    node: str
+    matched: bool
+    diff: str
+    rerun: bool
+
+
+class ReplayOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    run_id: str
+    replay_run_id: str
+    debater: str
+    llm_calls_served: int
+    nodes: list[NodeComparisonOut]
+    matched: bool
+    differing_nodes: list[str]
+
+
+class ForkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    at: str = Field(min_length=1, max_length=100, description="The node to re-run from, e.g. debate, risk_gate.")
+    set: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=50, description="DecisionConfig settings to change, each key=value.")
+
+
+class ForkOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    run_id: str
+    fork_run_id: str
+    at_node: str
+    overrides: dict[str, Any]
+    config: dict[str, Any]
+    nodes: list[NodeComparisonOut]
+    staged: list[dict[str, Any]]
+    original_staged: list[dict[str, Any]]
+    differing_nodes: list[str]
+
+
+class JournalEntryOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    order_id: str
+    run_id: str | None
+    ticker: str
+    approver: str | None
+    filled_at: datetime
+
+
 class ApproveIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -445,8 +533,16 @@ async def authenticated(
 ) -> Principal:
     if credentials is None:
         raise _unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    throttle: LoginThrottle = request.app.state.login_throttle
+    client = client_address(request)
+    wait = throttle.blocked(client)
+    if wait:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            f"too many failed tokens from this address; retry in {int(wait)} s",
+                            headers={"Retry-After": str(int(wait))})
     principal = await TokenRepository(context(request).db.pool).authenticate(credentials.credentials)
     if principal is None:
+        throttle.failed(client)
         raise _unauthorized("invalid or revoked token")
     return principal
 
@@ -504,8 +600,11 @@ def _errors(*codes: int, media: str | None = None) -> dict[int | str, dict[str, 
         404: "No such run or order.",
         409: "The order is no longer STAGED (already decided or expired), or trading is halted.",
         422: "Malformed request, or a decision this order does not allow.",
+        429: "Too many failed tokens from this address: retry after Retry-After seconds.",
         503: "The database is unavailable.",
     }
+    if 401 in codes:
+        codes = (*codes, 429)
     if media is None:
         return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}
     # Routes whose success is not JSON still answer errors in JSON: say so explicitly.
@@ -522,26 +621,70 @@ def _default_factory() -> Awaitable[ServiceContext]:
     return ServiceContext.open(settings())
 
 
-def create_app(ctx_factory: ContextFactory | None = None) -> FastAPI:
-    """The API app. Its lifespan opens the `ServiceContext` from `ctx_factory` (default: from the
-    environment's settings) and closes it at shutdown."""
+def create_app(ctx_factory: ContextFactory | None = None, *, service_config: ServiceConfig | None = None) -> FastAPI:
+    """The API app and the web page. Its lifespan opens the `ServiceContext` from `ctx_factory`
+    (default: from the environment's settings) and closes it at shutdown; `service_config`
+    (default: `config/service.yaml` and the environment) sets hosts, limits and docs access."""
+    from service import web
+
     factory = ctx_factory or _default_factory
+    config = service_config or ServiceConfig.load()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.ctx = await factory()
+        sweeping = asyncio.create_task(_sweep_notifications(app.state.ctx))
         try:
             yield
         finally:
+            sweeping.cancel()
+            await notify.drain(timeout=5)
             await app.state.ctx.close()
 
     app = FastAPI(
         title="hedgegraph", version="0.1.0", lifespan=lifespan,
         description=(__doc__ or "").split("\n\n", 1)[1],
+        docs_url=None, redoc_url=None, openapi_url=None,  # served below, behind a token unless public
     )
+    app.state.service_config = config
+    app.state.login_throttle = LoginThrottle(config.max_login_failures, config.login_window_seconds)
     _install_error_handlers(app)
+    _docs_routes(app, config)
     _routes(app)
+    web.install(app)
+    app.add_middleware(HardeningMiddleware, config=config)
     return app
+
+
+async def _sweep_notifications(ctx: ServiceContext, every_seconds: float = 30) -> None:
+    """While serving, look for time-driven notifications (see `service.notify.sweep`)."""
+    while True:
+        notify.sweep(ctx.db, ctx.clock())
+        await asyncio.sleep(every_seconds)
+
+
+def _docs_routes(app: FastAPI, config: ServiceConfig) -> None:
+    async def may_read_docs(request: Request) -> None:
+        if config.docs_public:
+            return
+        from service.web import current_session
+
+        if await current_session(request) is not None:  # a signed-in browser (Swagger UI's fetch)
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token) if \
+            scheme.lower() == "bearer" and token else None
+        await authenticated(request, credentials)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_schema(request: Request) -> JSONResponse:
+        await may_read_docs(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        await may_read_docs(request)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="hedgegraph API")
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -589,9 +732,13 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/runs", tags=["runs"], response_model=list[RunOut], responses=_errors(401, 403, 422),
              summary="Recent decision runs, newest first")
-    async def list_runs(ctx: Ctx, _: Viewer,
-                        limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
-        return await operations.list_runs(ctx.db, limit)
+    async def list_runs(
+        ctx: Ctx, _: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        status: Annotated[Literal["pending", "running", "awaiting_approval", "completed", "failed"] | None,
+                          Query(description="Only runs in this status")] = None,
+        q: Annotated[str | None, Query(max_length=100, description="Run id, watchlist or ticker contains this")] = None,
+    ) -> list[dict[str, Any]]:
+        return await operations.list_runs(ctx.db, limit, status=status, text=q)
 
     @app.get("/runs/{run_id}", tags=["runs"], response_model=RunDetailOut, responses=_errors(401, 403, 404, 422),
              summary="One run: signals, debates, risk decisions, orders, node timings")
@@ -665,6 +812,65 @@ def _routes(app: FastAPI) -> None:
              summary="The account the risk gate reads: NLV, cash, margin, daily P&L, last loss, trades today")
     async def account(ctx: Ctx, _: Viewer) -> dict[str, Any]:
         return await operations.account(ctx)
+
+    @app.get("/runs/{run_id}/steps", tags=["runs"], response_model=list[StepOut], responses=_errors(401, 403, 404, 422),
+             summary="A run's trace: every step, its nodes, timings and what it wrote")
+    async def run_steps(ctx: Ctx, _: Viewer, run_id: Annotated[str, Path()]) -> list[dict[str, Any]]:
+        from graph.trace import TraceError
+
+        if not _plausible_id(run_id) or await operations.show_run_record(ctx.db, run_id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}")
+        try:
+            return operations.jsonable(await operations.steps(ctx.db, run_id))
+        except TraceError as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+    @app.get("/runs/{run_id}/steps/{step}", tags=["runs"], response_model=StateAtStepOut,
+             responses=_errors(401, 403, 404, 422), summary="The full graph state after one step")
+    async def run_state_at(ctx: Ctx, _: Viewer, run_id: Annotated[str, Path()],
+                           step: Annotated[int, Path(ge=-1, le=100_000)]) -> dict[str, Any]:
+        from graph.trace import TraceError
+
+        if not _plausible_id(run_id) or await operations.show_run_record(ctx.db, run_id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}")
+        try:
+            return operations.jsonable(await operations.state_at(ctx.db, run_id, step))
+        except TraceError as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+    @app.post("/runs/{run_id}/replay", tags=["runs"], response_model=ReplayOut, responses=_errors(401, 403, 404, 422),
+              summary="Re-execute a run in a sandbox from its recordings and compare node by node (approver)")
+    async def replay(ctx: Ctx, _: Approver, run_id: Annotated[str, Path()]) -> dict[str, Any]:
+        from graph.replay import ReplayError
+
+        if not _plausible_id(run_id) or await operations.show_run_record(ctx.db, run_id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}")
+        try:
+            return await operations.replay(ctx.db, run_id)
+        except ReplayError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+
+    @app.post("/runs/{run_id}/fork", tags=["runs"], response_model=ForkOut, responses=_errors(401, 403, 404, 422),
+              summary="Run a run again from before one node with changed settings, in a sandbox (approver)")
+    async def fork(ctx: Ctx, _: Approver, run_id: Annotated[str, Path()], body: ForkIn) -> dict[str, Any]:
+        from graph.replay import ReplayError
+
+        if not _plausible_id(run_id) or await operations.show_run_record(ctx.db, run_id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id!r}")
+        try:
+            return await operations.fork(ctx.db, run_id, body.at, body.set)
+        except (ReplayError, LookupError) as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+
+    @app.get("/journal", tags=["orders"], response_model=list[JournalEntryOut], responses=_errors(401, 403, 422),
+             summary="Fills with their market context, approver and run, newest first")
+    async def journal(ctx: Ctx, _: Viewer,
+                      ticker: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Za-z0-9.^-]+$")] = None,
+                      run_id: Annotated[str | None, Query(max_length=_MAX_ID_CHARS)] = None,
+                      limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[dict[str, Any]]:
+        if run_id is not None and not _plausible_id(run_id):
+            return []
+        return await operations.journal_entries(ctx.db, ticker=ticker, run_id=run_id, limit=limit)
 
     @app.get("/risk", tags=["risk"], response_model=RiskStatusOut, responses=_errors(401, 403), summary="Kill-switch state and order counts by state")
     async def risk(ctx: Ctx, _: Viewer) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from config.settings import Settings, defaults
 from graph.runner import RunBusy, RunFailed, make_deps, resume_run
 from graph.schema import AccountState
 from tools.chain import NEW_YORK
+from service import notify
 from service.operations import default_account, jsonable, order_summary, terminal_reason
 from storage.controls import RiskControls
 from storage.database import Database, connect, resolve_url
@@ -165,6 +166,7 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
         "execution": execution,
         "history": (history := await repo.history(order_id)),
         "terminal_reason": terminal_reason(order.state, history),
+        "closes_position_id": p.get("closes_position_id"),  # set on exits: the position they close
     })
 
 
@@ -245,6 +247,7 @@ async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resu
         await repo.transition(order_id, target, actor=decision.approver, reason=why, conn=conn)
     note = await _transmit_and_continue(ctx, row["run_id"], order_id) if resume else None
     review = await order_review(ctx, order_id)
+    notify.notify_decision(ctx.db, review)
     return review | ({"note": note} if note else {})
 
 
@@ -349,7 +352,9 @@ async def recover_pending(ctx: ServiceContext) -> list[str]:
 async def halt(ctx: ServiceContext, actor: str, reason: str) -> dict[str, Any]:
     if not (reason or "").strip():
         raise InvalidDecision("halting needs a reason")
-    return jsonable(asdict(await RiskControls(ctx.db.pool).set_halted(True, actor=actor, reason=reason)))
+    state = jsonable(asdict(await RiskControls(ctx.db.pool).set_halted(True, actor=actor, reason=reason)))
+    notify.notify_halt(ctx.db, state)
+    return state
 
 
 async def resume_trading(ctx: ServiceContext, actor: str) -> dict[str, Any]:

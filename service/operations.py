@@ -70,6 +70,7 @@ async def run_decision(
     from graph.runner import RunRequest, execute_run
     from memory.recall import RunMemory
     from memory.store import MemoryStore
+    from service import notify
 
     memory = MemoryStore(db.pool)  # the embedding model loads only if something is recalled or stored
     config = config or defaults().decision
@@ -78,8 +79,10 @@ async def run_decision(
                          config=config, debater=debater.name)
     account, positions = await book_account(db, provider, as_of)
     extra = {"now": now} if now is not None else {}
-    return await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node,
-                             debater=debater, memory=memory, **extra)
+    outcome = await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node,
+                                debater=debater, memory=memory, **extra)
+    notify.notify_run(db, outcome)
+    return outcome
 
 
 def order_summary(order: OrderRecord) -> dict[str, Any]:
@@ -94,11 +97,17 @@ def order_summary(order: OrderRecord) -> dict[str, Any]:
     })
 
 
-async def list_runs(db: Database, limit: int = 50, **filters) -> list[dict[str, Any]]:
-    """Newest first; `filters` as `RunRepository.list` (ticker, status, since, until, debater, mode)."""
+async def list_runs(db: Database, limit: int = 50, *, text: str | None = None, **filters) -> list[dict[str, Any]]:
+    """Newest first; `filters` as `RunRepository.list` (ticker, status, since, until, debater, mode);
+    `text` keeps runs whose id, watchlist or tickers contain it (case-insensitive), among the latest 500."""
     from storage.runs import RunRepository
 
-    return [jsonable(asdict(r)) for r in await RunRepository(db.pool).list(limit, **filters)]
+    runs = [jsonable(asdict(r)) for r in await RunRepository(db.pool).list(500 if text else limit, **filters)]
+    if text:
+        needle = text.lower()
+        runs = [r for r in runs if needle in r["run_id"].lower() or needle in r["watchlist"].lower()
+                or any(needle in t.lower() for t in r["tickers"])][:limit]
+    return runs
 
 
 async def diff_runs(db: Database, a: str, b: str) -> dict[str, Any]:
@@ -284,3 +293,17 @@ async def account(ctx) -> dict[str, Any]:
     matrix = load_risk_matrix()
     reset = last_daily_reset(now, matrix.daily_reset.at, matrix.daily_reset.timezone)
     return jsonable(await book.account_now(now, reset, quotes=quotes) | {"daily_reset": reset})
+
+
+async def show_run_record(db: Database, run_id: str):
+    """The run's record, or None: whether a run exists."""
+    from storage.runs import RunRepository
+
+    return await RunRepository(db.pool).get(run_id)
+
+
+async def journal_entries(db: Database, *, ticker: str | None = None, run_id: str | None = None,
+                          limit: int = 100) -> list[dict[str, Any]]:
+    from storage.journal import Journal
+
+    return [jsonable(asdict(e)) for e in await Journal(db.pool).entries(ticker=ticker, run_id=run_id, limit=limit)]

@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from config.clock import wall_clock
 from config.settings import CONFIG_DIR
 from storage.database import Database, advisory_key
+from service import notify
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +428,7 @@ class Scheduler:
         turns a slot into a miss.
         """
         now = self._now()
+        notify.sweep(self.db, now)  # approvals about to expire, fills, failed runs, daily summary
         since = lookback_start(now)
         grace = timedelta(minutes=self.config.grace_minutes)
         work: list[tuple[ScheduledSlot, str, str | None]] = []  # (slot, plan, reason)

@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 from service import operations
 from service.api import create_app
 from service.approvals import ServiceContext
+from service.security import ServiceConfig
 from service.cli import app as cli_app
 from storage.database import connect
 from storage.tokens import Principal, TokenError, TokenRepository
@@ -87,11 +88,16 @@ def seeded_url(pg_server, seeded):
     pg_server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
 
 
-def make_app(url: str):
+# The test clients' Host headers ("api" from httpx, "testserver" from schemathesis' ASGI client) are trusted;
+# the schema is public here so schemathesis can load it (its protection is tested on its own).
+TEST_SERVICE = ServiceConfig(allowed_hosts=("api", "testserver"), docs_public=True)
+
+
+def make_app(url: str, service_config: ServiceConfig = TEST_SERVICE):
     async def open_context() -> ServiceContext:
         return ServiceContext(db=await connect(url, max_size=6), clock=lambda: DECISION_TIME)
 
-    return create_app(open_context)
+    return create_app(open_context, service_config=service_config)
 
 
 @contextlib.asynccontextmanager
@@ -232,13 +238,15 @@ async def test_openapi_schema_is_served_and_precise(seeded_url):
     paths = schema["paths"]
     assert set(paths) == {"/health", "/metrics", "/runs", "/runs/{run_id}", "/orders", "/orders/{order_id}",
                           "/orders/{order_id}/approve", "/orders/{order_id}/reject", "/orders/{order_id}/resize",
-                          "/risk", "/risk/halt", "/risk/resume", "/positions", "/pnl", "/account"}
+                          "/risk", "/risk/halt", "/risk/resume", "/runs/{run_id}/steps", "/runs/{run_id}/steps/{step}",
+                          "/runs/{run_id}/replay", "/runs/{run_id}/fork", "/journal", "/positions", "/pnl", "/account"}
+    assert not any(p == "/" or p.startswith(("/ui", "/login", "/static")) for p in paths)  # the page is not API
     assert schema["components"]["securitySchemes"]["bearer"] == {
         "type": "http", "scheme": "bearer", "description": "An API token from `hedgegraph tokens create NAME --role ROLE`."}
     assert "security" not in paths["/health"]["get"]
     approve = paths["/orders/{order_id}/approve"]["post"]
     assert approve["security"] == [{"bearer": []}]
-    assert set(approve["responses"]) == {"200", "400", "401", "403", "404", "409", "422"}
+    assert set(approve["responses"]) == {"200", "400", "401", "403", "404", "409", "422", "429"}
     assert approve["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OrderReviewOut"}
     models = schema["components"]["schemas"]
     assert models["ResizeIn"]["required"] == ["quantity"] and models["ResizeIn"]["additionalProperties"] is False
@@ -384,7 +392,7 @@ def test_generated_requests_get_no_server_error_and_match_the_schema(seeded, see
                     # Only an operation that takes no input at all has no invalid request to make.
                     raw = operation.definition.raw
                     assert mode is GenerationMode.NEGATIVE and not raw.get("parameters") and "requestBody" not in raw
-        assert len(operations_seen) == 15, operations_seen
+        assert len(operations_seen) == 20, operations_seen
 
         # Then on the real run and order, so the rich responses (run detail, review, decisions)
         # are validated against their schemas too. The service's own 422s (acknowledgement
