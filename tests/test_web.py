@@ -2,7 +2,7 @@
 `hedgegraph serve`'s app under uvicorn on 127.0.0.1, on the embedded Postgres.
 
 One decision run (simulated market, seed 7, AMZN/JPM/XLE as of 2026-11-20 15:30 New York, which
-stages one 13-contract AMZN bull call spread) is made once into a template database; each test
+stages one AMZN bull call spread of more than 10 contracts) is made once into a template database; each test
 gets its own copy and its own server, whose clock reads five minutes after the run.
 
 Screenshots of the queue and the order page (390 px and desktop) are saved under the test's
@@ -49,6 +49,7 @@ class Seeded:
     run_id: str
     order_id: str
     tokens: dict[str, str]
+    quantity: int  # Kelly-sized; more than 10, so approving needs the acknowledgement
 
 
 def _db_url(pg_server, name: str) -> str:
@@ -78,12 +79,12 @@ def seeded(pg_server):
             outcome = await operations.run_decision(db, SimulatedMarket(seed=7), watchlist="core",
                                                     tickers=["AMZN", "JPM", "XLE"], as_of=AS_OF, seed=7,
                                                     now=lambda: AS_OF)
-            assert [o.ticker for o in outcome.orders] == ["AMZN"] and outcome.orders[0].quantity == 13
+            assert [o.ticker for o in outcome.orders] == ["AMZN"] and outcome.orders[0].quantity > 10  # needs acknowledgement
             tokens = {key: await TokenRepository(db.pool).create(person, ROLE_OF[key])
                       for key, person in PEOPLE.items()}
         finally:
             await db.close()
-        return Seeded(name, outcome.run.run_id, outcome.orders[0].order_id, tokens)
+        return Seeded(name, outcome.run.run_id, outcome.orders[0].order_id, tokens, outcome.orders[0].quantity)
 
     yield _in_own_loop(seed())
     pg_server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
@@ -197,7 +198,7 @@ def test_queue_order_page_plots_and_approve(browser, server, seeded, tmp_path):
     assert queue.count() == 1
     card = queue.first
     assert "AMZN bull_call_spread" in card.inner_text()
-    assert card.locator(".badge.ack").is_visible()  # 13 contracts need an acknowledgement
+    assert card.locator(".badge.ack").is_visible()  # more than 10 contracts need an acknowledgement
     assert card.locator(".badge.exit").count() == 0
     countdown = card.locator(".countdown")
     assert countdown.get_attribute("data-seconds-left") == str(25 * 60)  # 30 market minutes, 5 gone
@@ -212,11 +213,11 @@ def test_queue_order_page_plots_and_approve(browser, server, seeded, tmp_path):
         assert expected in text, expected
     _save(page, tmp_path, "order-desktop")
 
-    # Approving 13 contracts without the acknowledgement is refused, plainly, and changes nothing.
-    page.get_by_role("button", name="Approve 13").click()
+    # Approving them without the acknowledgement is refused, plainly, and changes nothing.
+    page.get_by_role("button", name=f"Approve {seeded.quantity}").click()
     assert "more than 10 needs acknowledge" in page.locator("#decision-error").inner_text()
-    page.get_by_label("I acknowledge this is 13 contracts").check()
-    page.get_by_role("button", name="Approve 13").click()
+    page.get_by_label(f"I acknowledge this is {seeded.quantity} contracts").check()
+    page.get_by_role("button", name=f"Approve {seeded.quantity}").click()
     message = page.locator("#decision-message").inner_text()
     assert "Approved by alice" in message and "FILLED" in message
     assert page.locator(".badge.state").inner_text() == "FILLED"
@@ -258,9 +259,9 @@ def test_second_approver_sees_409(browser, server, seeded):
     alice.get_by_label("Reason for rejecting").fill("too much vega")
     alice.get_by_role("button", name="Reject").click()
     assert "Rejected by alice" in alice.locator("#decision-message").inner_text()
-    bob.get_by_label("I acknowledge this is 13 contracts").check()
+    bob.get_by_label(f"I acknowledge this is {seeded.quantity} contracts").check()
     with bob.expect_response(lambda r: r.request.method == "POST") as response:
-        bob.get_by_role("button", name="Approve 13").click()
+        bob.get_by_role("button", name=f"Approve {seeded.quantity}").click()
     assert response.value.status == 409
     error = bob.locator("#decision-error").inner_text()
     assert error.startswith("409 Conflict") and "already decided" in error
