@@ -75,7 +75,7 @@ async def test_staged_orders_and_a_rejection_reach_webhook_and_email_and_are_rec
     staged = await _recorded(db, "orders_awaiting_approval")
     assert {(r["channel"], r["status"], r["dedupe_key"]) for r in staged} == {("webhook", "sent", run_id),
                                                                                ("email", "sent", run_id)}
-    assert "AMZN bull_call_spread × 13" in _hooks(httpserver)[0]["text"]
+    assert f"AMZN bull_call_spread × {order.quantity}" in _hooks(httpserver)[0]["text"]
 
     await approvals.decide(ctx, order.order_id, Decision("reject", "bob", reason="earnings next week"))
     await notify.drain()
