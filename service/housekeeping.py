@@ -26,7 +26,7 @@ from memory.outcomes import attach_due_outcomes, remember_closed_position
 from memory.store import MemoryStore
 from risk.limits import load_risk_matrix
 from risk.regime import regime_of
-from service import approvals
+from service import approvals, notify
 from service.approvals import ServiceContext
 from storage.journal import Journal
 from tools.chain import NEW_YORK
@@ -98,4 +98,5 @@ async def housekeeping(ctx: ServiceContext, *, mark: bool) -> HousekeepingReport
         report.pin_risk = [approvals.jsonable(p.__dict__) for p in await book.pin_risk(now, quotes)]
         report.reconciliation = [d.label for d in await book.reconcile(await broker.positions())]
     report.outcomes_attached = len(await attach_due_outcomes(memory, provider, now))
+    notify.notify_book(ctx.db, report)
     return report

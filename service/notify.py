@@ -37,7 +37,7 @@ from tools.market_hours import add_market_minutes
 log = logging.getLogger(__name__)
 
 EVENTS = ("orders_awaiting_approval", "approval_expiring", "order_filled", "order_rejected", "risk_halted",
-          "run_failed", "daily_summary")
+          "run_failed", "daily_summary", "exit_triggered", "pin_risk", "position_settled")
 _pending: set[asyncio.Task] = set()
 
 
@@ -240,6 +240,26 @@ def notify_halt(db: Database, state: dict[str, Any]) -> None:
                  {"actor": state.get("actor"), "reason": state.get("reason"), "at": str(state.get("changed_at"))})
     except Exception:
         log.exception("notify_halt")
+
+
+def notify_book(db: Database, report: Any) -> None:
+    """After housekeeping: exits staged for approval, short strikes pinned near the money the
+    session before expiry, and positions settled or assigned at expiry."""
+    try:
+        for e in report.exits_staged:
+            if e.get("created"):
+                send(db, "exit_triggered", f"Exit staged: {e['rule']}",
+                     f"position {e['position_id']}: exit rule {e['rule']} staged {e['order_id']} for approval. {e.get('note') or ''}",
+                     e, dedupe_key=e["order_id"])
+        for p in report.pin_risk:
+            send(db, "pin_risk", f"Pin risk: {p.get('contract')}", str(p.get("message")), p,
+                 dedupe_key=f"{p.get('position_id')}|{p.get('contract')}|{p.get('expiry')}")
+        for s_ in report.settled:
+            send(db, "position_settled", f"{str(s_.get('status')).capitalize()}: {s_.get('ticker')} {s_.get('structure')}",
+                 f"position {s_.get('position_id')} {s_.get('status')} at expiry; realized {s_.get('realized_pnl')}",
+                 s_, dedupe_key=str(s_.get("position_id")))
+    except Exception:
+        log.exception("notify_book")
 
 
 def sweep(db: Database, now: datetime, config: NotificationConfig | None = None) -> None:

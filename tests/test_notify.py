@@ -174,3 +174,24 @@ def test_configuration_comes_from_yaml_and_secrets_from_the_environment():
                                         "HEDGEGRAPH_SMTP_PASSWORD": "hunter2"})
     assert mail.smtp.to == ("a@x", "b@x") and mail.smtp.port == 25 and "hunter2" not in repr(mail)
     assert mail.channels("order_filled") == []  # fills go to the webhook only (config/notifications.yaml)
+
+
+async def test_the_books_exits_pin_risk_and_settlements_are_announced_once(db, channels):
+    from service.housekeeping import HousekeepingReport
+
+    httpserver, _ = channels
+    report = HousekeepingReport(
+        exits_staged=[{"position_id": "pos_1", "rule": "take_profit", "created": True, "order_id": "ord_x", "note": ""},
+                      {"position_id": "pos_2", "rule": "dte", "created": False, "order_id": None, "note": "live exit"}],
+        pin_risk=[{"position_id": "pos_3", "contract": "SPY 2026-12-18 600P", "expiry": "2026-12-18",
+                   "message": "short 600P is 0.4% from spot the session before expiry"}],
+        settled=[{"position_id": "pos_4", "ticker": "SPX", "structure": "bull_put_spread", "status": "settled",
+                  "realized_pnl": "1000.00"}])
+    notify.notify_book(db, report)
+    notify.notify_book(db, report)  # the next housekeeping pass reports the same: nothing is sent twice
+    await notify.drain()
+    events = [(r["event"], r["channel"]) for r in await _recorded(db) if r["status"] == "sent"]
+    assert sorted(events) == sorted([("exit_triggered", "webhook"), ("exit_triggered", "email"),
+                                     ("pin_risk", "webhook"), ("pin_risk", "email"), ("position_settled", "webhook")])
+    texts = " ".join(h["text"] for h in _hooks(httpserver))
+    assert "take_profit" in texts and "0.4% from spot" in texts and "settled" in texts and "pos_2" not in texts
