@@ -154,7 +154,8 @@ def _short(value: float, fmt: str) -> str:
     if abs(value) >= 1e6:
         return f"{value / 1e6:,.1f}M"
     if abs(value) >= 1e4:
-        return f"{value / 1e3:,.0f}k"
+        # Up to two decimals, so close ticks (99.95k, 100k) stay distinct.
+        return f"{value / 1e3:,.2f}".rstrip("0").rstrip(".") + "k"
     return fmt.format(value)
 
 

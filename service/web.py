@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -32,6 +32,7 @@ from service.approvals import ApprovalError, Decision, ServiceContext
 from service.security import LoginThrottle, ServiceConfig, client_address
 from storage.tokens import Role
 from storage.web_sessions import WebSession, WebSessionRepository
+from tools.chain import NEW_YORK
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "hg_session"
 LOGIN_CSRF_COOKIE = "hg_login_csrf"
 # (label, path, minimum role): the navigation bar. A positions page is one more entry here.
-NAV: list[tuple[str, str, Role]] = [("Queue", "/", "viewer"), ("Runs", "/ui/runs", "viewer")]
+NAV: list[tuple[str, str, Role]] = [("Queue", "/", "viewer"), ("Positions", "/ui/positions", "viewer"),
+                                    ("Runs", "/ui/runs", "viewer")]
 RUN_STATUSES = ("pending", "running", "awaiting_approval", "completed", "failed")
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -259,6 +261,31 @@ def install(app: FastAPI) -> None:
         return RedirectResponse("/", status_code=303)
 
     # ------------------------------------------------------------------ runs and traces
+
+    @page("/ui/positions")
+    async def positions(request: Request) -> Response:
+        """Open positions with marks and Greeks, the equity curve and daily P&L of the last 90 days."""
+        session = await _session(request)
+        ctx = _ctx(request)
+        book = await operations.positions(ctx)
+        today = ctx.clock().astimezone(NEW_YORK).date()
+        pnl = await operations.pnl(ctx, today - timedelta(days=90), today)
+        days = [d for d in pnl["days"] if d["net_liquidation"] is not None]
+        first = days[0]["day"] if days else today
+        x = [float((d["day"] - first).days) for d in days]  # calendar days (the book's days are dates)
+        plots = {}
+        if len(days) >= 2:  # a curve needs two marked days
+            plots["equity"] = Markup(svg.render(svg.Chart(
+                title="Equity (NLV at each day's last snapshot)", x_label=f"days since {days[0]['day']}",
+                y_label="NLV $", series=[svg.Series("NLV", x, [float(d["net_liquidation"]) for d in days]),
+                                         svg.Series("marked day", x, [float(d["net_liquidation"]) for d in days],
+                                                    kind="points", css="s2")],
+                x_format="{:,.1f}"), chart_id="plot-equity"))
+            plots["daily"] = Markup(svg.render(svg.Chart(
+                title="Daily P&L (realized + change in unrealized)", x_label=f"days since {days[0]['day']}",
+                y_label="P&L $", series=[svg.Series("P&L", x, [float(d["total_pnl"]) for d in days], kind="bars")],
+                zero_line=True, x_format="{:,.1f}"), chart_id="plot-daily"))
+        return render(request, "positions.html", session, book=book, pnl=pnl, plots=plots)
 
     @page("/ui/runs")
     async def runs(request: Request) -> Response:
