@@ -211,6 +211,21 @@ async def replay(db: Database, run_id: str, on_node=None) -> dict[str, Any]:
     return jsonable((await replay_run(db, run_id, on_node=on_node)).to_dict())
 
 
+async def export_run(db: Database, run_id: str, path) -> dict[str, Any]:
+    """Write a run's trace (run row, snapshot, LLM calls, checkpoints, every step's state) as one zip."""
+    from graph.run_export import export_run as export
+
+    return asdict(await export(db, run_id, path))
+
+
+async def replay_from_file(db: Database, path, on_node=None) -> dict[str, Any]:
+    """Import a trace file written by `export_run` into this database and replay it node by node."""
+    from graph.run_export import replay_from_file as replay_file
+
+    report, added = await replay_file(db, path, on_node=on_node)
+    return jsonable({**report.to_dict(), "imported": added})
+
+
 async def fork(db: Database, run_id: str, at_node: str, sets: list[str], *, live_llm: bool = False,
                on_node=None) -> dict[str, Any]:
     """Run a run again from before `at_node` with `--set key=value` settings, in a sandbox.

@@ -1,6 +1,7 @@
 """`hedgegraph runs ...`: list, show and trace decision runs."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -111,6 +112,29 @@ def runs_diff(a: str = typer.Argument(..., metavar="RUN_A", help="A run id (show
     console.print(t)
     console.print("[green]every node matched[/]" if data["matched"] else
                   f"[red]differs at {', '.join(data['differing_nodes'])}[/] (all of it: --json)")
+
+
+@app.command("export")
+def runs_export(run_id: str = typer.Argument(..., metavar="RUN"),
+                output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                      help="The file to write (default: RUN.trace.zip here)."),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Write a run's whole trace as one file: every step's state, LLM calls, the market snapshot, the run
+    record. `hedgegraph replay --from-file FILE` re-runs it in any database."""
+    from graph.run_export import TraceFileError
+    from service import operations
+
+    path = output if output is not None else Path(f"{run_id}.trace.zip")
+    if "/" in run_id and output is None:
+        fail(f"{run_id!r} is not a run id")
+    try:
+        summary = run_async(with_db(lambda db: operations.export_run(db, run_id, path)))
+    except TraceFileError as exc:
+        fail(str(exc))
+    if as_json:
+        return print_json(summary)
+    console.print(f"wrote {summary['path']} ({summary['bytes']:,} bytes: {summary['steps']} steps, "
+                  f"{summary['checkpoints']} checkpoints, {summary['llm_calls']} LLM calls)")
 
 
 @app.command("show")
