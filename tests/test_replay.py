@@ -204,16 +204,17 @@ def order_view_dicts(items: list[dict]) -> list[tuple]:
 
 
 async def test_bad_forks_and_replays_are_clear_errors(db):
-    with pytest.raises(ReplayError, match="cannot fork at 'nope'; forkable nodes: load_context, select_candidates"):
+    with pytest.raises(ReplayError, match="cannot fork at 'nope'; forkable nodes: load_context, vol_surface, flow, "
+                                          "technical, social, select_candidates"):
         fork_predecessor("nope")
-    with pytest.raises(ReplayError, match="cannot fork at 'vol_surface'"):
-        await fork_run(db, "whatever", "vol_surface", {})
+    with pytest.raises(ReplayError, match="cannot fork at 'aggregate_signals'"):
+        await fork_run(db, "whatever", "aggregate_signals", {})
     with pytest.raises(ReplayError, match="no run nope"):
         await replay_run(db, "nope")
     with pytest.raises(ReplayError, match="no run nope"):
         await fork_run(db, "nope", "debate", {})
     assert [fork_predecessor(n) for n in FORKABLE_NODES] == [
-        None, "aggregate_signals", "select_candidates", "debate", "risk_gate", "strategy_selector",
+        None, "load_context", "load_context", "load_context", "load_context", "aggregate_signals", "select_candidates", "debate", "risk_gate", "strategy_selector",
         "kelly_allocator", "post_trade_check"]
     # a run that never recorded its market cannot be replayed
     await RunRepository(db.pool).create_if_absent(
@@ -364,7 +365,7 @@ def test_replay_fork_and_steps_from_the_command_line(cli_env):
 
     for args, message in [
         (["fork", run_id, "--at", "select_candidates", "--set", "kelly=1"], "unknown decision setting 'kelly'"),
-        (["fork", run_id, "--at", "flow"], "cannot fork at 'flow'"),
+        (["fork", run_id, "--at", "aggregate_signals"], "cannot fork at 'aggregate_signals'"),
         (["replay", "nope"], "no run nope"),
         (["runs", "show", run_id, "--step", "99"], "has no step 99"),
     ]:

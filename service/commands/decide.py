@@ -235,8 +235,9 @@ def replay(run_id: Optional[str] = typer.Argument(None, help="The run to replay 
 
 
 @app.command()
-def fork(run_id: str, at: str = typer.Option(..., "--at", help="Node to re-run from (load_context, "
-                                             "select_candidates, debate, risk_gate, strategy_selector, ...)."),
+def fork(run_id: str, at: str = typer.Option(..., "--at", help="Node to re-run from: load_context, one "
+                                             "analyst (vol_surface, flow, technical, social), select_candidates, debate, "
+                                             "risk_gate, strategy_selector, kelly_allocator, post_trade_check, stage_orders."),
          set_: list[str] = typer.Option([], "--set", help="key=value: a DecisionConfig setting to change."),
          live_llm: bool = typer.Option(False, "--live-llm", help="Debate with the configured LLM, not the recording."),
          as_json: bool = typer.Option(False, "--json")) -> None:
