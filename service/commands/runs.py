@@ -140,7 +140,8 @@ def runs_export(run_id: str = typer.Argument(..., metavar="RUN"),
 @app.command("show")
 def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json"),
               steps: bool = typer.Option(False, "--steps", help="The trace: each step's nodes, duration and writes."),
-              step: Optional[int] = typer.Option(None, "--step", min=0, help="The full state after step N (JSON).")) -> None:
+              step: Optional[int] = typer.Option(None, "--step", min=0, help="The full state after step N (JSON); "
+                                                 "for a step that has not finished, the state it started from.")) -> None:
     """One run: its signals, debates, risk decisions, orders, node timings and LLM usage."""
     from service import operations
 
@@ -198,9 +199,13 @@ def _show_trace(run_id: str, step: Optional[int], as_json: bool) -> None:
         fail(str(exc))
     if as_json:
         return print_json(rows)
-    t = table(f"Steps of {run_id}", ("step", "node(s)", "tasks", "status", "ms", "node ms (sum of tasks)", "wrote"))
+    t = table(f"Steps of {run_id}", ("step", "node(s)", "tasks", "status", "wall ms", "node wall ms (its tasks' own ms)",
+                                     "wrote"))
     for r in rows:
-        node_ms = ", ".join(f"{k} {v:.0f}" for k, v in r["node_ms"].items())
+        # a node's tasks run in parallel within a step: its wall time is their span, not their sum
+        node_ms = ", ".join(
+            f"{k} {v:.0f}" + (f" ({r['node_tasks'][k]} tasks: {r['task_ms'][k]:.0f})" if r["node_tasks"][k] > 1 else "")
+            for k, v in r["node_ms"].items())
         t.add_row(str(r["step"]), ", ".join(r["nodes"]), str(r["tasks"]), r["status"],
                   "—" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}", node_ms,
                   ", ".join(r["writes"]) + ("; " + "; ".join(r["errors"]) if r["errors"] else ""))
