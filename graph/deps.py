@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -100,7 +101,7 @@ class ContextError(ValueError):
 _REGISTERED: dict[str, RunDeps] = {}
 _BUILT: dict[tuple, RunDeps] = {}  # per process: a Studio run's dependencies, built once per run
 _DATABASES: dict[str, Database] = {}
-_BUILD_LOCK: asyncio.Lock | None = None
+_BUILD_LOCKS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
 _MAX_BUILT = 64
 
 
@@ -142,10 +143,8 @@ async def run_deps(context: Any, run: Any) -> RunDeps:
                                "(a run's key is valid only while its runner drives it)") from None
     key = (ctx.database_url, ctx.provider, ctx.seed, ctx.debater, json.dumps(ctx.decision, sort_keys=True, default=str),
            run.run_id)
-    global _BUILD_LOCK
-    if _BUILD_LOCK is None:
-        _BUILD_LOCK = asyncio.Lock()
-    async with _BUILD_LOCK:
+    lock = _BUILD_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
         if key not in _BUILT:
             if len(_BUILT) >= _MAX_BUILT:
                 _BUILT.pop(next(iter(_BUILT)))
@@ -201,12 +200,27 @@ async def _build(ctx: RunContext, run: Any) -> RunDeps:
     return make_deps(db, record, SimulatedMarket(seed=seed), account=account, debater=debater, broker=None)
 
 
+async def close_built() -> None:
+    """Forget the dependencies built from configuration and close their databases."""
+    _BUILT.clear()
+    while _DATABASES:
+        await _DATABASES.popitem()[1].close()
+
+
 def with_run_deps(node: Callable) -> Callable:
     """Wrap a node so that it receives the live `RunDeps` for its run as `runtime.context`, whatever
     the graph was given as context (a `RunContext`, its JSON, or nothing)."""
     @functools.wraps(node)
     async def wrapper(state, runtime):
+        typed = None
+        if isinstance(state.get("run"), Mapping):  # a run started over HTTP (Studio) gives it as JSON
+            from graph.state import RunInfo
+
+            typed = RunInfo.model_validate(state["run"])
+            state = {**state, "run": typed}
         deps = await run_deps(runtime.context, state["run"])
-        return await node(state, runtime.override(context=deps))
+        update = await node(state, runtime.override(context=deps))
+        # the first node writes the typed run back, so edges and later nodes read it typed
+        return update if typed is None else {**(update or {}), "run": typed}
 
     return wrapper
