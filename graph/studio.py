@@ -11,6 +11,7 @@ nothing it could transmit: no broker is attached.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -35,3 +36,22 @@ async def studio_checkpointer() -> AsyncIterator[BaseCheckpointSaver]:
         yield db.checkpointer
     finally:
         await db.close()
+
+
+STUDIO_THREADS = uuid.UUID("5b0c3f63-8a57-4e0c-9a55-3d1f4a1b7e21")  # names a recorded run's Studio thread
+
+
+def studio_thread_id(run_id: str) -> str:
+    """The Studio thread id of a recorded run: Studio's server takes only UUIDs, our run ids are not."""
+    return str(uuid.uuid5(STUDIO_THREADS, run_id))
+
+
+async def studio_thread(db, run_id: str) -> tuple[str, int]:
+    """Make `run_id`'s recorded checkpoints readable as a Studio thread; returns (thread id, checkpoints)."""
+    from storage.run_archive import copy_thread
+
+    thread_id = studio_thread_id(run_id)
+    copied = await copy_thread(db.pool, run_id, thread_id)
+    if not copied:
+        raise LookupError(f"run {run_id} has no checkpoints")
+    return thread_id, copied

@@ -226,6 +226,28 @@ async def replay_from_file(db: Database, path, on_node=None) -> dict[str, Any]:
     return jsonable({**report.to_dict(), "imported": added})
 
 
+async def open_in_studio(db: Database, run_id: str, url: str) -> dict[str, Any]:
+    """Show a recorded run in LangGraph Studio: its checkpoints copied under a Studio thread id
+    (a UUID named by the run id) and that thread registered with the server at `url`."""
+    import httpx
+
+    from graph.studio import studio_thread
+
+    thread_id, checkpoints = await studio_thread(db, run_id)
+    base = url.rstrip("/")
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            reply = await client.post("/threads", json={
+                "thread_id": thread_id, "if_exists": "do_nothing",
+                "metadata": {"graph_id": "hedgegraph"}})
+    except httpx.HTTPError as exc:
+        raise LookupError(f"no LangGraph server at {base} ({type(exc).__name__}); start it with `langgraph dev`") from None
+    if reply.status_code >= 400:
+        raise LookupError(f"the LangGraph server at {base} refused the thread: HTTP {reply.status_code} {reply.text[:200]}")
+    return {"run_id": run_id, "thread_id": thread_id, "checkpoints": checkpoints, "server": base,
+            "studio_url": f"https://smith.langchain.com/studio/thread/{thread_id}?baseUrl={base}"}
+
+
 async def fork(db: Database, run_id: str, at_node: str, sets: list[str], *, live_llm: bool = False,
                on_node=None) -> dict[str, Any]:
     """Run a run again from before `at_node` with `--set key=value` settings, in a sandbox.

@@ -126,3 +126,17 @@ async def import_rows(pool: asyncpg.Pool, rows: RunRows) -> bool:
                 raise ArchiveError(f"{table} in the archive holds another thread than {run_id}")
             await _insert(conn, table, table_rows)
     return True
+
+
+async def copy_thread(pool: asyncpg.Pool, source: str, target: str) -> int:
+    """Copy every checkpoint row of thread `source` to thread `target` (already copied rows are kept);
+    returns the number of checkpoints the target holds. Blobs are copied as stored, not decoded."""
+    async with pool.acquire() as conn, conn.transaction():
+        for table in CHECKPOINT_TABLES:
+            cols = [c for c in await _columns(conn, table) if c != "thread_id"]
+            listed = ", ".join(f'"{c}"' for c in cols)
+            # `table` is one of our fixed names and the columns come from the catalog, never input.
+            await conn.execute(
+                f"INSERT INTO {table} (thread_id, {listed}) SELECT $2, {listed} FROM {table} WHERE thread_id = $1"
+                " ON CONFLICT DO NOTHING", source, target)
+        return await conn.fetchval("SELECT count(*) FROM checkpoints WHERE thread_id = $1", target)

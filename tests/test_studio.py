@@ -8,6 +8,7 @@ The server is the real `langgraph dev` process; nothing of ours is mocked.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from graph.studio import studio_thread_id
+from service.cli import app as cli_app
 
 from graph.deps import ContextError, RunContext, RunDeps, close_built, registered, run_deps
 from graph.runner import RunRequest, execute_run
@@ -96,7 +100,7 @@ async def db_rows(url: str, sql: str, *args):
         await db.close()
 
 
-def test_studio_renders_schemas_runs_against_our_database_and_opens_recorded_runs(studio, fresh_database_url):
+def test_studio_renders_schemas_runs_against_our_database_and_opens_recorded_runs(studio, fresh_database_url, cli_env):
     recorded_id, recorded_orders = asyncio.run(recorded_run(fresh_database_url))
     assert recorded_orders > 0
     client = httpx.Client(base_url=studio, timeout=120)
@@ -137,16 +141,27 @@ def test_studio_renders_schemas_runs_against_our_database_and_opens_recorded_run
                                       thread))
     assert checkpoints[0]["n"] > 0
 
-    # A recorded run opens in Studio as the thread named by its run id.
-    opened = client.post("/threads", json={"thread_id": recorded_id, "if_exists": "do_nothing"})
-    assert opened.status_code == 200, opened.text
-    recorded = client.get(f"/threads/{recorded_id}/state")
+    # A recorded run opens in Studio: `hedgegraph runs studio RUN` makes it a thread there.
+    opened = cli_env.invoke(cli_app, ["runs", "studio", recorded_id, "--url", studio, "--json"])
+    assert opened.exit_code == 0, opened.output
+    thread_id = json.loads(opened.output)["thread_id"]
+    assert thread_id == studio_thread_id(recorded_id)
+    recorded = client.get(f"/threads/{thread_id}/state")
     assert recorded.status_code == 200, recorded.text
     recorded_values = recorded.json()["values"]
     assert recorded_values["run"]["run_id"] == recorded_id and len(recorded_values["staged"]) == recorded_orders
     assert recorded.json()["next"] == ["await_approval"]
-    history = client.post(f"/threads/{recorded_id}/history", json={"limit": 100})
+    history = client.post(f"/threads/{thread_id}/history", json={"limit": 100})
     assert history.status_code == 200 and len(history.json()) >= 12  # every step of the recorded run
+    shown = client.get(f"/threads/{thread_id}").json()
+    assert shown["metadata"]["graph_id"] == "hedgegraph"  # listed among the graph's threads
+    again = cli_env.invoke(cli_app, ["runs", "studio", recorded_id, "--url", studio])  # opening twice is harmless
+    assert again.exit_code == 0 and thread_id in again.output
+    for args, message in [(["runs", "studio", "nope", "--url", studio], "run nope has no checkpoints"),
+                          (["runs", "studio", recorded_id, "--url", f"http://127.0.0.1:{free_port()}"],
+                           "no LangGraph server at")]:
+        result = cli_env.invoke(cli_app, args)
+        assert result.exit_code == 2 and message in result.output, result.output
 
     # bad context: one clear error, not a missing-argument crash
     thread2 = client.post("/threads", json={}).json()["thread_id"]

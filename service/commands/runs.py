@@ -137,6 +137,23 @@ def runs_export(run_id: str = typer.Argument(..., metavar="RUN"),
                   f"{summary['checkpoints']} checkpoints, {summary['llm_calls']} LLM calls)")
 
 
+@app.command("studio")
+def runs_studio(run_id: str = typer.Argument(..., metavar="RUN"),
+                url: str = typer.Option("http://127.0.0.1:2024", "--url", help="The `langgraph dev` server."),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Open a recorded run in LangGraph Studio (a thread on the `langgraph dev` server at --url)."""
+    from service import operations
+
+    try:
+        data = run_async(with_db(lambda db: operations.open_in_studio(db, run_id, url)))
+    except LookupError as exc:
+        fail(str(exc))
+    if as_json:
+        return print_json(data)
+    console.print(f"{run_id} is thread {data['thread_id']} on {data['server']} ({data['checkpoints']} checkpoints): "
+                  f"{data['studio_url']}")
+
+
 @app.command("show")
 def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json"),
               steps: bool = typer.Option(False, "--steps", help="The trace: each step's nodes, duration and writes."),
