@@ -1,4 +1,5 @@
-"""What nodes are run with (LangGraph runtime context): database, provider, debater, limits.
+"""What nodes are run with: the live `RunDeps` (database, provider, debater, limits) and the
+graph's runtime context `RunContext`, configuration only, from which they are found or built.
 
 None of this is checkpointed: it is the environment of a run, rebuilt by the runner on resume.
 The market cache keeps the run's recorded snapshot and per-ticker chain analyses in memory so the
