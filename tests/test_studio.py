@@ -55,7 +55,8 @@ def studio(fresh_database_url, tmp_path):
     proc = subprocess.Popen(
         [str(LANGGRAPH), "dev", "--host", "127.0.0.1", "--port", str(port), "--no-browser", "--no-reload",
          "--allow-blocking"],  # our embedded-database start and the simulated market are synchronous
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=ROOT,  # langgraph.json's paths are relative to it (the server's own state: .langgraph_api/, ignored)
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
@@ -72,7 +73,8 @@ def studio(fresh_database_url, tmp_path):
             time.sleep(0.5)
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
