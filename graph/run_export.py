@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from graph.replay import ReplayError, ReplayReport, replay_run
-from graph.trace import TraceError, json_safe, run_steps, state_at_step
+from graph.trace import TraceError, json_safe, steps_with_states
 from storage.database import Database
 from storage.run_archive import ArchiveError, RunRows, export_rows, import_rows
 from storage.snapshots import snapshot_sha256
@@ -56,18 +56,9 @@ def _dumps(value: Any) -> bytes:
 
 async def _steps_with_states(db: Database, run_id: str) -> list[dict[str, Any]]:
     try:
-        steps = await run_steps(db, run_id)
+        return [{"trace": step.to_dict(), "state": state} for step, state in await steps_with_states(db, run_id)]
     except TraceError:  # no checkpoints: the run failed before its first step
         return []
-    out = []
-    for s in steps:
-        entry: dict[str, Any] = {"trace": s.to_dict()}
-        try:
-            entry["state"] = await state_at_step(db, run_id, s.step)
-        except TraceError:  # an unfinished step has no state after it yet
-            entry["state"] = None
-        out.append(entry)
-    return out
 
 
 async def export_run(db: Database, run_id: str, path: Path | str) -> ExportSummary:

@@ -162,6 +162,21 @@ def _steps(line: list) -> list[Step]:
     return steps
 
 
+def _state_of(run_id: str, step: Step, snapshot) -> dict[str, Any]:
+    return {
+        "run_id": run_id, "step": step.step, "status": step.status, "finished": step.status in ("done", "update"),
+        "checkpoint_id": step.checkpoint_id, "created_at": snapshot.created_at, "next": list(snapshot.next),
+        "values": json_safe(dict(snapshot.values)),
+    }
+
+
+async def steps_with_states(db: Database, run_id: str) -> list[tuple[Step, dict[str, Any]]]:
+    """Every step with the state `state_at_step` gives for it, read in one pass."""
+    line = await _line(db, run_id)
+    by_id = {_cid(s): s for s in line}
+    return [(step, _state_of(run_id, step, by_id[step.checkpoint_id])) for step in _steps(line)]
+
+
 async def state_at_step(db: Database, run_id: str, n: int) -> dict[str, Any]:
     """The full state after step `n` (numbered as `run_steps` lists them, every one of which is
     readable here), JSON-safe: {run_id, step, status, finished, checkpoint_id, created_at, next, values}.
@@ -175,9 +190,4 @@ async def state_at_step(db: Database, run_id: str, n: int) -> dict[str, Any]:
     if not found:
         raise TraceError(f"run {run_id} has no step {n}; its steps are {steps[0].step}..{steps[-1].step}")
     step = found[-1]
-    snapshot = next(s for s in line if _cid(s) == step.checkpoint_id)
-    return {
-        "run_id": run_id, "step": n, "status": step.status, "finished": step.status in ("done", "update"),
-        "checkpoint_id": step.checkpoint_id, "created_at": snapshot.created_at, "next": list(snapshot.next),
-        "values": json_safe(dict(snapshot.values)),
-    }
+    return _state_of(run_id, step, next(s for s in line if _cid(s) == step.checkpoint_id))

@@ -66,8 +66,10 @@ async def test_an_exported_llm_run_replays_in_another_database_with_no_network(d
         calls = json.loads(zf.read("llm_calls.json"))
     # every step's full state is in the file, readable without the database
     assert [s["trace"]["nodes"] for s in steps] == [s.nodes for s in original_steps]
-    last_done = [s for s in steps if s["state"] is not None][-1]["state"]
-    assert {o["ticker"] for o in last_done["values"]["staged"]} == {o.ticker for o in outcome.orders}
+    last = steps[-1]["state"]  # the step waiting for approval: the state it started from
+    assert last["finished"] is False and last["next"] == ["await_approval"]
+    assert {o["ticker"] for o in last["values"]["staged"]} == {o.ticker for o in outcome.orders}
+    assert all(s["state"]["checkpoint_id"] == s["trace"]["checkpoint_id"] for s in steps)
     assert [c["response"] for c in calls] == [c.response for c in await LLMCallRepository(db.pool).for_run(run_id)]
     llm_server.stop()  # from here on a network call would fail
 
