@@ -24,7 +24,7 @@ from agents.debate import debate
 from agents.risk_gate import post_trade_check, risk_gate
 from agents.staging import stage_orders
 from agents.strategy import strategy_selector
-from graph.deps import RunDeps
+from graph.deps import RunContext, with_run_deps
 from graph.state import AnalystTask, DecisionState
 
 
@@ -38,21 +38,23 @@ def fan_out_analysts(state: DecisionState) -> list[Send]:
 
 
 def build_graph() -> StateGraph:
-    builder = StateGraph(DecisionState, context_schema=RunDeps)
-    builder.add_node("load_context", load_context)
+    # The context is configuration (`RunContext`); each node receives the live `RunDeps` built from it.
+    builder = StateGraph(DecisionState, context_schema=RunContext)
+    add = lambda name, node, **kw: builder.add_node(name, with_run_deps(node), **kw)  # noqa: E731
+    add("load_context", load_context)
     for name, analyst in ANALYSTS.items():
-        builder.add_node(name, analyst, input_schema=AnalystTask)
-    builder.add_node("aggregate_signals", aggregate_signals)
-    builder.add_node("select_candidates", select_candidates)
-    builder.add_node("debate", debate)
-    builder.add_node("risk_gate", risk_gate)
-    builder.add_node("strategy_selector", strategy_selector)
-    builder.add_node("kelly_allocator", kelly_allocator)
-    builder.add_node("post_trade_check", post_trade_check)
-    builder.add_node("stage_orders", stage_orders)
-    builder.add_node("await_approval", await_approval)
-    builder.add_node("execute_approved", execute_approved)
-    builder.add_node("reflect", reflect)
+        add(name, analyst, input_schema=AnalystTask)
+    add("aggregate_signals", aggregate_signals)
+    add("select_candidates", select_candidates)
+    add("debate", debate)
+    add("risk_gate", risk_gate)
+    add("strategy_selector", strategy_selector)
+    add("kelly_allocator", kelly_allocator)
+    add("post_trade_check", post_trade_check)
+    add("stage_orders", stage_orders)
+    add("await_approval", await_approval)
+    add("execute_approved", execute_approved)
+    add("reflect", reflect)
 
     builder.add_edge(START, "load_context")
     builder.add_conditional_edges("load_context", fan_out_analysts, list(ANALYSTS))

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agents.analysts import ANALYSTS
 from agents.debate import DeterministicDebater
 from agents.llm_debate import RecordedChatBackend, ReplayDivergence, make_replay_debater
 from config.settings import DecisionConfig, defaults
@@ -34,11 +35,14 @@ from storage.llm_calls import LLMCallRepository
 from storage.runs import RunRecord, RunRepository
 from tools.providers.base import MarketSnapshot
 
-# Nodes a fork can start at. Each (but load_context) has exactly one static predecessor in the
-# graph, as which the copied state is written so that LangGraph continues at the node itself.
-# The analysts are per-ticker `Send` tasks and approval/execution do nothing in a sandbox.
+# Nodes a fork can start at. Each after the analysts has exactly one static predecessor in the
+# graph, as which the copied state is written so that LangGraph continues at the node itself. An
+# analyst runs as per-ticker `Send` tasks of load_context: its fork writes the state as
+# load_context (which sends every analyst task again) and records the other analysts' original
+# results as those tasks' finished writes, so that only the chosen analyst's tasks run.
+# Approval and execution do nothing in a sandbox.
 FORKABLE_NODES: tuple[str, ...] = (
-    "load_context", "select_candidates", "debate", "risk_gate", "strategy_selector", "kelly_allocator",
+    "load_context", *ANALYSTS, "select_candidates", "debate", "risk_gate", "strategy_selector", "kelly_allocator",
     "post_trade_check", "stage_orders",
 )
 RECORDED_PROVIDER = "recorded"
@@ -265,6 +269,8 @@ def fork_predecessor(at_node: str) -> str | None:
         raise ReplayError(f"cannot fork at {at_node!r}; forkable nodes: {', '.join(FORKABLE_NODES)}")
     if at_node == "load_context":
         return None
+    if at_node in ANALYSTS:
+        return "load_context"
     builder = build_graph()
     sources = sorted(src for src, dst in builder.edges if dst == at_node)
     if len(sources) != 1:  # the graph's wiring changed: say so rather than fork from a wrong place
@@ -274,9 +280,34 @@ def fork_predecessor(at_node: str) -> str | None:
 
 async def _checkpoint_before(db: Database, run_id: str, at_node: str):
     async for snapshot in _app(db).aget_state_history(_thread(run_id)):
-        if snapshot.next == (at_node,):
+        if at_node in snapshot.next:
             return snapshot  # the newest such checkpoint: the one the run went on from
     raise ReplayError(f"run {run_id} never reached {at_node}: there is no checkpoint to fork from")
+
+
+def _tasks_by_send(tasks) -> dict[tuple[str, int], Any]:
+    """Analyst tasks keyed by (node, n): the n-th task of that node in the order load_context sent
+    them (one per ticker, in the run's ticker order), which is the same in the original and a fork."""
+    def sent_at(task) -> tuple[int, ...]:
+        return tuple(p for p in task.path if isinstance(p, int))
+    out: dict[tuple[str, int], Any] = {}
+    for name in ANALYSTS:
+        for n, task in enumerate(sorted((t for t in tasks if t.name == name), key=sent_at)):
+            out[(name, n)] = task
+    return out
+
+
+def _other_analysts_writes(before, rerun: str, run_id: str) -> dict[tuple[str, int], list[tuple[str, Any]]]:
+    """What every analyst task but `rerun`'s wrote in the original (timings left out: the fork
+    records only what it ran)."""
+    out = {}
+    for key, task in _tasks_by_send(before.tasks).items():
+        if key[0] == rerun:
+            continue
+        if task.result is None:
+            raise ReplayError(f"run {run_id}'s {key[0]} task #{key[1]} never finished: its result cannot be copied")
+        out[key] = [(channel, value) for channel, value in task.result.items() if channel != "node_timings"]
+    return out
 
 
 # --- running a sandbox -------------------------------------------------------------------------------
@@ -284,6 +315,7 @@ async def _checkpoint_before(db: Database, run_id: str, at_node: str):
 async def _run_sandbox(
     db: Database, original: _Original, kind: str, config: DecisionConfig, debater: Any, *,
     fork_from: tuple[dict[str, Any], str] | None = None, on_node: Callable[[str, dict], None] | None = None,
+    finished_tasks: Mapping[tuple[str, int], list[tuple[str, Any]]] | None = None,
 ) -> tuple[RunRecord, dict[str, Any]]:
     """Create the sandbox run `<original>~<kind><n>` (first free n), execute it, return its final state.
 
@@ -326,6 +358,8 @@ async def _run_sandbox(
                         await runs.record_snapshot(run_id, original.snapshot)
                         market.remember(run_id, original.snapshot)
                         await app.aupdate_state(thread, {**values, "run": info}, as_node=as_node)
+                        if finished_tasks:  # LangGraph runs only the sent tasks that wrote nothing yet
+                            await _record_finished(db, app, thread, finished_tasks)
                     except Exception as exc:
                         await runs.mark_finished(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
                         raise
@@ -343,6 +377,16 @@ async def _run_sandbox(
         except LockBusy:
             continue
     raise AssertionError("unreachable")  # count() never ends
+
+
+async def _record_finished(db: Database, app, thread: dict, writes: Mapping[tuple[str, int], list]) -> None:
+    pending = await app.aget_state(thread)
+    tasks = _tasks_by_send(pending.tasks)
+    missing = sorted(set(writes) - set(tasks))
+    if missing:
+        raise ReplayError(f"the fork's fan-out did not send {missing}: the original's analyst tasks cannot be matched")
+    for key, task_writes in writes.items():
+        await db.checkpointer.aput_writes(pending.config, task_writes, tasks[key].id)
 
 
 async def replay_run(db: Database, run_id: str, *, on_node: Callable[[str, dict], None] | None = None) -> ReplayReport:
@@ -379,13 +423,18 @@ async def fork_run(
         debater, backend, label = await recorded_debater(db, run_id, original.state.get("verdicts", []))
     else:
         label = getattr(debater, "name", type(debater).__name__)
-    fork_from = None
+    fork_from, finished = None, None
     if as_node is not None:
         before = await _checkpoint_before(db, run_id, at_node)
         # node_timings accumulate: the fork records only the nodes it ran itself
         fork_from = ({k: v for k, v in before.values.items() if k != "node_timings"}, as_node)
-    record, final = await _run_sandbox(db, original, "fork", config, debater, fork_from=fork_from, on_node=on_node)
+        if at_node in ANALYSTS:
+            finished = _other_analysts_writes(before, at_node, run_id)
+    record, final = await _run_sandbox(db, original, "fork", config, debater, fork_from=fork_from, on_node=on_node,
+                                       finished_tasks=finished)
     copied = frozenset(COMPARED_NODES[:COMPARED_NODES.index(at_node)])
+    if at_node in ANALYSTS:  # the other analysts ran beside it in the original: copied, not re-run
+        copied = frozenset({"load_context", *(a for a in ANALYSTS if a != at_node)})
     return ForkReport(
         run_id=run_id, fork_run_id=record.run_id, at_node=at_node, overrides=dict(overrides),
         config=config.model_dump(mode="json"), debater=label,

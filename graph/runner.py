@@ -17,7 +17,7 @@ from typing import Any
 from langgraph.types import Command
 
 from config.settings import DecisionConfig
-from graph.deps import MarketCache, RunDeps
+from graph.deps import MarketCache, RunDeps, registered
 from graph.graph import build_graph
 from graph.schema import AccountState, Position
 from graph.state import RunInfo
@@ -198,10 +198,11 @@ async def _advance(app, runs: RunRepository, graph_input, thread, deps: RunDeps,
 
 
 async def _drive(app, graph_input, thread, deps: RunDeps, on_node) -> None:
-    async for chunk in app.astream(graph_input, thread, context=deps, stream_mode="updates"):
-        if on_node is not None:
-            for node, update in chunk.items():
-                on_node(node, update or {})
+    with registered(deps) as context:  # the graph gets configuration; its nodes find these live deps by key
+        async for chunk in app.astream(graph_input, thread, context=context, stream_mode="updates"):
+            if on_node is not None:
+                for node, update in chunk.items():
+                    on_node(node, update or {})
 
 
 async def _outcome(runs, orders, app, thread, run_id, *, executed: bool, resumed: bool) -> RunOutcome:

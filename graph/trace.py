@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -39,8 +39,10 @@ class Step:
     tasks: int  # how many tasks ran (analysts: one per ticker and analyst)
     status: str  # "done" | "interrupted" (waiting for approval) | "failed" | "pending" | "update"
     started_at: str  # ISO 8601, UTC: when the checkpoint before the step was written
-    duration_ms: float | None  # wall time from that checkpoint to the next; None when unfinished
-    node_ms: dict[str, float]  # per node, the time its tasks report in `node_timings`, summed over tickers
+    duration_ms: float | None  # the step's wall time: from that checkpoint to the next; None when unfinished
+    node_ms: dict[str, float]  # per node, wall time from its first task's start to its last task's end
+    task_ms: dict[str, float]  # per node, its tasks' own times added up (parallel tasks overlap: > wall)
+    node_tasks: dict[str, int]  # per node, how many of its tasks reported a time
     writes: list[str]  # per channel written: "signals +12" (appended), "verdicts 3" (replaced), "context"
     checkpoint_id: str  # the checkpoint holding the state after this step (before it, when unfinished)
     errors: list[str] = field(default_factory=list)
@@ -84,12 +86,20 @@ def summarize_writes(results: list[dict[str, Any] | None]) -> list[str]:
     return lines
 
 
-def _node_ms(results: list[dict[str, Any] | None]) -> dict[str, float]:
-    out: dict[str, float] = {}
+def _timings(results: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Per node: the wall time its tasks spanned (tasks of a step run in parallel, so their times
+    are not added up for it), their own times added up, and how many there were."""
+    spans: dict[str, list[tuple[datetime, datetime, float]]] = {}
     for result in results:
         for t in (result or {}).get("node_timings", []):
-            out[t.node] = out.get(t.node, 0.0) + t.duration_ms
-    return {k: round(v, 3) for k, v in out.items()}
+            end = t.started_at + timedelta(milliseconds=t.duration_ms)
+            spans.setdefault(t.node, []).append((t.started_at, end, t.duration_ms))
+    return {
+        "node_ms": {k: round((max(e for _, e, _ in v) - min(b for b, _, _ in v)).total_seconds() * 1000.0, 3)
+                    for k, v in spans.items()},
+        "task_ms": {k: round(sum(d for _, _, d in v), 3) for k, v in spans.items()},
+        "node_tasks": {k: len(v) for k, v in spans.items()},
+    }
 
 
 def _distinct(names) -> list[str]:
@@ -122,19 +132,22 @@ def _ms_between(a: str, b: str) -> float:
 
 async def run_steps(db: Database, run_id: str) -> list[Step]:
     """The run's steps, oldest first (step 0 is the input: `__start__` writing `run`)."""
-    line = await _line(db, run_id)
+    return _steps(await _line(db, run_id))
+
+
+def _steps(line: list) -> list[Step]:
     steps: list[Step] = []
     first = line[0]
     if first.metadata.get("source") == "update":  # a fork: its first state was written, not computed
         steps.append(Step(step=first.metadata.get("step", 0), nodes=["(state copied by update)"], tasks=0,
-                          status="update", started_at=first.created_at, duration_ms=None, node_ms={},
+                          status="update", started_at=first.created_at, duration_ms=None, **_timings([]),
                           writes=summarize_writes([dict(first.values)]), checkpoint_id=_cid(first)))
     for before, after in zip(line, line[1:]):
         results = [t.result for t in before.tasks]
         steps.append(Step(
             step=after.metadata.get("step", -1), nodes=_distinct(t.name for t in before.tasks), tasks=len(before.tasks),
             status="done", started_at=before.created_at, duration_ms=_ms_between(before.created_at, after.created_at),
-            node_ms=_node_ms(results), writes=summarize_writes(results), checkpoint_id=_cid(after),
+            **_timings(results), writes=summarize_writes(results), checkpoint_id=_cid(after),
         ))
     last = line[-1]
     if last.tasks:  # scheduled but not finished: waiting at an interrupt, failed, or not yet run
@@ -144,20 +157,37 @@ async def run_steps(db: Database, run_id: str) -> list[Step]:
         steps.append(Step(
             step=last.metadata.get("step", -1) + 1, nodes=_distinct(t.name for t in last.tasks),
             tasks=len(last.tasks), status=status, started_at=last.created_at, duration_ms=None,
-            node_ms=_node_ms(done), writes=summarize_writes(done), checkpoint_id=_cid(last), errors=errors,
+            **_timings(done), writes=summarize_writes(done), checkpoint_id=_cid(last), errors=errors,
         ))
     return steps
 
 
-async def state_at_step(db: Database, run_id: str, n: int) -> dict[str, Any]:
-    """The full state after step `n` (as numbered by `run_steps`), JSON-safe:
-    {run_id, step, checkpoint_id, created_at, next, values}."""
+def _state_of(run_id: str, step: Step, snapshot) -> dict[str, Any]:
+    return {
+        "run_id": run_id, "step": step.step, "status": step.status, "finished": step.status in ("done", "update"),
+        "checkpoint_id": step.checkpoint_id, "created_at": snapshot.created_at, "next": list(snapshot.next),
+        "values": json_safe(dict(snapshot.values)),
+    }
+
+
+async def steps_with_states(db: Database, run_id: str) -> list[tuple[Step, dict[str, Any]]]:
+    """Every step with the state `state_at_step` gives for it, read in one pass."""
     line = await _line(db, run_id)
-    for snapshot in line:
-        if snapshot.metadata.get("step") == n:
-            return {
-                "run_id": run_id, "step": n, "checkpoint_id": _cid(snapshot), "created_at": snapshot.created_at,
-                "next": list(snapshot.next), "values": json_safe(dict(snapshot.values)),
-            }
-    known = [s.metadata.get("step") for s in line]
-    raise TraceError(f"run {run_id} has no step {n}; its steps are {min(known)}..{max(known)}")
+    by_id = {_cid(s): s for s in line}
+    return [(step, _state_of(run_id, step, by_id[step.checkpoint_id])) for step in _steps(line)]
+
+
+async def state_at_step(db: Database, run_id: str, n: int) -> dict[str, Any]:
+    """The full state after step `n` (numbered as `run_steps` lists them, every one of which is
+    readable here), JSON-safe: {run_id, step, status, finished, checkpoint_id, created_at, next, values}.
+    A step that has not finished (waiting for approval, failed, pending) has no state after it: its
+    `values` are the state it started from, and `finished` is false."""
+    line = await _line(db, run_id)
+    steps = _steps(line)
+    found = [s for s in steps if s.step == n]
+    if not steps:
+        raise TraceError(f"run {run_id} has not taken a step yet")
+    if not found:
+        raise TraceError(f"run {run_id} has no step {n}; its steps are {steps[0].step}..{steps[-1].step}")
+    step = found[-1]
+    return _state_of(run_id, step, next(s for s in line if _cid(s) == step.checkpoint_id))

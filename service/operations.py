@@ -220,6 +220,43 @@ async def replay(db: Database, run_id: str, on_node=None) -> dict[str, Any]:
     return jsonable((await replay_run(db, run_id, on_node=on_node)).to_dict())
 
 
+async def export_run(db: Database, run_id: str, path) -> dict[str, Any]:
+    """Write a run's trace (run row, snapshot, LLM calls, checkpoints, every step's state) as one zip."""
+    from graph.run_export import export_run as export
+
+    return asdict(await export(db, run_id, path))
+
+
+async def replay_from_file(db: Database, path, on_node=None) -> dict[str, Any]:
+    """Import a trace file written by `export_run` into this database and replay it node by node."""
+    from graph.run_export import replay_from_file as replay_file
+
+    report, added = await replay_file(db, path, on_node=on_node)
+    return jsonable({**report.to_dict(), "imported": added})
+
+
+async def open_in_studio(db: Database, run_id: str, url: str) -> dict[str, Any]:
+    """Show a recorded run in LangGraph Studio: its checkpoints copied under a Studio thread id
+    (a UUID named by the run id) and that thread registered with the server at `url`."""
+    import httpx
+
+    from graph.studio import studio_thread
+
+    thread_id, checkpoints = await studio_thread(db, run_id)
+    base = url.rstrip("/")
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            reply = await client.post("/threads", json={
+                "thread_id": thread_id, "if_exists": "do_nothing",
+                "metadata": {"graph_id": "hedgegraph"}})
+    except httpx.HTTPError as exc:
+        raise LookupError(f"no LangGraph server at {base} ({type(exc).__name__}); start it with `langgraph dev`") from None
+    if reply.status_code >= 400:
+        raise LookupError(f"the LangGraph server at {base} refused the thread: HTTP {reply.status_code} {reply.text[:200]}")
+    return {"run_id": run_id, "thread_id": thread_id, "checkpoints": checkpoints, "server": base,
+            "studio_url": f"https://smith.langchain.com/studio/thread/{thread_id}?baseUrl={base}"}
+
+
 async def fork(db: Database, run_id: str, at_node: str, sets: list[str], *, live_llm: bool = False,
                on_node=None) -> dict[str, Any]:
     """Run a run again from before `at_node` with `--set key=value` settings, in a sandbox.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -204,16 +204,17 @@ def order_view_dicts(items: list[dict]) -> list[tuple]:
 
 
 async def test_bad_forks_and_replays_are_clear_errors(db):
-    with pytest.raises(ReplayError, match="cannot fork at 'nope'; forkable nodes: load_context, select_candidates"):
+    with pytest.raises(ReplayError, match="cannot fork at 'nope'; forkable nodes: load_context, vol_surface, flow, "
+                                          "technical, social, select_candidates"):
         fork_predecessor("nope")
-    with pytest.raises(ReplayError, match="cannot fork at 'vol_surface'"):
-        await fork_run(db, "whatever", "vol_surface", {})
+    with pytest.raises(ReplayError, match="cannot fork at 'aggregate_signals'"):
+        await fork_run(db, "whatever", "aggregate_signals", {})
     with pytest.raises(ReplayError, match="no run nope"):
         await replay_run(db, "nope")
     with pytest.raises(ReplayError, match="no run nope"):
         await fork_run(db, "nope", "debate", {})
     assert [fork_predecessor(n) for n in FORKABLE_NODES] == [
-        None, "aggregate_signals", "select_candidates", "debate", "risk_gate", "strategy_selector",
+        None, "load_context", "load_context", "load_context", "load_context", "aggregate_signals", "select_candidates", "debate", "risk_gate", "strategy_selector",
         "kelly_allocator", "post_trade_check"]
     # a run that never recorded its market cannot be replayed
     await RunRepository(db.pool).create_if_absent(
@@ -293,10 +294,28 @@ async def test_run_steps_list_the_nodes_in_order_with_durations(db):
     for step in steps[:-1]:
         assert step.duration_ms is not None and step.duration_ms >= 0
         # a step's wall time spans the time its node reports (checkpoints are written around it)
-        if step.tasks == 1 and step.node_ms:
-            assert step.duration_ms + 1.0 >= sum(step.node_ms.values())
+        # and so does each node's (parallel tasks: their span, never the sum of their times)
+        for node, wall in step.node_ms.items():
+            assert step.duration_ms + 1.0 >= wall
+            assert wall <= step.task_ms[node] + 1.0 or step.node_tasks[node] > 1
     assert by_node["load_context"].node_ms["load_context"] > 0
     assert steps[-1].duration_ms is None
+    assert analysts.node_tasks == {name: len(TICKERS) for name in ANALYST_NODES}
+    for name in ANALYST_NODES:  # a node's wall time is the span of its tasks within the step, not their sum
+        timings = [t for t in outcome.state["node_timings"] if t.node == name]
+        start = min(t.started_at for t in timings)
+        end = max(t.started_at + timedelta(milliseconds=t.duration_ms) for t in timings)
+        assert analysts.node_ms[name] == pytest.approx((end - start).total_seconds() * 1000.0, abs=0.01)
+        assert analysts.task_ms[name] == pytest.approx(sum(t.duration_ms for t in timings), abs=0.01)
+        assert 0 < analysts.node_ms[name] <= analysts.duration_ms + 1.0
+
+    # every step --steps lists can be read with --step N, the unfinished last one included
+    for step in steps:
+        at = await state_at_step(db, run_id, step.step)
+        assert (at["step"], at["status"], at["checkpoint_id"]) == (step.step, step.status, step.checkpoint_id)
+        assert at["finished"] == (step.status == "done")
+    waiting = await state_at_step(db, run_id, steps[-1].step)
+    assert waiting["next"] == ["await_approval"] and len(waiting["values"]["staged"]) == len(outcome.orders)
 
     select = by_node["select_candidates"].step
     state = await state_at_step(db, run_id, select)
@@ -304,7 +323,7 @@ async def test_run_steps_list_the_nodes_in_order_with_durations(db):
     assert state["next"] == ["debate"] and "verdicts" not in state["values"]
     assert state["values"]["candidates"] == [c.model_dump(mode="json") for c in outcome.state["candidates"]]
     assert state["values"]["run"]["run_id"] == run_id
-    with pytest.raises(TraceError, match=f"run {run_id} has no step 99; its steps are -1..10"):
+    with pytest.raises(TraceError, match=f"run {run_id} has no step 99; its steps are 0..{steps[-1].step}"):
         await state_at_step(db, run_id, 99)
     with pytest.raises(TraceError, match="run nope has no checkpoints"):
         await run_steps(db, "nope")
@@ -315,6 +334,8 @@ async def test_run_steps_list_the_nodes_in_order_with_durations(db):
     assert fork_steps[0].status == "update" and "signals +12" in fork_steps[0].writes
     assert [s.nodes[0] for s in fork_steps[1:4]] == ["kelly_allocator", "post_trade_check", "stage_orders"]
     assert {s.status for s in fork_steps[1:]} == {"done"}  # a sandbox never waits for approval
+    for step in fork_steps:
+        assert (await state_at_step(db, fork.fork_run_id, step.step))["checkpoint_id"] == step.checkpoint_id
 
 
 # --- LangGraph Studio -------------------------------------------------------------------------------
@@ -360,11 +381,16 @@ def test_replay_fork_and_steps_from_the_command_line(cli_env):
     assert state["step"] == 4 and state["next"] == ["debate"]
     shown = invoke(cli_env, "runs", "show", run_id)
     assert "LLM calls 0, tokens in 0, out 0" in shown
-    assert "select_candidates" in invoke(cli_env, "runs", "show", run_id, "--steps")
+    table = invoke(cli_env, "runs", "show", run_id, "--steps")
+    assert "select_candidates" in table and "wall ms" in table and "sum of tasks" not in table
+    assert f"vol_surface" in table and f"({len(TICKERS)} tasks:" in table  # span, then the tasks' own total
+    for listed in steps:  # --steps and --step N agree on which steps exist
+        at = json.loads(invoke(cli_env, "runs", "show", run_id, "--step", str(listed["step"]), "--json"))
+        assert at["checkpoint_id"] == listed["checkpoint_id"]
 
     for args, message in [
         (["fork", run_id, "--at", "select_candidates", "--set", "kelly=1"], "unknown decision setting 'kelly'"),
-        (["fork", run_id, "--at", "flow"], "cannot fork at 'flow'"),
+        (["fork", run_id, "--at", "aggregate_signals"], "cannot fork at 'aggregate_signals'"),
         (["replay", "nope"], "no run nope"),
         (["runs", "show", run_id, "--step", "99"], "has no step 99"),
     ]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -201,19 +202,30 @@ def render_comparison(nodes: list[dict], title: str) -> None:
 
 
 @app.command()
-def replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def replay(run_id: Optional[str] = typer.Argument(None, help="The run to replay (or --from-file)."),
+           from_file: Optional[Path] = typer.Option(None, "--from-file", help="A trace written by "
+                                                    "`hedgegraph runs export`: imported here, then replayed."),
+           as_json: bool = typer.Option(False, "--json")) -> None:
     """Re-execute a run in a sandbox from its recordings and compare every node with the original.
 
     No LLM or network call is made (recorded LLM answers are served), nothing is staged or sent."""
     from graph.replay import ReplayError
     from service import operations
 
+    if (run_id is None) == (from_file is None):
+        fail("give a run id or --from-file PATH (one of them)")
     try:
-        report = run_async(with_db(lambda db: operations.replay(db, run_id)))
+        if from_file is not None:
+            report = run_async(with_db(lambda db: operations.replay_from_file(db, from_file)))
+            run_id = report["run_id"]
+        else:
+            report = run_async(with_db(lambda db: operations.replay(db, run_id)))
     except ReplayError as exc:
         fail(str(exc))
     if as_json:
         return print_json(report)
+    if from_file is not None:
+        console.print(f"{'imported' if report['imported'] else 'already here:'} [bold]{run_id}[/] from {from_file}")
     console.print(f"replayed [bold]{run_id}[/] as {report['replay_run_id']} (debater {report['debater']}, "
                   f"{report['llm_calls_served']} recorded LLM answers served)")
     render_comparison(report["nodes"], "Replay vs original")
@@ -223,8 +235,9 @@ def replay(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command()
-def fork(run_id: str, at: str = typer.Option(..., "--at", help="Node to re-run from (load_context, "
-                                             "select_candidates, debate, risk_gate, strategy_selector, ...)."),
+def fork(run_id: str, at: str = typer.Option(..., "--at", help="Node to re-run from: load_context, one "
+                                             "analyst (vol_surface, flow, technical, social), select_candidates, debate, "
+                                             "risk_gate, strategy_selector, kelly_allocator, post_trade_check, stage_orders."),
          set_: list[str] = typer.Option([], "--set", help="key=value: a DecisionConfig setting to change."),
          live_llm: bool = typer.Option(False, "--live-llm", help="Debate with the configured LLM, not the recording."),
          as_json: bool = typer.Option(False, "--json")) -> None:

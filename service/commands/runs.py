@@ -1,6 +1,7 @@
 """`hedgegraph runs ...`: list, show and trace decision runs."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -113,10 +114,51 @@ def runs_diff(a: str = typer.Argument(..., metavar="RUN_A", help="A run id (show
                   f"[red]differs at {', '.join(data['differing_nodes'])}[/] (all of it: --json)")
 
 
+@app.command("export")
+def runs_export(run_id: str = typer.Argument(..., metavar="RUN"),
+                output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                      help="The file to write (default: RUN.trace.zip here)."),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Write a run's whole trace as one file: every step's state, LLM calls, the market snapshot, the run
+    record. `hedgegraph replay --from-file FILE` re-runs it in any database."""
+    from graph.run_export import TraceFileError
+    from service import operations
+
+    path = output if output is not None else Path(f"{run_id}.trace.zip")
+    if "/" in run_id and output is None:
+        fail(f"{run_id!r} is not a run id")
+    try:
+        summary = run_async(with_db(lambda db: operations.export_run(db, run_id, path)))
+    except TraceFileError as exc:
+        fail(str(exc))
+    if as_json:
+        return print_json(summary)
+    console.print(f"wrote {summary['path']} ({summary['bytes']:,} bytes: {summary['steps']} steps, "
+                  f"{summary['checkpoints']} checkpoints, {summary['llm_calls']} LLM calls)")
+
+
+@app.command("studio")
+def runs_studio(run_id: str = typer.Argument(..., metavar="RUN"),
+                url: str = typer.Option("http://127.0.0.1:2024", "--url", help="The `langgraph dev` server."),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Open a recorded run in LangGraph Studio (a thread on the `langgraph dev` server at --url)."""
+    from service import operations
+
+    try:
+        data = run_async(with_db(lambda db: operations.open_in_studio(db, run_id, url)))
+    except LookupError as exc:
+        fail(str(exc))
+    if as_json:
+        return print_json(data)
+    console.print(f"{run_id} is thread {data['thread_id']} on {data['server']} ({data['checkpoints']} checkpoints): "
+                  f"{data['studio_url']}")
+
+
 @app.command("show")
 def runs_show(run_id: str, as_json: bool = typer.Option(False, "--json"),
               steps: bool = typer.Option(False, "--steps", help="The trace: each step's nodes, duration and writes."),
-              step: Optional[int] = typer.Option(None, "--step", min=0, help="The full state after step N (JSON).")) -> None:
+              step: Optional[int] = typer.Option(None, "--step", min=0, help="The full state after step N (JSON); "
+                                                 "for a step that has not finished, the state it started from.")) -> None:
     """One run: its signals, debates, risk decisions, orders, node timings and LLM usage."""
     from service import operations
 
@@ -174,9 +216,13 @@ def _show_trace(run_id: str, step: Optional[int], as_json: bool) -> None:
         fail(str(exc))
     if as_json:
         return print_json(rows)
-    t = table(f"Steps of {run_id}", ("step", "node(s)", "tasks", "status", "ms", "node ms (sum of tasks)", "wrote"))
+    t = table(f"Steps of {run_id}", ("step", "node(s)", "tasks", "status", "wall ms", "node wall ms (its tasks' own ms)",
+                                     "wrote"))
     for r in rows:
-        node_ms = ", ".join(f"{k} {v:.0f}" for k, v in r["node_ms"].items())
+        # a node's tasks run in parallel within a step: its wall time is their span, not their sum
+        node_ms = ", ".join(
+            f"{k} {v:.0f}" + (f" ({r['node_tasks'][k]} tasks: {r['task_ms'][k]:.0f})" if r["node_tasks"][k] > 1 else "")
+            for k, v in r["node_ms"].items())
         t.add_row(str(r["step"]), ", ".join(r["nodes"]), str(r["tasks"]), r["status"],
                   "—" if r["duration_ms"] is None else f"{r['duration_ms']:.0f}", node_ms,
                   ", ".join(r["writes"]) + ("; " + "; ".join(r["errors"]) if r["errors"] else ""))
