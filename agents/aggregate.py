@@ -14,7 +14,7 @@ from langgraph.runtime import Runtime
 
 from config.settings import DecisionConfig
 from graph.deps import RunDeps
-from graph.schema import Candidate, Signal
+from domain.decision import Candidate, Signal
 from graph.state import DecisionState
 from graph.timing import timed
 from storage.decisions import DecisionRepository

@@ -24,7 +24,7 @@ from langgraph.runtime import Runtime
 
 from agents.analysts import evidence_number
 from graph.deps import RunDeps
-from graph.schema import SizedTrade, TradeProposal, Verdict
+from domain.decision import SizedTrade, TradeProposal, Verdict
 from graph.state import DecisionState
 from graph.timing import timed
 from risk.kelly import PayoffDistribution, size_trade

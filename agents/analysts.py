@@ -17,7 +17,7 @@ from langgraph.runtime import Runtime
 
 from graph.compute import run_cpu
 from graph.deps import MarketCache, RunDeps
-from graph.schema import Signal
+from domain.decision import Signal
 from graph.state import AnalystTask
 from graph.timing import timed
 from tools.chain_analysis import ChainAnalysis, analyze_chain

@@ -11,7 +11,7 @@ from __future__ import annotations
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from brokers.order_state import OrderState
+from domain.order_state import OrderState
 from graph.deps import RunDeps
 from graph.state import DecisionState
 from graph.timing import timed

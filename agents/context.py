@@ -11,7 +11,7 @@ from langgraph.runtime import Runtime
 
 from agents.social_feed import with_social_sources
 from graph.deps import RunDeps
-from graph.schema import ClosedOutcome
+from domain.decision import ClosedOutcome
 from graph.state import DecisionState, MarketContext
 from graph.timing import timed
 from risk.regime import regime_of

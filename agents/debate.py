@@ -12,7 +12,7 @@ from typing import Protocol
 from langgraph.runtime import Runtime
 
 from graph.deps import RunDeps
-from graph.schema import Candidate, DebateTurn, Regime, Signal, Verdict
+from domain.decision import Candidate, DebateTurn, Regime, Signal, Verdict
 from graph.state import DecisionState
 from graph.timing import timed
 from storage.decisions import DecisionRepository

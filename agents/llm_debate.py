@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.debate import DeterministicDebater, Debater, deterministic_verdict
 from config.settings import DecisionConfig, LLMConfig, Settings, defaults
-from graph.schema import Candidate, DebateTurn, Regime, Signal, Verdict
+from domain.decision import Candidate, DebateTurn, Regime, Signal, Verdict
 from prompts import load_prompt
 from storage.llm_calls import LLMCall, LLMCallRepository, prompt_hash
 

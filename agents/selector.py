@@ -7,7 +7,7 @@ Two pure functions; the graph node that calls them lives elsewhere.
   per-row implied-vol array (market IVs, or IVs read off a fitted surface — the caller decides),
   checks liquidity and prices, and fills a `TradeProposal`, or says why it could not.
 
-Conventions of the proposal (see also graph/schema.py)
+Conventions of the proposal (see also domain/decision.py)
 ------------------------------------------------------
 * Leg bid/ask/mid are Decimal per share rounded to cents (half-even); `net_debit` is the signed
   sum of leg limits (positive pay, negative credit) and `natural_debit` the same at the far side
@@ -21,7 +21,7 @@ Conventions of the proposal (see also graph/schema.py)
   Butterflies and the iron fly keep `wing_width_steps` listed strikes (symmetric wings).
 * `max_profit` / `max_loss` are dollars per unit (multiplier applied), exact from the expiry
   payoff; `breakevens` are terminal underlying prices.
-* Leg Greeks are per share for a LONG option, in trader units (graph.schema): delta per 1.00 of
+* Leg Greeks are per share for a LONG option, in trader units (domain.decision): delta per 1.00 of
   spot, gamma per 1.00 of spot squared, vega per vol POINT (tools/pricing's vega / 100), theta
   per calendar DAY (tools/pricing's theta / 365). Proposal Greeks are sign * ratio sums of them.
 * `probability_of_profit` is risk-neutral and exact over the breakeven intervals. Given the
@@ -44,7 +44,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import numpy as np
 
 from config.settings import DecisionConfig
-from graph.schema import OptionLeg, SmileFit, TradeProposal
+from domain.decision import OptionLeg, SmileFit, TradeProposal
 from tools.chain import NEW_YORK, OptionChain, years_to_expiry
 from tools.density import SmileDensity, market_distribution, pnl_distribution
 from tools.density import probability_of_profit as density_probability_of_profit

@@ -11,9 +11,9 @@ from decimal import ROUND_FLOOR, Decimal
 
 from langgraph.runtime import Runtime
 
-from brokers.order_state import OrderState
+from domain.order_state import OrderState
 from graph.deps import RunDeps
-from graph.schema import StagedOrder, TradeProposal
+from domain.decision import StagedOrder, TradeProposal
 from graph.state import DecisionState
 from graph.timing import timed
 from storage.controls import RiskControls

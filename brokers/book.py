@@ -31,13 +31,14 @@ from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from brokers.base import CENT, BrokerPosition, ComboLeg, LegQuote, MarginUnavailable, OptionContract, QuoteSource
+from brokers.base import MarginUnavailable
+from domain.orders import CENT, BrokerPosition, ComboLeg, LegQuote, OptionContract, QuoteSource
 from brokers.expiry import CASH_SETTLED, is_expired, settlement
 from brokers.flatten import FlattenOrder
 from brokers.margin import margin_requirement
 from brokers.portfolio import PortfolioGreeks, portfolio_greeks
 from config.settings import BookConfig
-from graph.schema import AccountState, OptionLeg, Position
+from domain.decision import AccountState, OptionLeg, Position
 from storage.book import LIVE_ORDER_STATES, BookStore
 from storage.journal import AccountSnapshot, Journal
 from storage.orders import OrderRecord, OrderRepository

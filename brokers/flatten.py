@@ -25,8 +25,9 @@ from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from functools import reduce
 
-from brokers.base import CENT, BrokerPosition, ComboLeg, ComboOrder, LegQuote, QuoteSource, QuoteUnavailable
-from graph.schema import OptionLeg, SizedTrade, TradeProposal
+from brokers.base import QuoteUnavailable
+from domain.orders import CENT, BrokerPosition, ComboLeg, ComboOrder, LegQuote, QuoteSource
+from domain.decision import OptionLeg, SizedTrade, TradeProposal
 from tools.chain import NEW_YORK
 from tools.structures import breakevens, max_profit_loss, net_greeks, pnl_at_expiry
 

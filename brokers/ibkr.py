@@ -34,12 +34,19 @@ from ib_async import ComboLeg as IbComboLeg
 from ib_async.ib import StartupFetch
 from ib_async.wrapper import RequestError
 
-from brokers.base import (
-    BrokerAccount, BrokerError, BrokerOrderStatus, BrokerPosition, ComboLeg, ComboOrder, Fill, FillCallback,
-    OptionContract, OrderNotWorking, WhatIfMargin,
+from brokers.base import BrokerError, FillCallback, OrderNotWorking
+from domain.orders import (
+    BrokerAccount,
+    BrokerOrderStatus,
+    BrokerPosition,
+    ComboLeg,
+    ComboOrder,
+    Fill,
+    OptionContract,
+    WhatIfMargin,
 )
 from brokers.live import BrokerDisconnected, LiveOrderBook, to_decimal, weighted
-from brokers.order_state import TERMINAL, OrderState
+from domain.order_state import TERMINAL, OrderState
 from config.connections import IbkrConfig
 
 log = logging.getLogger(__name__)

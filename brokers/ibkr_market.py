@@ -24,7 +24,8 @@ from decimal import Decimal
 import numpy as np
 from ib_async import Option, Stock
 
-from brokers.base import BrokerError, LegQuote, OptionContract
+from brokers.base import BrokerError
+from domain.orders import LegQuote, OptionContract
 from brokers.ibkr import MARKET_DATA_TYPES, IbkrBroker, ib_expiry, parse_expiry
 from brokers.live import to_decimal
 from tools.providers.base import Bars

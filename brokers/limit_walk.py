@@ -12,8 +12,9 @@ from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Literal
 
-from brokers.base import CENT, Broker, BrokerOrderStatus, OrderNotWorking
-from brokers.order_state import OrderState
+from brokers.base import Broker, OrderNotWorking
+from domain.orders import CENT, BrokerOrderStatus
+from domain.order_state import OrderState
 
 
 def _to_cent(value: Decimal, toward_mid_up: bool) -> Decimal:

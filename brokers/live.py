@@ -17,11 +17,9 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from brokers.base import (
-    BrokerError, BrokerOrderStatus, ComboOrder, Fill, FillCallback, OrderMismatch, OrderNotApproved,
-    UnknownBrokerOrder,
-)
-from brokers.order_state import TERMINAL, OrderState, can_transition
+from brokers.base import BrokerError, FillCallback, OrderMismatch, OrderNotApproved, UnknownBrokerOrder
+from domain.orders import BrokerOrderStatus, ComboOrder, Fill
+from domain.order_state import TERMINAL, OrderState, can_transition
 from storage.broker_ledger import AVG_PLACES, BrokerLedger
 from storage.orders import OrderRecord, OrderRepository, UnknownOrder
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
-from brokers.base import MarginUnavailable, OptionContract, QuoteSource
+from brokers.base import MarginUnavailable
+from domain.orders import OptionContract, QuoteSource
 from tools.structures import LegSpec, max_profit_loss
 
 ZERO = Decimal(0)

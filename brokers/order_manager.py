@@ -24,13 +24,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from brokers.base import BrokerError, ComboOrder, Fill, OrderNotWorking, UnknownBrokerOrder
+from brokers.base import BrokerError, OrderNotWorking, UnknownBrokerOrder
+from domain.orders import ComboOrder, Fill
 from brokers.book import last_daily_reset
 from brokers.limit_walk import LimitWalker
-from brokers.order_state import TERMINAL, OrderState
+from domain.order_state import TERMINAL, OrderState
 from brokers.portfolio import PortfolioGreeks, portfolio_greeks
 from brokers.quote_source import ProviderQuotes
-from graph.schema import Execution, MarketContext, SizedTrade, TradeProposal
+from domain.decision import Execution, MarketContext, SizedTrade, TradeProposal
 from risk.gate import post_trade
 from risk.regime import regime_of
 from storage.controls import RiskControls

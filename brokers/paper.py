@@ -34,13 +34,29 @@ import asyncpg
 
 from config.clock import wall_clock
 from brokers.base import (
-    CENT, BrokerAccount, BrokerError, BrokerOrderStatus, BrokerPosition, ComboLeg, ComboOrder, Fill, FillCallback,
-    LegQuote, OrderMismatch, OrderNotApproved, OrderNotWorking, QuoteSource, UnknownBrokerOrder, WhatIfMargin,
+    BrokerError,
+    FillCallback,
+    OrderMismatch,
+    OrderNotApproved,
+    OrderNotWorking,
+    UnknownBrokerOrder,
+)
+from domain.orders import (
+    CENT,
+    BrokerAccount,
+    BrokerOrderStatus,
+    BrokerPosition,
+    ComboLeg,
+    ComboOrder,
+    Fill,
+    LegQuote,
+    QuoteSource,
+    WhatIfMargin,
     combo_prices,
 )
 from brokers.expiry import latest_expired_date, settlement
 from brokers.margin import margin_requirement
-from brokers.order_state import OrderState
+from domain.order_state import OrderState
 from storage.broker_ledger import AVG_PLACES, BrokerLedger, premium_basis
 from storage.orders import OrderRecord, OrderRepository, UnknownOrder
 from tools.chain import NEW_YORK

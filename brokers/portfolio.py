@@ -1,6 +1,6 @@
 """Portfolio Greeks of option positions, SPX beta-weighted delta and |theta|/|vega|.
 
-Units (whole-position totals, as `graph.schema.Position`):
+Units (whole-position totals, as `domain.decision.Position`):
 - delta: shares of the underlying (summed across underlyings); gamma: shares per $1;
   vega: $ per vol point; theta: $ per calendar day. Each is sum(Q * M * leg Greek) with Q signed
   contracts, M the multiplier and the leg Greek per share for a long option (from the quote).
@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from brokers.base import BrokerPosition, ComboOrder, OptionContract, QuoteSource
+from domain.orders import BrokerPosition, ComboOrder, OptionContract, QuoteSource
 
 Holding = tuple[OptionContract, int]
 

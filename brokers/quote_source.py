@@ -1,6 +1,6 @@
 """Quote sources for brokers and valuations: a mutable book and one backed by option chains.
 
-A quote source is any `Callable[[OptionContract], LegQuote | None]` (`brokers.base.QuoteSource`);
+A quote source is any `Callable[[OptionContract], LegQuote | None]` (`domain.orders.QuoteSource`);
 None means "no usable two-sided quote", never a made-up price.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from brokers.base import LegQuote, OptionContract
+from domain.orders import LegQuote, OptionContract
 from tools.chain import OptionChain
 from tools.implied_vol import chain_implied_vol
 from tools.pricing import bsm_greeks

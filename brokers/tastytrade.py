@@ -31,12 +31,19 @@ from tastytrade import Account, Session
 from tastytrade.order import InstrumentType, Leg, LimitOrder, OrderAction, OrderTimeInForce
 from tastytrade.utils import TastytradeError
 
-from brokers.base import (
-    BrokerAccount, BrokerError, BrokerOrderStatus, BrokerPosition, ComboLeg, ComboOrder, Fill, FillCallback,
-    OptionContract, OrderNotWorking, WhatIfMargin,
+from brokers.base import BrokerError, FillCallback, OrderNotWorking
+from domain.orders import (
+    BrokerAccount,
+    BrokerOrderStatus,
+    BrokerPosition,
+    ComboLeg,
+    ComboOrder,
+    Fill,
+    OptionContract,
+    WhatIfMargin,
 )
 from brokers.live import BrokerDisconnected, BrokerRejected, LiveOrderBook, weighted
-from brokers.order_state import TERMINAL, OrderState
+from domain.order_state import TERMINAL, OrderState
 from config.connections import TastytradeConfig
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from tastytrade import DXLinkStreamer
 from tastytrade.dxfeed import Greeks, Quote
 from tastytrade.instruments import NestedOptionChain
 
-from brokers.base import BrokerError, LegQuote, OptionContract
+from brokers.base import BrokerError
+from domain.orders import LegQuote, OptionContract
 from brokers.tastytrade import TastytradeBroker, parse_occ
 
 

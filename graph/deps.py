@@ -21,7 +21,7 @@ from typing import Any
 
 from config.clock import wall_clock
 from config.settings import DecisionConfig
-from graph.schema import AccountState, Position
+from domain.decision import AccountState, Position
 from storage.database import Database
 from storage.runs import RunRepository
 from tools.providers.base import MarketDataProvider, MarketSnapshot

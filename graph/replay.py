@@ -28,7 +28,7 @@ from graph.compare import COMPARED_NODES, NodeComparison, compare_states
 from graph.deps import MarketCache
 from graph.graph import build_graph
 from graph.runner import RunFailed, _advance, make_deps
-from graph.schema import AccountState, Candidate, Regime, Signal, Verdict
+from domain.decision import AccountState, Candidate, Regime, Signal, Verdict
 from graph.state import RunInfo
 from storage.database import Database, LockBusy
 from storage.llm_calls import LLMCallRepository

@@ -6,13 +6,13 @@ import inspect
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from pydantic import BaseModel
 
-import graph.schema
+import domain.decision
 import graph.state
 
 
 def _state_types() -> list[tuple[str, str]]:
     allowed = []
-    for module in (graph.schema, graph.state):
+    for module in (domain.decision, graph.state):
         for name, obj in vars(module).items():
             if inspect.isclass(obj) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__:
                 allowed.append((module.__name__, name))

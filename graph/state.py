@@ -12,7 +12,7 @@ from typing import Annotated
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic builds schemas (Studio) only from this one on Python < 3.12
 
-from graph.schema import (  # noqa: F401  (MarketContext, Execution: re-read by the nodes)
+from domain.decision import (
     AccountState,
     Execution,
     MarketContext,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from graph.schema import Candidate, Regime, Signal
+from domain.decision import Candidate, Regime, Signal
 from memory.store import MemoryStore, situation_text
 
 RECALL_K = 3

@@ -29,15 +29,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from numpy.typing import ArrayLike
 
-from graph.schema import (
-    AccountState,
-    OptionLeg,
-    Position,
-    Regime,
-    RiskDecision,
-    RiskReason,
-    SizedTrade,
-)
+from domain.decision import AccountState, OptionLeg, Position, Regime, RiskDecision, RiskReason, SizedTrade
 from risk.limits import HARD_LIMITS, RiskMatrix, SessionHours, SoftLimit
 from risk.var import delta_gamma_normal_var
 

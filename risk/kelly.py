@@ -35,7 +35,7 @@ from typing import Iterable
 import numpy as np
 
 from config.settings import DecisionConfig
-from graph.schema import AccountState, ClosedOutcome, KellyInputs, Regime, RegimeName, SizedTrade, TradeProposal
+from domain.decision import AccountState, ClosedOutcome, KellyInputs, Regime, RegimeName, SizedTrade, TradeProposal
 from risk.limits import HARD_LIMITS, RiskMatrix
 
 # A fraction this close to the ruin boundary 1 / max(-x) is as far as the search goes.

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from graph.schema import RegimeName
+from domain.decision import RegimeName
 
 DEFAULT_RISK_MATRIX_PATH = Path(__file__).resolve().parents[1] / "config" / "risk_matrix.yaml"
 

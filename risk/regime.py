@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from graph.schema import Regime
+from domain.decision import Regime
 from risk.limits import RiskMatrix, StressTriggers, load_risk_matrix
 from tools.providers.base import MarketSnapshot
 from tools.volstats import close_to_close_vol

@@ -51,8 +51,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from brokers.order_state import OrderState
-from graph.schema import DebateTurn, OptionLeg, RiskReason
+from domain.order_state import OrderState
+from domain.decision import DebateTurn, OptionLeg, RiskReason
 from service import approvals, notify, operations
 from service.approvals import ApprovalError, Decision, ServiceContext
 from service.security import HardeningMiddleware, LoginThrottle, ServiceConfig, client_address

@@ -19,8 +19,9 @@ from typing import Any, Callable, Literal
 from agents.execution import order_manager
 from agents.staging import idempotency_key, order_id_for
 from brokers.flatten import flatten_orders
-from brokers.order_state import OrderState
-from brokers.base import BrokerError, ComboOrder
+from domain.order_state import OrderState
+from brokers.base import BrokerError
+from domain.orders import ComboOrder
 from brokers.factory import close_broker, make_broker
 from brokers.portfolio import holdings_after, portfolio_greeks
 from brokers.quote_source import ProviderQuotes
@@ -28,7 +29,7 @@ from config.clock import wall_clock
 from config.connections import load_connections
 from config.settings import Settings, defaults
 from graph.runner import RunBusy, RunFailed, make_deps, resume_run
-from graph.schema import AccountState
+from domain.decision import AccountState
 from tools.chain import NEW_YORK
 from service import notify
 from service.operations import default_account, jsonable, order_summary, terminal_reason

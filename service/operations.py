@@ -13,7 +13,7 @@ from config.settings import DecisionConfig, defaults, settings
 
 if TYPE_CHECKING:  # the decision stack is imported by the operations that run it, not by listing ones
     from graph.runner import RunOutcome
-    from graph.schema import AccountState
+    from domain.decision import AccountState
     from storage.database import Database
     from storage.orders import OrderRecord
     from tools.providers.base import MarketDataProvider
@@ -34,7 +34,7 @@ def jsonable(value: Any) -> Any:
 
 
 def default_account() -> AccountState:
-    from graph.schema import AccountState
+    from domain.decision import AccountState
 
     a = defaults().account
     return AccountState(net_liquidation=a["net_liquidation"], cash=a["cash"], margin_used=a["margin_used"])
@@ -187,7 +187,7 @@ async def list_orders(db: Database, state: str | None = None, run_id: str | None
 def terminal_reason(state: str, history: list[dict[str, Any]]) -> str | None:
     """Why a terminal order ended where it did (stale price, risk re-check, expired, cancelled by
     the broker, rejected by the approver …): the reason recorded with its last state change."""
-    from brokers.order_state import TERMINAL
+    from domain.order_state import TERMINAL
 
     if state not in TERMINAL or not history:
         return None

@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from brokers.base import BrokerPosition, ComboLeg, ComboOrder, Fill, OptionContract
+from domain.orders import BrokerPosition, ComboLeg, ComboOrder, Fill, OptionContract
 
 AVG_PLACES = Decimal("0.000001")
 MONEY_PLACES = Decimal("0.0001")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from graph.schema import RiskDecision, Signal, Verdict
+from domain.decision import RiskDecision, Signal, Verdict
 
 
 class DecisionRepository:

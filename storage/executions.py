@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from graph.schema import Execution
+from domain.decision import Execution
 
 
 class ExecutionRepository:

@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from brokers.base import BrokerAccount, Fill
+from domain.orders import BrokerAccount, Fill
 from brokers.portfolio import PortfolioGreeks
 from storage.broker_ledger import fill_from_row
 

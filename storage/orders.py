@@ -1,4 +1,4 @@
-"""Orders and their state history. Every state change goes through `brokers.order_state`.
+"""Orders and their state history. Every state change goes through `domain.order_state`.
 
 Staging is idempotent: the idempotency key has a unique constraint, so staging the same trade
 twice (a resumed run, a re-executed node, two processes) leaves exactly one order.
@@ -12,8 +12,8 @@ from typing import Any
 
 import asyncpg
 
-from brokers.order_state import OrderState, transition
-from graph.schema import Position, SizedTrade
+from domain.order_state import OrderState, transition
+from domain.decision import Position, SizedTrade
 
 # Orders in these states are, or may become, positions: they count against the risk limits.
 OPEN_STATES = ("STAGED", "APPROVED", "SUBMITTED", "PARTIALLY_FILLED", "UNKNOWN")

@@ -6,10 +6,10 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 from agents.staging import idempotency_key, opening_limit_price, order_id_for
-from brokers.base import LegQuote, OptionContract
-from brokers.order_state import OrderState
+from domain.orders import LegQuote, OptionContract
+from domain.order_state import OrderState
 from brokers.quote_source import QuoteBook
-from graph.schema import OptionLeg, SizedTrade, TradeProposal
+from domain.decision import OptionLeg, SizedTrade, TradeProposal
 from storage.orders import OrderRepository
 from storage.runs import RunRepository
 

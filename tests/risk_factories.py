@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from graph.schema import AccountState, OptionLeg, Position, Regime, SizedTrade, TradeProposal
+from domain.decision import AccountState, OptionLeg, Position, Regime, SizedTrade, TradeProposal
 from risk.limits import DEFAULT_RISK_MATRIX_PATH, RiskMatrix, parse_risk_matrix
 
 NY = ZoneInfo("America/New_York")

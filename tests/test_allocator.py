@@ -8,7 +8,7 @@ import pytest
 from agents.allocator import VIEW_DRIFT, view_distribution
 from agents.selector import build_proposal
 from config.settings import DecisionConfig
-from graph.schema import Verdict
+from domain.decision import Verdict
 from risk.kelly import size_trade
 from risk.limits import load_risk_matrix
 from tests.risk_factories import account, proposal, regime

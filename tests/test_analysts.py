@@ -12,7 +12,7 @@ from agents.aggregate import candidates_from_signals
 from agents.analysts import flow_signal, social_signal, technical_signal, vol_surface_signal
 from agents.debate import deterministic_verdict
 from config.settings import DecisionConfig
-from graph.schema import Regime, Signal
+from domain.decision import Regime, Signal
 from tools.chain import NEW_YORK
 from tools.chain_analysis import analyze_chain
 from tools.providers.simulated import SimulatedMarket

@@ -10,9 +10,9 @@ from decimal import Decimal
 
 import pytest
 
-from brokers.base import BrokerPosition, ComboOrder, LegQuote, OptionContract
+from domain.orders import BrokerPosition, ComboOrder, LegQuote, OptionContract
 from brokers.book import Book, BookError, last_daily_reset
-from brokers.order_state import OrderState
+from domain.order_state import OrderState
 from brokers.paper import PaperBroker, SlippageModel
 from brokers.quote_source import QuoteBook
 from config.settings import BookConfig

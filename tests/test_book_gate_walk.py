@@ -68,6 +68,6 @@ async def test_a_realized_loss_above_3pct_stops_the_next_run_until_the_daily_res
 
 
 def broker_combo(order, limit=None):
-    from brokers.base import ComboOrder
+    from domain.orders import ComboOrder
 
     return ComboOrder.from_record(order, limit_price=limit)

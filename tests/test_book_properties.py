@@ -18,9 +18,9 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokers.base import ComboOrder
+from domain.orders import ComboOrder
 from brokers.book import Book, ExitTrade, _closing_order
-from brokers.order_state import OrderState
+from domain.order_state import OrderState
 from brokers.paper import PaperBroker, SlippageModel
 from storage.database import connect
 from storage.orders import OrderRepository

@@ -6,9 +6,10 @@ from decimal import Decimal
 import pytest
 
 from agents.staging import idempotency_key, order_id_for
-from brokers.base import BrokerPosition, ComboOrder, LegQuote, QuoteUnavailable
+from brokers.base import QuoteUnavailable
+from domain.orders import BrokerPosition, ComboOrder, LegQuote
 from brokers.flatten import FLATTEN_STRUCTURE, flatten_orders
-from brokers.order_state import OrderState
+from domain.order_state import OrderState
 from brokers.paper import PaperBroker
 from storage.orders import OrderRepository
 from tests.broker_factories import D, T0, Clock, approve, book_for, bull_put_spread, contract, run_row, stage
@@ -131,7 +132,7 @@ def test_buying_back_a_short_call_has_a_finite_stated_max_profit():
     the legs' IV, and says so (it used to fail to stage at all)."""
     from datetime import date, datetime
 
-    from brokers.base import OptionContract
+    from domain.orders import OptionContract
     from tools.chain import NEW_YORK
 
     held = [BrokerPosition(OptionContract("SPY", date(2026, 12, 18), Decimal(600), "C"), -2, Decimal("3.00"))]

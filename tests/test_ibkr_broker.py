@@ -13,12 +13,13 @@ from decimal import Decimal
 
 import pytest
 
-from brokers.base import ComboOrder, OrderNotApproved
+from brokers.base import OrderNotApproved
+from domain.orders import ComboOrder
 from brokers.ibkr import IbkrBroker
 from brokers.live import BrokerDisconnected
 from brokers.book import Book
 from brokers.order_manager import OrderManager
-from brokers.order_state import OrderState
+from domain.order_state import OrderState
 from brokers.quote_source import ProviderQuotes
 from config.connections import IbkrConfig
 from risk.limits import load_risk_matrix
@@ -229,7 +230,7 @@ async def test_the_approver_sees_the_configured_brokers_preview(db, tws, monkeyp
 async def test_market_data_chains_quotes_and_bars_say_whether_they_are_delayed(db, tws):
     from datetime import date
 
-    from brokers.base import OptionContract
+    from domain.orders import OptionContract
     from brokers.ibkr_market import IbkrMarketData
 
     tws.chain["SPY"] = (["20261218", "20261120"], [575.0, 580.0, 585.0])

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from brokers.base import ComboOrder, Fill, LegQuote
+from domain.orders import ComboOrder, Fill, LegQuote
 from brokers.paper import PaperBroker
 from brokers.portfolio import holdings_after, portfolio_greeks, spx_beta_weighted_delta, theta_vega_ratio
 from brokers.quote_source import QuoteBook

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from brokers.base import CENT, ComboOrder, LegQuote
+from domain.orders import CENT, ComboOrder, LegQuote
 from brokers.limit_walk import LimitWalker, limit_at, limit_schedule
-from brokers.order_state import OrderState
+from domain.order_state import OrderState
 from brokers.paper import PaperBroker
 from tests.broker_factories import D, T0, Clock, approve, book_for, bull_call_spread, bull_put_spread, contract, run_row, stage
 

@@ -23,7 +23,7 @@ from agents.llm_debate import (
     parse_ruling, render_messages,
 )
 from config.settings import DecisionConfig, LLMConfig, Settings, defaults
-from graph.schema import Candidate, Regime, Signal
+from domain.decision import Candidate, Regime, Signal
 from prompts import PROMPT_NAMES, load_prompt
 from storage.llm_calls import LLMCallRepository, canonical_messages, prompt_hash
 from storage.runs import RunRepository

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graph.schema import OptionLeg, Regime, Signal, SizedTrade, TradeProposal
+from domain.decision import OptionLeg, Regime, Signal, SizedTrade, TradeProposal
 from memory.embeddings import MiniLMEmbedder, packaged_model_dir
 from memory.reflect import reflection_for
 from memory.store import (

@@ -158,7 +158,7 @@ def test_an_inverted_term_structure_chooses_calendars_and_diagonals(price_view, 
 ])
 def test_calendars_and_diagonals_on_real_chains(shared_data, filename, structures):
     from agents.allocator import view_distribution
-    from brokers.base import OptionContract
+    from domain.orders import OptionContract
     from brokers.margin import margin_requirement
     from tools.cboe import read_cboe_quote_table
     from tools.chain_analysis import analyze_chain

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from agents.execution import order_manager
-from brokers.base import ComboOrder
+from domain.orders import ComboOrder
 from brokers.paper import TradingHalted
 from config.clock import ClockError, parse_now, wall_clock
 from config.settings import defaults

@@ -5,8 +5,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from brokers.order_state import (
-    ALLOWED, TERMINAL, TRANSMITTED, IllegalTransition, OrderState, can_transition, transition,
+from domain.order_state import (
+    ALLOWED,
+    TERMINAL,
+    TRANSMITTED,
+    IllegalTransition,
+    OrderState,
+    can_transition,
+    transition,
 )
 
 STATES = list(OrderState)

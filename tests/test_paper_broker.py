@@ -10,11 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from brokers.base import (
-    Broker, ComboLeg, ComboOrder, Fill, MarginUnavailable, OrderMismatch, OrderNotApproved, OrderNotWorking,
-    UnknownBrokerOrder, combo_prices,
+    Broker,
+    MarginUnavailable,
+    OrderMismatch,
+    OrderNotApproved,
+    OrderNotWorking,
+    UnknownBrokerOrder,
 )
+from domain.orders import ComboLeg, ComboOrder, Fill, combo_prices
 from brokers.margin import margin_requirement, reg_t_naked_per_share
-from brokers.order_state import OrderState
+from domain.order_state import OrderState
 from brokers.paper import InsufficientBuyingPower, PaperBroker, SlippageModel, is_marketable, model_fill_price
 from storage.broker_ledger import FillRejected, apply_to_position
 from storage.orders import OrderRepository
@@ -375,7 +380,7 @@ async def test_slippage_jitter_is_seeded(db):
 def test_chain_quotes_match_the_cboe_file_and_its_vendor_deltas(shared_data):
     import numpy as np
 
-    from brokers.base import OptionContract
+    from domain.orders import OptionContract
     from brokers.quote_source import ChainQuotes
     from tools.cboe import implied_forwards, read_cboe_quote_table
 

@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from config.settings import DecisionConfig
-from graph.schema import ClosedOutcome, TradeProposal
+from domain.decision import ClosedOutcome, TradeProposal
 from risk.kelly import (
     PayoffDistribution,
     expected_log_growth,

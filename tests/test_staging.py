@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.staging import idempotency_key, opening_limit_price, order_id_for
-from brokers.order_state import IllegalTransition, OrderState
-from graph.schema import OptionLeg, SizedTrade, TradeProposal
+from domain.order_state import IllegalTransition, OrderState
+from domain.decision import OptionLeg, SizedTrade, TradeProposal
 from storage.orders import OrderRepository, UnknownOrder
 from storage.runs import RunRepository
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from graph.schema import OptionLeg
+from domain.decision import OptionLeg
 from tools.structures import (
     LegSpec,
     breakevens,

@@ -8,10 +8,10 @@ from decimal import Decimal
 
 import pytest
 
-from brokers.base import ComboOrder, OptionContract
+from domain.orders import ComboOrder, OptionContract
 from brokers.book import Book
 from brokers.order_manager import OrderManager
-from brokers.order_state import OrderState
+from domain.order_state import OrderState
 from brokers.quote_source import ProviderQuotes
 from brokers.tastytrade import TastytradeBroker, occ_symbol, parse_occ, probe
 from config.connections import load_connections

@@ -29,6 +29,7 @@ from service import operations
 from service.api import create_app
 from service.approvals import ServiceContext
 from service.security import ServiceConfig
+from tests.live_server import LiveServer
 from storage.database import connect
 from storage.tokens import TokenRepository
 from tools.chain import NEW_YORK
@@ -96,38 +97,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """uvicorn in a background thread, serving the app on 127.0.0.1:<free port>."""
-
-    def __init__(self, url: str):
-        import uvicorn
-
-        self.url = url
-        self.now = DECISION_TIME  # the service's wall clock; a test may move it
-
-        async def open_context() -> ServiceContext:
-            return ServiceContext(db=await connect(url, max_size=6), clock=lambda: self.now)
-
-        app = create_app(open_context, service_config=ServiceConfig(allowed_hosts=("127.0.0.1",)))
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "Server":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
 @pytest.fixture
 def database(pg_server, seeded):
     """A private copy of the seeded database."""
@@ -139,7 +108,7 @@ def database(pg_server, seeded):
 
 @pytest.fixture
 def server(database):
-    with Server(database) as running:
+    with LiveServer(database, DECISION_TIME) as running:
         yield running
 
 
@@ -153,7 +122,7 @@ def browser():
         chromium.close()
 
 
-def _signed_in(browser, server: Server, token: str, width: int = 1280, height: int = 900):
+def _signed_in(browser, server: LiveServer, token: str, width: int = 1280, height: int = 900):
     context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     page.goto(server.base + "/")

@@ -3,7 +3,7 @@ option structures (verticals, condors, flies, long or short single options, any 
 
 A structure is a list of legs, each with `strike`, `right` ("C"/"P"), `side` ("buy"/"sell"),
 `ratio` (whole contracts per unit) and `expiry` (a date, or None). `LegSpec` below is the
-minimal leg; `graph.schema.OptionLeg` has the same attributes and is accepted as is.
+minimal leg; `domain.decision.OptionLeg` has the same attributes and is accepted as is.
 
 Units and sign conventions
 --------------------------

@@ -15,7 +15,7 @@ def _order_state(value: Optional[str]) -> Optional[str]:
     """`--state`: one of the order states (any case); anything else is refused, not an empty list."""
     if value is None:
         return None
-    from brokers.order_state import OrderState
+    from domain.order_state import OrderState
 
     names = [s.value for s in OrderState]
     if value.upper() not in names:

@@ -1,0 +1,345 @@
+"""The value types an order speaks once it leaves the graph: listed contracts, combo orders and
+their legs, quotes, fills, what-if margin, and a broker's view of orders, positions and accounts.
+
+They import nothing of ours but the order state machine (`domain.order_state`) and the account
+view (`domain.decision.AccountState`): the bottom floor every other floor speaks.
+
+Sign and unit conventions (the same as `domain.decision`):
+- A combo order always BUYS one unit of its leg list `quantity` times; each leg's `side` says
+  whether that leg is bought or sold. `limit_price` and fill `price` are per share per unit,
+  signed like `TradeProposal.net_debit`: positive = we pay (debit), negative = we receive
+  (credit). A HIGHER signed price is always WORSE for us, so an order is marketable at a price p
+  when p <= limit_price (a debit pays at most the limit; a credit receives at least |limit|).
+- Money is `Decimal`; dollars = per-share price * multiplier * contracts.
+- Position quantity is signed contracts (+ long, - short); `avg_price` is the per-share price
+  the open contracts were opened at (always >= 0; its direction is the quantity's sign).
+- Every timestamp is timezone-aware.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from domain.order_state import OrderState
+
+CENT = Decimal("0.01")
+Right = Literal["C", "P"]
+Side = Literal["buy", "sell"]
+TimeInForce = Literal["DAY", "GTC"]
+
+
+def _strike(value: Any) -> Decimal:
+    """A positive strike, normalised so that 580 and 580.00 compare and hash equal."""
+    strike = _decimal("strike", value)
+    if strike <= 0:
+        raise ValueError(f"strike must be positive, got {value}")
+    return strike.quantize(Decimal(1)) if strike == strike.to_integral_value() else strike.normalize()
+
+
+def _right(value: Any) -> None:
+    if value not in ("C", "P"):
+        raise ValueError(f"right must be 'C' or 'P', got {value!r}")
+
+
+def _aware(name: str, value: datetime | None) -> None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware")
+
+
+def _decimal(name: str, value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
+        raise TypeError(f"{name} must be a Decimal (or int/str), got {type(value).__name__}")
+    d = Decimal(value)
+    if not d.is_finite():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return d
+
+
+@dataclass(frozen=True)
+class OptionContract:
+    """One listed option: what a position row and a quote are keyed by."""
+
+    ticker: str
+    expiry: date
+    strike: Decimal
+    right: Right
+    multiplier: int = 100
+
+    def __post_init__(self) -> None:
+        _right(self.right)
+        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, int) or self.multiplier <= 0:
+            raise ValueError(f"multiplier must be a positive whole number, got {self.multiplier!r}")
+        if not self.ticker:
+            raise ValueError("ticker must not be empty")
+        object.__setattr__(self, "strike", _strike(self.strike))
+        object.__setattr__(self, "ticker", self.ticker.upper())
+
+    def label(self) -> str:
+        return f"{self.ticker} {self.expiry.isoformat()} {self.strike}{self.right}"
+
+
+@dataclass(frozen=True)
+class ComboLeg:
+    """Contract terms of one leg of a combo order (no prices)."""
+
+    expiry: date
+    strike: Decimal
+    right: Right
+    side: Side
+    ratio: int = 1
+
+    def __post_init__(self) -> None:
+        if self.side not in ("buy", "sell"):
+            raise ValueError(f"side must be 'buy' or 'sell', got {self.side!r}")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, int) or self.ratio < 1:
+            raise ValueError(f"ratio must be a positive whole number, got {self.ratio!r}")
+        _right(self.right)
+        object.__setattr__(self, "strike", _strike(self.strike))
+
+    @property
+    def sign(self) -> int:
+        return 1 if self.side == "buy" else -1
+
+    def contract(self, ticker: str, multiplier: int = 100) -> OptionContract:
+        return OptionContract(ticker, self.expiry, self.strike, self.right, multiplier)
+
+    @classmethod
+    def from_any(cls, leg: Any) -> "ComboLeg":
+        """From an `OptionLeg`, a `ComboLeg`, or a JSON dict as stored in `orders.legs`."""
+        if isinstance(leg, ComboLeg):
+            return leg
+        if isinstance(leg, Mapping):
+            expiry = leg["expiry"]
+            return cls(expiry=date.fromisoformat(expiry) if isinstance(expiry, str) else expiry,
+                       strike=Decimal(str(leg["strike"])), right=leg["right"], side=leg["side"],
+                       ratio=int(leg.get("ratio", 1)))
+        return cls(expiry=leg.expiry, strike=Decimal(str(leg.strike)), right=leg.right, side=leg.side,
+                   ratio=int(leg.ratio))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"expiry": self.expiry.isoformat(), "strike": str(self.strike), "right": self.right,
+                "side": self.side, "ratio": self.ratio}
+
+    def key(self) -> tuple:
+        return (self.expiry, self.strike, self.right, self.side, self.ratio)
+
+
+@dataclass(frozen=True)
+class ComboOrder:
+    """A limit order for `quantity` units of a multi-leg structure, tied to one `orders` row.
+
+    `limit_price` is per share per unit, signed (+ pay / - receive), on a cent tick.
+    """
+
+    order_id: str
+    ticker: str
+    legs: tuple[ComboLeg, ...]
+    quantity: int
+    limit_price: Decimal
+    time_in_force: TimeInForce = "DAY"
+    multiplier: int = 100
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "legs", tuple(ComboLeg.from_any(leg) for leg in self.legs))
+        object.__setattr__(self, "ticker", self.ticker.upper())
+        if not self.legs:
+            raise ValueError("a combo order needs at least one leg")
+        if len({(leg.expiry, leg.strike, leg.right) for leg in self.legs}) != len(self.legs):
+            raise ValueError("a combo order may not list the same contract twice")
+        if isinstance(self.quantity, bool) or not isinstance(self.quantity, int) or self.quantity < 1:
+            raise ValueError(f"quantity must be a positive whole number of units, got {self.quantity!r}")
+        limit = _decimal("limit_price", self.limit_price)
+        if limit != limit.quantize(CENT):
+            raise ValueError(f"limit_price must be on a cent tick, got {limit}")
+        object.__setattr__(self, "limit_price", limit.quantize(CENT))
+        if self.time_in_force not in ("DAY", "GTC"):
+            raise ValueError(f"time_in_force must be DAY or GTC, got {self.time_in_force!r}")
+
+    @classmethod
+    def from_record(cls, record: Any, *, limit_price: Decimal | None = None,
+                    time_in_force: TimeInForce = "DAY") -> "ComboOrder":
+        """The combo order for a `storage.orders.OrderRecord` (its approved legs and quantity)."""
+        multiplier = int((record.proposal or {}).get("multiplier", 100))
+        return cls(order_id=record.order_id, ticker=record.ticker,
+                   legs=tuple(ComboLeg.from_any(leg) for leg in record.legs), quantity=record.quantity,
+                   limit_price=record.limit_price if limit_price is None else limit_price,
+                   time_in_force=time_in_force, multiplier=multiplier)
+
+    def contracts(self) -> list[OptionContract]:
+        return [leg.contract(self.ticker, self.multiplier) for leg in self.legs]
+
+    def legs_key(self) -> list[tuple]:
+        return sorted(leg.key() for leg in self.legs)
+
+
+@dataclass(frozen=True)
+class LegQuote:
+    """A two-sided quote for one option, per share; optional Greeks are for a LONG option in
+    trader units (delta per $1, gamma per $1^2, vega per vol point, theta per calendar day)."""
+
+    bid: Decimal
+    ask: Decimal
+    underlying_price: Decimal | None = None
+    delta: float | None = None
+    gamma: float | None = None
+    vega: float | None = None
+    theta: float | None = None
+    iv: float | None = None
+    as_of: datetime | None = None
+
+    def __post_init__(self) -> None:
+        bid, ask = _decimal("bid", self.bid), _decimal("ask", self.ask)
+        if bid < 0 or ask <= 0:
+            raise ValueError(f"a quote needs bid >= 0 and ask > 0, got {bid}/{ask}")
+        if bid > ask:
+            raise ValueError(f"crossed quote: bid {bid} > ask {ask}")
+        object.__setattr__(self, "bid", bid)
+        object.__setattr__(self, "ask", ask)
+        if self.underlying_price is not None:
+            object.__setattr__(self, "underlying_price", _decimal("underlying_price", self.underlying_price))
+        _aware("as_of", self.as_of)
+
+    @property
+    def mid(self) -> Decimal:
+        return (self.bid + self.ask) / 2
+
+    @property
+    def half_spread(self) -> Decimal:
+        return (self.ask - self.bid) / 2
+
+
+# Where a broker or a calculation gets the current quote of a contract; None = no usable quote.
+QuoteSource = Callable[[OptionContract], LegQuote | None]
+
+
+@dataclass(frozen=True)
+class WhatIfMargin:
+    """What an order would do to the account, in dollars (Decimal), before it is placed.
+
+    Margin is the buying-power requirement of the ticker's whole holding, before and after the
+    order (`brokers.margin`): a defined-risk structure requires its max loss, a naked short a
+    Reg-T style amount. `*_change` = after - before (negative when the order releases margin).
+    `cash_change` = -(limit * quantity * multiplier) - commission (credits add cash).
+    Options' maintenance requirement equals the initial one under these rules.
+    """
+
+    initial_margin_change: Decimal
+    maintenance_margin_change: Decimal
+    commission: Decimal
+    cash_change: Decimal
+    margin_before: Decimal
+    margin_after: Decimal
+    method: str  # "max_loss" or "reg_t" (which rule produced margin_after), or the broker's own preview
+    # A real broker's preview may also say what the order does to buying power (negative = uses it)
+    # and warn (e.g. IBKR's warningText, tastytrade's dry-run warnings).
+    buying_power_change: Decimal | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One execution of (part of) a combo order.
+
+    `quantity` units at `price` per share per unit (signed like the limit). `leg_prices` are the
+    per-share prices of each leg, in the order's leg order, unsigned, with
+    sum(sign * ratio * leg_price) == price. `commission` is dollars (positive = paid).
+    `fill_id` is unique per execution: reporting the same fill twice changes nothing.
+    """
+
+    order_id: str
+    broker_order_id: str
+    fill_id: str
+    quantity: int
+    price: Decimal
+    leg_prices: tuple[Decimal, ...]
+    at: datetime
+    commission: Decimal = Decimal("0")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quantity, bool) or not isinstance(self.quantity, int) or self.quantity < 1:
+            raise ValueError(f"fill quantity must be a positive whole number, got {self.quantity!r}")
+        object.__setattr__(self, "price", _decimal("price", self.price))
+        object.__setattr__(self, "commission", _decimal("commission", self.commission))
+        object.__setattr__(self, "leg_prices", tuple(_decimal("leg price", p) for p in self.leg_prices))
+        if any(p < 0 for p in self.leg_prices):
+            raise ValueError("leg prices are unsigned per-share prices and may not be negative")
+        if self.commission < 0:
+            raise ValueError("commission is what we pay and may not be negative")
+        if self.at.tzinfo is None:
+            raise ValueError("fill time must be timezone-aware")
+
+
+@dataclass(frozen=True)
+class BrokerOrderStatus:
+    """Where a placed order stands. `state` is the `orders` row's state machine state."""
+
+    order_id: str
+    broker_order_id: str
+    state: OrderState
+    quantity: int
+    filled_quantity: int
+    limit_price: Decimal
+    avg_fill_price: Decimal | None  # quantity-weighted per-share price of the fills so far
+    placed_at: datetime
+    updated_at: datetime
+
+    @property
+    def remaining(self) -> int:
+        return self.quantity - self.filled_quantity
+
+
+@dataclass(frozen=True)
+class BrokerPosition:
+    """An open option position (one contract), signed quantity, average open price per share."""
+
+    contract: OptionContract
+    quantity: int
+    avg_price: Decimal
+    realized_pnl: Decimal = Decimal("0")  # dollars realized on this contract since it was opened
+
+
+@dataclass(frozen=True)
+class BrokerAccount:
+    """Account values in dollars.
+
+    net_liquidation = cash + sum(quantity * multiplier * mark), mark = the quote mid (a position
+    without a quote is carried at its average price and named in `unmarked`). margin_used is the
+    buying-power requirement of the open positions (`brokers.margin`); free_margin =
+    net_liquidation - margin_used.
+    """
+
+    account_id: str
+    cash: Decimal
+    net_liquidation: Decimal
+    positions_value: Decimal
+    margin_used: Decimal
+    free_margin: Decimal
+    realized_pnl: Decimal
+    realized_pnl_today: Decimal
+    as_of: datetime
+    unmarked: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_account_state(self, **extra: Any):
+        """The risk gate's `domain.decision.AccountState` view of this account."""
+        from domain.decision import AccountState  # noqa: PLC0415  (same floor; kept lazy for import order)
+
+        return AccountState(net_liquidation=self.net_liquidation, cash=self.cash, margin_used=self.margin_used,
+                            daily_realized_pnl=self.realized_pnl_today, **extra)
+
+
+def combo_prices(legs: Sequence[ComboLeg], quotes: Sequence[LegQuote]) -> tuple[Decimal, Decimal, Decimal]:
+    """(mid, natural, far-touch-for-seller) of one unit of a combo, per share, signed.
+
+    mid = sum(sign * ratio * leg mid); natural = the price to BUY the combo at every leg's far
+    side (asks of bought legs, bids of sold legs) = the worst price for us; the third value is the
+    near side (what the combo would fetch at every leg's near side), the best conceivable price.
+    """
+    if len(legs) != len(quotes):
+        raise ValueError("one quote per leg")
+    mid = sum((leg.sign * leg.ratio * q.mid for leg, q in zip(legs, quotes)), Decimal(0))
+    natural = sum((leg.ratio * (q.ask if leg.sign > 0 else -q.bid) for leg, q in zip(legs, quotes)), Decimal(0))
+    near = sum((leg.ratio * (q.bid if leg.sign > 0 else -q.ask) for leg, q in zip(legs, quotes)), Decimal(0))
+    return mid, natural, near
