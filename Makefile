@@ -3,6 +3,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# LangGraph Studio's server (`langgraph dev`, tests/test_studio.py) lives in its own environment:
+# langgraph-api pins jsonschema-rs below what schemathesis (a test extra) needs, so one resolver
+# cannot satisfy both. This one holds the project and langgraph-cli[inmem], no test extras.
+STUDIO := .venv-studio
+STUDIO_STAMP := $(STUDIO)/.installed
 
 .PHONY: run test bench clean
 
@@ -15,10 +20,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(STUDIO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(STUDIO)
+	$(STUDIO)/bin/pip install --quiet --upgrade pip
+	$(STUDIO)/bin/pip install --quiet torch==2.13.0
+	$(STUDIO)/bin/pip install --quiet -e . 'langgraph-cli[inmem]>=0.4'
+	touch $(STUDIO_STAMP)
+
 run: $(STAMP)
 	$(BIN)/hedgegraph run
 
-test: $(STAMP)
+test: $(STAMP) $(STUDIO_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
@@ -26,4 +38,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/quant.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(STUDIO)

@@ -92,7 +92,8 @@ def expected_log_growth(x: np.ndarray, p: np.ndarray, fraction: float) -> float:
         growth = 1.0 + fraction * np.asarray(x, dtype=float)
         if np.any(growth[np.asarray(p) > 0] <= 0):
             return -math.inf
-        return float(np.dot(p, np.log(np.where(growth > 0, growth, 1.0))))
+        # log1p: an edge of a few parts in 1e16 is not rounded away as log(1.0) would.
+        return float(np.dot(p, np.log1p(np.where(growth > 0, fraction * np.asarray(x, dtype=float), 0.0))))
 
 
 def log_optimal_fraction(x: np.ndarray, p: np.ndarray) -> float:
@@ -163,8 +164,8 @@ def journal_estimate(
     n = len(realized)
     wins = [r for r in realized if r > 0]
     losses = [-r for r in realized if r <= 0]
-    if n + prior_weight == 0:
-        raise ValueError("no journal and zero prior weight: the win rate is undefined")
+    if n == 0:
+        prior_weight = 1.0  # nothing realized is known as of the run: the estimate is the model's, whatever its weight
     win_rate = (len(wins) + prior_weight * p_model) / (n + prior_weight)
     win_den = len(wins) + prior_weight * p_model
     loss_den = len(losses) + prior_weight * (1.0 - p_model)
@@ -175,6 +176,9 @@ def journal_estimate(
         journal_weight=n / (n + prior_weight), win_rate=float(win_rate),
         avg_win=float(avg_win), avg_loss=float(min(avg_loss, 1.0)),
     )
+
+
+_MIN_SIDE = 1e-12  # an average win or loss (per unit of max loss) below this is no side at all
 
 
 def shrunk_distribution(x: np.ndarray, p: np.ndarray, estimate: JournalEstimate) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +197,7 @@ def shrunk_distribution(x: np.ndarray, p: np.ndarray, estimate: JournalEstimate)
     ):
         if mass <= 0:
             continue
-        if model_mass > 0 and model_avg > 0:
+        if model_mass > 0 and model_avg > _MIN_SIDE:  # rescaling a side of ~0 average would overflow
             xs.append(x[mask] * (target / model_avg))
             ps.append(p[mask] * (mass / model_mass))
         else:
@@ -287,6 +291,11 @@ def size_trade(
     kelly_dollars = _decimal(f_star * config.kelly_multiplier) * nlv
     dollars = max(Decimal("0"), min([kelly_dollars, *caps.values()])) if f_star > 0 else Decimal("0")
     applied_fraction = float(dollars / nlv)
+    if f_star > 0 and applied_fraction > 0 and not expected_log_growth(x, p, applied_fraction) > 0:
+        # The caps cut the fraction to where the edge no longer grows wealth (it vanishes in float
+        # arithmetic): a trade that does not grow wealth at the size it would have is no trade.
+        f_star = growth = applied_fraction = 0.0
+        dollars = Decimal("0")
     inputs = KellyInputs(
         distribution=distribution.source, view_drift=distribution.view_drift,
         view_vol_scale=distribution.view_vol_scale, outcomes=int(distribution.pnl.size),

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import example, assume, given, settings
 from hypothesis import strategies as st
 
 from config.settings import DecisionConfig
@@ -101,8 +101,10 @@ def test_journal_estimate_shrinks_toward_the_model_and_never_looks_ahead():
     assert raw.win_rate == 0.5 and raw.journal_weight == 1.0
     none = journal_estimate([], "bull_put_spread", "neutral", AS_OF, x, p, 20)
     assert none.trades == 0 and none.win_rate == pytest.approx(0.8) and none.prior_weight == 1.0
-    with pytest.raises(ValueError, match="undefined"):
-        journal_estimate([], "bull_put_spread", "neutral", AS_OF, x, p, 0)
+    # Even with kelly_prior_weight 0 ("trust only the journal"), an empty journal leaves the model:
+    # a run must not fail on the first day of a new account.
+    first_day = journal_estimate([], "bull_put_spread", "neutral", AS_OF, x, p, 0)
+    assert first_day.trades == 0 and first_day.win_rate == pytest.approx(0.8) and first_day.prior_weight == 1.0
     with pytest.raises(ValueError, match="timezone"):
         journal_estimate([], "bull_put_spread", "neutral", AS_OF.replace(tzinfo=None), x, p, 20)
 
@@ -224,6 +226,11 @@ journals = st.lists(st.tuples(st.floats(-1.0, 3.0), st.integers(-30, 30)), max_s
 
 
 @settings(max_examples=300, deadline=None)
+@example(outcomes=[(1e-17, 1.0)], journal=[], nlv=Decimal(1_000), max_loss=Decimal("1.00"), multiplier=0.05,
+         regime_name="neutral", margin_share=0.0, exposure_share=0.0, prior_weight=1.0)  # an edge below 1 + f·x
+@example(outcomes=[(0.5, 0.6), (-1.0, 0.4)], journal=[(0.5, -3)], nlv=Decimal(100_000), max_loss=Decimal("100.00"),
+         multiplier=0.5, regime_name="neutral", margin_share=0.0, exposure_share=0.0,
+         prior_weight=0.0)  # the only journal entry closes after the run: nothing known, the model decides
 @given(
     outcomes=outcome_sets,
     journal=journals,

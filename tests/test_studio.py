@@ -32,7 +32,9 @@ from tools.chain import NEW_YORK
 from tools.providers.simulated import SimulatedMarket
 
 ROOT = Path(__file__).resolve().parents[1]
-LANGGRAPH = Path(sys.executable).with_name("langgraph")
+# `make test` builds this environment beside .venv (see the Makefile: langgraph-api and schemathesis
+# cannot share one resolver); HEDGEGRAPH_LANGGRAPH names another `langgraph` executable.
+LANGGRAPH = Path(os.environ.get("HEDGEGRAPH_LANGGRAPH", str(ROOT / ".venv-studio" / "bin" / "langgraph")))
 TICKERS = ["AMZN", "JPM", "XLE"]
 
 
@@ -46,7 +48,7 @@ def free_port() -> int:
 def studio(fresh_database_url, tmp_path):
     """`langgraph dev` on a free local port, pointed at the test database; stopped afterwards."""
     if not LANGGRAPH.is_file():
-        pytest.fail(f"{LANGGRAPH} not found: install the test extras (langgraph-cli[inmem])")
+        pytest.fail(f"{LANGGRAPH} not found: `make test` builds it (.venv-studio with langgraph-cli[inmem])")
     port = free_port()
     env = {**os.environ, "DATABASE_URL": fresh_database_url, "PYTHONPATH": str(ROOT),
            "HEDGEGRAPH_HOME": str(tmp_path / "home"), "LANGSMITH_TRACING": "false", "LANGCHAIN_TRACING_V2": "false",
