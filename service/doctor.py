@@ -113,6 +113,21 @@ async def check_tastytrade(conn: Connections) -> Check:
     return Check("tastytrade", result["status"], result["detail"], result.get("data", {}))
 
 
+SOCIAL_STATUS = {"on": "ok", "off": "not_configured", "error": "error"}
+
+
+def check_social() -> list[Check]:
+    """Reddit, Google Trends and FinBERT: on (and, for FinBERT, the model loads), off (the simulated
+    feed and the lexicon stand in), or an error saying what is wrong. No credential is shown."""
+    from agents.social_feed import social_source_status
+
+    try:
+        return [Check(f"social:{row['source']}", SOCIAL_STATUS[row["state"]], row["detail"])
+                for row in social_source_status()]
+    except Exception as exc:  # a broken social configuration is a finding, not a crash of the doctor
+        return [Check("social", "error", f"{type(exc).__name__}: {exc}")]
+
+
 async def diagnose(environ: Mapping[str, str] | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Every check, in order; `ok` is False when any check is an error."""
     settings = settings or Settings()
@@ -129,4 +144,5 @@ async def diagnose(environ: Mapping[str, str] | None = None, settings: Settings 
         for name, probe in (("market", check_market(conn)), ("broker", check_broker(conn)),
                             ("ibkr", check_ibkr(conn)), ("tastytrade", check_tastytrade(conn))):
             checks.append(await _timed(name, probe))
+    checks.extend(check_social())
     return {"ok": not any(c.status == "error" for c in checks), "checks": [asdict(c) for c in checks]}

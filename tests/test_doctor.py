@@ -65,7 +65,20 @@ def test_doctor_json_on_defaults_reports_the_embedded_defaults_working(cli_env, 
     assert [found[c]["status"] for c in ("configuration", "database", "market", "broker")] == ["ok"] * 4
     assert "simulated market" in found["market"]["detail"] and "paper broker" in found["broker"]["detail"]
     assert found["ibkr"]["status"] == "not_configured" and found["tastytrade"]["status"] == "not_configured"
+    for source in ("reddit", "google_trends", "finbert"):  # each social source's state, off by default
+        assert found[f"social:{source}"]["status"] == "not_configured", found[f"social:{source}"]
     assert json.loads(result.stdout)["ok"] is True
+
+
+def test_doctor_reports_social_sources_that_are_on_and_a_finbert_model_that_is_missing(cli_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("REDDIT_CLIENT_ID", "id")
+    monkeypatch.setenv("REDDIT_CLIENT_SECRET", "not-shown")
+    monkeypatch.setenv("HEDGEGRAPH_FINBERT_MODEL", str(tmp_path / "no-such-model"))
+    result = cli_env.invoke(app, ["doctor", "--json"])
+    found = checks(result)
+    assert found["social:reddit"]["status"] == "ok" and "wallstreetbets" in found["social:reddit"]["detail"]
+    assert found["social:finbert"]["status"] == "error" and result.exit_code == 1
+    assert "not-shown" not in result.stdout
 
 
 def test_doctor_names_a_closed_ibkr_port(cli_env, monkeypatch):
