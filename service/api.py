@@ -180,6 +180,10 @@ class OrderSummaryOut(BaseModel):
     max_profit_per_unit: Decimal | None = Field(description="Dollars per combo unit; null when unlimited.")
     breakevens: list[float] | None = Field(description="Underlying prices.")
     probability_of_profit: float | None
+    pop_model: str | None = Field(None, description="The law of probability_of_profit: 'svi_density' (the "
+                                  "fitted smile, skew included) or 'lognormal_atm'.")
+    probability_of_profit_lognormal: float | None = Field(None, description="The one-ATM-vol figure, for comparison.")
+    expected_pnl_per_unit: Decimal | None = Field(None, description="Dollars per unit at expiry under the smile's law.")
     kelly: KellyOut
 
 

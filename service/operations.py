@@ -92,6 +92,9 @@ def order_summary(order: OrderRecord) -> dict[str, Any]:
         "max_profit_per_unit": order.proposal.get("max_profit"),
         "breakevens": order.proposal.get("breakevens"),
         "probability_of_profit": order.proposal.get("probability_of_profit"),
+        "pop_model": order.proposal.get("pop_model"),  # "svi_density" (skew-aware) or "lognormal_atm"
+        "probability_of_profit_lognormal": order.proposal.get("probability_of_profit_lognormal"),
+        "expected_pnl_per_unit": order.proposal.get("expected_pnl"),
         "kelly": {k: order.sizing.get(k) for k in ("kelly_fraction", "applied_fraction", "win_rate", "inputs",
                                                    "payoff_ratio", "capital_at_risk", "caps_applied")},
     })

@@ -466,7 +466,9 @@ async def test_the_book_through_the_api_after_an_approval(seeded_url, seeded):
         decided = await client.post(f"/orders/{seeded.order_id}/approve", headers=seeded.auth("approver"),
                                     json={"acknowledge": True})
         assert decided.status_code == 200 and decided.json()["state"] == "FILLED", decided.text
-        inputs = decided.json()["kelly"]["inputs"]  # what sized it, for the approver
+        review = decided.json()
+        assert review["pop_model"] == "svi_density" and 0 < review["probability_of_profit_lognormal"] < 1
+        inputs = review["kelly"]["inputs"]  # what sized it, for the approver
         assert inputs["journal_trades"] == 0 and inputs["prior_weight"] == 1.0 and inputs["expected_log_growth"] > 0
         positions = (await client.get("/positions", headers=seeded.auth("viewer"))).json()["positions"]
         assert [p["order_id"] for p in positions] == [seeded.order_id]

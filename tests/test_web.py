@@ -181,6 +181,7 @@ def test_queue_order_page_plots_and_approve(browser, server, seeded, tmp_path):
     _plots_rendered(page)
     text = page.locator("main").inner_text()
     for expected in ("Sizing (Kelly)", "Win rate", "Payoff ratio", "Risk gate", "pre-trade", "post-trade",
+                     "P(profit), one ATM vol", "skew included",
                      "Debate", "Memories used", "Margin change", "Legs"):
         assert expected in text, expected
     _save(page, tmp_path, "order-desktop")
