@@ -345,20 +345,10 @@ class PaperBroker:
         await conn.execute("UPDATE broker_orders SET updated_at = $2 WHERE broker_order_id = $1", bo["broker_order_id"], now)
 
     async def status(self, order_id: str) -> BrokerOrderStatus:
-        row = await self.pool.fetchrow(
-            """SELECT bo.*, o.state,
-                      (SELECT sum(f.price * f.quantity) / sum(f.quantity) FROM broker_fills f
-                        WHERE f.broker_order_id = bo.broker_order_id) AS avg_fill_price
-               FROM broker_orders bo JOIN orders o USING (order_id)
-               WHERE bo.order_id = $1 AND bo.account_id = $2""", order_id, self.account_id)
-        if row is None:
+        status = await self.ledger.order_status(order_id)
+        if status is None:
             raise UnknownBrokerOrder(f"order {order_id} was never placed with paper account {self.account_id}")
-        avg = row["avg_fill_price"]
-        return BrokerOrderStatus(
-            order_id=order_id, broker_order_id=row["broker_order_id"], state=OrderState(row["state"]),
-            quantity=row["quantity"], filled_quantity=row["filled_quantity"], limit_price=row["limit_price"],
-            avg_fill_price=None if avg is None else avg.quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN),
-            placed_at=row["placed_at"], updated_at=row["updated_at"])
+        return status
 
     async def fills(self, order_id: str) -> list[Fill]:
         return await self.ledger.fills(order_id)

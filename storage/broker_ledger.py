@@ -18,7 +18,8 @@ from typing import Any
 
 import asyncpg
 
-from domain.orders import BrokerPosition, ComboLeg, ComboOrder, Fill, OptionContract
+from domain.order_state import OrderState
+from domain.orders import BrokerOrderStatus, BrokerPosition, ComboLeg, ComboOrder, Fill, OptionContract
 
 AVG_PLACES = Decimal("0.000001")
 MONEY_PLACES = Decimal("0.0001")
@@ -196,6 +197,23 @@ class BrokerLedger:
                 *key, contract.multiplier, new_qty, new_avg,
                 (realized_before + realized).quantize(MONEY_PLACES, rounding=ROUND_HALF_EVEN), at)
         return realized
+
+    async def order_status(self, order_id: str) -> BrokerOrderStatus | None:
+        """Where this account's broker order for `order_id` stands (None: never placed here)."""
+        row = await self.pool.fetchrow(
+            """SELECT bo.*, o.state,
+                      (SELECT sum(f.price * f.quantity) / sum(f.quantity) FROM broker_fills f
+                        WHERE f.broker_order_id = bo.broker_order_id) AS avg_fill_price
+               FROM broker_orders bo JOIN orders o USING (order_id)
+               WHERE bo.order_id = $1 AND bo.account_id = $2""", order_id, self.account_id)
+        if row is None:
+            return None
+        avg = row["avg_fill_price"]
+        return BrokerOrderStatus(
+            order_id=order_id, broker_order_id=row["broker_order_id"], state=OrderState(row["state"]),
+            quantity=row["quantity"], filled_quantity=row["filled_quantity"], limit_price=row["limit_price"],
+            avg_fill_price=None if avg is None else avg.quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN),
+            placed_at=row["placed_at"], updated_at=row["updated_at"])
 
     async def fills(self, order_id: str | None = None) -> list[Fill]:
         rows = await self.pool.fetch(
