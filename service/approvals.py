@@ -97,6 +97,10 @@ class ServiceContext:
     account: AccountState = field(default_factory=default_account)
     provider_factory: Callable[[str, int], MarketDataProvider] = provider_for
     memory: Any = None  # memory.store.MemoryStore where runs reflect (None: one on this database)
+    # The paper account this context trades and the market its positions are quoted on (a backtest
+    # uses its own account on its historical market; the service the user's "paper" on "simulated").
+    account_id: str = "paper"
+    market: str = "simulated"
     _server: Any = None
 
     @classmethod
@@ -109,7 +113,7 @@ class ServiceContext:
 
     def broker_for(self, provider: MarketDataProvider) -> PaperBroker:
         return PaperBroker(self.db, ProviderQuotes(provider, self.clock), clock=self.clock,
-                           opening_cash=Decimal(str(self.account.cash)))
+                           opening_cash=Decimal(str(self.account.cash)), account_id=self.account_id)
 
 
 async def _deps_for_run(ctx: ServiceContext, run_id: str):

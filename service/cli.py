@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from service.commands import book, db, decide, orders, risk, runs, service, tokens
+from service.commands import backtest, book, db, decide, orders, risk, runs, service, tokens
 from service.commands.common import one_line
 
 
@@ -57,6 +57,7 @@ app.add_typer(risk.app, name="risk")
 app.add_typer(db.app, name="db")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(book.app)  # positions, pnl, account
+app.add_typer(backtest.app, name="backtest")
 
 
 def main() -> None:  # pragma: no cover - console entry
