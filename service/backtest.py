@@ -205,7 +205,9 @@ async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResu
         raise BacktestError(f"no NYSE session between {spec.start} and {spec.end}")
     market = market or HistoricalMarket(spec.data_dir, spec.chains_dir)
     config = spec.config()
-    backtest_id = spec.backtest_id(market.fingerprint())
+    # A market without files (the simulated one, for benchmarks) is identified by its name and seed.
+    fingerprint = market.fingerprint() if hasattr(market, "fingerprint") else f"{market.name}:{getattr(market, 'seed', '')}"
+    backtest_id = spec.backtest_id(fingerprint)
     database, account_id = f"hedgegraph_{backtest_id}", f"backtest-{backtest_id}"
     url = database_url(main_db.url, database)
     repo = BacktestRepository(main_db.pool)
