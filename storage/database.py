@@ -172,8 +172,11 @@ async def connect(url: str, server: Any = None, min_size: int = 1, max_size: int
     async with pool.acquire() as conn:
         await apply_migrations(conn)
         # LangGraph's own migrations do not lock: processes connecting to a fresh database at once
-        # would insert the same migration row. One at a time, under a session lock.
-        await conn.execute("SELECT pg_advisory_lock($1)", _CHECKPOINTER_SETUP_LOCK)
+        # would insert the same migration row. One at a time, under a session lock. Polled, not
+        # waited for: one of those migrations is CREATE INDEX CONCURRENTLY, which waits for every
+        # running statement to end, so a session blocked inside pg_advisory_lock would deadlock it.
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _CHECKPOINTER_SETUP_LOCK):
+            await asyncio.sleep(0.05)
         try:
             await saver.setup()
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from datetime import date, datetime
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,39 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _sweep_and_check(cli_env, tmp_path, pg_server, extra: list[str]) -> list[dict]:
+    out = cli_env.invoke(app, ["backtest", "--from", "2022-01-03", "--to", "2022-01-06", "--tickers", "SPY",
+                               "--sweep", "kelly_multiplier=0.25,0.5", "--results", str(tmp_path / "r"), "--json", *extra])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    try:
+        assert [r["overrides"] for r in rows] == [{"kelly_multiplier": 0.25}, {"kelly_multiplier": 0.5}]
+        assert len({r["backtest_id"] for r in rows}) == 2
+        assert len({r["worker_pid"] for r in rows}) == 2  # two workers ran them side by side
+        listed = json.loads(cli_env.invoke(app, ["backtest", "list", "--json"]).stdout)
+        assert sorted(b["backtest_id"] for b in listed) == sorted(r["backtest_id"] for r in rows)
+        assert all(b["status"] == "completed" for b in listed)
+        for r in rows:
+            assert (Path(r["results_dir"]) / "report.json").exists()
+    finally:
+        for r in rows:
+            pg_server.psql(f"DROP DATABASE IF EXISTS hedgegraph_{r['backtest_id']} WITH (FORCE);")
+    return rows
+
+
+def test_a_sweep_runs_its_backtests_in_parallel_local_processes(cli_env, tmp_path, pg_server):
+    _sweep_and_check(cli_env, tmp_path, pg_server, ["--workers", "2"])
+
+
+def test_a_sweep_runs_as_tasks_on_a_local_ray_cluster_with_two_cpus(cli_env, tmp_path, pg_server, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _sweep_and_check(cli_env, tmp_path, pg_server, ["--ray", "--workers", "2"])
+
+
+def test_bad_sweeps_are_one_line(cli_env):
+    out = cli_env.invoke(app, ["backtest", "--from", "2022-01-03", "--to", "2022-01-04", "--sweep", "kelly_multiplier"])
+    assert out.exit_code != 0 and "key=v1,v2" in out.output
+    out = cli_env.invoke(app, ["backtest", "--from", "2022-01-03", "--to", "2022-01-04", "--sweep", "kelly_multiplier=2"])
+    assert out.exit_code != 0 and "kelly_multiplier" in out.output and "Traceback" not in out.output

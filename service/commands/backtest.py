@@ -41,6 +41,9 @@ def backtest(ctx: typer.Context,
              approve: str = typer.Option("all", "--approve", help="Approval policy: all | policy."),
              sets: List[str] = typer.Option([], "--set", help="Decision setting key=value (repeatable)."),
              results: Optional[Path] = typer.Option(None, "--results", help="Results root (default $HEDGEGRAPH_HOME/backtests)."),
+             sweeps: List[str] = typer.Option([], "--sweep", help="key=v1,v2: one backtest per combination, in parallel."),
+             workers: int = typer.Option(2, "--workers", min=1, max=64, help="Parallel backtests of a sweep."),
+             ray: bool = typer.Option(False, "--ray", help="Run a sweep as Ray tasks (RAY_ADDRESS, else a local cluster)."),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Run the graph on each NYSE session from --from to --to: one decision run per slot, an approval
     policy for the human, paper fills, marks, exits and expiry as live; metrics, both baselines and
@@ -65,10 +68,43 @@ def backtest(ctx: typer.Context,
     except (ReplayError, BacktestError, ValueError) as exc:
         fail(str(exc))
     root = results or settings().home / "backtests"
+    if sweeps:
+        return _sweep(spec, sweeps, root, workers, ray, as_json)
     report = run_async(with_db(lambda db: _run(db, spec, root, quiet=as_json)))
     if as_json:
         return print_json(_public(report))
     _print_summary(report)
+
+
+def _sweep(spec, sweeps: list[str], root: Path, workers: int, ray: bool, as_json: bool) -> None:
+    from service.backtest import BacktestError
+    from service.backtest_sweep import parse_sweeps, run_sweep, sweep_specs, use_ray
+
+    try:
+        specs = sweep_specs(spec, parse_sweeps(sweeps))
+    except BacktestError as exc:
+        fail(str(exc))
+    if use_ray(ray):
+        try:
+            import ray as _ray  # noqa: F401
+        except ImportError:
+            fail("--ray (or RAY_ADDRESS) needs the ray package: pip install 'ray>=2.9'")
+    async def migrated(db):  # the workers then find the index tables ready (and never migrate at once)
+        return None
+
+    run_async(with_db(migrated))
+    if not as_json:
+        console.print(f"sweep: {len(specs)} backtests, {'Ray tasks' if use_ray(ray) else f'{workers} local processes'}")
+    done = (lambda r: None) if as_json else (lambda r: console.print(f"done {r['backtest_id']} {r['overrides']}"))
+    rows = run_sweep(specs, root, workers=workers, ray=ray, on_done=done)
+    if as_json:
+        return print_json(rows)
+    t = table("Sweep", ("backtest", "settings", "total return", "sharpe", "max drawdown", "trades", "win rate"))
+    for r in rows:
+        m = r["metrics"]
+        t.add_row(r["backtest_id"], " ".join(f"{k}={v}" for k, v in r["overrides"].items()), _fmt(m.get("total_return")),
+                  _fmt(m.get("sharpe")), _fmt(m.get("max_drawdown")), _fmt(m.get("trades")), _fmt(m.get("win_rate")))
+    console.print(t)
 
 
 def _public(report: dict) -> dict:
