@@ -169,3 +169,15 @@ def test_bad_sweeps_are_one_line(cli_env):
     assert out.exit_code != 0 and "key=v1,v2" in out.output
     out = cli_env.invoke(app, ["backtest", "--from", "2022-01-03", "--to", "2022-01-04", "--sweep", "kelly_multiplier=2"])
     assert out.exit_code != 0 and "kelly_multiplier" in out.output and "Traceback" not in out.output
+
+
+def test_chain_model_command_prints_the_modelled_chain_for_a_date(cli_env):
+    out = cli_env.invoke(app, ["chain", "--model", "SPY", "--as-of", "2022-03-08", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["modelled"] is True and data["underlying"] == "SPY"
+    assert data["chain_note"] == "chain modelled from VIX9D/VIX/VIX3M/SKEW on 2022-03-08"
+    out = cli_env.invoke(app, ["chain", "--model", "SPY"])
+    assert out.exit_code != 0 and "--as-of" in out.output
+    out = cli_env.invoke(app, ["chain"])
+    assert out.exit_code != 0 and "either" in out.output
