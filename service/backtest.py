@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -35,6 +36,7 @@ from typing import Any, Callable, Literal
 from config.settings import DecisionConfig, defaults
 from tools.chain import NEW_YORK
 
+log = logging.getLogger(__name__)
 DEFAULT_SLOTS = (time(15, 30),)
 WATCHLIST = "backtest"
 APPROVER = "backtest-policy"
@@ -181,9 +183,12 @@ async def _decide_all(ctx, order_ids: list[str], approve: str) -> None:
             continue
         order = await OrderRepository(ctx.db.pool).get(order_id)
         choice = policy_decision(review, approve, expected_pnl=order.proposal.get("expected_pnl"))
-        await approvals.decide(ctx, order_id, approvals.Decision(
-            action=choice.action, approver=APPROVER, quantity=choice.quantity, reason=choice.reason,
-            acknowledge=True))
+        try:
+            await approvals.decide(ctx, order_id, approvals.Decision(
+                action=choice.action, approver=APPROVER, quantity=choice.quantity, reason=choice.reason,
+                acknowledge=True))
+        except approvals.ApprovalError as exc:  # as for a human: the order stays staged and expires
+            log.warning("backtest: order %s could not be decided: %s", order_id, exc)
 
 
 async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResult, int, int], None] | None = None,
