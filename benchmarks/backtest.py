@@ -1,7 +1,7 @@
 """Backtest benchmark: the whole graph day by day (decision run, approvals, housekeeping at the
 close) on the simulated market with 20 tickers and on the real history with SPY, one slot a day.
 
-Run: .venv/bin/python benchmarks/backtest.py [--sim-days N] [--history-days N]
+Run: .venv/bin/python benchmarks/backtest.py [--sim-days N] [--history-days N]  (0 skips a source)
 Ends with lines
     days=N tickers=20 source=simulated total_s=... per_day_s=... year_estimate_s=...
     days=N tickers=1 source=history total_s=... per_day_s=... year_estimate_s=...
@@ -36,7 +36,7 @@ async def measure(market, tickers, days: int) -> float:
                         overrides={"min_agreeing_sources": 1})
     async with open_database(Settings()) as db:
         start = time.perf_counter()
-        result = await run_backtest(db, spec, market=market)
+        result = await run_backtest(db, spec, market=market, reuse=False)
         total = time.perf_counter() - start
         await db.pool.execute(f"DROP DATABASE IF EXISTS {result.database} WITH (FORCE)")
         await db.pool.execute("DELETE FROM backtests WHERE backtest_id = $1", result.backtest_id)
@@ -54,6 +54,8 @@ def main() -> None:
     lines = []
     for source, market, tickers, days in (("simulated", SimulatedMarket(seed=7), TICKERS_20, args.sim_days),
                                           ("history", HistoricalMarket(), ("SPY",), args.history_days)):
+        if days <= 0:
+            continue
         total = asyncio.run(measure(market, tickers, days))
         lines.append(f"days={days} tickers={len(tickers)} source={source} total_s={total:.1f} "
                      f"per_day_s={total / days:.2f} year_estimate_s={total / days * 252:.0f}")

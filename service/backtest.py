@@ -192,10 +192,11 @@ async def _decide_all(ctx, order_ids: list[str], approve: str) -> None:
 
 
 async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResult, int, int], None] | None = None,
-                       market=None) -> BacktestResult:
+                       market=None, reuse: bool = True) -> BacktestResult:
     """Run (or, when the same backtest already completed, reuse) a backtest; see the module docstring.
 
-    `market`: the historical market to drive (default: `HistoricalMarket(spec.data_dir, spec.chains_dir)`)."""
+    `market`: the historical market to drive (default: `HistoricalMarket(spec.data_dir, spec.chains_dir)`);
+    `reuse=False` runs it again even when it already completed (benchmarks)."""
     from memory.store import MemoryStore
     from service import approvals
     from service.housekeeping import housekeeping
@@ -217,7 +218,7 @@ async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResu
     url = database_url(main_db.url, database)
     repo = BacktestRepository(main_db.pool)
     previous = await repo.get(backtest_id)
-    if previous is not None and previous.status == "completed":
+    if reuse and previous is not None and previous.status == "completed":
         days = [DayResult(d["session"], list(d["run_ids"]), d["orders_staged"], d["orders_filled"], 0, 0,
                           d["net_liquidation"]) for d in await repo.days(backtest_id)]
         return BacktestResult(backtest_id, database, url, account_id, spec, days,
