@@ -14,7 +14,7 @@ from config.connections import Connections, load_connections
 
 
 def make_broker(db: Any, quotes, clock: Callable[[], datetime], *, opening_cash: Decimal,
-                connections: Connections | None = None):
+                connections: Connections | None = None, account_id: str = "paper"):
     conn = connections or load_connections()
     if conn.broker == "ibkr":
         from brokers.ibkr import IbkrBroker
@@ -26,7 +26,7 @@ def make_broker(db: Any, quotes, clock: Callable[[], datetime], *, opening_cash:
         return TastytradeBroker(db, conn.tastytrade)
     from brokers.paper import PaperBroker
 
-    return PaperBroker(db, quotes, clock=clock, opening_cash=opening_cash)
+    return PaperBroker(db, quotes, clock=clock, opening_cash=opening_cash, account_id=account_id)
 
 
 async def close_broker(broker: Any) -> None:

@@ -58,7 +58,11 @@ class ChainQuotes:
     """
 
     def __init__(self, chains: Mapping[str, OptionChain], curves: Mapping[str, Any] | None = None):
-        self._rows: dict[tuple[str, date, Decimal, str], LegQuote] = {}
+        # Vectorized per chain; a row's LegQuote (Decimals) is built only when it is asked for:
+        # a broker or a valuation asks for a handful of the thousands of rows of a chain.
+        self._index: dict[tuple[str, np.int64, float, bool], tuple[int, int]] = {}
+        self._chains: list[tuple[OptionChain, Any, Any, Decimal]] = []
+        self._built: dict[tuple[int, int], LegQuote] = {}
         for ticker, chain in chains.items():
             curve = (curves or {}).get(ticker)
             t = chain.time_to_expiry
@@ -71,21 +75,32 @@ class ChainQuotes:
                 rate = np.where(live, -np.log(civ.discount) / t_l, chain.rate)
                 div_yield = np.where(live, rate - np.log(civ.forward / chain.spot) / t_l, chain.dividend_yield)
             greeks = bsm_greeks(chain.spot, chain.strike, t, rate, div_yield, civ.vol, chain.is_call)
-            spot = _price(chain.spot)
-            for i in np.flatnonzero(problems == QuoteProblem.OK):
-                contract = OptionContract(ticker, chain.expiry[i].astype(object), _price(chain.strike[i]),
-                                          "C" if chain.is_call[i] else "P", int(chain.multiplier))
-                key = (contract.ticker, contract.expiry, contract.strike, contract.right)
-                if key in self._rows:
-                    continue
-                self._rows[key] = LegQuote(
-                    bid=_price(chain.bid[i]), ask=_price(chain.ask[i]), underlying_price=spot,
-                    delta=_maybe(greeks.delta[i]), gamma=_maybe(greeks.gamma[i]),
-                    vega=_maybe(greeks.vega[i] / 100.0), theta=_maybe(greeks.theta[i] / 365.0),
-                    iv=_maybe(civ.vol[i]), as_of=chain.as_of)
+            k = len(self._chains)
+            self._chains.append((chain, greeks, civ.vol, _price(chain.spot)))
+            ok = np.flatnonzero(problems == QuoteProblem.OK)
+            days = chain.expiry[ok].astype("datetime64[D]").astype(np.int64)
+            strikes = np.round(chain.strike[ok], 4)
+            for i, day, strike, call in zip(ok.tolist(), days.tolist(), strikes.tolist(), chain.is_call[ok].tolist()):
+                self._index.setdefault((ticker, day, strike, bool(call)), (k, i))  # the first valid row wins
+
+    def _quote(self, k: int, i: int) -> LegQuote:
+        chain, greeks, vol, spot = self._chains[k]
+        return LegQuote(
+            bid=_price(chain.bid[i]), ask=_price(chain.ask[i]), underlying_price=spot,
+            delta=_maybe(greeks.delta[i]), gamma=_maybe(greeks.gamma[i]),
+            vega=_maybe(greeks.vega[i] / 100.0), theta=_maybe(greeks.theta[i] / 365.0),
+            iv=_maybe(vol[i]), as_of=chain.as_of)
 
     def __call__(self, contract: OptionContract) -> LegQuote | None:
-        return self._rows.get((contract.ticker, contract.expiry, contract.strike, contract.right))
+        if contract.right not in ("C", "P"):
+            return None
+        day = (np.datetime64(contract.expiry, "D") - np.datetime64(0, "D")).astype(np.int64)
+        where = self._index.get((contract.ticker, int(day), round(float(contract.strike), 4), contract.right == "C"))
+        if where is None:
+            return None
+        if where not in self._built:
+            self._built[where] = self._quote(*where)
+        return self._built[where]
 
 
 class ProviderQuotes:

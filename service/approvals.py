@@ -102,6 +102,10 @@ class ServiceContext:
     account: AccountState = field(default_factory=default_account)
     provider_factory: Callable[[str, int], MarketDataProvider] = provider_for
     memory: Any = None  # memory.store.MemoryStore where runs reflect (None: one on this database)
+    # The paper account this context trades and the market its positions are quoted on (a backtest
+    # uses its own account on its historical market; the service the user's "paper" on "simulated").
+    account_id: str = "paper"
+    market: str = "simulated"
     _server: Any = None
     _live_broker: Any = None
 
@@ -122,7 +126,8 @@ class ServiceContext:
         if connections.broker != "paper" and self._live_broker is not None:
             return self._live_broker
         broker = make_broker(self.db, ProviderQuotes(provider, self.clock), self.clock,
-                             opening_cash=Decimal(str(self.account.cash)), connections=connections)
+                             opening_cash=Decimal(str(self.account.cash)), connections=connections,
+                             account_id=self.account_id)
         if connections.broker != "paper":
             self._live_broker = broker
         return broker

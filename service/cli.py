@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from service.commands import book, db, decide, doctor, llm, orders, risk, runs, service, tokens
+from service.commands import backtest, book, db, decide, doctor, llm, orders, risk, runs, service, tokens
 from service.commands.common import one_line
 
 
@@ -59,6 +59,7 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(llm.app, name="llm")
 app.add_typer(book.app)  # positions, pnl, account
 app.add_typer(doctor.app)  # doctor
+app.add_typer(backtest.app, name="backtest")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -40,7 +40,8 @@ def default_account() -> AccountState:
     return AccountState(net_liquidation=a["net_liquidation"], cash=a["cash"], margin_used=a["margin_used"])
 
 
-async def book_account(db: Database, provider: MarketDataProvider, at: datetime) -> tuple[AccountState, list]:
+async def book_account(db: Database, provider: MarketDataProvider, at: datetime,
+                       account_id: str = "paper") -> tuple[AccountState, list]:
     """The paper account as the risk gate must see it at `at`: NLV, cash, margin, daily P&L, last
     loss and trades today from the book (positions marked at `at`), plus the open positions and
     the orders still pending, whose max loss is reserved as margin until they resolve."""
@@ -51,8 +52,9 @@ async def book_account(db: Database, provider: MarketDataProvider, at: datetime)
     from storage.orders import OrderRepository
 
     quotes = ProviderQuotes(provider, lambda: at)
-    await PaperBroker(db, quotes, clock=lambda: at, opening_cash=default_account().cash).ensure_connected()
-    book = Book(db, config=defaults().book)
+    await PaperBroker(db, quotes, clock=lambda: at, opening_cash=default_account().cash,
+                      account_id=account_id).ensure_connected()
+    book = Book(db, account_id=account_id, config=defaults().book)
     matrix = load_risk_matrix()
     account = await book.account_state(at, last_daily_reset(at, matrix.daily_reset.at, matrix.daily_reset.timezone),
                                        quotes=quotes)
@@ -64,8 +66,10 @@ async def book_account(db: Database, provider: MarketDataProvider, at: datetime)
 
 async def run_decision(
     db: Database, provider: MarketDataProvider, *, watchlist: str, tickers: list[str], as_of: datetime,
-    seed: int, config: DecisionConfig | None = None, on_node=None, now=None,
+    seed: int, config: DecisionConfig | None = None, on_node=None, now=None, broker=None,
 ) -> RunOutcome:
+    """One decision run. `broker`: the paper broker of the account the run trades (default: the
+    user's "paper" account); the account the gate sees and the Kelly journal are that account's."""
     from agents.llm_debate import make_debater
     from graph.runner import RunRequest, execute_run
     from memory.recall import RunMemory
@@ -77,8 +81,8 @@ async def run_decision(
     debater = make_debater(settings(), config, db, memory=RunMemory(memory, as_of))
     request = RunRequest(watchlist=watchlist, tickers=tickers, as_of=as_of, seed=seed, provider=provider.name,
                          config=config, debater=debater.name)
-    account, positions = await book_account(db, provider, as_of)
-    extra = {"now": now} if now is not None else {}
+    account, positions = await book_account(db, provider, as_of, getattr(broker, "ledger_account_id", "paper"))
+    extra = ({"now": now} if now is not None else {}) | ({"broker": broker} if broker is not None else {})
     outcome = await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node,
                                 debater=debater, memory=memory, **extra)
     notify.notify_run(db, outcome)
@@ -297,7 +301,7 @@ async def _book_and_quotes(ctx):
     from brokers.book import Book
     from brokers.quote_source import ProviderQuotes
 
-    provider = ctx.provider_factory("simulated", defaults().seed)
+    provider = ctx.provider_factory(ctx.market, defaults().seed)
     broker = ctx.broker_for(provider)
     await broker.ensure_connected()
     return Book(ctx.db, account_id=broker.ledger_account_id, broker=broker.name, config=defaults().book), \

@@ -100,22 +100,53 @@ async def _housekeeping(db, *, mark: bool):
 
 
 @app.command("chain")
-def chain_command(path: Path, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Analyse one Cboe quote-table file: forwards, SVI fits, arbitrage flags, GEX, max pain, rejects."""
+def chain_command(path: Optional[Path] = typer.Argument(None, help="A Cboe quote-table file."),
+                  model: Optional[str] = typer.Option(None, "--model", help="Instead: the history market's chain of TICKER."),
+                  as_of: Optional[str] = typer.Option(None, "--as-of", help="With --model: the day (YYYY-MM-DD), at its close."),
+                  data: Optional[Path] = typer.Option(None, "--data", help="With --model: daily-bar files (default ../shared/data/history)."),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Analyse one Cboe quote-table file, or (--model TICKER --as-of DATE) the chain the history
+    market gives that ticker that day (recorded when a quote table exists, else modelled):
+    forwards, SVI fits, arbitrage flags, GEX, max pain, rejects."""
     import csv
 
     from tools.cboe import read_cboe_quote_table
     from tools.chain_analysis import analyze_chain
 
-    try:
-        chain = read_cboe_quote_table(path)
-    except (OSError, ValueError, csv.Error) as exc:  # CboeFormatError and UnicodeDecodeError are ValueErrors
-        fail(f"{path}: {exc}")
-    analysis = analyze_chain(chain)
-    if as_json:
-        return print_json(analysis.to_dict())
+    if (path is None) == (model is None):
+        fail("give either a quote-table PATH or --model TICKER --as-of DATE")
+    note_line = None
+    if model is not None:
+        from datetime import date
+
+        from tools.providers.history import HistoryDataError, history_chain_analysis
+        from tools.chain_model import ChainModelError
+
+        if as_of is None:
+            fail("--model needs --as-of YYYY-MM-DD")
+        try:
+            day = date.fromisoformat(as_of)
+        except ValueError:
+            fail(f"--as-of takes a date YYYY-MM-DD, got {as_of!r}")
+        try:
+            result = history_chain_analysis(model.upper(), day, data)
+        except (HistoryDataError, ChainModelError, ValueError) as exc:
+            fail(str(exc))
+        if as_json:
+            return print_json(result.to_dict())
+        analysis, note_line = result.analysis, result.note
+    else:
+        try:
+            chain = read_cboe_quote_table(path)
+        except (OSError, ValueError, csv.Error) as exc:  # CboeFormatError and UnicodeDecodeError are ValueErrors
+            fail(f"{path}: {exc}")
+        analysis = analyze_chain(chain)
+        if as_json:
+            return print_json(analysis.to_dict())
     from service.chain_report import render_chain_report
 
+    if note_line:
+        console.print(note_line)
     render_chain_report(analysis, console)
 
 

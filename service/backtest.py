@@ -1,0 +1,293 @@
+"""A backtest: the same graph and the same book, driven by a historical clock.
+
+Each NYSE session from `start` to `end`:
+
+1. at each slot (default 15:30 New York; on a half day, 30 minutes before the early close) the
+   clock is set there, exits approved at the previous close go out (`approvals.recover_pending`:
+   the order manager held them while the market was closed), and a normal decision run
+   (`operations.run_decision`) decides on the historical market;
+2. the approval policy decides each staged order through `approvals.decide`, so fills come from
+   the same order manager and the paper broker's slippage model as live;
+3. at the close, `housekeeping(ctx, mark=True)`: expiry settlement, marks, an account snapshot,
+   exit rules; each exit it stages is decided by the same policy (and, the market being closed, is
+   sent at the next slot).
+
+The historical market is end of day (daily bars): a 15:30 run sees the previous session's close
+and fills at prices modelled from it; the close's housekeeping sees that session's close.
+
+Isolation: a backtest runs in a database of its own (`hedgegraph_bt_<id>` on the same server)
+with its own paper account (`backtest-<id>`). Approvals, expiry, recovery, exit runs, memories
+and the kill switch are database-wide, so sharing the user's database would let a backtest
+resume, expire or fill the user's orders (and the user's runs recall backtest memories). The
+main database keeps the index (`backtests`, `backtest_days`); `backtest show` prints the
+`DATABASE_URL` under which `runs show`, `replay` and `fork` open any backtest day.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from config.settings import DecisionConfig, defaults
+from tools.chain import NEW_YORK
+
+log = logging.getLogger(__name__)
+DEFAULT_SLOTS = (time(15, 30),)
+WATCHLIST = "backtest"
+APPROVER = "backtest-policy"
+
+
+class BacktestError(ValueError):
+    """A backtest that cannot start (no sessions, bad dates, missing data); one line says why."""
+
+
+@dataclass(frozen=True)
+class BacktestSpec:
+    start: date
+    end: date
+    tickers: tuple[str, ...]
+    data_dir: str
+    slots: tuple[time, ...] = DEFAULT_SLOTS
+    approve: Literal["all", "policy"] = "all"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    chains_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise BacktestError(f"--to {self.end} is before --from {self.start}")
+        if not self.tickers:
+            raise BacktestError("a backtest needs at least one ticker")
+        if self.approve not in ("all", "policy"):
+            raise BacktestError(f"--approve must be all or policy, got {self.approve!r}")
+
+    def config(self) -> DecisionConfig:
+        return defaults().decision.with_overrides(self.overrides)
+
+    def params(self) -> dict[str, Any]:
+        return {"from": self.start.isoformat(), "to": self.end.isoformat(), "tickers": list(self.tickers),
+                "slots": [s.strftime("%H:%M") for s in self.slots], "approve": self.approve,
+                "overrides": dict(sorted(self.overrides.items())), "seed": self.seed, "data_dir": self.data_dir,
+                "chains_dir": self.chains_dir}
+
+    def backtest_id(self, data_fingerprint: str) -> str:
+        """Same parameters, same data files, same code configuration: same backtest."""
+        text = json.dumps(self.params() | {"data": data_fingerprint,
+                                           "config": self.config().model_dump(mode="json")}, sort_keys=True)
+        return "bt_" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def sessions_between(start: date, end: date) -> list[tuple[date, datetime, datetime]]:
+    """NYSE sessions in [start, end] with their open and close (New York)."""
+    import pandas as pd
+
+    from tools.market_hours import _calendar
+
+    cal = _calendar()
+    first, last = max(pd.Timestamp(start), cal.first_session), min(pd.Timestamp(end), cal.last_session)
+    if last < first:
+        return []
+    return [(s.date(), cal.session_open(s).to_pydatetime().astimezone(NEW_YORK),
+             cal.session_close(s).to_pydatetime().astimezone(NEW_YORK)) for s in cal.sessions_in_range(first, last)]
+
+
+def slot_time(day: date, slot: time, opens: datetime, closes: datetime) -> datetime:
+    """The slot on `day`, kept inside the session (a half day closes at 13:00)."""
+    at = datetime.combine(day, slot, tzinfo=NEW_YORK)
+    if at >= closes:
+        at = closes - timedelta(minutes=30)
+    return max(at, opens + timedelta(minutes=1))
+
+
+class SimulatedClock:
+    """The backtest's clock: every component that asks for "now" gets the simulated instant."""
+
+    def __init__(self, at: datetime):
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    action: Literal["approve", "reject", "resize"]
+    quantity: int | None = None
+    reason: str | None = None
+
+
+def policy_decision(review: dict[str, Any], approve: str, *, expected_pnl: Any = None,
+                    min_probability: float = 0.5) -> PolicyDecision:
+    """What the approval policy decides on an order review (what a human would see).
+
+    `all`: approve every order (more than 10 contracts acknowledged). `policy`: exits are always
+    approved; an opening order is rejected when its probability of profit is below `min_probability`
+    or its expected P&L is not positive, and resized to 10 contracts when larger (a human would
+    need to acknowledge more)."""
+    if approve == "all" or review.get("closes_position_id"):
+        return PolicyDecision("approve")
+    proposal_pop = review.get("probability_of_profit")
+    expected = expected_pnl
+    if proposal_pop is not None and float(proposal_pop) < min_probability:
+        return PolicyDecision("reject", reason=f"policy: probability of profit {float(proposal_pop):.2f} "
+                                               f"< {min_probability:.2f}")
+    if expected is not None and float(expected) <= 0:
+        return PolicyDecision("reject", reason=f"policy: expected P&L {expected} is not positive")
+    if int(review["quantity"]) > 10:
+        return PolicyDecision("resize", quantity=10)
+    return PolicyDecision("approve")
+
+
+@dataclass
+class DayResult:
+    session: date
+    run_ids: list[str]
+    staged: int
+    filled: int
+    exits_staged: int
+    settled: int
+    net_liquidation: Decimal | None
+
+
+@dataclass
+class BacktestResult:
+    backtest_id: str
+    database: str
+    database_url: str
+    account_id: str
+    spec: BacktestSpec
+    days: list[DayResult]
+    modelled_chain_days: list[str]
+    reused: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        from service.operations import jsonable
+
+        return jsonable({"backtest_id": self.backtest_id, "database": self.database, "account_id": self.account_id,
+                         "params": self.spec.params(), "days": [asdict(d) for d in self.days],
+                         "modelled_chain_days": self.modelled_chain_days, "reused": self.reused})
+
+
+async def _decide_all(ctx, order_ids: list[str], approve: str) -> None:
+    from service import approvals
+    from storage.orders import OrderRepository
+
+    for order_id in order_ids:
+        review = await approvals.order_review(ctx, order_id)
+        if review["state"] != "STAGED":
+            continue
+        order = await OrderRepository(ctx.db.pool).get(order_id)
+        choice = policy_decision(review, approve, expected_pnl=order.proposal.get("expected_pnl"))
+        try:
+            await approvals.decide(ctx, order_id, approvals.Decision(
+                action=choice.action, approver=APPROVER, quantity=choice.quantity, reason=choice.reason,
+                acknowledge=True))
+        except approvals.ApprovalError as exc:  # as for a human: the order stays staged and expires
+            log.warning("backtest: order %s could not be decided: %s", order_id, exc)
+
+
+async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResult, int, int], None] | None = None,
+                       market=None, reuse: bool = True) -> BacktestResult:
+    """Run (or, when the same backtest already completed, reuse) a backtest; see the module docstring.
+
+    `market`: the historical market to drive (default: `HistoricalMarket(spec.data_dir, spec.chains_dir)`);
+    `reuse=False` runs it again even when it already completed (benchmarks)."""
+    from memory.store import MemoryStore
+    from service import approvals
+    from service.housekeeping import housekeeping
+    from service.operations import run_decision
+    from storage.backtests import (BacktestRepository, database_url, filled_orders, recreate_database,
+                                   staged_order_ids)
+    from storage.database import connect
+    from tools.providers.history import HistoricalMarket
+
+    sessions = sessions_between(spec.start, spec.end)
+    if not sessions:
+        raise BacktestError(f"no NYSE session between {spec.start} and {spec.end}")
+    market = market or HistoricalMarket(spec.data_dir, spec.chains_dir)
+    config = spec.config()
+    # A market without files (the simulated one, for benchmarks) is identified by its name and seed.
+    fingerprint = market.fingerprint() if hasattr(market, "fingerprint") else f"{market.name}:{getattr(market, 'seed', '')}"
+    backtest_id = spec.backtest_id(fingerprint)
+    database, account_id = f"hedgegraph_{backtest_id}", f"backtest-{backtest_id}"
+    url = database_url(main_db.url, database)
+    repo = BacktestRepository(main_db.pool)
+    previous = await repo.get(backtest_id)
+    if reuse and previous is not None and previous.status == "completed":
+        days = [DayResult(d["session"], list(d["run_ids"]), d["orders_staged"], d["orders_filled"], 0, 0,
+                          d["net_liquidation"]) for d in await repo.days(backtest_id)]
+        return BacktestResult(backtest_id, database, url, account_id, spec, days,
+                              (previous.summary or {}).get("modelled_chain_days", []), reused=True)
+
+    await recreate_database(main_db.pool, database)
+    await repo.start(backtest_id, spec.params(), database, account_id)
+    db = await connect(url, max_size=6)
+    clock = SimulatedClock(sessions[0][1])
+
+    def provider_factory(name: str, seed: int):
+        if name != market.name:
+            raise approvals.ApprovalError(f"a backtest quotes only its {market.name!r} market, not {name!r}")
+        return market
+
+    ctx = approvals.ServiceContext(db=db, clock=clock, provider_factory=provider_factory,
+                                   memory=MemoryStore(db.pool), account_id=account_id, market=market.name)
+    broker = ctx.broker_for(market)
+    days: list[DayResult] = []
+    modelled: list[str] = []
+    try:
+        for n, (day, opens, closes) in enumerate(sessions, 1):
+            run_ids, staged = [], 0
+            for slot in spec.slots:
+                clock.at = slot_time(day, slot, opens, closes)
+                await approvals.recover_pending(ctx)  # exits approved at the last close go out now
+                outcome = await run_decision(db, market, watchlist=WATCHLIST, tickers=list(spec.tickers),
+                                             as_of=clock.at, seed=spec.seed, config=config, now=clock,
+                                             broker=broker)
+                run_ids.append(outcome.run.run_id)
+                context = outcome.state.get("context")
+                if context is not None and any("modelled" in line for lines in context.data_quality.values()
+                                               for line in lines):
+                    modelled.append(day.isoformat())
+                order_ids = await staged_order_ids(db.pool, outcome.run.run_id)
+                staged += len(order_ids)
+                await _decide_all(ctx, order_ids, spec.approve)
+            clock.at = closes
+            report = await housekeeping(ctx, mark=True)
+            exit_ids = [e["order_id"] for e in report.exits_staged if e["order_id"] and e["created"]]
+            await _decide_all(ctx, exit_ids, spec.approve)
+            nlv = Decimal(report.net_liquidation) if report.net_liquidation is not None else None
+            result = DayResult(day, run_ids, staged, await filled_orders(db.pool, run_ids), len(exit_ids),
+                               len(report.settled), nlv)
+            days.append(result)
+            await repo.record_day(backtest_id, day, run_ids, staged, result.filled, nlv)
+            if on_day is not None:
+                on_day(result, n, len(sessions))
+    except Exception as exc:
+        await repo.finish(backtest_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+        await db.close()
+        raise
+    await db.close()
+    return BacktestResult(backtest_id, database, url, account_id, spec, days, sorted(set(modelled)))
+
+
+async def finish_backtest(main_db, result: BacktestResult, results_root: Path) -> dict[str, Any]:
+    """Metrics, baselines and the report files of a finished backtest; recorded in the index."""
+    from service.backtest_report import build_report, write_report
+    from storage.backtests import BacktestRepository
+    from storage.database import connect
+
+    repo = BacktestRepository(main_db.pool)
+    db = await connect(result.database_url, max_size=4)
+    try:
+        report = await build_report(db, result)
+    finally:
+        await db.close()
+    folder = write_report(report, results_root / result.backtest_id)
+    report["results_dir"] = str(folder)
+    await repo.finish(result.backtest_id, "completed", summary=report["summary"], results_dir=str(folder))
+    return report

@@ -1,0 +1,176 @@
+"""A finished backtest's report: metrics, baselines, P&L breakdowns, calibration, and the files
+(`report.json`, a self-contained `report.html` with inline SVG plots) in its results folder."""
+from __future__ import annotations
+
+import html
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from service.backtest_baselines import buy_and_hold, condor_chains, mechanical_condor
+from service.backtest_metrics import (calibration_table, drawdown, pnl_by, return_metrics, trade_metrics,
+                                      turnover)
+
+ASSUMPTIONS = [
+    "end of day: daily bars; a 15:30 slot decides on the previous session's close, housekeeping at the "
+    "close sees that session's close",
+    "option chains: a recorded Cboe quote table when one exists for the ticker and session, otherwise "
+    "modelled from VIX9D/VIX/VIX3M/SKEW with a spread model and modelled open interest (the flow analyst abstains)",
+    "fills: the paper broker's slippage model (mid + 0.25 of the half-spreads), limit walk as live, "
+    "$0.65 per contract per leg",
+    "approval policy stands in for the human (all: approve everything; policy: reject PoP < 0.5 or "
+    "expected P&L <= 0, resize above 10 contracts); exits are always approved and go out at the next slot",
+    "no social data in history: the social analyst abstains and says so",
+    "rate 2%, SPY dividend yield 1.5% (no rate or dividend series in the data)",
+]
+
+
+async def build_report(db, result, market=None) -> dict[str, Any]:
+    from service.backtest import sessions_between
+    from storage.backtests import closed_positions, traded_premium
+    from tools.providers.history import HistoricalMarket
+
+    spec = result.spec
+    market = market or HistoricalMarket(spec.data_dir, spec.chains_dir)
+    days = [d for d in result.days if d.net_liquidation is not None]
+    equity = pd.Series({d.session: float(d.net_liquidation) for d in days}, dtype=float)
+    opening_cash = float(equity.iloc[0]) if len(equity) else 0.0
+    sessions = sessions_between(spec.start, spec.end)
+
+    spy = market.files.bars("SPY")
+    closes = pd.Series(spy.close, index=[pd.Timestamp(d).date() for d in spy.dates])
+    closes = closes[[s[0] for s in sessions if s[0] in closes.index]]
+    hold = buy_and_hold(closes, opening_cash or 100_000.0)
+    condor_equity, condor_trades = mechanical_condor(condor_chains(market, spec.tickers[0], sessions),
+                                                     opening_cash or 100_000.0)
+
+    closed = await closed_positions(db.pool, result.account_id)
+    pnls = [float(r["realized_pnl"]) for r in closed]
+    graph_metrics = return_metrics(equity) | trade_metrics(pnls) | {
+        "turnover": turnover(float(await traded_premium(db.pool, result.account_id)), equity)}
+    report = {
+        "backtest_id": result.backtest_id,
+        "params": spec.params(),
+        "database": result.database,
+        "account_id": result.account_id,
+        "days": len(result.days),
+        "modelled_chain_days": result.modelled_chain_days,
+        "metrics": graph_metrics,
+        "baselines": {
+            "spy_buy_and_hold": return_metrics(hold),
+            "iron_condor_16d_45dte": return_metrics(condor_equity) | trade_metrics(
+                [t["realized_pnl"] for t in condor_trades]),
+        },
+        "pnl_by_strategy": pnl_by(closed, "structure"),
+        "pnl_by_regime": pnl_by(closed, "regime"),
+        "calibration": calibration_table([r["probability_of_profit"] for r in closed], [p > 0 for p in pnls]),
+        "closed_positions": [{k: (str(v) if not isinstance(v, (int, float, str, type(None))) else v)
+                              for k, v in r.items()} for r in closed],
+        "condor_trades": [{k: (str(v) if isinstance(v, (date, tuple)) else v) for k, v in t.items()}
+                          for t in condor_trades],
+        "equity": {str(k): v for k, v in equity.items()},
+        "equity_spy": {str(k): float(v) for k, v in hold.items()},
+        "equity_condor": {str(k): float(v) for k, v in condor_equity.items()},
+        "assumptions": ASSUMPTIONS,
+        "not_measured": ["Greeks P&L attribution", "P&L by analyst agreement"],
+    }
+    report["summary"] = {k: report[k] for k in ("metrics", "baselines", "days")} | {
+        "modelled_chain_days": len(result.modelled_chain_days)}
+    return report
+
+
+def _polyline(series: list[pd.Series], colors: list[str], labels: list[str], title: str, *,
+              width: int = 720, height: int = 260, percent: bool = False) -> str:
+    """One inline SVG line chart of several series sharing an index (no external assets)."""
+    pad = 40
+    values = np.concatenate([s.to_numpy(dtype=float) for s in series if len(s)]) if series else np.array([0.0])
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    hi = hi if hi > lo else lo + 1.0
+    n = max(len(s) for s in series) if series else 1
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+             f'<text x="{pad}" y="16" font-size="13">{html.escape(title)}</text>',
+             f'<line x1="{pad}" y1="{height - pad}" x2="{width - 10}" y2="{height - pad}" stroke="#999"/>']
+    fmt = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:,.0f}")
+    parts.append(f'<text x="2" y="{pad}" font-size="10">{fmt(hi)}</text>')
+    parts.append(f'<text x="2" y="{height - pad}" font-size="10">{fmt(lo)}</text>')
+    for s, color, label, k in zip(series, colors, labels, range(len(series))):
+        if not len(s):
+            continue
+        xs = pad + np.arange(len(s)) * (width - pad - 10) / max(n - 1, 1)
+        ys = (height - pad) - (s.to_numpy(dtype=float) - lo) / (hi - lo) * (height - 2 * pad)
+        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys) if np.isfinite(y))
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{points}"/>')
+        parts.append(f'<text x="{pad + 150 * k}" y="{height - 8}" font-size="11" fill="{color}">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _calibration_svg(rows: list[dict[str, Any]], size: int = 260) -> str:
+    pad = 30
+    scale = size - 2 * pad
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" role="img">',
+             f'<text x="{pad}" y="16" font-size="13">calibration: predicted vs realized PoP</text>',
+             f'<line x1="{pad}" y1="{size - pad}" x2="{size - pad}" y2="{pad}" stroke="#bbb" stroke-dasharray="4"/>']
+    for r in rows:
+        if r["trades"]:
+            x, y = pad + r["mean_predicted"] * scale, size - pad - r["realized"] * scale
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{3 + min(r["trades"], 30) / 5:.1f}" fill="#c33"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(rows: dict[str, Any] | list[dict[str, Any]]) -> str:
+    if isinstance(rows, dict):
+        rows = [{"": k} | (v if isinstance(v, dict) else {"value": v}) for k, v in rows.items()]
+    if not rows:
+        return "<p>none</p>"
+    cols = list(rows[0])
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    equity = pd.Series(report["equity"], dtype=float)
+    spy = pd.Series(report["equity_spy"], dtype=float)
+    condor = pd.Series(report["equity_condor"], dtype=float)
+    metrics = {"graph": report["metrics"], "SPY buy-and-hold": report["baselines"]["spy_buy_and_hold"],
+               "16Δ 45-DTE iron condor": report["baselines"]["iron_condor_16d_45dte"]}
+    keys = sorted({k for m in metrics.values() for k in m})
+    metric_rows = [{"metric": k} | {name: m.get(k) for name, m in metrics.items()} for k in keys]
+    p = report["params"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>backtest {report['backtest_id']}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head><body>
+<h1>Backtest {html.escape(report['backtest_id'])}</h1>
+<p>{html.escape(p['from'])} to {html.escape(p['to'])}, tickers {html.escape(', '.join(p['tickers']))},
+slots {html.escape(', '.join(p['slots']))}, approval {html.escape(p['approve'])},
+settings {html.escape(json.dumps(p['overrides']))}; {report['days']} sessions,
+{len(report['modelled_chain_days'])} on modelled chains.</p>
+{_polyline([equity, spy, condor], ['#1f77b4', '#2ca02c', '#d62728'],
+           ['graph', 'SPY buy-and-hold', 'iron condor'], 'equity (NLV, $)')}
+{_polyline([drawdown(equity), drawdown(spy), drawdown(condor)], ['#1f77b4', '#2ca02c', '#d62728'],
+           ['graph', 'SPY buy-and-hold', 'iron condor'], 'drawdown', percent=True)}
+{_calibration_svg(report['calibration'])}
+<h2>Metrics</h2>{_table(metric_rows)}
+<h2>P&amp;L by strategy</h2>{_table(report['pnl_by_strategy'])}
+<h2>P&amp;L by regime</h2>{_table(report['pnl_by_regime'])}
+<h2>Calibration (reliability table)</h2>{_table(report['calibration'])}
+<h2>Assumptions</h2><ul>{''.join(f'<li>{html.escape(a)}</li>' for a in report['assumptions'])}</ul>
+<p>Not measured yet: {html.escape(', '.join(report['not_measured']))}.</p>
+<p>Days on modelled chains: {html.escape(', '.join(report['modelled_chain_days']))}</p>
+</body></html>"""
+
+
+def write_report(report: dict[str, Any], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (folder / "report.html").write_text(render_html(report))
+    return folder

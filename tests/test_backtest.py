@@ -1,0 +1,183 @@
+"""Backtests end to end on the real shared history: the CLI, the book and approvals under a
+historical clock, and no look-ahead."""
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date, datetime
+from pathlib import Path
+
+import pytest
+
+from service.backtest import BacktestSpec, run_backtest
+from service.cli import app
+from storage.database import connect
+from tests.conftest import SHARED_DATA
+from tools.chain import NEW_YORK
+from tools.providers.base import LookAheadError
+from tools.providers.history import HistoricalMarket
+
+HISTORY = SHARED_DATA / "history"
+
+
+def test_backtest_command_runs_january_2022_and_every_day_stays_inspectable(cli_env, tmp_path, pg_server, monkeypatch):
+    out = cli_env.invoke(app, ["backtest", "--from", "2022-01-03", "--to", "2022-01-31", "--tickers", "SPY",
+                               "--results", str(tmp_path / "results"), "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    try:
+        assert report["days"] == 20  # NYSE sessions in January 2022
+        assert len(report["modelled_chain_days"]) == 20  # no recorded SPY chain in January 2022
+        for key in ("cagr", "annual_volatility", "sharpe", "sortino", "calmar", "max_drawdown", "var_95", "cvar_95",
+                    "win_rate", "profit_factor", "turnover"):
+            assert key in report["metrics"]
+        spy = report["baselines"]["spy_buy_and_hold"]
+        assert spy["total_return"] == pytest.approx(-0.0527, abs=0.01)  # SPY fell ~5% in January 2022
+        assert report["baselines"]["iron_condor_16d_45dte"]["trades"] >= 1
+        html = (tmp_path / "results" / report["backtest_id"] / "report.html").read_text()
+        assert html.count("<svg") == 3 and "<script" not in html and "http" not in html.replace("http://www.w3.org", "")
+        saved = json.loads((tmp_path / "results" / report["backtest_id"] / "report.json").read_text())
+        assert saved["metrics"] == report["metrics"]
+
+        listed = json.loads(cli_env.invoke(app, ["backtest", "list", "--json"]).stdout)
+        assert [b["backtest_id"] for b in listed] == [report["backtest_id"]] and listed[0]["status"] == "completed"
+        shown = json.loads(cli_env.invoke(app, ["backtest", "show", report["backtest_id"], "--json"]).stdout)
+        assert len(shown["days"]) == 20
+        run_id = shown["days"][5]["run_ids"][0]
+        # The day's run is a normal run in the backtest's own database: runs show and replay open it.
+        monkeypatch.setenv("DATABASE_URL", shown["database_url"])
+        run = json.loads(cli_env.invoke(app, ["runs", "show", run_id, "--json"]).stdout)
+        assert run["run"]["provider"] == "history" and run["run"]["as_of"].startswith("2022-01-10T20:30")  # 15:30 New York, in UTC
+        replay = cli_env.invoke(app, ["replay", run_id, "--json"])
+        assert replay.exit_code == 0, replay.output
+    finally:
+        pg_server.psql(f"DROP DATABASE IF EXISTS {report['database']} WITH (FORCE);")
+
+
+def test_bad_backtest_input_is_one_line(cli_env):
+    out = cli_env.invoke(app, ["backtest", "--from", "2022-02-01", "--to", "2022-01-01"])
+    assert out.exit_code != 0 and "before" in out.output and "Traceback" not in out.output
+    out = cli_env.invoke(app, ["backtest", "--from", "2022-01-03", "--to", "2022-01-04", "--set", "nope=1"])
+    assert out.exit_code != 0 and "unknown decision setting" in out.output
+    out = cli_env.invoke(app, ["backtest", "--from", "2022-01-01", "--to", "2022-01-02"])
+    assert out.exit_code != 0 and "no NYSE session" in out.output
+
+
+async def test_trades_fill_through_approvals_and_the_kelly_journal_reads_only_the_backtest_account(db, pg_server):
+    spec = BacktestSpec(date(2022, 1, 3), date(2022, 1, 14), ("SPY",), str(HISTORY),
+                        overrides={"min_agreeing_sources": 1, "conviction_threshold": 0.2})
+    result = await run_backtest(db, spec)
+    try:
+        assert sum(d.filled for d in result.days) >= 1
+        bt = await connect(result.database_url, max_size=2)
+        try:
+            fills = await bt.pool.fetch("SELECT DISTINCT account_id FROM broker_fills")
+            assert [r["account_id"] for r in fills] == [result.account_id]
+            approvers = {r["approver"] for r in await bt.pool.fetch("SELECT approver FROM approvals")}
+            assert approvers == {"backtest-policy"}
+            assert await db.pool.fetchval("SELECT count(*) FROM orders") == 0  # the main database saw no order
+            # Every run's Kelly journal held exactly the positions closed by its as-of time, in this account.
+            closed = await bt.pool.fetch("SELECT closed_at FROM strategy_positions WHERE status <> 'open'")
+            from graph.runner import build_graph
+            app_ = build_graph().compile(checkpointer=bt.checkpointer)
+            for day in result.days:
+                state = (await app_.aget_state({"configurable": {"thread_id": day.run_ids[0]}})).values
+                as_of = state["run"].as_of
+                outcomes = state["context"].closed_outcomes
+                assert all(o.closed_at <= as_of for o in outcomes)
+                assert len(outcomes) == sum(1 for r in closed if r["closed_at"] <= as_of)
+        finally:
+            await bt.close()
+    finally:
+        pg_server.psql(f"DROP DATABASE IF EXISTS {result.database} WITH (FORCE);")
+
+
+def test_a_future_bar_moved_into_the_past_is_caught(tmp_path):
+    """A snapshot never reads a bar dated after its session; a bar planted in the past window with a
+    future date is refused by the snapshot's own check."""
+    for name in ("VIX_History.csv", "VIX3M_History.csv", "VIX9D_History.csv", "SKEW_History.csv", "SPY_daily_ohlcv.csv"):
+        shutil.copy(HISTORY / name, tmp_path / name)
+    as_of = datetime(2022, 3, 8, 16, 30, tzinfo=NEW_YORK)
+    before = HistoricalMarket(tmp_path).snapshot(["SPY"], as_of)
+    # Change every bar after the session: the snapshot at as_of must not change at all.
+    spy = (tmp_path / "SPY_daily_ohlcv.csv").read_text().splitlines()
+    header, rows = spy[0], spy[1:]
+    date_col = [c.strip().lower() for c in header.split(",")].index("date")
+    changed = []
+    for row in rows:
+        cells = row.split(",")
+        if cells[date_col] > "2022-03-08":
+            cells = [cells[i] if i == date_col or not _is_number(c) else str(float(c) * 3) for i, c in enumerate(cells)]
+        changed.append(",".join(cells))
+    (tmp_path / "SPY_daily_ohlcv.csv").write_text("\n".join([header, *changed]) + "\n")
+    after = HistoricalMarket(tmp_path).snapshot(["SPY"], as_of)
+    assert after.tickers["SPY"].spot == before.tickers["SPY"].spot
+    assert (after.tickers["SPY"].bars.close == before.tickers["SPY"].bars.close).all()
+    # A future bar moved into the past window is caught by the snapshot itself.
+    bars = before.tickers["SPY"].bars
+    planted = bars.dates.copy()
+    planted[-1] = planted[-1] + 1  # the last bar now claims to be from the next day
+    from dataclasses import replace
+
+    from tools.providers.base import Bars, MarketSnapshot
+    late = Bars(planted, bars.open, bars.high, bars.low, bars.close, bars.volume)
+    with pytest.raises(LookAheadError):
+        MarketSnapshot(as_of=as_of, provider="history",
+                       tickers={"SPY": replace(before.tickers["SPY"], bars=late)}, vix=before.vix, vix3m=before.vix3m,
+                       benchmark=before.benchmark, rate=before.rate, meta=before.meta)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _sweep_and_check(cli_env, tmp_path, pg_server, extra: list[str]) -> list[dict]:
+    out = cli_env.invoke(app, ["backtest", "--from", "2022-01-03", "--to", "2022-01-06", "--tickers", "SPY",
+                               "--sweep", "kelly_multiplier=0.25,0.5", "--results", str(tmp_path / "r"), "--json", *extra])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    try:
+        assert [r["overrides"] for r in rows] == [{"kelly_multiplier": 0.25}, {"kelly_multiplier": 0.5}]
+        assert len({r["backtest_id"] for r in rows}) == 2
+        assert len({r["worker_pid"] for r in rows}) == 2  # two workers ran them side by side
+        listed = json.loads(cli_env.invoke(app, ["backtest", "list", "--json"]).stdout)
+        assert sorted(b["backtest_id"] for b in listed) == sorted(r["backtest_id"] for r in rows)
+        assert all(b["status"] == "completed" for b in listed)
+        for r in rows:
+            assert (Path(r["results_dir"]) / "report.json").exists()
+    finally:
+        for r in rows:
+            pg_server.psql(f"DROP DATABASE IF EXISTS hedgegraph_{r['backtest_id']} WITH (FORCE);")
+    return rows
+
+
+def test_a_sweep_runs_its_backtests_in_parallel_local_processes(cli_env, tmp_path, pg_server):
+    _sweep_and_check(cli_env, tmp_path, pg_server, ["--workers", "2"])
+
+
+def test_a_sweep_runs_as_tasks_on_a_local_ray_cluster_with_two_cpus(cli_env, tmp_path, pg_server, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _sweep_and_check(cli_env, tmp_path, pg_server, ["--ray", "--workers", "2"])
+
+
+def test_bad_sweeps_are_one_line(cli_env):
+    out = cli_env.invoke(app, ["backtest", "--from", "2022-01-03", "--to", "2022-01-04", "--sweep", "kelly_multiplier"])
+    assert out.exit_code != 0 and "key=v1,v2" in out.output
+    out = cli_env.invoke(app, ["backtest", "--from", "2022-01-03", "--to", "2022-01-04", "--sweep", "kelly_multiplier=2"])
+    assert out.exit_code != 0 and "kelly_multiplier" in out.output and "Traceback" not in out.output
+
+
+def test_chain_model_command_prints_the_modelled_chain_for_a_date(cli_env):
+    out = cli_env.invoke(app, ["chain", "--model", "SPY", "--as-of", "2022-03-08", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["modelled"] is True and data["underlying"] == "SPY"
+    assert data["chain_note"] == "chain modelled from VIX9D/VIX/VIX3M/SKEW on 2022-03-08"
+    out = cli_env.invoke(app, ["chain", "--model", "SPY"])
+    assert out.exit_code != 0 and "--as-of" in out.output
+    out = cli_env.invoke(app, ["chain"])
+    assert out.exit_code != 0 and "either" in out.output

@@ -1,0 +1,85 @@
+"""Backtest metrics against a hand-computed series, and the baselines on a short real window."""
+from __future__ import annotations
+
+import math
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from service.backtest import policy_decision, sessions_between
+from service.backtest_baselines import (COMMISSION_PER_CONTRACT, EXIT_DTE, MAX_LOSS_NLV, buy_and_hold, condor_chains,
+                                        mechanical_condor)
+from service.backtest_metrics import calibration_table, drawdown, pnl_by, return_metrics, trade_metrics, turnover
+from tests.conftest import SHARED_DATA
+from tools.providers.history import HistoricalMarket
+
+EQUITY = pd.Series([100.0, 110.0, 99.0, 108.9], index=pd.bdate_range("2022-01-03", periods=4))
+
+
+def test_return_metrics_match_a_hand_computed_series():
+    m = return_metrics(EQUITY)  # returns +10%, -10%, +10%
+    assert m["total_return"] == pytest.approx(0.089)
+    mean, std = 0.1 / 3, math.sqrt((2 * (0.1 - 0.1 / 3) ** 2 + (-0.1 - 0.1 / 3) ** 2) / 2)
+    assert m["sharpe"] == pytest.approx(mean / std * math.sqrt(252))
+    assert m["annual_volatility"] == pytest.approx(std * math.sqrt(252))
+    assert m["max_drawdown"] == pytest.approx(-0.1)
+    assert m["cagr"] == pytest.approx(1.089 ** (252 / 3) - 1)
+    assert m["calmar"] == pytest.approx(m["cagr"] / 0.1)
+    # Historical 5% quantile of (-0.1, 0.1, 0.1), linearly interpolated: -0.1 + 0.1 * 0.2.
+    assert m["var_95"] == pytest.approx(-0.08)
+    assert m["cvar_95"] == pytest.approx(-0.1)
+    downside = math.sqrt(0.1 ** 2 / 3)  # the one negative return, over all three
+    assert m["sortino"] == pytest.approx(mean * 252 / (downside * math.sqrt(252)))
+    assert list(drawdown(EQUITY)) == pytest.approx([0.0, 0.0, -0.1, -0.01])
+
+
+def test_trade_metrics_turnover_calibration_and_groups_by_hand():
+    t = trade_metrics([100.0, -50.0, 200.0, -25.0])
+    assert t == {"trades": 4, "win_rate": 0.5, "average_win": 150.0, "average_loss": -37.5, "profit_factor": 4.0,
+                 "total_pnl": 225.0}
+    assert turnover(1000.0, EQUITY) == pytest.approx(1000.0 / EQUITY.mean() * 252 / 4)
+    rows = calibration_table([0.55, 0.58, 0.85, None], [True, False, True, True])
+    by_bin = {r["bin"]: r for r in rows}
+    assert by_bin["0.5-0.6"] == {"bin": "0.5-0.6", "trades": 2, "mean_predicted": pytest.approx(0.565), "realized": 0.5}
+    assert by_bin["0.8-0.9"]["trades"] == 1 and by_bin["0.8-0.9"]["realized"] == 1.0
+    assert sum(r["trades"] for r in rows) == 3  # the trade without a prediction is left out
+    groups = pnl_by([{"structure": "iron_condor", "realized_pnl": 10}, {"structure": "iron_condor", "realized_pnl": -4},
+                     {"structure": None, "realized_pnl": 1}], "structure")
+    assert groups == {"iron_condor": {"trades": 2, "wins": 1, "realized_pnl": 6.0},
+                      "unknown": {"trades": 1, "wins": 1, "realized_pnl": 1.0}}
+
+
+def test_the_approval_policy_rejects_poor_odds_and_resizes_large_orders():
+    review = {"quantity": 12, "probability_of_profit": "0.7", "closes_position_id": None}
+    assert policy_decision(review, "all").action == "approve"
+    assert policy_decision(review, "policy", expected_pnl="5").action == "resize"
+    assert policy_decision(review | {"probability_of_profit": "0.4"}, "policy").action == "reject"
+    assert policy_decision(review, "policy", expected_pnl="-1").action == "reject"
+    assert policy_decision(review | {"probability_of_profit": "0.1", "closes_position_id": "p"}, "policy").action == "approve"
+
+
+def test_baselines_on_a_short_real_window():
+    market = HistoricalMarket(SHARED_DATA / "history")
+    sessions = sessions_between(date(2022, 1, 3), date(2022, 3, 31))
+    spy = market.files.bars("SPY")
+    closes = pd.Series(spy.close, index=[pd.Timestamp(d).date() for d in spy.dates])[[s[0] for s in sessions]]
+    hold = buy_and_hold(closes, 100_000.0)
+    shares = np.floor(100_000.0 / closes.iloc[0])
+    assert hold.iloc[-1] == pytest.approx(100_000.0 + shares * (closes.iloc[-1] - closes.iloc[0]))
+
+    equity, trades = mechanical_condor(condor_chains(market, "SPY", sessions), 100_000.0)
+    assert len(equity) == len(sessions) and len(trades) >= 2
+    for trade in trades:
+        long_put, short_put, short_call, long_call = trade["strikes"]
+        assert long_put < short_put < short_call < long_call
+        assert trade["credit"] > 0 and trade["quantity"] >= 1
+        width = max(short_put - long_put, long_call - short_call)
+        assert (width - trade["credit"]) * 100 * trade["quantity"] <= MAX_LOSS_NLV * 100_000.0 * 1.2
+        fees = 0 if trade["reason"] == "expiry" else COMMISSION_PER_CONTRACT * 4 * trade["quantity"]
+        assert trade["realized_pnl"] == pytest.approx((trade["credit"] - trade["close_cost"]) * 100 * trade["quantity"] - fees)
+        held = (np.datetime64(trade["expiry"]) - np.datetime64(trade["closed"])).astype(int)
+        assert trade["reason"] != "21 DTE" or held <= EXIT_DTE
+    # Between trades the equity moves only by the realized P&L of what closed (and the open condor's mark).
+    assert equity.iloc[0] < 100_000.0 + 1 and equity.iloc[0] > 100_000.0 - 1000
