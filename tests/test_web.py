@@ -314,7 +314,7 @@ def test_an_exit_is_marked_as_an_exit(browser, database, seeded):
             await db.close()
 
     _in_own_loop(make_exit())
-    with Server(database) as server:
+    with LiveServer(database, DECISION_TIME) as server:
         context, page = _signed_in(browser, server, seeded.tokens["viewer"])
         assert page.locator("ul.queue > li .badge.exit").inner_text() == "EXIT"
         _open_order(page, seeded)
