@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from domain.orders import (
     BrokerAccount,
@@ -20,6 +20,9 @@ from domain.orders import (
     Fill,
     WhatIfMargin,
 )
+
+if TYPE_CHECKING:
+    from storage.orders import OrderRecord
 
 
 class BrokerError(RuntimeError):
@@ -83,3 +86,19 @@ class Broker(Protocol):
     def subscribe_fills(self, callback: FillCallback) -> None: ...
     async def positions(self) -> list[BrokerPosition]: ...
     async def account(self) -> BrokerAccount: ...
+
+
+def check_matches_approval(order: ComboOrder, record: "OrderRecord") -> None:
+    """Refuse a combo that differs from what the approver approved (ticker, legs, quantity)."""
+    approved = ComboOrder.from_record(record)
+    problems = []
+    if order.ticker != approved.ticker:
+        problems.append(f"ticker {order.ticker} != approved {approved.ticker}")
+    if order.legs_key() != approved.legs_key():
+        problems.append("legs differ from the approved legs")
+    if order.quantity != approved.quantity:
+        problems.append(f"quantity {order.quantity} != approved {approved.quantity}")
+    if order.multiplier != approved.multiplier:
+        problems.append(f"multiplier {order.multiplier} != approved {approved.multiplier}")
+    if problems:
+        raise OrderMismatch(f"order {order.order_id}: " + "; ".join(problems))

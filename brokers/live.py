@@ -17,7 +17,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from brokers.base import BrokerError, FillCallback, OrderMismatch, OrderNotApproved, UnknownBrokerOrder
+from brokers.base import BrokerError, FillCallback, OrderNotApproved, UnknownBrokerOrder, check_matches_approval
 from domain.orders import BrokerOrderStatus, ComboOrder, Fill
 from domain.order_state import TERMINAL, OrderState, can_transition
 from storage.broker_ledger import AVG_PLACES, BrokerLedger
@@ -40,20 +40,6 @@ class BrokerRejected(BrokerError):
     """The broker refused the order (its reason is in the message and in the order's history)."""
 
 
-def check_matches_approval(order: ComboOrder, record: OrderRecord) -> None:
-    """Refuse a combo that differs from what the approver approved (ticker, legs, quantity)."""
-    approved = ComboOrder.from_record(record)
-    problems = []
-    if order.ticker != approved.ticker:
-        problems.append(f"ticker {order.ticker} != approved {approved.ticker}")
-    if order.legs_key() != approved.legs_key():
-        problems.append("legs differ from the approved legs")
-    if order.quantity != approved.quantity:
-        problems.append(f"quantity {order.quantity} != approved {approved.quantity}")
-    if order.multiplier != approved.multiplier:
-        problems.append(f"multiplier {order.multiplier} != approved {approved.multiplier}")
-    if problems:
-        raise OrderMismatch(f"order {order.order_id}: " + "; ".join(problems))
 
 
 class LiveOrderBook:

@@ -36,10 +36,10 @@ from config.clock import wall_clock
 from brokers.base import (
     BrokerError,
     FillCallback,
-    OrderMismatch,
     OrderNotApproved,
     OrderNotWorking,
     UnknownBrokerOrder,
+    check_matches_approval,
 )
 from domain.orders import (
     CENT,
@@ -223,21 +223,6 @@ class PaperBroker:
             fraction += self.slippage.jitter * Decimal(self.rng.randrange(10_000)) / 10_000
         return min(fraction, Decimal(1))
 
-    @staticmethod
-    def _check_matches(order: ComboOrder, record: OrderRecord) -> None:
-        approved = ComboOrder.from_record(record)
-        problems = []
-        if order.ticker != approved.ticker:
-            problems.append(f"ticker {order.ticker} != approved {approved.ticker}")
-        if order.legs_key() != approved.legs_key():
-            problems.append("legs differ from the approved legs")
-        if order.quantity != approved.quantity:
-            problems.append(f"quantity {order.quantity} != approved {approved.quantity}")
-        if order.multiplier != approved.multiplier:
-            problems.append(f"multiplier {order.multiplier} != approved {approved.multiplier}")
-        if problems:
-            raise OrderMismatch(f"order {order.order_id}: " + "; ".join(problems))
-
     # ---------------------------------------------------------------- Broker protocol
     def subscribe_fills(self, callback: FillCallback) -> None:
         """Await `callback(fill)` for every new fill, after it is committed, in fill order."""
@@ -293,7 +278,7 @@ class PaperBroker:
             halted = await conn.fetchrow("SELECT halted, reason FROM risk_controls WHERE id")
             if halted is not None and halted["halted"]:
                 raise TradingHalted(f"order {order.order_id} not sent: trading is halted ({halted['reason']})")
-            self._check_matches(order, OrderRecord.from_row(row))
+            check_matches_approval(order, OrderRecord.from_row(row))
             if shortfall is None:
                 good_till = session_close(now) if order.time_in_force == "DAY" else None
                 await self.ledger.insert_order(conn, order, broker_order_id, now, good_till)
