@@ -242,10 +242,11 @@ class OrderManager:
         return [f for f in new if f.order_id == order_id]
 
     # ------------------------------------------------------------------ recovery
-    async def recover(self) -> list[Execution]:
-        """Resume everything in flight (see the module docstring). Returns what was done."""
+    async def recover(self, run_id: str | None = None) -> list[Execution]:
+        """Resume everything in flight (of one run, or all; see the module docstring), then journal
+        every unjournaled fill. Returns what was done."""
         done: list[Execution] = []
-        for row in await self.executions.in_flight():
+        for row in await self.executions.in_flight(run_id):
             order_id, state = row["order_id"], OrderState(row["state"])
             if state == OrderState.APPROVED:
                 e = await self.transmit(order_id)

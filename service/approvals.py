@@ -276,7 +276,7 @@ async def _transmit_and_continue(ctx: ServiceContext, run_id: str, order_id: str
 
 
 async def _finish_if_decided(ctx: ServiceContext, run_id: str, deps=None) -> str | None:
-    if await ctx.db.pool.fetchval("SELECT 1 FROM orders WHERE run_id = $1 AND state = 'STAGED' LIMIT 1", run_id):
+    if await ExecutionRepository(ctx.db.pool).has_undecided(run_id):
         return None  # the run keeps waiting for its other orders
     if not await _has_graph(ctx, run_id):
         await RunRepository(ctx.db.pool).mark_finished(run_id, "completed")
@@ -336,19 +336,12 @@ async def recover_pending(ctx: ServiceContext) -> list[str]:
     order_runs = {f.order_id: (await OrderRepository(ctx.db.pool).get(f.order_id)).run_id for f in unjournaled}
     touched = sorted({r["run_id"] for r in in_flight} | set(order_runs.values()))
     for run_id in touched:
-        deps = await _deps_for_run(ctx, run_id)
-        manager = await order_manager(deps)
-        for order in await OrderRepository(ctx.db.pool).list(run_id=run_id):
-            if order.state == OrderState.APPROVED:
-                await manager.transmit(order.order_id)
-            elif order.state in (OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED, OrderState.UNKNOWN):
-                await manager.resume_working(order.order_id)
-        await manager.journal_unjournaled()
+        # Each run's orders through a manager on that run's market (its quotes re-check them).
+        await (await order_manager(await _deps_for_run(ctx, run_id))).recover(run_id)
     # Runs left awaiting approval although nothing is undecided (or whose graph already ended).
     waiting = await ctx.db.pool.fetch("SELECT run_id FROM runs WHERE status = 'awaiting_approval' ORDER BY run_id")
     for r in waiting:
-        if not await ctx.db.pool.fetchval("SELECT 1 FROM orders WHERE run_id = $1 AND state = 'STAGED' LIMIT 1",
-                                          r["run_id"]):
+        if not await ExecutionRepository(ctx.db.pool).has_undecided(r["run_id"]):
             await _finish_if_decided(ctx, r["run_id"])
             if r["run_id"] not in touched:
                 touched.append(r["run_id"])

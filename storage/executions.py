@@ -40,9 +40,16 @@ class ExecutionRepository:
     async def approver(self, order_id: str) -> str | None:
         return await self.pool.fetchval("SELECT approver FROM approvals WHERE order_id = $1", order_id)
 
-    async def in_flight(self) -> list[asyncpg.Record]:
-        """Every order the manager still owns: approved but unsent, or working at a broker."""
+    async def in_flight(self, run_id: str | None = None) -> list[asyncpg.Record]:
+        """Every order the manager still owns (of one run, or all): approved but unsent, or working
+        at a broker."""
         return await self.pool.fetch(
             """SELECT order_id, run_id, state FROM orders
-               WHERE state = ANY($1::text[]) ORDER BY created_at, order_id""",
-            ["APPROVED", "SUBMITTED", "PARTIALLY_FILLED", "UNKNOWN"])
+               WHERE state = ANY($1::text[]) AND ($2::text IS NULL OR run_id = $2)
+               ORDER BY created_at, order_id""",
+            ["APPROVED", "SUBMITTED", "PARTIALLY_FILLED", "UNKNOWN"], run_id)
+
+    async def has_undecided(self, run_id: str) -> bool:
+        """Whether some order of the run still waits for a human decision (STAGED)."""
+        return bool(await self.pool.fetchval(
+            "SELECT 1 FROM orders WHERE run_id = $1 AND state = 'STAGED' LIMIT 1", run_id))
