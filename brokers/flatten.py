@@ -75,12 +75,22 @@ class FlattenOrder:
             raise ValueError("as_of must be timezone-aware")
         if self.underlying_price is None:
             raise QuoteUnavailable(f"{self.ticker}: an underlying price is needed to stage a flatten order")
-        extremes = max_profit_loss(self.legs, self.mid_price).dollars(self.multiplier)
         greeks = net_greeks(self.legs)
         notes = [self.rationale, "closes " + ", ".join(self.closes)]
-        dte = (self.legs[0].expiry - as_of.astimezone(NEW_YORK).date()).days
-        max_profit, max_loss = extremes.max_profit, extremes.max_loss
-        if extremes.profit_unbounded or extremes.loss_unbounded:
+        dte = (min(leg.expiry for leg in self.legs) - as_of.astimezone(NEW_YORK).date()).days
+        if len({leg.expiry for leg in self.legs}) > 1:
+            # Closing a calendar or diagonal: legs in two expiries have no expiry payoff, and the
+            # surface that values the far legs (tools/two_expiry.py) is not part of a close. The
+            # closing premium stands for both extremes, and the note says so.
+            premium = (abs(self.mid_price) * self.multiplier).quantize(Decimal("0.01"))
+            max_profit = max_loss = premium
+            notes.append("two expiries: no expiry payoff; max profit and loss shown as the closing premium")
+            bes: list[float] = []
+        else:
+            extremes = max_profit_loss(self.legs, self.mid_price).dollars(self.multiplier)
+            max_profit, max_loss = extremes.max_profit, extremes.max_loss
+            bes = breakevens(self.legs, self.mid_price)
+        if len({leg.expiry for leg in self.legs}) == 1 and (extremes.profit_unbounded or extremes.loss_unbounded):
             # Buying back a short call alone has no upper bound: shown at the +3 SD price on the
             # legs' own implied vol (a finite figure an order can carry; the note says so).
             far = self._far_price(max(dte, 1))
@@ -102,7 +112,7 @@ class FlattenOrder:
             ticker=self.ticker, structure=self.structure, legs=list(self.legs),
             underlying_price=float(self.underlying_price), net_debit=self.mid_price, natural_debit=self.natural_price,
             max_profit=max_profit, max_loss=max_loss,
-            breakevens=breakevens(self.legs, self.mid_price), probability_of_profit=0.0, dte=max(dte, 0),
+            breakevens=bes, probability_of_profit=0.0, dte=max(dte, 0),
             multiplier=self.multiplier, rationale="; ".join(notes), **values)
         return SizedTrade(proposal=proposal, contracts=self.quantity, kelly_fraction=0.0, applied_fraction=0.0,
                           win_rate=0.0, payoff_ratio=0.0,

@@ -146,3 +146,30 @@ def test_buying_back_a_short_call_has_a_finite_stated_max_profit():
     assert proposal.max_profit.is_finite() and proposal.max_profit > 0
     assert "+3 SD price" in proposal.rationale
     assert proposal.max_loss == Decimal("210.00")  # the premium paid to close, per unit
+
+
+def test_closing_a_calendar_stages_with_the_premium_as_its_extremes():
+    """A calendar's close spans two expiries and has no expiry payoff; it used to raise and stop the
+    whole housekeeping pass (found by the 2011 backtest: an exit of a call calendar)."""
+    from datetime import date, datetime
+
+    from domain.orders import OptionContract
+    from tools.chain import NEW_YORK
+
+    held = [BrokerPosition(OptionContract("SPY", date(2011, 4, 21), Decimal(96), "C"), -1, Decimal("1.00")),
+            BrokerPosition(OptionContract("SPY", date(2011, 5, 20), Decimal(96), "C"), 1, Decimal("2.00"))]
+
+    def quotes(contract):
+        price = Decimal("1.00") if contract.expiry.month == 4 else Decimal("1.80")
+        return LegQuote(price, price + Decimal("0.10"), underlying_price=Decimal("96"), delta=0.5, gamma=0.05,
+                        vega=0.1, theta=-0.03, iv=0.2)
+
+    from brokers.flatten import _build
+
+    legs = [(held[0], quotes(held[0].contract), "buy", 1), (held[1], quotes(held[1].contract), "sell", 1)]
+    close = _build("SPY", legs, 100)
+    proposal = close.to_sized_trade(datetime(2011, 3, 31, 16, 0, tzinfo=NEW_YORK)).proposal
+    assert proposal.dte == 21  # to the near expiry
+    assert proposal.net_debit == Decimal("-0.80")
+    assert proposal.max_profit == proposal.max_loss == Decimal("80.00") and proposal.breakevens == []
+    assert "two expiries" in proposal.rationale
