@@ -15,6 +15,7 @@ from datetime import datetime
 import numpy as np
 from langgraph.runtime import Runtime
 
+from config.settings import DecisionConfig
 from graph.compute import run_cpu
 from graph.deps import MarketCache, RunDeps
 from domain.decision import Signal
@@ -27,9 +28,6 @@ from tools.social import social_summary
 from tools.technical import technical_score
 from tools.volstats import close_to_close_vol, iv_percentile, iv_rank, yang_zhang_vol
 
-# Implied over realized above this is rich premium; below the lower bound it is cheap.
-RICH_IV_RV = 1.20
-CHEAP_IV_RV = 0.90
 # A technical score needs at least this magnitude to lean a direction.
 TECHNICAL_DEADBAND = 0.15
 
@@ -100,7 +98,10 @@ def evidence_number(signals: list[Signal], ticker: str, source: str, key: str) -
 # --------------------------------------------------------------------------- judgements
 
 
-def vol_surface_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: datetime) -> Signal:
+def vol_surface_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: datetime,
+                       config: DecisionConfig = DecisionConfig()) -> Signal:
+    """Implied (30-day ATM) over 20-day realized vol: at or above `config.rich_iv_rv` premium is
+    rich, at or below `config.cheap_iv_rv` cheap (both chosen on 2011-2019 SPY, see README)."""
     quality = list(data.data_quality)
     bars = data.bars
     rv20 = _finite(close_to_close_vol(bars.close, window=20)[-1]) if len(bars) > 21 else None
@@ -134,10 +135,10 @@ def vol_surface_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: 
     ratio = atm30 / rv20
     evidence["iv_rv_ratio"] = ratio
     rank_term = 0.0 if rank is None else rank - 0.5  # in [-0.5, 0.5]
-    if ratio >= RICH_IV_RV:
+    if ratio >= config.rich_iv_rv:
         direction, edge = "rich", "iv_rich_vs_realized"
         conviction = _clip01((ratio - 1.0) / 0.6 * 0.7 + max(rank_term, 0.0) * 0.6)
-    elif ratio <= CHEAP_IV_RV:
+    elif ratio <= config.cheap_iv_rv:
         direction, edge = "cheap", "iv_cheap_vs_realized"
         conviction = _clip01((1.0 - ratio) / 0.3 * 0.7 + max(-rank_term, 0.0) * 0.6)
     else:
@@ -149,7 +150,8 @@ def vol_surface_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: 
                   edge_type=edge, horizon_days=30, as_of=as_of, evidence=evidence, data_quality=quality)
 
 
-def flow_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: datetime) -> Signal:
+def flow_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: datetime,
+                config: DecisionConfig = DecisionConfig()) -> Signal:
     """Dealer positioning and today's order flow.
 
     Gamma: spot above the zero-gamma level means dealers are long gamma and lean against moves (a
@@ -158,6 +160,7 @@ def flow_signal(data: TickerData, analysis: ChainAnalysis | None, as_of: datetim
     Flow: the put/call ratio of today's volume against that of the standing open interest. The
     level of put/call differs by name (index hedgers buy puts all the time); what is informative
     is today's flow leaning away from the book — more puts than usual is bearish, more calls bullish.
+    `config` is the chain judges' common call shape; no flow threshold is configurable yet.
     """
     quality = list(data.data_quality)
     if analysis is None or analysis.flow is None:
@@ -266,7 +269,7 @@ def _analyst(name: str, judge, needs_chain: bool):
             return {"signals": [_missing(task)]}
         if needs_chain:
             analysis = await chain_analysis(deps.market, run.run_id, data)
-            signal = judge(data, analysis, run.as_of)
+            signal = judge(data, analysis, run.as_of, deps.decision)
         else:
             signal = judge(data, run.as_of)
         return {"signals": [signal]}

@@ -58,6 +58,10 @@ class DecisionConfig(BaseModel):
     jade_lizard_short_put: Literal["refuse", "cash_secured"] = "refuse"
     max_spread_pct: float = Field(0.25, gt=0)
     min_open_interest: float = Field(10, ge=0)
+    # The vol-surface analyst: 30-day ATM implied over 20-day realized vol at or above `rich_iv_rv`
+    # is rich premium, at or below `cheap_iv_rv` cheap; between them fair (README: the 2011-2019 study).
+    rich_iv_rv: float = Field(1.20, gt=0)
+    cheap_iv_rv: float = Field(0.90, gt=0)
     approval_ttl_market_minutes: float = Field(30, gt=0)  # staged orders expire after this much market time
     stale_price_tolerance: float = Field(0.10, gt=0)  # re-check: |fresh mid - limit| / |limit| allowed
     stale_price_floor: float = Field(0.05, ge=0)  # ... but never less than this many dollars per share
@@ -70,6 +74,12 @@ class DecisionConfig(BaseModel):
         if isinstance(data, dict) and "kelly_prior_win_rate" in data:
             data = {k: v for k, v in data.items() if k != "kelly_prior_win_rate"}
         return data
+
+    @model_validator(mode="after")
+    def _cheap_below_rich(self) -> "DecisionConfig":
+        if self.cheap_iv_rv >= self.rich_iv_rv:
+            raise ValueError(f"cheap_iv_rv ({self.cheap_iv_rv}) must be below rich_iv_rv ({self.rich_iv_rv})")
+        return self
 
     def with_overrides(self, overrides: dict[str, Any]) -> "DecisionConfig":
         unknown = set(overrides) - set(type(self).model_fields)

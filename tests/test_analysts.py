@@ -86,3 +86,18 @@ def test_deterministic_debate_weighs_the_evidence_and_never_contradicts_the_aggr
     assert "no LLM" in verdict.rationale
     balanced = [_signal("technical", "bullish", 0.5), _signal("flow", "bearish", 0.5)]
     assert deterministic_verdict(candidate, balanced, regime, 1).price_view == "inconclusive"
+
+
+def test_rich_and_cheap_thresholds_come_from_the_decision_config(spy):
+    """The IV/RV thresholds are settings (chosen on 2011-2019 SPY, README): the same ratio is rich
+    under a threshold below it, fair between the two, cheap under a cheap threshold above it."""
+    analysis = analyze_chain(spy.chain)
+    ratio = vol_surface_signal(spy, analysis, AS_OF).evidence["iv_rv_ratio"]
+    below, above = ratio * 0.95, ratio * 1.05
+    rich = vol_surface_signal(spy, analysis, AS_OF, DecisionConfig(rich_iv_rv=below, cheap_iv_rv=below / 2))
+    fair = vol_surface_signal(spy, analysis, AS_OF, DecisionConfig(rich_iv_rv=above, cheap_iv_rv=below))
+    cheap = vol_surface_signal(spy, analysis, AS_OF, DecisionConfig(rich_iv_rv=above * 2, cheap_iv_rv=above))
+    assert (rich.direction, fair.direction, cheap.direction) == ("rich", "neutral", "cheap")
+    assert fair.conviction == 0 and fair.edge_type == "iv_fair"
+    with pytest.raises(ValueError, match="must be below rich_iv_rv"):
+        DecisionConfig(rich_iv_rv=1.0, cheap_iv_rv=1.0)
