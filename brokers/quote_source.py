@@ -5,6 +5,7 @@ None means "no usable two-sided quote", never a made-up price.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
@@ -103,6 +104,26 @@ class ChainQuotes:
         return self._built[where]
 
 
+# ChainQuotes per chain object, shared by every ProviderQuotes: a provider that returns the same
+# chain for the same time (the simulated market caches its snapshots) is read once, not once per
+# broker, re-check, preview and mark. The chain is kept in the value so its id is not reused.
+_SHARED_QUOTES: OrderedDict[tuple[str, int], tuple[OptionChain, ChainQuotes]] = OrderedDict()
+_SHARED_QUOTES_SIZE = 160
+
+
+def _chain_quotes(ticker: str, chain: OptionChain) -> ChainQuotes:
+    key = (ticker, id(chain))
+    hit = _SHARED_QUOTES.get(key)
+    if hit is not None and hit[0] is chain:
+        _SHARED_QUOTES.move_to_end(key)
+        return hit[1]
+    quotes = ChainQuotes({ticker: chain})
+    _SHARED_QUOTES[key] = (chain, quotes)
+    if len(_SHARED_QUOTES) > _SHARED_QUOTES_SIZE:
+        _SHARED_QUOTES.popitem(last=False)
+    return quotes
+
+
 class ProviderQuotes:
     """Live-ish quotes from a market-data provider: the chain as of `clock()`, per ticker.
 
@@ -123,7 +144,7 @@ class ProviderQuotes:
         if cached is None or (now - cached[0]).total_seconds() >= self.refresh_seconds:
             snapshot = self.provider.snapshot([ticker], now)
             data = snapshot.tickers.get(ticker)
-            quotes = ChainQuotes({ticker: data.chain}) if data is not None and data.chain is not None else None
+            quotes = _chain_quotes(ticker, data.chain) if data is not None and data.chain is not None else None
             cached = self._cache[ticker] = (now, quotes, snapshot)
         return cached[2]
 

@@ -120,13 +120,16 @@ def test_a_ticker_does_not_depend_on_the_other_tickers_requested(market, snap):
         assert a.social.posts == b.social.posts
 
 
-def test_returned_arrays_are_copies_not_the_cache(market):
+def test_returned_arrays_are_read_only_so_the_cache_cannot_be_corrupted(market):
+    """A (ticker, time) is generated once and shared (brokers, re-checks and marks ask for it many
+    times a slot), so its arrays are read-only: writing into them fails instead of leaking."""
     first = market.snapshot(["MSFT"], AS_OF).tickers["MSFT"]
     expected = first.bars.close.copy()
-    first.bars.close[:] = -1.0
-    first.atm_iv_history[:] = -1.0
+    for array in (first.bars.close, first.atm_iv_history, first.chain.bid, first.chain.strike):
+        with pytest.raises(ValueError, match="read-only"):
+            array[:] = -1.0
     again = market.snapshot(["MSFT"], AS_OF).tickers["MSFT"]
-    assert np.array_equal(again.bars.close, expected)
+    assert again is first and np.array_equal(again.bars.close, expected)
     assert np.all(again.atm_iv_history > 0)
 
 

@@ -30,6 +30,8 @@ import functools
 import hashlib
 import math
 import re
+from collections import OrderedDict
+import dataclasses
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Sequence
@@ -59,6 +61,8 @@ SOCIAL_DAYS = 90
 POST_DAYS = 3
 TRADING_DAYS = 252.0
 MODEL_VERSION = "regime-switching/1"
+# (symbol, as_of) pairs whose data a market keeps: a slot of 20 tickers at a few times, several slots.
+TICKER_CACHE_SIZE = 160
 
 REGIMES = ("calm", "choppy", "stress")
 CALM, CHOPPY, STRESS = 0, 1, 2
@@ -846,6 +850,23 @@ def _day_posts(seed: int, path: _TickerPath, day: date) -> list[SocialPost]:
 # ----------------------------------------------------------------------------- the provider
 
 
+def _read_only(value):
+    """`value` with every numpy array inside it (dataclass fields, tuples, dicts) made read-only:
+    cached data is shared by every caller, so writing into it must fail loudly, not leak."""
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            _read_only(getattr(value, f.name))
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _read_only(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _read_only(item)
+    return value
+
+
 class SimulatedMarket:
     """Deterministic embedded market-data provider (`MarketDataProvider`).
 
@@ -863,6 +884,9 @@ class SimulatedMarket:
             raise ValueError(f"history_sessions must be in 260..2000, got {history_sessions}")
         self.seed = int(seed)
         self.history_sessions = int(history_sessions)
+        # A ticker's data is a pure function of (seed, symbol, as_of); brokers, re-checks, marks and
+        # previews ask for the same (symbol, time) many times a slot, each costing a chain and its IVs.
+        self._ticker_cache: OrderedDict[tuple[str, datetime], TickerData] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"SimulatedMarket(seed={self.seed})"
@@ -897,7 +921,7 @@ class SimulatedMarket:
                 data[symbol] = TickerData(symbol, "Volatility Index", 0.0, now, bars, None,
                                           data_quality=("no simulated option chain for a volatility index",))
             else:
-                data[symbol] = self._ticker_data(symbol, clock, window, vix_now)
+                data[symbol] = self._cached_ticker_data(symbol, as_of, clock, window, vix_now)
         benchmark = _slice(_ticker_path(self.seed, BENCHMARK).bars, window)
         return MarketSnapshot(
             as_of=as_of,
@@ -954,6 +978,18 @@ class SimulatedMarket:
         )
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _cached_ticker_data(self, symbol: str, as_of: datetime, clock: _Clock, window: slice,
+                            vix_now: float) -> TickerData:
+        key = (symbol, as_of)
+        data = self._ticker_cache.get(key)
+        if data is None:
+            data = self._ticker_cache[key] = _read_only(self._ticker_data(symbol, clock, window, vix_now))
+            if len(self._ticker_cache) > TICKER_CACHE_SIZE:
+                self._ticker_cache.popitem(last=False)
+        else:
+            self._ticker_cache.move_to_end(key)
+        return data
 
     def _ticker_data(self, symbol: str, clock: _Clock, window: slice, vix_now: float) -> TickerData:
         path = _ticker_path(self.seed, symbol)
