@@ -470,6 +470,39 @@ class JournalEntryOut(BaseModel):
     filled_at: datetime
 
 
+class BacktestOut(BaseModel):
+    """A backtest as the main database's index records it."""
+
+    backtest_id: str
+    created_at: datetime
+    finished_at: datetime | None
+    status: Literal["running", "completed", "failed"]
+    params: dict[str, Any] = Field(description="from, to, tickers, slots, approve, overrides, seed, data folders.")
+    database: str = Field(description="The database of its own its runs, orders and book live in.")
+    account_id: str
+    results_dir: str | None = Field(description="Folder of report.json and report.html (server-side path).")
+    summary: dict[str, Any] | None = Field(description="Metrics, both baselines' metrics, days, modelled-chain days.")
+    error: str | None
+
+
+class BacktestDayOut(BaseModel):
+    backtest_id: str
+    session: date
+    run_ids: list[str] = Field(description="Runs of the day, in the backtest's own database.")
+    orders_staged: int
+    orders_filled: int
+    net_liquidation: Decimal | None
+
+
+class BacktestDetailOut(BacktestOut):
+    database_url: str = Field(description="DATABASE_URL (password redacted) under which its runs can be opened.")
+    days: list[BacktestDayOut]
+    report: dict[str, Any] | None = Field(description=(
+        "report.json: metrics, baselines, P&L by strategy and regime, calibration, equity curves, "
+        "assumptions, modelled-chain days; null when it cannot be read (see report_error)."))
+    report_error: str | None = Field(description="Why the report is missing, if it is.")
+
+
 class ApproveIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -601,7 +634,7 @@ def _errors(*codes: int, media: str | None = None) -> dict[int | str, dict[str, 
         400: "The order cannot be executed as recorded (e.g. its run's market cannot be re-quoted).",
         401: "No bearer token, or an invalid or revoked one.",
         403: "The token's role does not allow this.",
-        404: "No such run or order.",
+        404: "No such run, order or backtest.",
         409: "The order is no longer STAGED (already decided or expired), or trading is halted.",
         422: "Malformed request, or a decision this order does not allow.",
         429: "Too many failed tokens from this address: retry after Retry-After seconds.",
@@ -875,6 +908,21 @@ def _routes(app: FastAPI) -> None:
         if run_id is not None and not _plausible_id(run_id):
             return []
         return await operations.journal_entries(ctx.db, ticker=ticker, run_id=run_id, limit=limit)
+
+    @app.get("/backtests", tags=["backtests"], response_model=list[BacktestOut], responses=_errors(401, 403, 422),
+             summary="Backtests, newest first: parameters, status, summary metrics")
+    async def list_backtests(ctx: Ctx, _: Viewer,
+                             limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
+        return await operations.list_backtests(ctx.db, limit)
+
+    @app.get("/backtests/{backtest_id}", tags=["backtests"], response_model=BacktestDetailOut,
+             responses=_errors(401, 403, 404, 422),
+             summary="One backtest: parameters, summary, days, results folder and its report")
+    async def show_backtest(ctx: Ctx, _: Viewer, backtest_id: Annotated[str, Path()]) -> dict[str, Any]:
+        data = await operations.show_backtest(ctx.db, backtest_id) if _plausible_id(backtest_id) else None
+        if data is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no backtest {backtest_id!r}")
+        return data
 
     @app.get("/risk", tags=["risk"], response_model=RiskStatusOut, responses=_errors(401, 403), summary="Kill-switch state and order counts by state")
     async def risk(ctx: Ctx, _: Viewer) -> dict[str, Any]:
