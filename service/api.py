@@ -37,6 +37,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path as PathLib
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -48,6 +49,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -55,7 +57,7 @@ from domain.order_state import OrderState
 from domain.decision import DebateTurn, OptionLeg, RiskReason
 from service import approvals, notify, operations
 from service.approvals import ApprovalError, Decision, ServiceContext
-from service.security import HardeningMiddleware, LoginThrottle, ServiceConfig, client_address
+from service.security import HardeningMiddleware, LoginThrottle, ServiceConfig, client_address, docs_csp
 from storage.database import DatabaseUnavailable
 from storage.tokens import Principal, Role, TokenRepository
 
@@ -72,6 +74,8 @@ _DATABASE_LOST: tuple[type[Exception], ...] = (
 # Identifiers longer than this, or holding a NUL (which PostgreSQL text cannot store), name
 # nothing that exists: answered 404 without asking the database.
 _MAX_ID_CHARS = 200
+# Swagger UI's files (JS, CSS, icon), packaged by fastapi-offline.
+DOCS_ASSETS = "/docs-assets"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -718,10 +722,24 @@ def _docs_routes(app: FastAPI, config: ServiceConfig) -> None:
         await may_read_docs(request)
         return JSONResponse(app.openapi())
 
+    # Swagger UI 5 (it reads OpenAPI 3.1, which FastAPI writes) from the files the `fastapi-offline`
+    # package ships, served here: the docs work offline. FastAPI's page starts Swagger UI with one
+    # inline script; the page's own CSP allows exactly that script (by its hash), nothing else inline.
+    import fastapi_offline
+
+    swagger_ui_files = PathLib(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_files)), name="docs-assets")
+    page = get_swagger_ui_html(openapi_url="/openapi.json", title="hedgegraph API",
+                               swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                               swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+                               swagger_ui_parameters={"validatorUrl": None})  # no call to validator.swagger.io
+    csp = docs_csp(page.body.decode())
+
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
         await may_read_docs(request)
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="hedgegraph API")
+        return HTMLResponse(page.body, headers={"content-security-policy": csp})
 
 
 def _install_error_handlers(app: FastAPI) -> None:
