@@ -1,10 +1,10 @@
-"""The HTTP API (FastAPI): runs, orders and approvals, risk halt/resume, health and metrics.
+"""The HTTP API (FastAPI): runs, orders and approvals, the book, backtests, risk halt/resume, health and metrics.
 
 Authentication: `Authorization: Bearer <token>`, tokens made with `hedgegraph tokens create NAME
 --role viewer|approver|admin` and stored only as SHA-256 (`storage.tokens`). Roles are ordered,
 each including the ones before it:
 
-- viewer   — read runs, orders (with the full approval review), risk status and /metrics;
+- viewer   — read runs, orders (with the full approval review), the book, backtests, risk status and /metrics;
 - approver — also approve, reject and resize orders (recorded as approved by the token's name);
 - admin    — also halt and resume trading.
 
