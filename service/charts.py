@@ -183,7 +183,7 @@ def backtest_charts(report: dict[str, Any]) -> dict[str, Chart]:
                           series=drawdowns, x_format="{:,.0f}", y_format="{:.1%}", zero_line=True),
         "calibration": Chart(
             title="Calibration: predicted probability of profit against the realized win rate",
-            x_label="mean predicted PoP", y_label="realized win rate", x_format="{:.1f}", y_format="{:.1f}",
+            x_label="mean predicted PoP", y_label="realized win rate", x_format="{:.0%}", y_format="{:.0%}",
             series=[Series("perfect calibration", [0.0, 1.0], [0.0, 1.0], css="ref"),
                     Series("closed trades per bin", [float(r["mean_predicted"]) for r in bins],
                            [float(r["realized"]) for r in bins], kind="points", css="s1")]),

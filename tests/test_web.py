@@ -135,7 +135,7 @@ def _signed_in(browser, server: LiveServer, token: str, width: int = 1280, heigh
 
 def _save(page, tmp_path: Path, name: str) -> None:
     path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=name.startswith("order"))
+    page.screenshot(path=str(path), full_page=name.startswith(("order", "backtest")))
     assert path.stat().st_size > 10_000
     target = os.environ.get("HEDGEGRAPH_SCREENSHOTS")
     if target:
