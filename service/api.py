@@ -1,10 +1,10 @@
-"""The HTTP API (FastAPI): runs, orders and approvals, risk halt/resume, health and metrics.
+"""The HTTP API (FastAPI): runs, orders and approvals, the book, backtests, risk halt/resume, health and metrics.
 
 Authentication: `Authorization: Bearer <token>`, tokens made with `hedgegraph tokens create NAME
 --role viewer|approver|admin` and stored only as SHA-256 (`storage.tokens`). Roles are ordered,
 each including the ones before it:
 
-- viewer   — read runs, orders (with the full approval review), risk status and /metrics;
+- viewer   — read runs, orders (with the full approval review), the book, backtests, risk status and /metrics;
 - approver — also approve, reject and resize orders (recorded as approved by the token's name);
 - admin    — also halt and resume trading.
 
@@ -37,6 +37,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path as PathLib
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -48,6 +49,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -55,7 +57,7 @@ from domain.order_state import OrderState
 from domain.decision import DebateTurn, OptionLeg, RiskReason
 from service import approvals, notify, operations
 from service.approvals import ApprovalError, Decision, ServiceContext
-from service.security import HardeningMiddleware, LoginThrottle, ServiceConfig, client_address
+from service.security import HardeningMiddleware, LoginThrottle, ServiceConfig, client_address, docs_csp
 from storage.database import DatabaseUnavailable
 from storage.tokens import Principal, Role, TokenRepository
 
@@ -72,6 +74,8 @@ _DATABASE_LOST: tuple[type[Exception], ...] = (
 # Identifiers longer than this, or holding a NUL (which PostgreSQL text cannot store), name
 # nothing that exists: answered 404 without asking the database.
 _MAX_ID_CHARS = 200
+# Swagger UI's files (JS, CSS, icon), packaged by fastapi-offline.
+DOCS_ASSETS = "/docs-assets"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +474,39 @@ class JournalEntryOut(BaseModel):
     filled_at: datetime
 
 
+class BacktestOut(BaseModel):
+    """A backtest as the main database's index records it."""
+
+    backtest_id: str
+    created_at: datetime
+    finished_at: datetime | None
+    status: Literal["running", "completed", "failed"]
+    params: dict[str, Any] = Field(description="from, to, tickers, slots, approve, overrides, seed, data folders.")
+    database: str = Field(description="The database of its own its runs, orders and book live in.")
+    account_id: str
+    results_dir: str | None = Field(description="Folder of report.json and report.html (server-side path).")
+    summary: dict[str, Any] | None = Field(description="Metrics, both baselines' metrics, days, modelled-chain days.")
+    error: str | None
+
+
+class BacktestDayOut(BaseModel):
+    backtest_id: str
+    session: date
+    run_ids: list[str] = Field(description="Runs of the day, in the backtest's own database.")
+    orders_staged: int
+    orders_filled: int
+    net_liquidation: Decimal | None
+
+
+class BacktestDetailOut(BacktestOut):
+    database_url: str = Field(description="DATABASE_URL (password redacted) under which its runs can be opened.")
+    days: list[BacktestDayOut]
+    report: dict[str, Any] | None = Field(description=(
+        "report.json: metrics, baselines, P&L by strategy and regime, calibration, equity curves, "
+        "assumptions, modelled-chain days; null when it cannot be read (see report_error)."))
+    report_error: str | None = Field(description="Why the report is missing, if it is.")
+
+
 class ApproveIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -601,7 +638,7 @@ def _errors(*codes: int, media: str | None = None) -> dict[int | str, dict[str, 
         400: "The order cannot be executed as recorded (e.g. its run's market cannot be re-quoted).",
         401: "No bearer token, or an invalid or revoked one.",
         403: "The token's role does not allow this.",
-        404: "No such run or order.",
+        404: "No such run, order or backtest.",
         409: "The order is no longer STAGED (already decided or expired), or trading is halted.",
         422: "Malformed request, or a decision this order does not allow.",
         429: "Too many failed tokens from this address: retry after Retry-After seconds.",
@@ -685,10 +722,24 @@ def _docs_routes(app: FastAPI, config: ServiceConfig) -> None:
         await may_read_docs(request)
         return JSONResponse(app.openapi())
 
+    # Swagger UI 5 (it reads OpenAPI 3.1, which FastAPI writes) from the files the `fastapi-offline`
+    # package ships, served here: the docs work offline. FastAPI's page starts Swagger UI with one
+    # inline script; the page's own CSP allows exactly that script (by its hash), nothing else inline.
+    import fastapi_offline
+
+    swagger_ui_files = PathLib(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_files)), name="docs-assets")
+    page = get_swagger_ui_html(openapi_url="/openapi.json", title="hedgegraph API",
+                               swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                               swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+                               swagger_ui_parameters={"validatorUrl": None})  # no call to validator.swagger.io
+    csp = docs_csp(page.body.decode())
+
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
         await may_read_docs(request)
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="hedgegraph API")
+        return HTMLResponse(page.body, headers={"content-security-policy": csp})
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -875,6 +926,21 @@ def _routes(app: FastAPI) -> None:
         if run_id is not None and not _plausible_id(run_id):
             return []
         return await operations.journal_entries(ctx.db, ticker=ticker, run_id=run_id, limit=limit)
+
+    @app.get("/backtests", tags=["backtests"], response_model=list[BacktestOut], responses=_errors(401, 403, 422),
+             summary="Backtests, newest first: parameters, status, summary metrics")
+    async def list_backtests(ctx: Ctx, _: Viewer,
+                             limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
+        return await operations.list_backtests(ctx.db, limit)
+
+    @app.get("/backtests/{backtest_id}", tags=["backtests"], response_model=BacktestDetailOut,
+             responses=_errors(401, 403, 404, 422),
+             summary="One backtest: parameters, summary, days, results folder and its report")
+    async def show_backtest(ctx: Ctx, _: Viewer, backtest_id: Annotated[str, Path()]) -> dict[str, Any]:
+        data = await operations.show_backtest(ctx.db, backtest_id) if _plausible_id(backtest_id) else None
+        if data is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no backtest {backtest_id!r}")
+        return data
 
     @app.get("/risk", tags=["risk"], response_model=RiskStatusOut, responses=_errors(401, 403), summary="Kill-switch state and order counts by state")
     async def risk(ctx: Ctx, _: Viewer) -> dict[str, Any]:

@@ -149,3 +149,42 @@ async def order_charts(db: Database, order: dict[str, Any]) -> dict[str, Chart]:
     rate = data.chain.rate if data is not None and data.chain is not None else 0.0
     return {"payoff": payoff_chart(order, as_of, rate), "smile": smile_chart(order, data, analysis),
             "gex": gex_chart(order, data, analysis)}
+
+
+def backtest_charts(report: dict[str, Any]) -> dict[str, Chart]:
+    """A backtest report's three plots, from its report.json: equity of the graph against both
+    baselines, their drawdowns, and the calibration of the predicted probability of profit."""
+    import pandas as pd
+
+    from service.backtest_metrics import drawdown
+
+    curves = {"graph": report.get("equity") or {}, "SPY buy-and-hold": report.get("equity_spy") or {},
+              "16Δ 45-DTE iron condor": report.get("equity_condor") or {}}
+    sessions = sorted({day for curve in curves.values() for day in curve})
+    index = {day: i for i, day in enumerate(sessions)}
+    x_label = f"sessions since {sessions[0]}" if sessions else "sessions"
+    styles = ("s1", "s2", "s3")
+
+    def series(values: dict[str, float], name: str, css: str) -> Series:
+        days = sorted(values)
+        return Series(name, [float(index[d]) for d in days], [float(values[d]) for d in days], css=css)
+
+    equity = [series(curve, name, css) for (name, curve), css in zip(curves.items(), styles)]
+    drawdowns = []
+    for (name, curve), css in zip(curves.items(), styles):
+        if curve:
+            dd = drawdown(pd.Series({d: float(v) for d, v in sorted(curve.items())}, dtype=float))
+            drawdowns.append(series({d: float(v) for d, v in dd.items()}, name, css))
+    bins = [r for r in report.get("calibration") or [] if r.get("trades")]
+    return {
+        "equity": Chart(title="Equity: the graph against both baselines", x_label=x_label, y_label="NLV $",
+                        series=equity, x_format="{:,.0f}"),
+        "drawdown": Chart(title="Drawdown from the running peak", x_label=x_label, y_label="drawdown",
+                          series=drawdowns, x_format="{:,.0f}", y_format="{:.1%}", zero_line=True),
+        "calibration": Chart(
+            title="Calibration: predicted probability of profit against the realized win rate",
+            x_label="mean predicted PoP", y_label="realized win rate", x_format="{:.0%}", y_format="{:.0%}",
+            series=[Series("perfect calibration", [0.0, 1.0], [0.0, 1.0], css="ref"),
+                    Series("closed trades per bin", [float(r["mean_predicted"]) for r in bins],
+                           [float(r["realized"]) for r in bins], kind="points", css="s1")]),
+    }

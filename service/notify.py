@@ -1,6 +1,7 @@
 """Notifications: a Slack-compatible webhook and SMTP email, on the events an approver must hear
 about — orders awaiting approval, approvals about to expire, fills, rejections with their reason,
-risk halts, failed runs and a daily summary.
+risk halts (the kill switch, and the gate's daily-loss halt), the realized-loss lockout, exits
+triggered, failed runs and a daily summary.
 
 Delivery never blocks or fails the caller: every `notify_*` call schedules a background task and
 returns at once; the task retries each channel with exponential backoff under its own timeout,
@@ -8,8 +9,8 @@ and records every notification and its outcome in Postgres (`storage.notificatio
 goes to which channel is in `config/notifications.yaml`; addresses and secrets come from the
 environment (see that file). With no channel configured nothing is sent or recorded.
 
-Event-driven calls sit where the events happen (`service.operations.run_decision`,
-`service.approvals.decide` and `halt`); `sweep` finds the time-driven ones (approvals about to
+Event-driven calls sit where the events happen (`service.operations.run_decision`: staged orders
+and the risk gate's account stops; `service.approvals.decide` and `halt`); `sweep` finds the time-driven ones (approvals about to
 expire, fills that happened later, failed runs, the daily summary) and is run by the scheduler's
 tick and by `hedgegraph serve`. Each notification carries a key — order, run or date — so one
 event is announced once per channel, however many processes sweep.
@@ -37,7 +38,10 @@ from tools.market_hours import add_market_minutes
 log = logging.getLogger(__name__)
 
 EVENTS = ("orders_awaiting_approval", "approval_expiring", "order_filled", "order_rejected", "risk_halted",
-          "run_failed", "daily_summary", "exit_triggered", "pin_risk", "position_settled")
+          "loss_lockout", "run_failed", "daily_summary", "exit_triggered", "pin_risk", "position_settled")
+# Risk-gate vetoes that stop all new trading until the daily reset, and the event each is announced
+# as: the hard daily-loss halt is a halt like the kill switch; the realized-loss lockout its own event.
+ACCOUNT_STOPS = {"daily_loss_halt": "risk_halted", "daily_loss_lockout": "loss_lockout"}
 _pending: set[asyncio.Task] = set()
 
 
@@ -199,19 +203,54 @@ async def drain(timeout: float = 30) -> None:
 # ------------------------------------------------------------------------------- events
 
 def notify_run(db: Database, outcome: Any) -> None:
-    """After a decision run: its staged orders await approval."""
+    """After a decision run: its staged orders await approval; or the risk gate stopped it for the
+    day (daily-loss halt, realized-loss lockout)."""
     try:
-        orders = list(getattr(outcome, "orders", None) or [])
-        run = outcome.run
-        if not orders or run.status != "awaiting_approval":
-            return
-        lines = [f"• {o.ticker} {o.structure} × {o.quantity} at {o.limit_price}"
-                 + (" (needs acknowledgement)" if o.requires_acknowledgement else "") for o in orders]
-        send(db, "orders_awaiting_approval", f"{len(orders)} order(s) await approval ({run.run_id})",
-             "\n".join(lines), {"run_id": run.run_id, "order_ids": [o.order_id for o in orders]},
-             dedupe_key=run.run_id)
+        _announce_staged(db, outcome)
+        _announce_account_stops(db, outcome)
     except Exception:
         log.exception("notify_run")
+
+
+def _announce_staged(db: Database, outcome: Any) -> None:
+    orders = list(getattr(outcome, "orders", None) or [])
+    run = outcome.run
+    if not orders or run.status != "awaiting_approval":
+        return
+    lines = [f"• {o.ticker} {o.structure} × {o.quantity} at {o.limit_price}"
+             + (" (needs acknowledgement)" if o.requires_acknowledgement else "") for o in orders]
+    send(db, "orders_awaiting_approval", f"{len(orders)} order(s) await approval ({run.run_id})",
+         "\n".join(lines), {"run_id": run.run_id, "order_ids": [o.order_id for o in orders]},
+         dedupe_key=run.run_id)
+
+
+def _announce_account_stops(db: Database, outcome: Any) -> None:
+    """A daily-loss halt or realized-loss lockout in the run's risk decisions, announced once per
+    daily-reset period (every run until the reset meets the same stop)."""
+    from brokers.book import last_daily_reset
+    from risk.limits import load_risk_matrix
+
+    state, run = getattr(outcome, "state", None) or {}, outcome.run
+    decisions = [*state.get("pre_trade", []), *state.get("post_trade", [])]
+    stops: dict[str, tuple[Any, set[str]]] = {}
+    for decision in decisions:
+        for veto in decision.vetoes:
+            if veto.code in ACCOUNT_STOPS:
+                stops.setdefault(veto.code, (veto, set()))[1].add(decision.ticker)
+    if not stops:
+        return
+    reset = load_risk_matrix().daily_reset
+    period = last_daily_reset(run.as_of, reset.at, reset.timezone)
+    for code, (veto, tickers) in stops.items():
+        subject = (f"Trading halted for the day: daily loss {veto.value:.2%} of NLV" if code == "daily_loss_halt"
+                   else f"Locked out: realized loss {veto.value:.2%} of NLV")
+        staged = len(getattr(outcome, "orders", None) or [])
+        body = (f"{veto.message}. Run {run.run_id} ({', '.join(sorted(tickers))}) "
+                + ("staged nothing." if not staged else f"staged {staged} order(s) for other tickers."))
+        send(db, ACCOUNT_STOPS[code], subject, body,
+             {"run_id": run.run_id, "code": code, "value": veto.value, "limit": veto.limit,
+              "tickers": sorted(tickers), "since_reset": period.isoformat()},
+             dedupe_key=f"{code}|{period.isoformat()}")
 
 
 def notify_decision(db: Database, review: dict[str, Any]) -> None:

@@ -351,3 +351,45 @@ async def journal_entries(db: Database, *, ticker: str | None = None, run_id: st
     from storage.journal import Journal
 
     return [jsonable(asdict(e)) for e in await Journal(db.pool).entries(ticker=ticker, run_id=run_id, limit=limit)]
+
+
+# ---------------------------------------------------------------------------------- backtests
+async def list_backtests(db: Database, limit: int = 50) -> list[dict[str, Any]]:
+    """Backtests from the main database's index, newest first (parameters, status, summary)."""
+    from storage.backtests import BacktestRepository
+
+    return [jsonable(asdict(r)) for r in await BacktestRepository(db.pool).list(limit)]
+
+
+def read_backtest_report(results_dir: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The backtest's report.json (written by `service.backtest_report.write_report`), or None and
+    why it cannot be read."""
+    import json
+    from pathlib import Path
+
+    if not results_dir:
+        return None, "this backtest has no results folder (it is still running, or it failed)"
+    path = Path(results_dir) / "report.json"
+    try:
+        return json.loads(path.read_text()), None
+    except FileNotFoundError:
+        return None, f"the report file {path} is missing"
+    except (OSError, ValueError) as exc:
+        return None, f"the report file {path} cannot be read: {exc}"
+
+
+async def show_backtest(db: Database, backtest_id: str) -> dict[str, Any] | None:
+    """One backtest: its index record, its days, the database its runs live in, and its report."""
+    from storage.backtests import BacktestRepository, database_url
+    from storage.embedded import redact
+
+    repo = BacktestRepository(db.pool)
+    record = await repo.get(backtest_id)
+    if record is None:
+        return None
+    report, problem = read_backtest_report(record.results_dir)
+    return jsonable(asdict(record) | {"database_url": redact(database_url(db.url, record.database)),
+                                      "days": [d | {"session": d["session"].isoformat()}
+                                               for d in await repo.days(backtest_id)],
+                                      "report": report,
+                                      "report_error": problem})

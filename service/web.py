@@ -8,7 +8,8 @@ the API's: a viewer sees, an approver decides, an admin halts and resumes. Every
 through the same `service.approvals` / `service.operations` functions as the API.
 
 Pages: `/` the approval queue · `/ui/orders/{id}` an order · `/ui/runs` runs · `/ui/runs/{id}` a
-run's trace · `/ui/runs/{id}/steps/{n}` the state at one step. A new page is one template plus
+run's trace · `/ui/runs/{id}/steps/{n}` the state at one step · `/ui/positions` positions and P&L ·
+`/ui/backtests` backtests · `/ui/backtests/{id}` a backtest's report (from its report.json). A new page is one template plus
 one route registered with `page(...)` and, for the navigation bar, one entry in `NAV`.
 """
 from __future__ import annotations
@@ -41,10 +42,27 @@ SESSION_COOKIE = "hg_session"
 LOGIN_CSRF_COOKIE = "hg_login_csrf"
 # (label, path, minimum role): the navigation bar. A positions page is one more entry here.
 NAV: list[tuple[str, str, Role]] = [("Queue", "/", "viewer"), ("Positions", "/ui/positions", "viewer"),
-                                    ("Runs", "/ui/runs", "viewer")]
+                                    ("Runs", "/ui/runs", "viewer"), ("Backtests", "/ui/backtests", "viewer")]
 RUN_STATUSES = ("pending", "running", "awaiting_approval", "completed", "failed")
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+# Backtest metrics that are fractions (shown as percentages); the others are ratios, counts or dollars.
+PERCENT_METRICS = {"total_return", "cagr", "annual_volatility", "max_drawdown", "var_95", "cvar_95", "win_rate",
+                   "realized", "mean_predicted"}
+
+
+def _figure(value: Any, name: str = "") -> str:
+    """A report number for a table: — when absent, percentages for fractions, 4 significant digits."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if name in PERCENT_METRICS:
+        return f"{value:.2%}"
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.4g}"
+
+
+templates.env.filters["figure"] = _figure
 
 
 class _SignIn(Exception):
@@ -342,3 +360,29 @@ def install(app: FastAPI) -> None:
         except (ReplayError, LookupError, ValueError) as exc:
             return _error_page(request, session, 422, f"{action} failed: {exc}")
         return render(request, "comparison.html", session, run_id=run_id, action=action, report=report)
+
+    # ------------------------------------------------------------------ backtests
+
+    @page("/ui/backtests")
+    async def backtests(request: Request) -> Response:
+        session = await _session(request)
+        return render(request, "backtests.html", session, backtests=await operations.list_backtests(_ctx(request).db, 200))
+
+    @page("/ui/backtests/{backtest_id}")
+    async def backtest(request: Request, backtest_id: str) -> Response:
+        """A backtest's report rendered from its report.json (the same numbers as its report.html)."""
+        session = await _session(request)
+        detail = await operations.show_backtest(_ctx(request).db, backtest_id) if len(backtest_id) <= 200 else None
+        if detail is None:
+            return _error_page(request, session, 404, f"no backtest {backtest_id!r}")
+        report = detail["report"]
+        plots, metric_rows = {}, []
+        if report is not None:
+            plots = {name: Markup(svg.render(chart, chart_id=f"plot-{name}"))
+                     for name, chart in charts.backtest_charts(report).items()}
+            columns = {"graph": report["metrics"], "spy": report["baselines"]["spy_buy_and_hold"],
+                       "condor": report["baselines"]["iron_condor_16d_45dte"]}
+            names = sorted({k for m in columns.values() for k in m})
+            metric_rows = [{"metric": k} | {c: m.get(k) for c, m in columns.items()} for k in names]
+        return render(request, "backtest.html", session, bt=detail, report=report, plots=plots,
+                      metric_rows=metric_rows)

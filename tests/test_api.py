@@ -239,7 +239,8 @@ async def test_openapi_schema_is_served_and_precise(seeded_url):
     assert set(paths) == {"/health", "/metrics", "/runs", "/runs/{run_id}", "/orders", "/orders/{order_id}",
                           "/orders/{order_id}/approve", "/orders/{order_id}/reject", "/orders/{order_id}/resize",
                           "/risk", "/risk/halt", "/risk/resume", "/runs/{run_id}/steps", "/runs/{run_id}/steps/{step}",
-                          "/runs/{run_id}/replay", "/runs/{run_id}/fork", "/journal", "/positions", "/pnl", "/account"}
+                          "/runs/{run_id}/replay", "/runs/{run_id}/fork", "/journal", "/positions", "/pnl", "/account",
+                          "/backtests", "/backtests/{backtest_id}"}
     assert not any(p == "/" or p.startswith(("/ui", "/login", "/static")) for p in paths)  # the page is not API
     assert schema["components"]["securitySchemes"]["bearer"] == {
         "type": "http", "scheme": "bearer", "description": "An API token from `hedgegraph tokens create NAME --role ROLE`."}
@@ -396,7 +397,7 @@ def test_generated_requests_get_no_server_error_and_match_the_schema(seeded, see
                     # Only an operation that takes no input at all has no invalid request to make.
                     raw = operation.definition.raw
                     assert mode is GenerationMode.NEGATIVE and not raw.get("parameters") and "requestBody" not in raw
-        assert len(operations_seen) == 20, operations_seen
+        assert len(operations_seen) == 22, operations_seen
 
         # Then on the real run and order, so the rich responses (run detail, review, decisions)
         # are validated against their schemas too. The service's own 422s (acknowledgement

@@ -80,6 +80,30 @@ async def test_docs_and_schema_need_a_token_unless_configured_public(seeded, see
         assert TEST_SERVICE.docs_public and (await api.get("/openapi.json")).status_code == 200
 
 
+async def test_docs_page_uses_only_its_own_vendored_assets(seeded, seeded_url):
+    import base64
+    import hashlib
+    import re
+
+    async with serving(seeded_url) as (api, _):  # TEST_SERVICE: docs public
+        docs = await api.get("/docs")
+        assert docs.status_code == 200
+        html = docs.text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert sorted(assets) == ["/docs-assets/favicon.png", "/docs-assets/swagger-ui-bundle.js",
+                                  "/docs-assets/swagger-ui.css"]
+        assert "http" not in html.replace("http-equiv", "")  # no other origin named anywhere on the page
+        for path in assets:
+            served = await api.get(path)
+            assert served.status_code == 200 and len(served.content) > 1000, path
+        assert "SwaggerUIBundle" in (await api.get("/docs-assets/swagger-ui-bundle.js")).text
+        # Its CSP lets exactly the page's one inline start-up script run, and nothing from elsewhere.
+        csp = docs.headers["content-security-policy"]
+        [inline] = re.findall(r"<script>(.*?)</script>", html, re.S)
+        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+        assert f"script-src 'self' 'sha256-{digest}';" in csp and "unsafe-inline" not in csp and "http" not in csp
+        assert "'sha256-" not in (await api.get("/login")).headers["content-security-policy"]  # only on /docs
+
 async def test_failed_tokens_are_throttled_per_address(seeded, seeded_url):
     async with serving(seeded_url) as (api, _):
         codes = [(await api.get("/runs", headers={"Authorization": f"Bearer guess-{i}"})).status_code for i in range(6)]

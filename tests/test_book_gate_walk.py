@@ -21,13 +21,15 @@ from tools.providers.simulated import SimulatedMarket
 TICKERS = ["AMZN", "JPM", "XLE"]  # the slot that stages an AMZN order on a clean account
 
 
-async def test_a_realized_loss_above_3pct_stops_the_next_run_until_the_daily_reset(db):
+async def realize_a_loss(db, contracts: int):
+    """Open `contracts` SPY 600/610 bull call spreads at 3.70 and close them through the book's debit
+    stop at 0.45 (real paper fills): a realized loss of about $328 a contract. Returns the position."""
     clock = Clock(T0)
     spread = bull_call_spread()
     quotes = book_for(spread)
     broker = PaperBroker(db, quotes, clock=clock)
     await run_row(db)
-    opening = await stage(db, spread, contracts=12)
+    opening = await stage(db, spread, contracts=contracts)
     await approve(db, opening.order_id)
     await broker.place(broker_combo(opening, limit=D("3.70")))  # at the natural price: fills at once
     assert await broker.process()
@@ -45,7 +47,13 @@ async def test_a_realized_loss_above_3pct_stops_the_next_run_until_the_daily_res
     assert await broker.process()
     await book.ingest_fills()
     [position] = await book.positions(status=None)
-    assert position.status == "closed" and position.realized_pnl < D("-3000")
+    assert position.status == "closed"
+    return position
+
+
+async def test_a_realized_loss_above_3pct_stops_the_next_run_until_the_daily_reset(db):
+    position = await realize_a_loss(db, contracts=12)
+    assert position.realized_pnl < D("-3000")
 
     # The same afternoon the graph reads the loss from the book and stages nothing, saying why.
     as_of = datetime(2026, 11, 20, 15, 30, tzinfo=NEW_YORK)

@@ -195,3 +195,43 @@ async def test_the_books_exits_pin_risk_and_settlements_are_announced_once(db, c
                                      ("pin_risk", "webhook"), ("pin_risk", "email"), ("position_settled", "webhook")])
     texts = " ".join(h["text"] for h in _hooks(httpserver))
     assert "take_profit" in texts and "0.4% from spot" in texts and "settled" in texts and "pos_2" not in texts
+
+
+@pytest.mark.parametrize("contracts, events", [(8, {"loss_lockout"}), (12, {"loss_lockout", "risk_halted"})])
+async def test_the_gates_lockout_and_daily_loss_halt_are_announced_once_per_reset(db, channels, contracts, events):
+    """A real realized loss in the book (paper fills through the debit stop): 8 contracts lose about
+    2.6% of NLV — past the 2% realized-loss lockout, short of the 3% daily-loss halt; 12 lose about
+    3.9%, past both. The next run stages nothing and the stop is announced; a second run before the
+    daily reset meets the same stop and announces nothing more; after the reset, nothing at all."""
+    from datetime import datetime
+
+    from service.operations import run_decision
+    from tests.test_book_gate_walk import TICKERS, realize_a_loss
+    from tools.chain import NEW_YORK
+    from tools.providers.simulated import SimulatedMarket
+
+    httpserver, inbox = channels
+    await realize_a_loss(db, contracts)
+    for minute in (30, 45):  # two slots the same afternoon
+        as_of = datetime(2026, 11, 20, 15, minute, tzinfo=NEW_YORK)
+        stopped = await run_decision(db, SimulatedMarket(7), watchlist="core", tickers=TICKERS, as_of=as_of,
+                                     seed=7, now=lambda: as_of)
+        assert stopped.orders == []
+        await notify.drain()
+    rows = [r for r in await _recorded(db) if r["event"] in ("loss_lockout", "risk_halted")]
+    assert {r["event"] for r in rows} == events
+    assert sorted((r["event"], r["channel"], r["status"]) for r in rows) == sorted(
+        (e, c, "sent") for e in events for c in ("webhook", "email"))  # once per channel, not per run
+    lockout = next(r for r in rows if r["event"] == "loss_lockout")
+    assert lockout["subject"].startswith("Locked out: realized loss 2.") == (contracts == 8)
+    assert "locked until the daily reset" in lockout["body"] and "staged nothing" in lockout["body"]
+    assert lockout["dedupe_key"] == "daily_loss_lockout|2026-11-20T00:00:00-05:00"
+    texts = " ".join(h["text"] for h in _hooks(httpserver))
+    assert "Locked out" in texts and ("Trading halted for the day" in texts) == ("risk_halted" in events)
+    assert any("Locked out" in message for _, message in inbox.messages)
+
+    monday = datetime(2026, 11, 23, 15, 30, tzinfo=NEW_YORK)  # after the reset the loss is yesterday's
+    await run_decision(db, SimulatedMarket(7), watchlist="core", tickers=TICKERS, as_of=monday, seed=7,
+                       now=lambda: monday)
+    await notify.drain()
+    assert len([r for r in await _recorded(db) if r["event"] in ("loss_lockout", "risk_halted")]) == len(rows)

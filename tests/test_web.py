@@ -135,7 +135,7 @@ def _signed_in(browser, server: LiveServer, token: str, width: int = 1280, heigh
 
 def _save(page, tmp_path: Path, name: str) -> None:
     path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=name.startswith("order"))
+    page.screenshot(path=str(path), full_page=name.startswith(("order", "backtest")))
     assert path.stat().st_size > 10_000
     target = os.environ.get("HEDGEGRAPH_SCREENSHOTS")
     if target:
@@ -355,4 +355,27 @@ def test_positions_page_shows_the_filled_position_equity_and_daily_pnl(browser, 
     narrow.goto(server.base + "/ui/positions")
     overflow = narrow.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 1  # usable on a phone: tables scroll inside their wrapper, the page does not
+    context.close()
+
+
+def test_docs_render_offline_in_the_browser(browser, server, seeded):
+    """Swagger UI at /docs renders every operation with no request beyond 127.0.0.1 (anything else is
+    blocked and recorded), and its Content-Security-Policy refuses nothing it needs."""
+    context, page = _signed_in(browser, server, seeded.tokens["viewer"])  # the session opens the docs
+    elsewhere, refused = [], []
+
+    def only_local(route):
+        if route.request.url.startswith(server.base + "/"):
+            return route.continue_()
+        elsewhere.append(route.request.url)
+        return route.abort()
+
+    context.route("**/*", only_local)
+    page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(server.base + "/docs")
+    page.locator(".opblock").first.wait_for(timeout=20_000)
+    assert page.locator(".opblock").count() >= 20  # runs, orders, approvals, book, backtests, risk...
+    assert page.locator(".opblock-summary-path", has_text="/orders/{order_id}/approve").count() == 1
+    assert page.locator(".opblock-summary-path", has_text="/backtests/{backtest_id}").count() == 1
+    assert elsewhere == [] and refused == []
     context.close()

@@ -161,13 +161,9 @@ def _print_summary(report: dict) -> None:
 @app.command("list")
 def backtest_list(limit: int = typer.Option(50, min=1, max=10_000), as_json: bool = typer.Option(False, "--json")) -> None:
     """Backtests, newest first."""
-    from dataclasses import asdict
+    from service.operations import list_backtests
 
-    from service.operations import jsonable
-    from storage.backtests import BacktestRepository
-
-    rows = run_async(with_db(lambda db: BacktestRepository(db.pool).list(limit)))
-    data = [jsonable(asdict(r)) for r in rows]
+    data = run_async(with_db(lambda db: list_backtests(db, limit)))
     if as_json:
         return print_json(data)
     t = table("Backtests", ("backtest", "status", "from", "to", "tickers", "total return", "sharpe", "results"))
@@ -180,22 +176,10 @@ def backtest_list(limit: int = typer.Option(50, min=1, max=10_000), as_json: boo
 
 @app.command("show")
 def backtest_show(backtest_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """One backtest: parameters, summary, its days and where its runs live."""
-    from dataclasses import asdict
+    """One backtest: parameters, summary, its days, where its runs live, and its report."""
+    from service.operations import show_backtest
 
-    from service.operations import jsonable
-    from storage.backtests import BacktestRepository, database_url
-    from storage.embedded import redact
-
-    async def load(db):
-        repo = BacktestRepository(db.pool)
-        record = await repo.get(backtest_id)
-        if record is None:
-            return None
-        return jsonable(asdict(record) | {"database_url": redact(database_url(db.url, record.database)),
-                                          "days": await repo.days(backtest_id)})
-
-    data = run_async(with_db(load))
+    data = run_async(with_db(lambda db: show_backtest(db, backtest_id)))
     if data is None:
         fail(f"no backtest {backtest_id}")
     if as_json:
