@@ -109,7 +109,7 @@ def _sweep(spec, sweeps: list[str], root: Path, workers: int, ray: bool, as_json
 
 def _public(report: dict) -> dict:
     keep = ("backtest_id", "params", "days", "metrics", "baselines", "pnl_by_strategy", "pnl_by_regime",
-            "calibration", "modelled_chain_days", "results_dir", "database", "account_id", "assumptions",
+            "pnl_by_agreement", "greeks_attribution", "calibration", "modelled_chain_days", "results_dir", "database", "account_id", "assumptions",
             "not_measured")
     return {k: report[k] for k in keep if k in report}
 
