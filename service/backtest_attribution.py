@@ -91,7 +91,7 @@ def attribute(points_by_position: dict[str, Sequence[Valuation]],
 
 
 # ------------------------------------------------------------------ from a backtest's book
-class _QuotesAt:
+class QuotesAt:
     """The book's quote source at any instant of the backtest (one per instant, cached)."""
 
     def __init__(self, market):
@@ -181,7 +181,7 @@ async def book_attribution(pool, account_id: str, market) -> dict[str, Any]:
         fills_of[f["position_id"]].append(f)
     for m in marks:
         marks_of[m["position_id"]].append(m)
-    quotes_at = _QuotesAt(market)
+    quotes_at = QuotesAt(market)
     points = {p["position_id"]: valuations(p, fills_of[p["position_id"]], marks_of[p["position_id"]], quotes_at)
               for p in positions}
     result = attribute(points, [(f["at"], float(f["commission"])) for f in fills if f["commission"] != Decimal(0)])

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from service.backtest import BacktestSpec, run_backtest
+from service.backtest_attribution import QuotesAt, valuations
+from service.backtest_report import build_report
+from storage.backtests import book_history
 from service.cli import app
 from storage.database import connect
 from tests.conftest import SHARED_DATA
@@ -35,7 +38,7 @@ def test_backtest_command_runs_january_2022_and_every_day_stays_inspectable(cli_
         assert spy["total_return"] == pytest.approx(-0.0527, abs=0.01)  # SPY fell ~5% in January 2022
         assert report["baselines"]["iron_condor_16d_45dte"]["trades"] >= 1
         html = (tmp_path / "results" / report["backtest_id"] / "report.html").read_text()
-        assert html.count("<svg") == 3 and "<script" not in html and "http" not in html.replace("http://www.w3.org", "")
+        assert html.count("<svg") == 4 and "<script" not in html and "http" not in html.replace("http://www.w3.org", "")
         saved = json.loads((tmp_path / "results" / report["backtest_id"] / "report.json").read_text())
         assert saved["metrics"] == report["metrics"]
 
@@ -86,10 +89,48 @@ async def test_trades_fill_through_approvals_and_the_kelly_journal_reads_only_th
                 outcomes = state["context"].closed_outcomes
                 assert all(o.closed_at <= as_of for o in outcomes)
                 assert len(outcomes) == sum(1 for r in closed if r["closed_at"] <= as_of)
+
+            report = await build_report(bt, result)
+            await _check_agreement_and_attribution(bt, result, report)
         finally:
             await bt.close()
     finally:
         pg_server.psql(f"DROP DATABASE IF EXISTS {result.database} WITH (FORCE);")
+
+
+async def _check_agreement_and_attribution(bt, result, report) -> None:
+    """P&L by agreement adds up to the closed positions' P&L, each count read from the opening run's
+    signals and verdict; the attribution's columns add up each day and in total to the book's P&L."""
+    closed = await bt.pool.fetch("SELECT realized_pnl FROM strategy_positions WHERE status <> 'open'")
+    assert closed, "the window must close a position"
+    groups = report["pnl_by_agreement"]
+    assert sum(g["trades"] for g in groups.values()) == len(closed)
+    assert sum(g["realized_pnl"] for g in groups.values()) == pytest.approx(sum(float(r["realized_pnl"]) for r in closed))
+    assert "unknown" not in groups and all(0 <= int(k) <= 4 for k in groups)
+    assert report["not_measured"] == []
+
+    attribution = report["greeks_attribution"]
+    parts = ("delta", "gamma", "theta", "vega", "commissions", "residual")
+    for row in attribution["by_day"] + [attribution["total"]]:
+        assert sum(row[k] for k in parts) == pytest.approx(row["actual"], abs=1e-6)
+    # The book's P&L: realized on every position plus the open ones' last unrealized mark.
+    book = await bt.pool.fetchval(
+        """SELECT sum(p.realized_pnl) + coalesce(sum((SELECT m.unrealized_pnl FROM position_marks m
+                  WHERE m.position_id = p.position_id ORDER BY m.marked_at DESC LIMIT 1)) FILTER (WHERE p.status = 'open'), 0)
+           FROM strategy_positions p""")
+    assert attribution["total"]["actual"] == pytest.approx(float(book), abs=1e-6)
+    # The legs' vegas the vega term uses are the stored position vega split by leg.
+    positions, fills, marks = await book_history(bt.pool, result.account_id)
+    quotes_at = QuotesAt(HistoricalMarket(HISTORY))
+    for p in positions:
+        points = valuations(p, [f for f in fills if f["position_id"] == p["position_id"]],
+                            [m for m in marks if m["position_id"] == p["position_id"]], quotes_at)
+        assert points[0].pnl == 0.0 and points[0].delta is not None  # the opening fill, Greeks from its quotes
+        for point in points[1:-1] if p["status"] != "open" else points[1:]:
+            assert sum(point.leg_vegas) == pytest.approx(point.vega, rel=1e-9)
+    # The Greeks explain most of a day's move: the residual is smaller than what they explain in total.
+    explained = sum(abs(attribution["total"][k]) for k in ("delta", "gamma", "theta", "vega"))
+    assert explained > 0 and abs(attribution["total"]["residual"]) < explained
 
 
 def test_a_future_bar_moved_into_the_past_is_caught(tmp_path):
