@@ -12,7 +12,7 @@ import pytest
 from service.backtest import BacktestSpec, run_backtest
 from service.backtest_attribution import QuotesAt, valuations
 from service.backtest_report import build_report
-from storage.backtests import book_history
+from storage.backtests import BacktestRepository, book_history
 from service.cli import app
 from storage.database import connect
 from tests.conftest import SHARED_DATA
@@ -222,3 +222,110 @@ def test_chain_model_command_prints_the_modelled_chain_for_a_date(cli_env):
     assert out.exit_code != 0 and "--as-of" in out.output
     out = cli_env.invoke(app, ["chain"])
     assert out.exit_code != 0 and "either" in out.output
+
+
+class _Killed(Exception):
+    """Stands for the process dying mid-day."""
+
+
+class _DiesAt(HistoricalMarket):
+    """The shared history, but asking it anything at `at` fails: the backtest stops mid-day."""
+
+    def __init__(self, data_dir, at: datetime):
+        super().__init__(data_dir)
+        self.at = at
+
+    def snapshot(self, tickers, as_of):
+        if as_of == self.at:
+            raise _Killed(f"killed at {as_of}")
+        return super().snapshot(tickers, as_of)
+
+
+async def test_a_backtest_cut_short_continues_from_its_last_finished_day(db, pg_server):
+    spec = BacktestSpec(date(2022, 1, 3), date(2022, 1, 12), ("SPY",), str(HISTORY),
+                        overrides={"min_agreeing_sources": 1, "conviction_threshold": 0.2})
+    try:
+        whole = await run_backtest(db, spec)
+        book = await _book_summary(whole)
+        # Cut short on Wednesday 5 January after its 15:30 run decided and filled, before the close's
+        # housekeeping (its marks, exits and snapshot) ran.
+        cut = datetime(2022, 1, 5, 16, 0, tzinfo=NEW_YORK)
+        with pytest.raises(_Killed):
+            await run_backtest(db, spec, market=_DiesAt(HISTORY, cut), reuse=False)
+        record = await BacktestRepository(db.pool).get(whole.backtest_id)
+        assert record.status == "failed" and "killed" in record.error
+        assert [d["session"] for d in await BacktestRepository(db.pool).days(whole.backtest_id)] == \
+            [date(2022, 1, 3), date(2022, 1, 4)]
+
+        ran = []
+        resumed = await run_backtest(db, spec, on_day=lambda day, n, total: ran.append((day.session, n, total)))
+        assert not resumed.reused
+        assert [s for s, _, _ in ran] == [d.session for d in whole.days][2:]  # from the cut day on, nothing before
+        assert [n for _, n, _ in ran] == list(range(3, len(whole.days) + 1))
+        assert [(d.session, d.run_ids, d.staged, d.filled, d.net_liquidation) for d in resumed.days] == \
+            [(d.session, d.run_ids, d.staged, d.filled, d.net_liquidation) for d in whole.days]
+        assert await _book_summary(resumed) == book  # same runs, fills and positions: no day ran twice
+        assert (await BacktestRepository(db.pool).get(whole.backtest_id)).status == "running"  # until reported
+        again = await run_backtest(db, spec)  # still not marked completed: nothing left to run
+        assert [d.session for d in again.days] == [d.session for d in whole.days]
+    finally:
+        pg_server.psql(f"DROP DATABASE IF EXISTS hedgegraph_{spec.backtest_id(HistoricalMarket(HISTORY).fingerprint())} WITH (FORCE);")
+
+
+async def _book_summary(result) -> dict:
+    bt = await connect(result.database_url, max_size=2)
+    try:
+        return {
+            "runs": await bt.pool.fetchval("SELECT count(*) FROM runs WHERE watchlist = 'backtest'"),
+            "fills": [tuple(r) for r in await bt.pool.fetch(
+                "SELECT order_id, price, quantity FROM broker_fills ORDER BY order_id")],
+            "positions": [tuple(r) for r in await bt.pool.fetch(
+                "SELECT position_id, status, realized_pnl, closed_at FROM strategy_positions ORDER BY position_id")],
+            "snapshots": [tuple(r) for r in await bt.pool.fetch(
+                "SELECT captured_at, net_liquidation FROM account_snapshots ORDER BY captured_at")],
+        }
+    finally:
+        await bt.close()
+
+
+async def test_memory_recall_in_a_backtest_knows_a_closed_trade_only_from_its_close_on(db, pg_server):
+    """The situation behind a trade learns its realized P&L when the position closes; a decision run
+    before that instant cannot recall it (nor did any debate cite it), a run after it can."""
+    from memory.store import MemoryStore
+
+    spec = BacktestSpec(date(2022, 1, 3), date(2022, 1, 10), ("SPY",), str(HISTORY),
+                        overrides={"min_agreeing_sources": 1, "conviction_threshold": 0.2})
+    result = await run_backtest(db, spec)
+    try:
+        bt = await connect(result.database_url, max_size=2)
+        try:
+            closed = await bt.pool.fetch("SELECT run_id, ticker, realized_pnl, closed_at FROM strategy_positions "
+                                         "WHERE status <> 'open' ORDER BY closed_at")
+            assert closed, "the window must close a position"
+            position = closed[0]
+            memory = await bt.pool.fetchrow(
+                "SELECT id, embedding, outcome, outcome_known_at FROM memories WHERE run_id = $1 AND ticker = $2 "
+                "AND trade IS NOT NULL", position["run_id"], position["ticker"])
+            assert memory["outcome"]["realized"] is True
+            assert memory["outcome"]["pnl"] == float(position["realized_pnl"])
+            assert memory["outcome_known_at"] == position["closed_at"]
+
+            runs = await bt.pool.fetch("SELECT run_id, as_of FROM runs WHERE watchlist = 'backtest' ORDER BY as_of")
+            before = [r for r in runs if r["as_of"] < position["closed_at"]]
+            after = [r for r in runs if r["as_of"] >= position["closed_at"]]
+            assert before and after
+            store = MemoryStore(bt.pool)
+            for run in runs:  # what each day's run could recall, searched with the situation itself
+                found = await store.similar(memory["embedding"].to_numpy(), as_of=run["as_of"], k=50)
+                assert all(m.outcome_known_at <= run["as_of"] for m in found)
+                assert (memory["id"] in {m.id for m in found}) == (run in after), run["as_of"]
+            cited = f"P&L {float(position['realized_pnl']):+}"
+            debates = await bt.pool.fetch("SELECT d.memories_used, r.as_of FROM debates d JOIN runs r USING (run_id)")
+            assert debates
+            for debate in debates:
+                if debate["as_of"] < position["closed_at"]:
+                    assert not any(cited in used for used in debate["memories_used"])
+        finally:
+            await bt.close()
+    finally:
+        pg_server.psql(f"DROP DATABASE IF EXISTS {result.database} WITH (FORCE);")
