@@ -21,6 +21,10 @@ and the kill switch are database-wide, so sharing the user's database would let 
 resume, expire or fill the user's orders (and the user's runs recall backtest memories). The
 main database keeps the index (`backtests`, `backtest_days`); `backtest show` prints the
 `DATABASE_URL` under which `runs show`, `replay` and `fork` open any backtest day.
+
+A backtest that did not finish continues after its last recorded day when run again (same id,
+same database and account); a day cut short runs again from its start, which repeats nothing
+(deterministic run ids, decided orders skipped, housekeeping idempotent at the same instant).
 """
 from __future__ import annotations
 
@@ -165,13 +169,15 @@ class BacktestResult:
     days: list[DayResult]
     modelled_chain_days: list[str]
     reused: bool = False
+    continued_after: date | None = None  # the last day an earlier, unfinished attempt had recorded
 
     def to_dict(self) -> dict[str, Any]:
         from service.operations import jsonable
 
         return jsonable({"backtest_id": self.backtest_id, "database": self.database, "account_id": self.account_id,
                          "params": self.spec.params(), "days": [asdict(d) for d in self.days],
-                         "modelled_chain_days": self.modelled_chain_days, "reused": self.reused})
+                         "modelled_chain_days": self.modelled_chain_days, "reused": self.reused,
+                         "continued_after": self.continued_after})
 
 
 async def _decide_all(ctx, order_ids: list[str], approve: str) -> None:
@@ -305,7 +311,7 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
         raise
     await db.close()
     return BacktestResult(backtest_id, database, url, account_id, spec, days,
-                          [d.session.isoformat() for d in days if d.modelled_chains])
+                          [d.session.isoformat() for d in days if d.modelled_chains], continued_after=last)
 
 
 async def finish_backtest(main_db, result: BacktestResult, results_root: Path) -> dict[str, Any]:

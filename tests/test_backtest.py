@@ -259,7 +259,7 @@ async def test_a_backtest_cut_short_continues_from_its_last_finished_day(db, pg_
 
         ran = []
         resumed = await run_backtest(db, spec, on_day=lambda day, n, total: ran.append((day.session, n, total)))
-        assert not resumed.reused
+        assert not resumed.reused and resumed.continued_after == date(2022, 1, 4)
         assert [s for s, _, _ in ran] == [d.session for d in whole.days][2:]  # from the cut day on, nothing before
         assert [n for _, n, _ in ran] == list(range(3, len(whole.days) + 1))
         assert [(d.session, d.run_ids, d.staged, d.filled, d.net_liquidation) for d in resumed.days] == \
