@@ -119,11 +119,12 @@ def _polyline(series: list[pd.Series], colors: list[str], labels: list[str], tit
     return "".join(parts)
 
 
-def _attribution_svg(attribution: dict[str, Any]) -> str:
-    """Cumulative P&L of each attribution component (and the actual) over the sessions."""
-    rows = attribution["by_day"]
-    index = [r["session"] for r in rows]
-    series = [pd.Series([r[k] for r in rows], index=index, dtype=float).cumsum() for k in ATTRIBUTION_COLUMNS]
+def _attribution_svg(attribution: dict[str, Any], sessions: list[str]) -> str:
+    """Cumulative P&L of each attribution component (and the actual) over every session of the
+    backtest (so it lines up with the equity plot)."""
+    rows = pd.DataFrame(attribution["by_day"], columns=["session", *ATTRIBUTION_COLUMNS]).set_index("session")
+    rows = rows.reindex(sorted(set(sessions) | set(rows.index)), fill_value=0.0).astype(float)
+    series = [rows[k].cumsum() for k in ATTRIBUTION_COLUMNS]
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f", "#000000"]
     return _polyline(series, colors, list(ATTRIBUTION_COLUMNS), "Greeks P&L attribution, cumulative ($)")
 
@@ -177,7 +178,7 @@ settings {html.escape(json.dumps(p['overrides']))}; {report['days']} sessions,
            ['graph', 'SPY buy-and-hold', 'iron condor'], 'equity (NLV, $)')}
 {_polyline([drawdown(equity), drawdown(spy), drawdown(condor)], ['#1f77b4', '#2ca02c', '#d62728'],
            ['graph', 'SPY buy-and-hold', 'iron condor'], 'drawdown', percent=True)}
-{_attribution_svg(report['greeks_attribution'])}
+{_attribution_svg(report['greeks_attribution'], list(report['equity']))}
 {_calibration_svg(report['calibration'])}
 <h2>Metrics</h2>{_table(metric_rows)}
 <h2>P&amp;L by strategy</h2>{_table(report['pnl_by_strategy'])}
