@@ -21,6 +21,10 @@ and the kill switch are database-wide, so sharing the user's database would let 
 resume, expire or fill the user's orders (and the user's runs recall backtest memories). The
 main database keeps the index (`backtests`, `backtest_days`); `backtest show` prints the
 `DATABASE_URL` under which `runs show`, `replay` and `fork` open any backtest day.
+
+A backtest that did not finish continues after its last recorded day when run again (same id,
+same database and account); a day cut short runs again from its start, which repeats nothing
+(deterministic run ids, decided orders skipped, housekeeping idempotent at the same instant).
 """
 from __future__ import annotations
 
@@ -152,6 +156,7 @@ class DayResult:
     exits_staged: int
     settled: int
     net_liquidation: Decimal | None
+    modelled_chains: bool = False  # the day's runs decided on a modelled (not recorded) chain
 
 
 @dataclass
@@ -164,13 +169,15 @@ class BacktestResult:
     days: list[DayResult]
     modelled_chain_days: list[str]
     reused: bool = False
+    continued_after: date | None = None  # the last day an earlier, unfinished attempt had recorded
 
     def to_dict(self) -> dict[str, Any]:
         from service.operations import jsonable
 
         return jsonable({"backtest_id": self.backtest_id, "database": self.database, "account_id": self.account_id,
                          "params": self.spec.params(), "days": [asdict(d) for d in self.days],
-                         "modelled_chain_days": self.modelled_chain_days, "reused": self.reused})
+                         "modelled_chain_days": self.modelled_chain_days, "reused": self.reused,
+                         "continued_after": self.continued_after})
 
 
 async def _decide_all(ctx, order_ids: list[str], approve: str) -> None:
@@ -193,17 +200,14 @@ async def _decide_all(ctx, order_ids: list[str], approve: str) -> None:
 
 async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResult, int, int], None] | None = None,
                        market=None, reuse: bool = True) -> BacktestResult:
-    """Run (or, when the same backtest already completed, reuse) a backtest; see the module docstring.
+    """Run a backtest; see the module docstring. The same backtest already completed is reused (its
+    recorded days are reported); one that did not finish (killed, or a day failed) continues after
+    its last recorded day.
 
     `market`: the historical market to drive (default: `HistoricalMarket(spec.data_dir, spec.chains_dir)`);
-    `reuse=False` runs it again even when it already completed (benchmarks)."""
-    from memory.store import MemoryStore
-    from service import approvals
-    from service.housekeeping import housekeeping
-    from service.operations import run_decision
-    from storage.backtests import (BacktestRepository, database_url, filled_orders, recreate_database,
-                                   staged_order_ids)
-    from storage.database import connect
+    `reuse=False` starts afresh even when it already completed or can continue (benchmarks)."""
+    from storage.backtests import BacktestRepository, database_exists, database_url, recreate_database
+    from storage.database import LockBusy
     from tools.providers.history import HistoricalMarket
 
     sessions = sessions_between(spec.start, spec.end)
@@ -217,15 +221,47 @@ async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResu
     database, account_id = f"hedgegraph_{backtest_id}", f"backtest-{backtest_id}"
     url = database_url(main_db.url, database)
     repo = BacktestRepository(main_db.pool)
-    previous = await repo.get(backtest_id)
-    if reuse and previous is not None and previous.status == "completed":
-        days = [DayResult(d["session"], list(d["run_ids"]), d["orders_staged"], d["orders_filled"], 0, 0,
-                          d["net_liquidation"]) for d in await repo.days(backtest_id)]
-        return BacktestResult(backtest_id, database, url, account_id, spec, days,
-                              (previous.summary or {}).get("modelled_chain_days", []), reused=True)
+    try:
+        # One process per backtest: the lock dies with its holder, so a killed run frees it.
+        async with main_db.advisory_lock(f"backtest:{backtest_id}"):
+            previous = await repo.get(backtest_id)
+            recorded = [_recorded_day(d) for d in await repo.days(backtest_id)] if previous is not None else []
+            if reuse and previous is not None and previous.status == "completed":
+                return BacktestResult(backtest_id, database, url, account_id, spec, recorded,
+                                      [d.session.isoformat() for d in recorded if d.modelled_chains], reused=True)
+            if reuse and previous is not None and recorded and await database_exists(main_db.pool, database):
+                # A backtest whose process died (or whose day failed) goes on after its last
+                # recorded day, in the same database and account: no day runs twice. A day cut
+                # short is run again from its start: runs, decisions and housekeeping are
+                # idempotent at the same instants (the same run ids resume or report).
+                await repo.resume(backtest_id)
+            else:
+                recorded = []
+                await recreate_database(main_db.pool, database)
+                await repo.start(backtest_id, spec.params(), database, account_id)
+            return await _drive(main_db, spec, market, config, sessions, backtest_id, database, url, account_id,
+                                recorded, on_day)
+    except LockBusy as exc:
+        raise BacktestError(f"backtest {backtest_id} is running in another process") from exc
 
-    await recreate_database(main_db.pool, database)
-    await repo.start(backtest_id, spec.params(), database, account_id)
+
+def _recorded_day(row: dict[str, Any]) -> DayResult:
+    return DayResult(row["session"], list(row["run_ids"]), row["orders_staged"], row["orders_filled"],
+                     row["exits_staged"], row["settled"], row["net_liquidation"], row["modelled_chains"])
+
+
+async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, sessions, backtest_id: str,
+                 database: str, url: str, account_id: str, recorded: list[DayResult],
+                 on_day: Callable[[DayResult, int, int], None] | None) -> BacktestResult:
+    """Run the sessions after the `recorded` ones (see the module docstring)."""
+    from memory.store import MemoryStore
+    from service import approvals
+    from service.housekeeping import housekeeping
+    from service.operations import run_decision
+    from storage.backtests import BacktestRepository, filled_orders, run_order_count, staged_order_ids
+    from storage.database import connect
+
+    repo = BacktestRepository(main_db.pool)
     db = await connect(url, max_size=6)
     clock = SimulatedClock(sessions[0][1])
 
@@ -237,11 +273,13 @@ async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResu
     ctx = approvals.ServiceContext(db=db, clock=clock, provider_factory=provider_factory,
                                    memory=MemoryStore(db.pool), account_id=account_id, market=market.name)
     broker = ctx.broker_for(market)
-    days: list[DayResult] = []
-    modelled: list[str] = []
+    days: list[DayResult] = list(recorded)
+    last = recorded[-1].session if recorded else None
     try:
         for n, (day, opens, closes) in enumerate(sessions, 1):
-            run_ids, staged = [], 0
+            if last is not None and day <= last:
+                continue
+            run_ids, staged, modelled = [], 0, False
             for slot in spec.slots:
                 clock.at = slot_time(day, slot, opens, closes)
                 await approvals.recover_pending(ctx)  # exits approved at the last close go out now
@@ -252,19 +290,19 @@ async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResu
                 context = outcome.state.get("context")
                 if context is not None and any("modelled" in line for lines in context.data_quality.values()
                                                for line in lines):
-                    modelled.append(day.isoformat())
-                order_ids = await staged_order_ids(db.pool, outcome.run.run_id)
-                staged += len(order_ids)
-                await _decide_all(ctx, order_ids, spec.approve)
+                    modelled = True
+                staged += await run_order_count(db.pool, outcome.run.run_id)
+                await _decide_all(ctx, await staged_order_ids(db.pool, outcome.run.run_id), spec.approve)
             clock.at = closes
             report = await housekeeping(ctx, mark=True)
             exit_ids = [e["order_id"] for e in report.exits_staged if e["order_id"] and e["created"]]
             await _decide_all(ctx, exit_ids, spec.approve)
             nlv = Decimal(report.net_liquidation) if report.net_liquidation is not None else None
             result = DayResult(day, run_ids, staged, await filled_orders(db.pool, run_ids), len(exit_ids),
-                               len(report.settled), nlv)
+                               len(report.settled), nlv, modelled)
             days.append(result)
-            await repo.record_day(backtest_id, day, run_ids, staged, result.filled, nlv)
+            await repo.record_day(backtest_id, day, run_ids, staged, result.filled, nlv, exits_staged=len(exit_ids),
+                                  settled=len(report.settled), modelled_chains=modelled)
             if on_day is not None:
                 on_day(result, n, len(sessions))
     except Exception as exc:
@@ -272,7 +310,8 @@ async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResu
         await db.close()
         raise
     await db.close()
-    return BacktestResult(backtest_id, database, url, account_id, spec, days, sorted(set(modelled)))
+    return BacktestResult(backtest_id, database, url, account_id, spec, days,
+                          [d.session.isoformat() for d in days if d.modelled_chains], continued_after=last)
 
 
 async def finish_backtest(main_db, result: BacktestResult, results_root: Path) -> dict[str, Any]:

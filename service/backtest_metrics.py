@@ -92,11 +92,31 @@ def calibration_table(predicted: Sequence[float | None], won: Sequence[bool],
     return rows
 
 
+def agreeing_analysts(signals: Sequence[dict[str, Any]], price_view: str | None, vol_view: str | None) -> int:
+    """How many analysts agreed with a verdict: the price analysts (flow, technical, social) whose
+    direction is the verdict's bullish/bearish price view, plus the volatility-surface analyst when
+    its rich/cheap is the verdict's volatility view; a signal with no conviction agrees with nothing.
+    The count `min_agreeing_sources` gates on the price side (`agents.aggregate`)."""
+    from agents.aggregate import PRICE_SOURCES
+
+    count = 0
+    for s in signals:
+        if float(s["conviction"]) <= 0:
+            continue
+        if s["source"] in PRICE_SOURCES and price_view in ("bullish", "bearish") and s["direction"] == price_view:
+            count += 1
+        elif s["source"] == "vol_surface" and vol_view in ("rich", "cheap") and s["direction"] == vol_view:
+            count += 1
+    return count
+
+
 def pnl_by(rows: Sequence[dict[str, Any]], key: str) -> dict[str, dict[str, float | int]]:
     """Realized P&L, trades and wins grouped by `key` of each closed-position row."""
     out: dict[str, dict[str, float | int]] = {}
     for row in rows:
-        group = out.setdefault(str(row.get(key) or "unknown"), {"trades": 0, "wins": 0, "realized_pnl": 0.0})
+        value = row.get(key)
+        group = out.setdefault("unknown" if value is None or value == "" else str(value),
+                               {"trades": 0, "wins": 0, "realized_pnl": 0.0})
         pnl = float(row["realized_pnl"])
         group["trades"] += 1
         group["wins"] += int(pnl > 0)

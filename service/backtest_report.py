@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from service.backtest_attribution import COLUMNS as ATTRIBUTION_COLUMNS
+from service.backtest_attribution import book_attribution
 from service.backtest_baselines import buy_and_hold, condor_chains, mechanical_condor
-from service.backtest_metrics import (calibration_table, drawdown, pnl_by, return_metrics, trade_metrics,
-                                      turnover)
+from service.backtest_metrics import (agreeing_analysts, calibration_table, drawdown, pnl_by, return_metrics,
+                                      trade_metrics, turnover)
 
 ASSUMPTIONS = [
     "end of day: daily bars; a 15:30 slot decides on the previous session's close, housekeeping at the "
@@ -49,6 +51,10 @@ async def build_report(db, result, market=None) -> dict[str, Any]:
                                                      opening_cash or 100_000.0)
 
     closed = await closed_positions(db.pool, result.account_id)
+    for row in closed:  # how many analysts agreed with the verdict the trade came from (None: no verdict)
+        signals = row.pop("signals") or []
+        row["agreeing_analysts"] = (agreeing_analysts(signals, row["price_view"], row["vol_view"])
+                                    if row["price_view"] is not None else None)
     pnls = [float(r["realized_pnl"]) for r in closed]
     graph_metrics = return_metrics(equity) | trade_metrics(pnls) | {
         "turnover": turnover(float(await traded_premium(db.pool, result.account_id)), equity)}
@@ -67,6 +73,8 @@ async def build_report(db, result, market=None) -> dict[str, Any]:
         },
         "pnl_by_strategy": pnl_by(closed, "structure"),
         "pnl_by_regime": pnl_by(closed, "regime"),
+        "pnl_by_agreement": dict(sorted(pnl_by(closed, "agreeing_analysts").items())),
+        "greeks_attribution": await book_attribution(db.pool, result.account_id, market),
         "calibration": calibration_table([r["probability_of_profit"] for r in closed], [p > 0 for p in pnls]),
         "closed_positions": [{k: (str(v) if not isinstance(v, (int, float, str, type(None))) else v)
                               for k, v in r.items()} for r in closed],
@@ -76,7 +84,7 @@ async def build_report(db, result, market=None) -> dict[str, Any]:
         "equity_spy": {str(k): float(v) for k, v in hold.items()},
         "equity_condor": {str(k): float(v) for k, v in condor_equity.items()},
         "assumptions": ASSUMPTIONS,
-        "not_measured": ["Greeks P&L attribution", "P&L by analyst agreement"],
+        "not_measured": [],
     }
     report["summary"] = {k: report[k] for k in ("metrics", "baselines", "days")} | {
         "modelled_chain_days": len(result.modelled_chain_days)}
@@ -87,7 +95,8 @@ def _polyline(series: list[pd.Series], colors: list[str], labels: list[str], tit
               width: int = 720, height: int = 260, percent: bool = False) -> str:
     """One inline SVG line chart of several series sharing an index (no external assets)."""
     pad = 40
-    values = np.concatenate([s.to_numpy(dtype=float) for s in series if len(s)]) if series else np.array([0.0])
+    values = (np.concatenate([s.to_numpy(dtype=float) for s in series if len(s)]) if any(len(s) for s in series)
+              else np.array([0.0]))
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
     hi = hi if hi > lo else lo + 1.0
     n = max(len(s) for s in series) if series else 1
@@ -104,9 +113,20 @@ def _polyline(series: list[pd.Series], colors: list[str], labels: list[str], tit
         ys = (height - pad) - (s.to_numpy(dtype=float) - lo) / (hi - lo) * (height - 2 * pad)
         points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys) if np.isfinite(y))
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{points}"/>')
-        parts.append(f'<text x="{pad + 150 * k}" y="{height - 8}" font-size="11" fill="{color}">{html.escape(label)}</text>')
+        step = min(150, (width - pad) // len(series))
+        parts.append(f'<text x="{pad + step * k}" y="{height - 8}" font-size="11" fill="{color}">{html.escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _attribution_svg(attribution: dict[str, Any], sessions: list[str]) -> str:
+    """Cumulative P&L of each attribution component (and the actual) over every session of the
+    backtest (so it lines up with the equity plot)."""
+    rows = pd.DataFrame(attribution["by_day"], columns=["session", *ATTRIBUTION_COLUMNS]).set_index("session")
+    rows = rows.reindex(sorted(set(sessions) | set(rows.index)), fill_value=0.0).astype(float)
+    series = [rows[k].cumsum() for k in ATTRIBUTION_COLUMNS]
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f", "#000000"]
+    return _polyline(series, colors, list(ATTRIBUTION_COLUMNS), "Greeks P&L attribution, cumulative ($)")
 
 
 def _calibration_svg(rows: list[dict[str, Any]], size: int = 260) -> str:
@@ -158,13 +178,23 @@ settings {html.escape(json.dumps(p['overrides']))}; {report['days']} sessions,
            ['graph', 'SPY buy-and-hold', 'iron condor'], 'equity (NLV, $)')}
 {_polyline([drawdown(equity), drawdown(spy), drawdown(condor)], ['#1f77b4', '#2ca02c', '#d62728'],
            ['graph', 'SPY buy-and-hold', 'iron condor'], 'drawdown', percent=True)}
+{_attribution_svg(report['greeks_attribution'], list(report['equity']))}
 {_calibration_svg(report['calibration'])}
 <h2>Metrics</h2>{_table(metric_rows)}
 <h2>P&amp;L by strategy</h2>{_table(report['pnl_by_strategy'])}
 <h2>P&amp;L by regime</h2>{_table(report['pnl_by_regime'])}
+<h2>P&amp;L by analyst agreement</h2>
+<p>Closed positions grouped by how many analysts (flow, technical, social on the price view;
+vol surface on the volatility view) agreed with the verdict the trade came from.</p>{_table(report['pnl_by_agreement'])}
+<h2>Greeks P&amp;L attribution</h2>
+<p>Each position's P&amp;L between its opening fill, its marks and its closing fill, explained by the
+Greeks at the earlier point: delta&middot;dS + &frac12;gamma&middot;dS&sup2; + theta&middot;dt +
+&Sigma; vega&middot;d&sigma; per leg (vol points); commissions apart; residual = actual &minus; the rest.</p>
+{_table([{"": "total"} | report['greeks_attribution']['total']])}
+{_table(report['greeks_attribution']['by_day'])}
 <h2>Calibration (reliability table)</h2>{_table(report['calibration'])}
 <h2>Assumptions</h2><ul>{''.join(f'<li>{html.escape(a)}</li>' for a in report['assumptions'])}</ul>
-<p>Not measured yet: {html.escape(', '.join(report['not_measured']))}.</p>
+{f"<p>Not measured yet: {html.escape(', '.join(report['not_measured']))}.</p>" if report['not_measured'] else ""}
 <p>Days on modelled chains: {html.escape(', '.join(report['modelled_chain_days']))}</p>
 </body></html>"""
 

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from service.backtest import BacktestSpec, run_backtest
+from service.backtest_attribution import QuotesAt, valuations
+from service.backtest_report import build_report
+from storage.backtests import BacktestRepository, book_history
 from service.cli import app
 from storage.database import connect
 from tests.conftest import SHARED_DATA
@@ -35,7 +38,7 @@ def test_backtest_command_runs_january_2022_and_every_day_stays_inspectable(cli_
         assert spy["total_return"] == pytest.approx(-0.0527, abs=0.01)  # SPY fell ~5% in January 2022
         assert report["baselines"]["iron_condor_16d_45dte"]["trades"] >= 1
         html = (tmp_path / "results" / report["backtest_id"] / "report.html").read_text()
-        assert html.count("<svg") == 3 and "<script" not in html and "http" not in html.replace("http://www.w3.org", "")
+        assert html.count("<svg") == 4 and "<script" not in html and "http" not in html.replace("http://www.w3.org", "")
         saved = json.loads((tmp_path / "results" / report["backtest_id"] / "report.json").read_text())
         assert saved["metrics"] == report["metrics"]
 
@@ -86,10 +89,48 @@ async def test_trades_fill_through_approvals_and_the_kelly_journal_reads_only_th
                 outcomes = state["context"].closed_outcomes
                 assert all(o.closed_at <= as_of for o in outcomes)
                 assert len(outcomes) == sum(1 for r in closed if r["closed_at"] <= as_of)
+
+            report = await build_report(bt, result)
+            await _check_agreement_and_attribution(bt, result, report)
         finally:
             await bt.close()
     finally:
         pg_server.psql(f"DROP DATABASE IF EXISTS {result.database} WITH (FORCE);")
+
+
+async def _check_agreement_and_attribution(bt, result, report) -> None:
+    """P&L by agreement adds up to the closed positions' P&L, each count read from the opening run's
+    signals and verdict; the attribution's columns add up each day and in total to the book's P&L."""
+    closed = await bt.pool.fetch("SELECT realized_pnl FROM strategy_positions WHERE status <> 'open'")
+    assert closed, "the window must close a position"
+    groups = report["pnl_by_agreement"]
+    assert sum(g["trades"] for g in groups.values()) == len(closed)
+    assert sum(g["realized_pnl"] for g in groups.values()) == pytest.approx(sum(float(r["realized_pnl"]) for r in closed))
+    assert "unknown" not in groups and all(0 <= int(k) <= 4 for k in groups)
+    assert report["not_measured"] == []
+
+    attribution = report["greeks_attribution"]
+    parts = ("delta", "gamma", "theta", "vega", "commissions", "residual")
+    for row in attribution["by_day"] + [attribution["total"]]:
+        assert sum(row[k] for k in parts) == pytest.approx(row["actual"], abs=1e-6)
+    # The book's P&L: realized on every position plus the open ones' last unrealized mark.
+    book = await bt.pool.fetchval(
+        """SELECT sum(p.realized_pnl) + coalesce(sum((SELECT m.unrealized_pnl FROM position_marks m
+                  WHERE m.position_id = p.position_id ORDER BY m.marked_at DESC LIMIT 1)) FILTER (WHERE p.status = 'open'), 0)
+           FROM strategy_positions p""")
+    assert attribution["total"]["actual"] == pytest.approx(float(book), abs=1e-6)
+    # The legs' vegas the vega term uses are the stored position vega split by leg.
+    positions, fills, marks = await book_history(bt.pool, result.account_id)
+    quotes_at = QuotesAt(HistoricalMarket(HISTORY))
+    for p in positions:
+        points = valuations(p, [f for f in fills if f["position_id"] == p["position_id"]],
+                            [m for m in marks if m["position_id"] == p["position_id"]], quotes_at)
+        assert points[0].pnl == 0.0 and points[0].delta is not None  # the opening fill, Greeks from its quotes
+        for point in points[1:-1] if p["status"] != "open" else points[1:]:
+            assert sum(point.leg_vegas) == pytest.approx(point.vega, rel=1e-9)
+    # The Greeks explain most of a day's move: the residual is smaller than what they explain in total.
+    explained = sum(abs(attribution["total"][k]) for k in ("delta", "gamma", "theta", "vega"))
+    assert explained > 0 and abs(attribution["total"]["residual"]) < explained
 
 
 def test_a_future_bar_moved_into_the_past_is_caught(tmp_path):
@@ -181,3 +222,110 @@ def test_chain_model_command_prints_the_modelled_chain_for_a_date(cli_env):
     assert out.exit_code != 0 and "--as-of" in out.output
     out = cli_env.invoke(app, ["chain"])
     assert out.exit_code != 0 and "either" in out.output
+
+
+class _Killed(Exception):
+    """Stands for the process dying mid-day."""
+
+
+class _DiesAt(HistoricalMarket):
+    """The shared history, but asking it anything at `at` fails: the backtest stops mid-day."""
+
+    def __init__(self, data_dir, at: datetime):
+        super().__init__(data_dir)
+        self.at = at
+
+    def snapshot(self, tickers, as_of):
+        if as_of == self.at:
+            raise _Killed(f"killed at {as_of}")
+        return super().snapshot(tickers, as_of)
+
+
+async def test_a_backtest_cut_short_continues_from_its_last_finished_day(db, pg_server):
+    spec = BacktestSpec(date(2022, 1, 3), date(2022, 1, 12), ("SPY",), str(HISTORY),
+                        overrides={"min_agreeing_sources": 1, "conviction_threshold": 0.2})
+    try:
+        whole = await run_backtest(db, spec)
+        book = await _book_summary(whole)
+        # Cut short on Wednesday 5 January after its 15:30 run decided and filled, before the close's
+        # housekeeping (its marks, exits and snapshot) ran.
+        cut = datetime(2022, 1, 5, 16, 0, tzinfo=NEW_YORK)
+        with pytest.raises(_Killed):
+            await run_backtest(db, spec, market=_DiesAt(HISTORY, cut), reuse=False)
+        record = await BacktestRepository(db.pool).get(whole.backtest_id)
+        assert record.status == "failed" and "killed" in record.error
+        assert [d["session"] for d in await BacktestRepository(db.pool).days(whole.backtest_id)] == \
+            [date(2022, 1, 3), date(2022, 1, 4)]
+
+        ran = []
+        resumed = await run_backtest(db, spec, on_day=lambda day, n, total: ran.append((day.session, n, total)))
+        assert not resumed.reused and resumed.continued_after == date(2022, 1, 4)
+        assert [s for s, _, _ in ran] == [d.session for d in whole.days][2:]  # from the cut day on, nothing before
+        assert [n for _, n, _ in ran] == list(range(3, len(whole.days) + 1))
+        assert [(d.session, d.run_ids, d.staged, d.filled, d.net_liquidation) for d in resumed.days] == \
+            [(d.session, d.run_ids, d.staged, d.filled, d.net_liquidation) for d in whole.days]
+        assert await _book_summary(resumed) == book  # same runs, fills and positions: no day ran twice
+        assert (await BacktestRepository(db.pool).get(whole.backtest_id)).status == "running"  # until reported
+        again = await run_backtest(db, spec)  # still not marked completed: nothing left to run
+        assert [d.session for d in again.days] == [d.session for d in whole.days]
+    finally:
+        pg_server.psql(f"DROP DATABASE IF EXISTS hedgegraph_{spec.backtest_id(HistoricalMarket(HISTORY).fingerprint())} WITH (FORCE);")
+
+
+async def _book_summary(result) -> dict:
+    bt = await connect(result.database_url, max_size=2)
+    try:
+        return {
+            "runs": await bt.pool.fetchval("SELECT count(*) FROM runs WHERE watchlist = 'backtest'"),
+            "fills": [tuple(r) for r in await bt.pool.fetch(
+                "SELECT order_id, price, quantity FROM broker_fills ORDER BY order_id")],
+            "positions": [tuple(r) for r in await bt.pool.fetch(
+                "SELECT position_id, status, realized_pnl, closed_at FROM strategy_positions ORDER BY position_id")],
+            "snapshots": [tuple(r) for r in await bt.pool.fetch(
+                "SELECT captured_at, net_liquidation FROM account_snapshots ORDER BY captured_at")],
+        }
+    finally:
+        await bt.close()
+
+
+async def test_memory_recall_in_a_backtest_knows_a_closed_trade_only_from_its_close_on(db, pg_server):
+    """The situation behind a trade learns its realized P&L when the position closes; a decision run
+    before that instant cannot recall it (nor did any debate cite it), a run after it can."""
+    from memory.store import MemoryStore
+
+    spec = BacktestSpec(date(2022, 1, 3), date(2022, 1, 10), ("SPY",), str(HISTORY),
+                        overrides={"min_agreeing_sources": 1, "conviction_threshold": 0.2})
+    result = await run_backtest(db, spec)
+    try:
+        bt = await connect(result.database_url, max_size=2)
+        try:
+            closed = await bt.pool.fetch("SELECT run_id, ticker, realized_pnl, closed_at FROM strategy_positions "
+                                         "WHERE status <> 'open' ORDER BY closed_at")
+            assert closed, "the window must close a position"
+            position = closed[0]
+            memory = await bt.pool.fetchrow(
+                "SELECT id, embedding, outcome, outcome_known_at FROM memories WHERE run_id = $1 AND ticker = $2 "
+                "AND trade IS NOT NULL", position["run_id"], position["ticker"])
+            assert memory["outcome"]["realized"] is True
+            assert memory["outcome"]["pnl"] == float(position["realized_pnl"])
+            assert memory["outcome_known_at"] == position["closed_at"]
+
+            runs = await bt.pool.fetch("SELECT run_id, as_of FROM runs WHERE watchlist = 'backtest' ORDER BY as_of")
+            before = [r for r in runs if r["as_of"] < position["closed_at"]]
+            after = [r for r in runs if r["as_of"] >= position["closed_at"]]
+            assert before and after
+            store = MemoryStore(bt.pool)
+            for run in runs:  # what each day's run could recall, searched with the situation itself
+                found = await store.similar(memory["embedding"].to_numpy(), as_of=run["as_of"], k=50)
+                assert all(m.outcome_known_at <= run["as_of"] for m in found)
+                assert (memory["id"] in {m.id for m in found}) == (run in after), run["as_of"]
+            cited = f"P&L {float(position['realized_pnl']):+}"
+            debates = await bt.pool.fetch("SELECT d.memories_used, r.as_of FROM debates d JOIN runs r USING (run_id)")
+            assert debates
+            for debate in debates:
+                if debate["as_of"] < position["closed_at"]:
+                    assert not any(cited in used for used in debate["memories_used"])
+        finally:
+            await bt.close()
+    finally:
+        pg_server.psql(f"DROP DATABASE IF EXISTS {result.database} WITH (FORCE);")

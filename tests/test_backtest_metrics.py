@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from datetime import date
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -11,8 +11,11 @@ import pytest
 from service.backtest import policy_decision, sessions_between
 from service.backtest_baselines import (COMMISSION_PER_CONTRACT, EXIT_DTE, MAX_LOSS_NLV, buy_and_hold, condor_chains,
                                         mechanical_condor)
-from service.backtest_metrics import calibration_table, drawdown, pnl_by, return_metrics, trade_metrics, turnover
+from service.backtest_attribution import Valuation, attribute, explain
+from service.backtest_metrics import (agreeing_analysts, calibration_table, drawdown, pnl_by, return_metrics,
+                                      trade_metrics, turnover)
 from tests.conftest import SHARED_DATA
+from tools.chain import NEW_YORK
 from tools.providers.history import HistoricalMarket
 
 EQUITY = pd.Series([100.0, 110.0, 99.0, 108.9], index=pd.bdate_range("2022-01-03", periods=4))
@@ -83,3 +86,49 @@ def test_baselines_on_a_short_real_window():
         assert trade["reason"] != "21 DTE" or held <= EXIT_DTE
     # Between trades the equity moves only by the realized P&L of what closed (and the open condor's mark).
     assert equity.iloc[0] < 100_000.0 + 1 and equity.iloc[0] > 100_000.0 - 1000
+
+
+def test_greeks_attribution_of_one_position_between_two_marks_by_hand():
+    # A long call, two units: marked at Monday's close, then at Tuesday's (one calendar day later).
+    monday = Valuation(datetime(2022, 3, 7, 16, 0, tzinfo=NEW_YORK), pnl=-50.0, underlying=400.0,
+                       delta=110.0, gamma=6.0, theta=-30.0, vega=80.0, leg_vols=(0.25,), leg_vegas=(80.0,))
+    tuesday = Valuation(datetime(2022, 3, 8, 16, 0, tzinfo=NEW_YORK), pnl=350.0, underlying=403.0,
+                        delta=140.0, gamma=5.0, theta=-31.0, vega=78.0, leg_vols=(0.28125,), leg_vegas=(78.0,))
+    terms = explain(monday, tuesday)
+    assert terms["delta"] == 110.0 * 3.0  # shares x dS
+    assert terms["gamma"] == 0.5 * 6.0 * 3.0 ** 2
+    assert terms["theta"] == -30.0  # $ per calendar day x 1 day
+    assert terms["vega"] == 80.0 * 3.125  # $ per vol point x (28.125 - 25) vol points
+    assert terms["actual"] == 400.0
+    assert terms["residual"] == 400.0 - (330.0 + 27.0 - 30.0 + 250.0)
+    assert sum(terms[k] for k in ("delta", "gamma", "theta", "vega", "residual")) == terms["actual"]
+
+    # By session: the opening commission on Monday, the move on Tuesday; the columns add up.
+    report = attribute({"p1": [monday, tuesday]}, [(monday.at, 1.3)])
+    assert [r["session"] for r in report["by_day"]] == ["2022-03-07", "2022-03-08"]
+    assert report["by_day"][0] == {"session": "2022-03-07", "delta": 0.0, "gamma": 0.0, "theta": 0.0, "vega": 0.0,
+                                   "commissions": -1.3, "residual": 0.0, "actual": -1.3}
+    assert report["by_day"][1]["residual"] == terms["residual"] and report["by_day"][1]["actual"] == 400.0
+    total = report["total"]
+    assert total["actual"] == pytest.approx(398.7)
+    assert sum(total[k] for k in ("delta", "gamma", "theta", "vega", "commissions", "residual")) == pytest.approx(total["actual"])
+
+    # Unknown Greeks explain nothing: the whole change is residual.
+    blind = explain(Valuation(monday.at, 0.0, None), Valuation(tuesday.at, 75.0, 401.0))
+    assert blind == {"delta": 0.0, "gamma": 0.0, "theta": 0.0, "vega": 0.0, "actual": 75.0, "residual": 75.0}
+
+
+def test_analyst_agreement_counts_the_analysts_on_the_verdicts_side():
+    signals = [{"source": "technical", "direction": "bullish", "conviction": 0.6},
+               {"source": "flow", "direction": "bullish", "conviction": 0.3},
+               {"source": "social", "direction": "bearish", "conviction": 0.5},
+               {"source": "vol_surface", "direction": "rich", "conviction": 0.4}]
+    assert agreeing_analysts(signals, "bullish", "neutral") == 2
+    assert agreeing_analysts(signals, "bullish", "rich") == 3
+    assert agreeing_analysts(signals, "bearish", "cheap") == 1
+    assert agreeing_analysts(signals, "neutral", "rich") == 1  # an iron condor on rich vol: the vol analyst
+    assert agreeing_analysts([s | {"conviction": 0.0} for s in signals], "bullish", "rich") == 0
+    groups = pnl_by([{"agreeing_analysts": 0, "realized_pnl": 5}, {"agreeing_analysts": 2, "realized_pnl": -3},
+                     {"agreeing_analysts": None, "realized_pnl": 1}], "agreeing_analysts")
+    assert groups == {"0": {"trades": 1, "wins": 1, "realized_pnl": 5.0}, "2": {"trades": 1, "wins": 0, "realized_pnl": -3.0},
+                      "unknown": {"trades": 1, "wins": 1, "realized_pnl": 1.0}}

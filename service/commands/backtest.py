@@ -109,8 +109,8 @@ def _sweep(spec, sweeps: list[str], root: Path, workers: int, ray: bool, as_json
 
 def _public(report: dict) -> dict:
     keep = ("backtest_id", "params", "days", "metrics", "baselines", "pnl_by_strategy", "pnl_by_regime",
-            "calibration", "modelled_chain_days", "results_dir", "database", "account_id", "assumptions",
-            "not_measured")
+            "pnl_by_agreement", "greeks_attribution", "calibration", "modelled_chain_days", "results_dir", "database",
+            "account_id", "assumptions", "not_measured")
     return {k: report[k] for k in keep if k in report}
 
 
@@ -138,6 +138,8 @@ async def _run(db, spec, root: Path, *, quiet: bool) -> dict:
             fail(str(exc))
     if result.reused:
         note(f"backtest {result.backtest_id} already completed with these parameters and data: reporting it")
+    elif result.continued_after is not None:
+        note(f"backtest {result.backtest_id} had stopped: continued after {result.continued_after}")
     return await finish_backtest(db, result, root)
 
 
