@@ -5,7 +5,7 @@
   so dividends are in).
 * **Mechanical iron condor** on the first ticker: with no condor open, at a session's close it
   sells the expiry nearest 45 days (at least 22), short strikes nearest 16 delta on each side,
-  long wings `WING_FRACTION` of spot further out (nearest listed strike); closes at 50% of the
+  long wings 2.5% of spot further out (nearest listed strike); closes at 50% of the
   credit or at 21 days to expiry. Sized like the graph's single-position limit: whole contracts
   whose max loss fits in 5% of NLV. Fills at mid worsened by the paper broker's slippage
   fraction (0.25) of the half-spreads, $0.65 per contract per leg, on the same chains the graph
@@ -25,10 +25,7 @@ from tools.chain import OptionChain
 from tools.implied_vol import implied_vol
 from tools.pricing import bsm_greeks
 
-TARGET_DTE, MIN_DTE, EXIT_DTE = 45, 22, 21
-SHORT_DELTA = 0.16
-WING_FRACTION = 0.025
-PROFIT_TAKE = 0.5
+EXIT_DTE = 21
 SLIPPAGE_FRACTION = 0.25
 COMMISSION_PER_CONTRACT = 0.65
 MAX_LOSS_NLV = 0.05
@@ -39,6 +36,22 @@ def buy_and_hold(closes: pd.Series, cash: float) -> pd.Series:
     closes = closes.astype(float)
     shares = np.floor(cash / closes.iloc[0])
     return (cash - shares * closes.iloc[0]) + shares * closes
+
+
+@dataclass(frozen=True)
+class CondorRule:
+    """How the mechanical condor picks and manages its trade. The default is the baseline every
+    report carries; the 2011-2019 study (README) varies short delta, DTE and wing width."""
+
+    short_delta: float = 0.16
+    target_dte: int = 45
+    wing_fraction: float = 0.025  # long wings this fraction of spot beyond the shorts
+    exit_dte: int = EXIT_DTE
+    profit_take: float = 0.5  # of the credit
+
+    @property
+    def min_dte(self) -> int:
+        return self.exit_dte + 1
 
 
 @dataclass
@@ -71,21 +84,21 @@ def condor_value(chain: OptionChain, condor: Condor, worsen: float) -> float | N
     return float(np.sum(sign * mid) + worsen * np.sum(half))
 
 
-def open_condor(chain: OptionChain, day: date, nlv: float) -> Condor | None:
+def open_condor(chain: OptionChain, day: date, nlv: float, rule: CondorRule = CondorRule()) -> Condor | None:
     dte = (chain.expiry - np.datetime64(day)).astype(int)
-    candidates = np.unique(chain.expiry[dte >= MIN_DTE])
+    candidates = np.unique(chain.expiry[dte >= rule.min_dte])
     if not len(candidates):
         return None
-    expiry = candidates[np.argmin(np.abs((candidates - np.datetime64(day)).astype(int) - TARGET_DTE))]
+    expiry = candidates[np.argmin(np.abs((candidates - np.datetime64(day)).astype(int) - rule.target_dte))]
     t = np.maximum((chain.expiry - np.datetime64(day)).astype(float) / 365.0, 1e-6)
     delta = _deltas(chain, t)
     same = (chain.expiry == expiry) & np.isfinite(delta) & (chain.bid > 0)
     puts, calls = same & ~chain.is_call & (chain.strike < chain.spot), same & chain.is_call & (chain.strike > chain.spot)
     if not puts.any() or not calls.any():
         return None
-    short_put = float(chain.strike[puts][np.argmin(np.abs(delta[puts] + SHORT_DELTA))])
-    short_call = float(chain.strike[calls][np.argmin(np.abs(delta[calls] - SHORT_DELTA))])
-    width = WING_FRACTION * chain.spot
+    short_put = float(chain.strike[puts][np.argmin(np.abs(delta[puts] + rule.short_delta))])
+    short_call = float(chain.strike[calls][np.argmin(np.abs(delta[calls] - rule.short_delta))])
+    width = rule.wing_fraction * chain.spot
     listed_puts = chain.strike[(chain.expiry == expiry) & ~chain.is_call & (chain.strike < short_put)]
     listed_calls = chain.strike[(chain.expiry == expiry) & chain.is_call & (chain.strike > short_call)]
     if not len(listed_puts) or not len(listed_calls):
@@ -104,8 +117,10 @@ def open_condor(chain: OptionChain, day: date, nlv: float) -> Condor | None:
     return condor
 
 
-def mechanical_condor(chains: dict[date, OptionChain], cash: float) -> tuple[pd.Series, list[dict]]:
-    """Equity at each session's close and the closed trades of the managed 16-delta condor."""
+def mechanical_condor(chains: dict[date, OptionChain], cash: float,
+                      rule: CondorRule = CondorRule()) -> tuple[pd.Series, list[dict]]:
+    """Equity at each session's close and the closed trades of the managed condor (by default the
+    16-delta, 45-DTE baseline)."""
     equity, trades = {}, []
     condor: Condor | None = None
     value = 0.0
@@ -120,19 +135,19 @@ def mechanical_condor(chains: dict[date, OptionChain], cash: float) -> tuple[pd.
                 s = chain.spot
                 lp, sp, sc, lc = condor.strikes
                 close_cost = max(sp - s, 0) - max(lp - s, 0) + max(s - sc, 0) - max(s - lc, 0)
-            if close_cost is not None and (expired or dte <= EXIT_DTE or
-                                           (mid_cost is not None and condor.credit - mid_cost >= PROFIT_TAKE * condor.credit)):
+            if close_cost is not None and (expired or dte <= rule.exit_dte or
+                                           (mid_cost is not None and condor.credit - mid_cost >= rule.profit_take * condor.credit)):
                 fees = 0 if expired else COMMISSION_PER_CONTRACT * 4 * condor.quantity
                 pnl = (condor.credit - close_cost) * chain.multiplier * condor.quantity - fees
                 cash += -close_cost * chain.multiplier * condor.quantity - fees
                 trades.append({"opened": condor.opened, "closed": day, "strikes": condor.strikes,
                                "expiry": str(condor.expiry), "quantity": condor.quantity,
                                "credit": condor.credit, "close_cost": close_cost, "realized_pnl": pnl,
-                               "reason": "expiry" if expired else ("21 DTE" if dte <= EXIT_DTE else "50% profit")})
+                               "reason": "expiry" if expired else (f"{rule.exit_dte} DTE" if dte <= rule.exit_dte else "profit take")})
                 condor = None
         if condor is None:
             nlv = cash
-            condor = open_condor(chain, day, nlv)
+            condor = open_condor(chain, day, nlv, rule)
             if condor is not None:
                 cash += condor.credit * chain.multiplier * condor.quantity - COMMISSION_PER_CONTRACT * 4 * condor.quantity
         if condor is None:

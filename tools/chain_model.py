@@ -37,7 +37,10 @@ The model
   LEAPS or quarterlies; SPY Friday weeklies (next 6) from 2010-06-04, Wednesday weeklies (next 4)
   from 2016-03-02, Monday (next 3) from 2018-08-20 and Tuesday/Thursday (next 2 each) from
   2022-11-14; other tickers get Friday weeklies (next 4) from 2010-06-04.
-* **Strikes.** A grid from -4.5 to +3 ATM standard deviations of the expiry (at least +-6%):
+* **Strikes.** A grid from -4.5 to +3 ATM standard deviations of the expiry, or of a 3-month
+  expiry when it is nearer, at least +-6%, around the underlying's range over the last 63
+  sessions rather than today's price alone (exchanges add strikes as the underlying moves and do
+  not delist them, so a leg sold at 35 DTE is still quoted at 21 DTE and at expiry):
   SPY $1 within 15% of spot and $5 beyond; other tickers 0.5 / 1 / 2.5 / 5 / 10 by price
   (< 15, < 60, < 150, < 600, above).
 * **Bid/ask.** Fair value +- half a spread of ``0.01 + fair * (0.004 + 0.05 * max(T - 0.25, 0))``
@@ -78,6 +81,8 @@ REALIZED_WINDOW = 60
 PILLAR_DAYS = {"VIX9D": 9.0, "VIX": 30.0, "VIX3M": 93.0}
 SPY_OI_SCALE = 5000.0
 MONTHLIES_LISTED = 12
+LISTING_HORIZON_YEARS = 0.25  # the strike range of an expiry never narrows below a 3-month one's
+LISTING_SESSIONS = 63  # strikes listed while the underlying traded anywhere in the last 3 months stay listed
 WEEKLY_SCHEDULE = {  # ticker class -> (weekday, first listing date, how many listed ahead)
     "SPY": ((4, date(2010, 6, 4), 6), (2, date(2016, 3, 2), 4), (0, date(2018, 8, 20), 3),
             (1, date(2022, 11, 14), 2), (3, date(2022, 11, 14), 2)),
@@ -269,11 +274,16 @@ def listed_expiries(ticker: str, today: date) -> tuple[np.ndarray, np.ndarray]:
     return expiries, np.isin(expiries, monthly)
 
 
-def strike_grid(ticker: str, spot: float, t: float, atm_sd: float) -> np.ndarray:
-    lo = spot * math.exp(-max(4.5 * atm_sd, 0.06))
-    hi = spot * math.exp(max(3.0 * atm_sd, 0.06))
+def strike_grid(ticker: str, spot: float, t: float, atm_sd: float,
+                traded_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Listed strikes of one expiry. `traded_range` (lowest, highest) underlying price over the
+    recent past: strikes listed while the underlying traded there are still listed today."""
+    low, high = traded_range if traded_range is not None else (spot, spot)
+    low, high = min(low, spot), max(high, spot)
+    lo = low * math.exp(-max(4.5 * atm_sd, 0.06))
+    hi = high * math.exp(max(3.0 * atm_sd, 0.06))
     if ticker == "SPY":
-        fine_lo, fine_hi = max(lo, spot * 0.85), min(hi, spot * 1.15)
+        fine_lo, fine_hi = max(lo, low * 0.85), min(hi, high * 1.15)
         fine = np.arange(math.floor(fine_lo), math.ceil(fine_hi) + 1, 1.0)
         coarse = np.arange(5 * math.floor(lo / 5), 5 * math.ceil(hi / 5) + 1, 5.0)
         coarse = coarse[(coarse < fine[0]) | (coarse > fine[-1])]
@@ -305,8 +315,9 @@ class Liquidity:
 
 def model_chain(ticker: str, surface: ModelSurface, spot: float, as_of: datetime, *, rate: float,
                 dividend_yield: float, liquidity: Liquidity = Liquidity(),
-                notes: tuple[str, ...] = ()) -> OptionChain:
-    """The listed chain of `ticker` priced from `surface` at `as_of` (the session's close)."""
+                notes: tuple[str, ...] = (), traded_range: tuple[float, float] | None = None) -> OptionChain:
+    """The listed chain of `ticker` priced from `surface` at `as_of` (the session's close).
+    `traded_range`: see `strike_grid` (the historical market passes the last LISTING_SESSIONS' range)."""
     if not spot > 0:
         raise ChainModelError(f"{ticker}: spot must be positive, got {spot}")
     today = as_of.astimezone(NEW_YORK).date()
@@ -314,8 +325,13 @@ def model_chain(ticker: str, surface: ModelSurface, spot: float, as_of: datetime
     t_exp = years_to_expiry(expiries, as_of)
     keep = t_exp > 0
     expiries, is_monthly, t_exp = expiries[keep], is_monthly[keep], t_exp[keep]
+    # Strikes listed for an expiry stay listed as it nears: the grid spans the ATM standard
+    # deviation of at least LISTING_HORIZON_YEARS, so a leg sold at 35 DTE is still quoted at 21 DTE
+    # and at expiry (a range shrinking with sqrt(t) dropped wings out of the chain, and with them
+    # the book's marks and exits: found by the 2020-2025 backtest).
     w_atm = surface.atm_total_variance(t_exp)
-    grids = [strike_grid(ticker, spot, t, math.sqrt(w)) for t, w in zip(t_exp, w_atm)]
+    w_list = surface.atm_total_variance(np.maximum(t_exp, LISTING_HORIZON_YEARS))
+    grids = [strike_grid(ticker, spot, t, math.sqrt(w), traded_range) for t, w in zip(t_exp, w_list)]
     sizes = np.array([len(g) for g in grids])
     e_idx = np.repeat(np.arange(len(expiries)), sizes)
     strike_1 = np.concatenate(grids)

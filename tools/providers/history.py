@@ -46,7 +46,7 @@ import pandas as pd
 
 from tools.cboe import read_cboe_quote_table
 from tools.chain import NEW_YORK, OptionChain
-from tools.chain_model import (ChainModelError, ImpliedInputs, Liquidity, ModelSurface, SINGLE_NAME_SKEW,
+from tools.chain_model import (LISTING_SESSIONS, ChainModelError, ImpliedInputs, Liquidity, ModelSurface, SINGLE_NAME_SKEW,
                                RATIO_BOUNDS, REALIZED_WINDOW, atm_total_variance_for, build_surface,
                                model_chain, session_close, shape_from_skew_index)
 from tools.providers.bar_files import BarDirectory, read_bar_directory
@@ -326,9 +326,10 @@ class HistoricalMarket:
         if symbol != BENCHMARK:
             liquidity = Liquidity.relative_to_spy(_dollar_volume(bars), _dollar_volume(benchmark))
         close_time = session_close(session.astype(object))
+        recent = bars.close[-LISTING_SESSIONS:]
         chain = model_chain(symbol, surface, float(bars.close[-1]), close_time, rate=self.rate,
                             dividend_yield=self.dividend_yields.get(symbol, 0.0), liquidity=liquidity,
-                            notes=tuple(notes))
+                            notes=tuple(notes), traded_range=(float(recent.min()), float(recent.max())))
         note = f"chain modelled from {inputs.describe()} on {session}"
         if notes:
             note += " (" + "; ".join(notes) + ")"
