@@ -18,10 +18,10 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from brokers.base import BrokerError, FillCallback, OrderNotApproved, UnknownBrokerOrder, check_matches_approval
-from domain.orders import BrokerOrderStatus, ComboOrder, Fill
+from domain.orders import BrokerOrderStatus, Fill, Order
 from domain.order_state import TERMINAL, OrderState, can_transition
 from storage.broker_ledger import AVG_PLACES, BrokerLedger
-from storage.orders import OrderRecord, OrderRepository, UnknownOrder
+from storage.orders import OrderRepository, UnknownOrder, order_from_row
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class LiveOrderBook:
         return await self.pool.fetchval("SELECT broker_order_id FROM broker_orders WHERE order_id = $1 AND account_id = $2",
                                         order_id, self.account_id)
 
-    async def approved_record(self, order: ComboOrder) -> OrderRecord:
+    async def approved_record(self, order: Order) -> Order:
         """The order's row if it may be transmitted now; raises why not (not APPROVED, halted, altered)."""
         row = await self.pool.fetchrow("SELECT * FROM orders WHERE order_id = $1", order.order_id)
         if row is None:
@@ -72,11 +72,11 @@ class LiveOrderBook:
         halted = await self.pool.fetchrow("SELECT halted, reason FROM risk_controls WHERE id")
         if halted is not None and halted["halted"]:
             raise TradingHalted(f"order {order.order_id} not sent: trading is halted ({halted['reason']})")
-        record = OrderRecord.from_row(row)
+        record = order_from_row(row)
         check_matches_approval(order, record)
         return record
 
-    async def record_placed(self, order: ComboOrder, broker_order_id: str, at: datetime, detail: str) -> None:
+    async def record_placed(self, order: Order, broker_order_id: str, at: datetime, detail: str) -> None:
         """Mirror row + APPROVED -> SUBMITTED in one transaction (under the order's row lock)."""
         async with self.pool.acquire() as conn, conn.transaction():
             state = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order.order_id)

@@ -47,9 +47,9 @@ from domain.orders import (
     BrokerOrderStatus,
     BrokerPosition,
     ComboLeg,
-    ComboOrder,
     Fill,
     LegQuote,
+    Order,
     QuoteSource,
     WhatIfMargin,
     combo_prices,
@@ -58,7 +58,7 @@ from brokers.expiry import latest_expired_date, settlement
 from brokers.margin import margin_requirement
 from domain.order_state import OrderState
 from storage.broker_ledger import AVG_PLACES, BrokerLedger, premium_basis
-from storage.orders import OrderRecord, OrderRepository, UnknownOrder
+from storage.orders import OrderRepository, UnknownOrder, order_from_row
 from tools.chain import NEW_YORK
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class PaperBroker:
         """Await `callback(fill)` for every new fill, after it is committed, in fill order."""
         self._callbacks.append(callback)
 
-    async def what_if(self, order: ComboOrder) -> WhatIfMargin:
+    async def what_if(self, order: Order) -> WhatIfMargin:
         """Margin before/after this order for its underlying, at its limit price (no side effects)."""
         await self._ensure_account()
         held = await self.ledger.positions(order.ticker)
@@ -248,7 +248,7 @@ class PaperBroker:
             method=margin_after.method,
         )
 
-    async def place(self, order: ComboOrder) -> str:
+    async def place(self, order: Order) -> str:
         """Transmit an APPROVED order; return its broker order id (the same one on every retry)."""
         await self._ensure_account()
         existing = await self.pool.fetchval("SELECT broker_order_id FROM broker_orders WHERE order_id = $1", order.order_id)
@@ -278,7 +278,7 @@ class PaperBroker:
             halted = await conn.fetchrow("SELECT halted, reason FROM risk_controls WHERE id")
             if halted is not None and halted["halted"]:
                 raise TradingHalted(f"order {order.order_id} not sent: trading is halted ({halted['reason']})")
-            check_matches_approval(order, OrderRecord.from_row(row))
+            check_matches_approval(order, order_from_row(row))
             if shortfall is None:
                 good_till = session_close(now) if order.time_in_force == "DAY" else None
                 await self.ledger.insert_order(conn, order, broker_order_id, now, good_till)

@@ -276,20 +276,6 @@ class SizedTrade(Frozen):
     inputs: KellyInputs | None = None
 
 
-class StagedOrder(Frozen):
-    order_id: str
-    idempotency_key: str
-    run_id: str
-    ticker: str
-    structure: str
-    legs: list[OptionLeg]
-    quantity: int = Field(ge=1)
-    limit_price: Decimal  # per share, signed like net_debit
-    state: str
-    requires_acknowledgement: bool = False
-    created_at: datetime
-
-
 class MarketContext(Frozen):
     """What load_context found: the account, the book and the market regime at `as_of`."""
 

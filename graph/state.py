@@ -24,10 +24,10 @@ from domain.decision import (
     RiskDecision,
     Signal,
     SizedTrade,
-    StagedOrder,
     TradeProposal,
     Verdict,
 )
+from domain.orders import Order
 
 
 class RunInfo(Frozen):
@@ -61,7 +61,7 @@ class DecisionState(TypedDict, total=False):
     rejected_proposals: dict[str, str]  # ticker -> why no structure was proposed
     sized: list[SizedTrade]
     post_trade: list[RiskDecision]
-    staged: list[StagedOrder]
+    staged: list[Order]  # the orders this run staged (sandbox runs: never stored)
     awaiting: list[str]  # staged order ids still waiting for a human decision
     executions: list[Execution]
     node_timings: Annotated[list[NodeTiming], operator.add]

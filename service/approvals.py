@@ -21,7 +21,6 @@ from agents.staging import idempotency_key, order_id_for
 from brokers.flatten import flatten_orders
 from domain.order_state import OrderState
 from brokers.base import BrokerError
-from domain.orders import ComboOrder
 from brokers.factory import close_broker, make_broker
 from brokers.portfolio import holdings_after, portfolio_greeks
 from brokers.quote_source import ProviderQuotes
@@ -187,8 +186,7 @@ async def broker_preview(ctx: ServiceContext, order, record) -> dict[str, Any]:
         return {"available": False, "reason": str(exc)}
     broker = ctx.broker_for(provider)
     try:
-        combo = ComboOrder.from_record(order)
-        preview = await broker.what_if(combo)
+        preview = await broker.what_if(order)
         quotes = ProviderQuotes(provider, ctx.clock)
         spy = quotes.ticker_data("SPY")
         data = quotes.ticker_data(order.ticker)
@@ -196,7 +194,7 @@ async def broker_preview(ctx: ServiceContext, order, record) -> dict[str, Any]:
         positions = await broker.positions()
         spx = spy.spot * 10.0  # SPX taken as 10 x SPY, as the order manager's journal does
         before = portfolio_greeks(positions, quotes, spx_price=spx, betas=betas)
-        after = portfolio_greeks(holdings_after(positions, combo), quotes, spx_price=spx, betas=betas)
+        after = portfolio_greeks(holdings_after(positions, order), quotes, spx_price=spx, betas=betas)
     except (BrokerError, OSError, ValueError) as exc:
         return {"available": False, "broker": broker.name, "reason": f"{type(exc).__name__}: {exc}"}
     return {"available": True, "broker": broker.name, "method": preview.method,

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the decision stack is imported by the operations that run i
     from graph.runner import RunOutcome
     from domain.decision import AccountState
     from storage.database import Database
-    from storage.orders import OrderRecord
+    from domain.orders import Order
     from tools.providers.base import MarketDataProvider
 
 
@@ -89,9 +89,14 @@ async def run_decision(
     return outcome
 
 
-def order_summary(order: OrderRecord) -> dict[str, Any]:
-    return jsonable({k: v for k, v in asdict(order).items() if k not in ("proposal", "sizing", "legs")} | {
-        "legs": order.legs,
+def order_json(order: Order) -> dict[str, Any]:
+    """An order as the CLI and the API show it: its fields, with the priced legs the approver saw
+    (the proposal's) as its legs."""
+    return asdict(order) | {"legs": order.proposal["legs"]}
+
+
+def order_summary(order: Order) -> dict[str, Any]:
+    return jsonable({k: v for k, v in order_json(order).items() if k not in ("proposal", "sizing")} | {
         "max_loss_per_unit": order.proposal.get("max_loss"),
         "max_profit_per_unit": order.proposal.get("max_profit"),
         "breakevens": order.proposal.get("breakevens"),
@@ -216,7 +221,7 @@ async def show_order(db: Database, order_id: str) -> dict[str, Any] | None:
     debate = next((d for d in await DecisionRepository(db.pool).verdicts(order.run_id) if d["ticker"] == order.ticker),
                   None)
     execution = await ExecutionRepository(db.pool).row(order_id)
-    return jsonable(asdict(order) | {"history": history, "terminal_reason": terminal_reason(order.state, history),
+    return jsonable(order_json(order) | {"history": history, "terminal_reason": terminal_reason(order.state, history),
                                      "debate": debate, "execution": execution})
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from domain.order_state import OrderState
-from domain.orders import BrokerOrderStatus, BrokerPosition, ComboLeg, ComboOrder, Fill, OptionContract
+from domain.orders import BrokerOrderStatus, BrokerPosition, ComboLeg, Order, Fill, OptionContract
 
 AVG_PLACES = Decimal("0.000001")
 MONEY_PLACES = Decimal("0.0001")
@@ -91,7 +91,7 @@ class BrokerLedger:
         sql = "SELECT * FROM broker_orders WHERE order_id = $1" + (" FOR UPDATE" if lock else "")
         return await conn.fetchrow(sql, order_id)
 
-    async def insert_order(self, conn: asyncpg.Connection, order: ComboOrder, broker_order_id: str,
+    async def insert_order(self, conn: asyncpg.Connection, order: Order, broker_order_id: str,
                            placed_at: datetime, good_till: datetime | None) -> None:
         await conn.execute(
             """INSERT INTO broker_orders (broker_order_id, order_id, account_id, broker, ticker, legs, multiplier,
