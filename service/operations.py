@@ -139,15 +139,13 @@ async def show_run(db: Database, run_id: str) -> dict[str, Any] | None:
     if run is None:
         return None
     decisions = DecisionRepository(db.pool)
-    timings = await db.pool.fetch(
-        "SELECT node, ticker, duration_ms FROM node_timings WHERE run_id = $1 ORDER BY started_at", run_id)
     return jsonable({
         "run": asdict(run),
         "signals": await decisions.signals(run_id),
         "debates": await decisions.verdicts(run_id),
         "risk_decisions": await decisions.risk_decisions(run_id),
         "orders": [order_summary(o) for o in await OrderRepository(db.pool).list(run_id=run_id)],
-        "node_timings": [dict(t) for t in timings],
+        "node_timings": await RunRepository(db.pool).timings(run_id),
         "llm_usage": await LLMCallRepository(db.pool).usage_by_run(run_id),
         "llm_cost": price_usage(await LLMCallRepository(db.pool).usage_by_model(run_id)),
     })
@@ -174,18 +172,17 @@ async def llm_calls(db: Database, run_id: str) -> dict[str, Any] | None:
     """Every LLM call of a run with its prompt and response, and what the run's calls cost."""
     from dataclasses import asdict as as_dict
 
+    from storage.decisions import DecisionRepository
     from storage.llm_calls import LLMCallRepository
     from storage.runs import RunRepository
 
     if await RunRepository(db.pool).get(run_id) is None:
         return None
     repo = LLMCallRepository(db.pool)
-    fallbacks = await db.pool.fetch(
-        "SELECT ticker, debater FROM debates WHERE run_id = $1 AND debater LIKE '%fallback%' ORDER BY ticker", run_id)
     return jsonable({
         "run_id": run_id,
         "usage": price_usage(await repo.usage_by_model(run_id)),
-        "fallbacks": [dict(r) for r in fallbacks],
+        "fallbacks": await DecisionRepository(db.pool).fallback_debates(run_id),
         "calls": [as_dict(c) for c in await repo.for_run(run_id)],
     })
 

@@ -108,6 +108,13 @@ class Database:
                 with contextlib.suppress(*CONNECTION_ERRORS):
                     await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
+    async def server_version(self) -> str:
+        """The server's version; also a round trip that fails when the database is unreachable."""
+        return await self.pool.fetchval("SHOW server_version")
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
     async def close(self) -> None:
         await self.pool.close()
         await self.checkpoint_pool.close()
