@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from typing import Any
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from pydantic import BaseModel
@@ -10,6 +11,8 @@ from pydantic import BaseModel
 import domain.decision
 import domain.orders
 import graph.state
+from domain.decision import OptionLeg
+from domain.orders import Order
 
 
 def _state_types() -> list[tuple[str, str]]:
@@ -25,5 +28,30 @@ def _state_types() -> list[tuple[str, str]]:
     return allowed
 
 
+# Checkpoints written before an order had one type hold `domain.decision.StagedOrder`s (a class that
+# no longer exists), which restore as their field dicts; they are read back as the orders they were,
+# so a run staged before the change can still be resumed, replayed and compared.
+_STAGED_ORDER_FIELDS = frozenset({"order_id", "idempotency_key", "run_id", "ticker", "structure", "legs",
+                                  "quantity", "limit_price", "state", "requires_acknowledgement", "created_at"})
+
+
+def _staged_order(fields: dict[str, Any]) -> Order:
+    legs = [OptionLeg.model_validate(leg).model_dump(mode="json") for leg in fields["legs"]]
+    return Order(order_id=fields["order_id"], ticker=fields["ticker"], legs=tuple(legs), quantity=fields["quantity"],
+                 limit_price=fields["limit_price"], run_id=fields["run_id"], idempotency_key=fields["idempotency_key"],
+                 structure=fields["structure"], state=fields["state"],
+                 requires_acknowledgement=fields["requires_acknowledgement"], proposal={"legs": legs},
+                 created_at=fields["created_at"], updated_at=fields["created_at"])
+
+
+class CheckpointSerializer(JsonPlusSerializer):
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        value = super().loads_typed(data)
+        if isinstance(value, list) and value and all(
+                isinstance(item, dict) and item.keys() == _STAGED_ORDER_FIELDS for item in value):
+            return [_staged_order(item) for item in value]
+        return value
+
+
 def checkpoint_serializer() -> JsonPlusSerializer:
-    return JsonPlusSerializer(allowed_msgpack_modules=_state_types())
+    return CheckpointSerializer(allowed_msgpack_modules=_state_types())
