@@ -4,7 +4,7 @@ The paper broker (`brokers.paper`) is the default; IBKR (ib_async) and tastytrad
 implement the same `Broker` protocol. A broker only ever transmits an order whose row in the
 `orders` table is APPROVED, and it moves that row through `domain.order_state` (via
 `storage.orders.OrderRepository`) — never by writing the state itself. The value types it speaks
-(combo orders, legs, quotes, fills, positions, accounts) live in `domain.orders`.
+(the order, its legs, quotes, fills, positions, accounts) live in `domain.orders`.
 """
 from __future__ import annotations
 

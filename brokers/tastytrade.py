@@ -356,7 +356,7 @@ class TastytradeBroker:
         current = await self._current(order_id)
         row = await self.book.row(order_id)
         combo = Order(order_id=order_id, ticker=row["ticker"], legs=tuple(row["legs"]), quantity=row["quantity"],
-                           limit_price=limit, time_in_force=row["time_in_force"], multiplier=row["multiplier"])
+                      limit_price=limit, time_in_force=row["time_in_force"], multiplier=row["multiplier"])
         tasty = await self._tasty_order(combo)
         try:
             await self._call(lambda: self.account_.replace_order(self.session, current.id, tasty))

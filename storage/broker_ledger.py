@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from domain.order_state import OrderState
-from domain.orders import BrokerOrderStatus, BrokerPosition, ComboLeg, Order, Fill, OptionContract
+from domain.orders import BrokerOrderStatus, BrokerPosition, ComboLeg, Fill, OptionContract, Order
 
 AVG_PLACES = Decimal("0.000001")
 MONEY_PLACES = Decimal("0.0001")

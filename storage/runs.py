@@ -90,6 +90,10 @@ class RunRepository:
         return [r["run_id"] for r in await self.pool.fetch(
             "SELECT run_id FROM runs WHERE status = $1 ORDER BY run_id", status)]
 
+    async def children(self, run_id: str) -> list[str]:
+        """The ids of the replays and forks made from `run_id`."""
+        return [r["run_id"] for r in await self.pool.fetch("SELECT run_id FROM runs WHERE parent_run_id = $1", run_id)]
+
     async def count_by_status(self) -> dict[str, int]:
         return {r["status"]: r["n"] for r in await self.pool.fetch("SELECT status, count(*) AS n FROM runs GROUP BY 1")}
 
