@@ -85,9 +85,23 @@ class OrderRepository:
         async with self.pool.acquire() as own, own.transaction():
             return await self._transition(own, order_id, target, actor, reason)
 
+    @staticmethod
+    async def lock_state(conn: asyncpg.Connection, order_id: str) -> str | None:
+        """The order's state, its row locked until the caller's transaction ends (None: no such order)."""
+        return await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+
+    @staticmethod
+    async def lock(conn: asyncpg.Connection, order_id: str) -> Order | None:
+        """The order, its row locked until the caller's transaction ends."""
+        row = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+        return order_from_row(row) if row else None
+
+    async def state(self, order_id: str) -> str | None:
+        return await self.pool.fetchval("SELECT state FROM orders WHERE order_id = $1", order_id)
+
     async def _transition(self, conn: asyncpg.Connection, order_id: str, target: OrderState | str, actor: str,
                           reason: str | None) -> Order:
-        current = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+        current = await self.lock_state(conn, order_id)
         if current is None:
             raise UnknownOrder(order_id)
         new_state = transition(current, target)
