@@ -299,3 +299,25 @@ class Execution(Frozen):
     fresh_mid: float | None = None
     broker_order_id: str | None = None
     filled_quantity: int = 0
+
+
+class RunInfo(Frozen):
+    """Who a decision run is: its schedule slot and the inputs that make it reproducible."""
+
+    run_id: str
+    slot_key: str
+    watchlist: str
+    as_of: datetime
+    tickers: list[str]
+    seed: int
+    provider: str
+    mode: str = "live"  # "sandbox" for replays and forks: nothing is staged for real
+
+
+class NodeTiming(Frozen):
+    """How long one node (for one ticker, for the analysts) took in a run."""
+
+    node: str
+    ticker: str | None
+    started_at: datetime
+    duration_ms: float

@@ -28,8 +28,7 @@ from graph.compare import COMPARED_NODES, NodeComparison, compare_states
 from graph.deps import MarketCache
 from graph.graph import build_graph
 from graph.runner import RunFailed, _advance, make_deps
-from domain.decision import AccountState, Candidate, Regime, Signal, Verdict
-from graph.state import RunInfo
+from domain.decision import AccountState, Candidate, Regime, RunInfo, Signal, Verdict
 from storage.database import Database, LockBusy
 from storage.decisions import DecisionRepository
 from storage.llm_calls import LLMCallRepository

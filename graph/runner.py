@@ -19,9 +19,8 @@ from langgraph.types import Command
 from config.settings import DecisionConfig
 from graph.deps import MarketCache, RunDeps, registered
 from graph.graph import build_graph
-from domain.decision import AccountState, Position
+from domain.decision import AccountState, Position, RunInfo
 from domain.orders import Order
-from graph.state import RunInfo
 from storage.database import CONNECTION_ERRORS, Database, DatabaseUnavailable, LockBusy, is_connection_error
 from storage.orders import OrderRepository
 from storage.runs import RunRecord, RunRepository

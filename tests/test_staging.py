@@ -119,7 +119,7 @@ def test_a_checkpoint_from_before_the_one_order_type_restores_its_staged_orders_
     from pydantic import BaseModel
 
     from domain.orders import Order
-    from graph.serde import checkpoint_serializer
+    from storage.serde import checkpoint_serializer
 
     class StagedOrder(BaseModel):  # the graph state's order type before `domain.orders.Order`
         order_id: str

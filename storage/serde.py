@@ -1,4 +1,7 @@
-"""The checkpoint serializer: our state types are the only custom classes a checkpoint may restore."""
+"""The checkpoint serializer: our value types are the only custom classes a checkpoint may restore.
+
+The graph's state holds only `domain` types (decision models, `Order`s); storage owns how they are
+written, so this module imports nothing above `domain`."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,16 +13,19 @@ from pydantic import BaseModel
 
 import domain.decision
 import domain.orders
-import graph.state
 from domain.decision import OptionLeg
 from domain.orders import Order
 
+# Checkpoints written while the run's identity and node timings were defined in `graph.state` name
+# them there (the module still imports both under those names): restored as they were.
+_MOVED_TO_DOMAIN = [("graph.state", "RunInfo"), ("graph.state", "NodeTiming")]
+
 
 def _state_types() -> list[tuple[str, str]]:
-    """The pydantic models of the decision types and the state, and the order's dataclasses (the
-    state's `staged` holds `domain.orders.Order`s with their `ComboLeg`s)."""
-    allowed = []
-    for module in (domain.decision, domain.orders, graph.state):
+    """The pydantic models of the decision types and the order's dataclasses (the state's `staged`
+    holds `domain.orders.Order`s with their `ComboLeg`s)."""
+    allowed = list(_MOVED_TO_DOMAIN)
+    for module in (domain.decision, domain.orders):
         for name, obj in vars(module).items():
             if not inspect.isclass(obj) or obj.__module__ != module.__name__:
                 continue
