@@ -15,6 +15,7 @@ from domain.order_state import OrderState
 from graph.deps import RunDeps
 from graph.state import DecisionState
 from graph.timing import timed
+from storage.approvals import ApprovalEntry, ApprovalRepository
 from storage.orders import OrderRepository
 from tools.market_hours import market_minutes_between
 
@@ -22,29 +23,27 @@ from tools.market_hours import market_minutes_between
 async def expire_overdue(repo: OrderRepository, order_ids: list[str], now, ttl_minutes: float) -> list[str]:
     """Move STAGED orders older than `ttl_minutes` of market time to EXPIRED; returns their ids."""
     expired = []
+    approvals = ApprovalRepository(repo.pool)
+
+    def expiry(row) -> ApprovalEntry | None:  # under the order's row lock
+        if row["state"] != OrderState.STAGED:
+            return None  # decided while we looked
+        return ApprovalEntry(action="expire", approver="system", original_quantity=row["quantity"],
+                             reason="approval window elapsed", to_state=OrderState.EXPIRED,
+                             transition_reason=f"not decided within {ttl_minutes:g} market minutes")
+
     for order_id in order_ids:
         order = await repo.get(order_id)
         if order is not None and order.state == OrderState.STAGED and \
                 market_minutes_between(order.created_at, now) >= ttl_minutes:
-            async with repo.pool.acquire() as conn, conn.transaction():
-                locked = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
-                if locked != OrderState.STAGED:
-                    continue  # decided while we looked
-                await repo.transition(order_id, OrderState.EXPIRED, actor="system",
-                                      reason=f"not decided within {ttl_minutes:g} market minutes", conn=conn)
-                await conn.execute(
-                    """INSERT INTO approvals (order_id, action, approver, original_quantity, reason, seen)
-                       VALUES ($1, 'expire', 'system', $2, 'approval window elapsed', '{}'::jsonb)
-                       ON CONFLICT (order_id) DO NOTHING""",
-                    order_id, order.quantity,
-                )
-            expired.append(order_id)
+            _, entry = await approvals.decide(order_id, expiry)
+            if entry is not None:
+                expired.append(order_id)
     return expired
 
 
 async def pending_orders(repo: OrderRepository, order_ids: list[str]) -> list[str]:
-    rows = await repo.pool.fetch("SELECT order_id, state FROM orders WHERE order_id = ANY($1::text[])", order_ids)
-    states = {r["order_id"]: r["state"] for r in rows}
+    states = await repo.states(order_ids)
     return [oid for oid in order_ids if states.get(oid) == OrderState.STAGED]
 
 

@@ -18,7 +18,7 @@ from graph.state import DecisionState
 from graph.timing import timed
 from memory.outcomes import remember_closed_position
 from storage.executions import ExecutionRepository
-from storage.orders import OrderRecord
+from domain.orders import Order
 
 
 async def order_manager(deps: RunDeps) -> OrderManager:
@@ -26,7 +26,7 @@ async def order_manager(deps: RunDeps) -> OrderManager:
     await deps.broker.ensure_connected()  # the book is the broker account's: its id is known once connected
     book = Book(deps.db, account_id=deps.broker.ledger_account_id, broker=deps.broker.name, config=defaults().book)
 
-    async def on_filled(order: OrderRecord, fills) -> None:
+    async def on_filled(order: Order, fills) -> None:
         # Whichever path filled the order, the situation it came from remembers the trade (an order
         # approved off-hours fills after its run has already reflected) and, when an exit closed
         # its position, the realized outcome.

@@ -11,9 +11,9 @@ from decimal import ROUND_FLOOR, Decimal
 
 from langgraph.runtime import Runtime
 
-from domain.order_state import OrderState
 from graph.deps import RunDeps
-from domain.decision import StagedOrder, TradeProposal
+from domain.decision import TradeProposal
+from domain.orders import Order
 from graph.state import DecisionState
 from graph.timing import timed
 from storage.controls import RiskControls
@@ -57,26 +57,19 @@ async def stage_orders(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
         return {"staged": []}  # the kill switch went on during the run: nothing new is staged
     approved = {d.ticker: d for d in state.get("post_trade", []) if d.approved}
     repo = OrderRepository(deps.db.pool)
-    staged: list[StagedOrder] = []
+    staged: list[Order] = []
     for trade in state.get("sized", []):
         decision = approved.get(trade.proposal.ticker)
         if trade.contracts <= 0 or decision is None:
             continue
         key = idempotency_key(run.run_id, trade.proposal)
         order_id, limit = order_id_for(key), opening_limit_price(trade.proposal)
+        terms = dict(order_id=order_id, idempotency_key=key, run_id=run.run_id, trade=trade, limit_price=limit,
+                     sector=state["context"].sectors.get(trade.proposal.ticker, "unknown"),
+                     requires_acknowledgement=decision.requires_acknowledgement)
         if run.mode == "live":
-            record, _ = await repo.stage(
-                order_id=order_id, idempotency_key=key, run_id=run.run_id, trade=trade, limit_price=limit,
-                sector=state["context"].sectors.get(trade.proposal.ticker, "unknown"), created_at=deps.now(),
-                requires_acknowledgement=decision.requires_acknowledgement,
-            )
-            created_at, order_state = record.created_at, record.state
+            order, _ = await repo.stage(**terms, created_at=deps.now())
         else:
-            created_at, order_state = run.as_of, OrderState.STAGED.value
-        staged.append(StagedOrder(
-            order_id=order_id, idempotency_key=key, run_id=run.run_id, ticker=trade.proposal.ticker,
-            structure=trade.proposal.structure, legs=trade.proposal.legs, quantity=trade.contracts,
-            limit_price=limit, state=order_state, requires_acknowledgement=decision.requires_acknowledgement,
-            created_at=created_at,
-        ))
+            order = Order.staged(**terms, created_at=run.as_of)
+        staged.append(order)
     return {"staged": staged}

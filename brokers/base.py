@@ -4,25 +4,22 @@ The paper broker (`brokers.paper`) is the default; IBKR (ib_async) and tastytrad
 implement the same `Broker` protocol. A broker only ever transmits an order whose row in the
 `orders` table is APPROVED, and it moves that row through `domain.order_state` (via
 `storage.orders.OrderRepository`) — never by writing the state itself. The value types it speaks
-(combo orders, legs, quotes, fills, positions, accounts) live in `domain.orders`.
+(the order, its legs, quotes, fills, positions, accounts) live in `domain.orders`.
 """
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from domain.orders import (
     BrokerAccount,
     BrokerOrderStatus,
     BrokerPosition,
-    ComboOrder,
     Fill,
+    Order,
     WhatIfMargin,
 )
-
-if TYPE_CHECKING:
-    from storage.orders import OrderRecord
 
 
 class BrokerError(RuntimeError):
@@ -77,8 +74,8 @@ class Broker(Protocol):
     ledger_account_id: str  # the account our ledger and book record its fills under (once connected)
 
     async def ensure_connected(self) -> None: ...  # connect / open the account; a no-op when it is
-    async def what_if(self, order: ComboOrder) -> WhatIfMargin: ...
-    async def place(self, order: ComboOrder) -> str: ...
+    async def what_if(self, order: Order) -> WhatIfMargin: ...
+    async def place(self, order: Order) -> str: ...
     async def replace_limit(self, order_id: str, limit_price: Decimal) -> BrokerOrderStatus: ...
     async def cancel(self, order_id: str, *, reason: str | None = None) -> BrokerOrderStatus: ...
     async def status(self, order_id: str) -> BrokerOrderStatus: ...
@@ -88,9 +85,9 @@ class Broker(Protocol):
     async def account(self) -> BrokerAccount: ...
 
 
-def check_matches_approval(order: ComboOrder, record: "OrderRecord") -> None:
-    """Refuse a combo that differs from what the approver approved (ticker, legs, quantity)."""
-    approved = ComboOrder.from_record(record)
+def check_matches_approval(order: Order, approved: Order) -> None:
+    """Refuse an order that differs from the one the approver approved, as the book holds it
+    (ticker, legs, quantity, multiplier); its limit and time in force may differ (the walk)."""
     problems = []
     if order.ticker != approved.ticker:
         problems.append(f"ticker {order.ticker} != approved {approved.ticker}")

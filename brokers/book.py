@@ -32,16 +32,16 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from brokers.base import MarginUnavailable
-from domain.orders import CENT, BrokerPosition, ComboLeg, LegQuote, OptionContract, QuoteSource
+from domain.orders import CENT, BrokerPosition, ComboLeg, LegQuote, OptionContract, Order, PortfolioGreeks, QuoteSource
 from brokers.expiry import CASH_SETTLED, is_expired, settlement
 from brokers.flatten import FlattenOrder
 from brokers.margin import margin_requirement
-from brokers.portfolio import PortfolioGreeks, portfolio_greeks
+from brokers.portfolio import portfolio_greeks
 from config.settings import BookConfig
 from domain.decision import AccountState, OptionLeg, Position
 from storage.book import LIVE_ORDER_STATES, BookStore
 from storage.journal import AccountSnapshot, Journal
-from storage.orders import OrderRecord, OrderRepository
+from storage.orders import OrderRepository
 from storage.runs import RunRepository
 from tools.chain import NEW_YORK
 
@@ -195,7 +195,7 @@ class ExitTrade:
 class StagedExit:
     position_id: str
     rule: str
-    order: OrderRecord | None  # None when a live exit order already existed
+    order: Order | None  # None when a live exit order already existed
     created: bool
     note: str = ""
 

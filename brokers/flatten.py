@@ -26,7 +26,7 @@ from decimal import ROUND_FLOOR, Decimal
 from functools import reduce
 
 from brokers.base import QuoteUnavailable
-from domain.orders import CENT, BrokerPosition, ComboLeg, ComboOrder, LegQuote, QuoteSource
+from domain.orders import CENT, BrokerPosition, ComboLeg, LegQuote, Order, QuoteSource
 from domain.decision import OptionLeg, SizedTrade, TradeProposal
 from tools.chain import NEW_YORK
 from tools.structures import breakevens, max_profit_loss, net_greeks, pnl_at_expiry
@@ -52,10 +52,10 @@ class FlattenOrder:
     def combo_legs(self) -> tuple[ComboLeg, ...]:
         return tuple(ComboLeg.from_any(leg) for leg in self.legs)
 
-    def combo_order(self, order_id: str, *, limit_price: Decimal | None = None, time_in_force="DAY") -> ComboOrder:
-        return ComboOrder(order_id=order_id, ticker=self.ticker, legs=self.combo_legs(), quantity=self.quantity,
-                          limit_price=self.limit_price if limit_price is None else limit_price,
-                          time_in_force=time_in_force, multiplier=self.multiplier)
+    def combo_order(self, order_id: str, *, limit_price: Decimal | None = None, time_in_force="DAY") -> Order:
+        return Order(order_id=order_id, ticker=self.ticker, legs=self.combo_legs(), quantity=self.quantity,
+                     limit_price=self.limit_price if limit_price is None else limit_price,
+                     time_in_force=time_in_force, multiplier=self.multiplier)
 
     def _far_price(self, dte: int) -> Decimal:
         ivs = [leg.iv for leg in self.legs if leg.iv is not None and math.isfinite(leg.iv) and leg.iv > 0]

@@ -40,7 +40,7 @@ from domain.orders import (
     BrokerOrderStatus,
     BrokerPosition,
     ComboLeg,
-    ComboOrder,
+    Order,
     Fill,
     OptionContract,
     WhatIfMargin,
@@ -327,13 +327,13 @@ class IbkrBroker:
                 self._conids[contract] = result.conId
         return [self._conids[c] for c in contracts]
 
-    async def _bag(self, order: ComboOrder) -> Contract:
+    async def _bag(self, order: Order) -> Contract:
         conids = await self._qualify(order.contracts())
         legs = [IbComboLeg(conId=conid, ratio=leg.ratio, action=leg.side.upper(), exchange="SMART")
                 for conid, leg in zip(conids, order.legs)]
         return Contract(symbol=order.ticker, secType="BAG", currency="USD", exchange="SMART", comboLegs=legs)
 
-    def _ib_order(self, order: ComboOrder) -> LimitOrder:
+    def _ib_order(self, order: Order) -> LimitOrder:
         return LimitOrder("BUY", order.quantity, float(order.limit_price), orderRef=order.order_id,
                           tif=order.time_in_force, account=self.account_id or "")
 
@@ -341,7 +341,7 @@ class IbkrBroker:
     def subscribe_fills(self, callback: FillCallback) -> None:
         self._callbacks.append(callback)
 
-    async def what_if(self, order: ComboOrder) -> WhatIfMargin:
+    async def what_if(self, order: Order) -> WhatIfMargin:
         """IB's own margin and commission for this order (`whatIfOrder`): nothing is placed."""
         await self.ensure_connected()
         state = await asyncio.wait_for(self.ib.whatIfOrderAsync(await self._bag(order), self._ib_order(order)),
@@ -355,7 +355,7 @@ class IbkrBroker:
             margin_before=_money(state.initMarginBefore) or Decimal(0), margin_after=_money(state.initMarginAfter) or Decimal(0),
             method="ibkr_what_if", warnings=(state.warningText,) if state.warningText else ())
 
-    async def place(self, order: ComboOrder) -> str:
+    async def place(self, order: Order) -> str:
         """Transmit an APPROVED order as a BAG combo; idempotent by our order id."""
         await self.ensure_connected()
         existing = await self.book.broker_order_id(order.order_id)

@@ -18,10 +18,11 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from brokers.base import BrokerError, FillCallback, OrderNotApproved, UnknownBrokerOrder, check_matches_approval
-from domain.orders import BrokerOrderStatus, ComboOrder, Fill
+from domain.orders import BrokerOrderStatus, Fill, Order
 from domain.order_state import TERMINAL, OrderState, can_transition
 from storage.broker_ledger import AVG_PLACES, BrokerLedger
-from storage.orders import OrderRecord, OrderRepository, UnknownOrder
+from storage.controls import RiskControls
+from storage.orders import OrderRepository, UnknownOrder
 
 log = logging.getLogger(__name__)
 
@@ -59,28 +60,26 @@ class LiveOrderBook:
         await self.ledger.ensure_account(Decimal(0), at)
 
     async def broker_order_id(self, order_id: str) -> str | None:
-        return await self.pool.fetchval("SELECT broker_order_id FROM broker_orders WHERE order_id = $1 AND account_id = $2",
-                                        order_id, self.account_id)
+        return await self.ledger.broker_order_id(order_id)
 
-    async def approved_record(self, order: ComboOrder) -> OrderRecord:
+    async def approved_record(self, order: Order) -> Order:
         """The order's row if it may be transmitted now; raises why not (not APPROVED, halted, altered)."""
-        row = await self.pool.fetchrow("SELECT * FROM orders WHERE order_id = $1", order.order_id)
-        if row is None:
+        record = await self.orders.get(order.order_id)
+        if record is None:
             raise UnknownOrder(order.order_id)
-        if row["state"] != OrderState.APPROVED.value:
-            raise OrderNotApproved(order.order_id, row["state"])
-        halted = await self.pool.fetchrow("SELECT halted, reason FROM risk_controls WHERE id")
-        if halted is not None and halted["halted"]:
-            raise TradingHalted(f"order {order.order_id} not sent: trading is halted ({halted['reason']})")
-        record = OrderRecord.from_row(row)
+        if record.state != OrderState.APPROVED.value:
+            raise OrderNotApproved(order.order_id, record.state)
+        halt = await RiskControls(self.pool).state()
+        if halt.halted:
+            raise TradingHalted(f"order {order.order_id} not sent: trading is halted ({halt.reason})")
         check_matches_approval(order, record)
         return record
 
-    async def record_placed(self, order: ComboOrder, broker_order_id: str, at: datetime, detail: str) -> None:
+    async def record_placed(self, order: Order, broker_order_id: str, at: datetime, detail: str) -> None:
         """Mirror row + APPROVED -> SUBMITTED in one transaction (under the order's row lock)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            state = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order.order_id)
-            if await conn.fetchval("SELECT 1 FROM broker_orders WHERE order_id = $1", order.order_id):
+            state = await self.orders.lock_state(conn, order.order_id)
+            if await self.ledger.broker_order_id(order.order_id, conn=conn, any_account=True):
                 return
             await self.ledger.insert_order(conn, order, broker_order_id, at, None)
             if state == OrderState.APPROVED.value:
@@ -99,7 +98,7 @@ class LiveOrderBook:
     async def apply_fill(self, fill: Fill) -> bool:
         """Record one execution and move the order (PARTIALLY_FILLED / FILLED). False: seen before."""
         async with self.pool.acquire() as conn, conn.transaction():
-            state = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", fill.order_id)
+            state = await self.orders.lock_state(conn, fill.order_id)
             if await self.ledger.fill_exists(conn, fill.fill_id):
                 return False
             bo = await self.ledger.order_row(conn, fill.order_id, lock=True)
@@ -127,7 +126,7 @@ class LiveOrderBook:
     async def move(self, order_id: str, target: OrderState, reason: str) -> bool:
         """Move the order to `target` when it is not there and the state machine allows it."""
         async with self.pool.acquire() as conn, conn.transaction():
-            state = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+            state = await self.orders.lock_state(conn, order_id)
             if state is None or state == target.value or not can_transition(state, target):
                 return False
             await self.orders.transition(order_id, target, actor=self.actor, conn=conn, reason=reason)
@@ -139,11 +138,7 @@ class LiveOrderBook:
             return True
 
     async def working_order_ids(self) -> list[str]:
-        rows = await self.pool.fetch(
-            """SELECT bo.order_id FROM broker_orders bo JOIN orders o USING (order_id)
-               WHERE bo.account_id = $1 AND o.state = ANY($2::text[]) ORDER BY bo.placed_at""",
-            self.account_id, sorted(s.value for s in WORKING))
-        return [r["order_id"] for r in rows]
+        return await self.ledger.order_ids_in_states(sorted(s.value for s in WORKING))
 
     async def mark_unknown(self, reason: str) -> list[str]:
         """Every working order -> UNKNOWN (the connection is gone: the broker decides where they are)."""
@@ -154,11 +149,10 @@ class LiveOrderBook:
         return moved
 
     async def state(self, order_id: str) -> OrderState:
-        return OrderState(await self.pool.fetchval("SELECT state FROM orders WHERE order_id = $1", order_id))
+        return OrderState(await self.orders.state(order_id))
 
     async def row(self, order_id: str):
-        return await self.pool.fetchrow("SELECT * FROM broker_orders WHERE order_id = $1 AND account_id = $2",
-                                        order_id, self.account_id)
+        return await self.ledger.own_order_row(order_id)
 
     async def status(self, order_id: str) -> BrokerOrderStatus:
         status = await self.ledger.order_status(order_id)

@@ -25,11 +25,11 @@ from decimal import Decimal
 from typing import Any
 
 from brokers.base import BrokerError, OrderNotWorking, UnknownBrokerOrder
-from domain.orders import ComboOrder, Fill
+from domain.orders import Fill, Order, PortfolioGreeks
 from brokers.book import last_daily_reset
 from brokers.limit_walk import LimitWalker
 from domain.order_state import TERMINAL, OrderState
-from brokers.portfolio import PortfolioGreeks, portfolio_greeks
+from brokers.portfolio import portfolio_greeks
 from brokers.quote_source import ProviderQuotes
 from domain.decision import Execution, MarketContext, SizedTrade, TradeProposal
 from risk.gate import post_trade
@@ -37,7 +37,7 @@ from risk.regime import regime_of
 from storage.controls import RiskControls
 from storage.executions import ExecutionRepository
 from storage.journal import AccountSnapshot, Journal, JournalContext
-from storage.orders import OrderRecord, OrderRepository
+from storage.orders import OrderRepository
 from tools.market_hours import is_open, next_open
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,11 @@ WALK_MINUTES = 5
 FLATTEN = "flatten_close"
 
 
-def fresh_combo_prices(order: OrderRecord, quotes) -> tuple[Decimal | None, Decimal | None, list[str]]:
+def fresh_combo_prices(order: Order, quotes) -> tuple[Decimal | None, Decimal | None, list[str]]:
     """The combo's (mid, natural) now, signed like the limit (+ pay, − receive), or Nones with
     the legs that have no quote. Natural: pay the ask on legs we buy, take the bid on legs we sell."""
-    combo = ComboOrder.from_record(order)
     mid, natural, missing = Decimal("0"), Decimal("0"), []
-    for leg, contract in zip(combo.legs, combo.contracts()):
+    for leg, contract in zip(order.legs, order.contracts()):
         quote = quotes(contract)
         if quote is None:
             missing.append(contract.label())
@@ -76,13 +75,13 @@ def stale_reason(limit: Decimal, fresh_mid: Decimal, tolerance: float, floor: fl
     return None
 
 
-def sized_from_order(order: OrderRecord) -> SizedTrade:
+def sized_from_order(order: Order) -> SizedTrade:
     proposal = TradeProposal.model_validate(order.proposal)
     return SizedTrade.model_validate({**order.sizing, "proposal": proposal, "contracts": order.quantity,
                                       "capital_at_risk": proposal.max_loss * order.quantity})
 
 
-def is_closing(order: OrderRecord) -> bool:
+def is_closing(order: Order) -> bool:
     return order.structure == FLATTEN or order.closes_position_id is not None
 
 
@@ -99,7 +98,7 @@ class OrderManager:
     tolerance_floor: float
     risk_matrix: Any
     book: Any  # brokers.book.Book of the broker's account: positions, marks, the account the gate reads
-    on_filled: Callable[[OrderRecord, list[Fill]], Awaitable[None]] | None = None
+    on_filled: Callable[[Order, list[Fill]], Awaitable[None]] | None = None
     walk_minutes: float = WALK_MINUTES  # how long a live order is walked before the rest is cancelled
 
     async def context(self, tickers: list[str]) -> MarketContext:
@@ -148,7 +147,7 @@ class OrderManager:
         await self.executions.record(order.run_id, e)
         return e
 
-    async def _recheck_and_send(self, order: OrderRecord) -> Execution:
+    async def _recheck_and_send(self, order: Order) -> Execution:
         reasons, fresh_mid = await self.recheck(order)
         if reasons:
             await self.orders.transition(order.order_id, OrderState.REJECTED, actor="recheck", reason="; ".join(reasons))
@@ -157,7 +156,7 @@ class OrderManager:
         pre = await self._greeks(order)
         seen = await self._fill_ids(order.order_id)  # a live venue may fill while `place` waits for its ack
         try:
-            broker_order_id = await self.broker.place(ComboOrder.from_record(order))
+            broker_order_id = await self.broker.place(order)
         except BrokerError:
             if (await self.orders.get(order.order_id)).state != OrderState.REJECTED:
                 raise  # nothing was decided (e.g. the broker is unreachable): recovery retries it
@@ -173,7 +172,7 @@ class OrderManager:
         return Execution(order_id=order.order_id, outcome="transmitted", fresh_mid=float(fresh_mid),
                          broker_order_id=broker_order_id, filled_quantity=sum(f.quantity for f in fills))
 
-    async def recheck(self, order: OrderRecord) -> tuple[list[str], Decimal | None]:
+    async def recheck(self, order: Order) -> tuple[list[str], Decimal | None]:
         """Why `order` must not be sent now (empty: it may be), and the fresh combo mid."""
         fresh_mid, _, missing = fresh_combo_prices(order, self.quotes)
         if missing:
@@ -200,7 +199,7 @@ class OrderManager:
         except UnknownBrokerOrder:
             return set()
 
-    async def walk(self, order: OrderRecord, start_limit: Decimal, seen: set[str] | None = None) -> list[Fill]:
+    async def walk(self, order: Order, start_limit: Decimal, seen: set[str] | None = None) -> list[Fill]:
         """Work the order from `start_limit` toward the natural price, never past the approved limit
         plus the re-check tolerance (the approver did not approve any price), then cancel what is
         unfilled. The paper venue fills against the quote in force, so its walk is stepped at once,
@@ -298,7 +297,7 @@ class OrderManager:
         return len(late)
 
     # ------------------------------------------------------------------ journal and book
-    async def _after_fills(self, order: OrderRecord, fills: list[Fill], pre: PortfolioGreeks | None) -> None:
+    async def _after_fills(self, order: Order, fills: list[Fill], pre: PortfolioGreeks | None) -> None:
         if not fills:
             return
         await self._journal(order, fills, pre)
@@ -311,15 +310,15 @@ class OrderManager:
         # tracks, within its dividend drift) — close enough to beta-weight a book's delta.
         return self.quotes.ticker_data("SPY").spot * 10.0
 
-    def _betas(self, order: OrderRecord) -> dict[str, float]:
+    def _betas(self, order: Order) -> dict[str, float]:
         data = self.quotes.ticker_data(order.ticker)
         return {order.ticker: data.beta} if data is not None else {}
 
-    async def _greeks(self, order: OrderRecord) -> PortfolioGreeks:
+    async def _greeks(self, order: Order) -> PortfolioGreeks:
         return portfolio_greeks(await self.broker.positions(), self.quotes, spx_price=self._spx_price(),
                                 betas=self._betas(order))
 
-    async def _journal(self, order: OrderRecord, fills: list[Fill], pre: PortfolioGreeks | None, *,
+    async def _journal(self, order: Order, fills: list[Fill], pre: PortfolioGreeks | None, *,
                        late: bool = False) -> None:
         """Journal each fill with the market context and the book's Greeks before and after, then
         snapshot the account. Idempotent per fill id."""

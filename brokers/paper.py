@@ -47,9 +47,9 @@ from domain.orders import (
     BrokerOrderStatus,
     BrokerPosition,
     ComboLeg,
-    ComboOrder,
     Fill,
     LegQuote,
+    Order,
     QuoteSource,
     WhatIfMargin,
     combo_prices,
@@ -58,7 +58,8 @@ from brokers.expiry import latest_expired_date, settlement
 from brokers.margin import margin_requirement
 from domain.order_state import OrderState
 from storage.broker_ledger import AVG_PLACES, BrokerLedger, premium_basis
-from storage.orders import OrderRecord, OrderRepository, UnknownOrder
+from storage.controls import RiskControls
+from storage.orders import OrderRepository, UnknownOrder
 from tools.chain import NEW_YORK
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ class PaperBroker:
         """Await `callback(fill)` for every new fill, after it is committed, in fill order."""
         self._callbacks.append(callback)
 
-    async def what_if(self, order: ComboOrder) -> WhatIfMargin:
+    async def what_if(self, order: Order) -> WhatIfMargin:
         """Margin before/after this order for its underlying, at its limit price (no side effects)."""
         await self._ensure_account()
         held = await self.ledger.positions(order.ticker)
@@ -248,16 +249,15 @@ class PaperBroker:
             method=margin_after.method,
         )
 
-    async def place(self, order: ComboOrder) -> str:
+    async def place(self, order: Order) -> str:
         """Transmit an APPROVED order; return its broker order id (the same one on every retry)."""
         await self._ensure_account()
-        existing = await self.pool.fetchval("SELECT broker_order_id FROM broker_orders WHERE order_id = $1", order.order_id)
+        existing = await self.ledger.broker_order_id(order.order_id, any_account=True)
         if existing:
             return existing
         shortfall: str | None = None
         if self.check_buying_power:
-            state = await self.pool.fetchval("SELECT state FROM orders WHERE order_id = $1", order.order_id)
-            if state == OrderState.APPROVED.value:
+            if await self.orders.state(order.order_id) == OrderState.APPROVED.value:
                 need = await self.what_if(order)
                 free = (await self.account()).free_margin
                 if need.initial_margin_change > 0 and need.initial_margin_change + need.commission > free:
@@ -266,19 +266,19 @@ class PaperBroker:
         now = self._now()
         broker_order_id = f"PAPER-{order.order_id}"
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1 FOR UPDATE", order.order_id)
-            if row is None:
+            approved = await self.orders.lock(conn, order.order_id)
+            if approved is None:
                 raise UnknownOrder(order.order_id)
             # Re-read under the order's row lock: a concurrent place() may have won the race.
-            existing = await conn.fetchval("SELECT broker_order_id FROM broker_orders WHERE order_id = $1", order.order_id)
+            existing = await self.ledger.broker_order_id(order.order_id, conn=conn, any_account=True)
             if existing:
                 return existing
-            if row["state"] != OrderState.APPROVED.value:
-                raise OrderNotApproved(order.order_id, row["state"])
-            halted = await conn.fetchrow("SELECT halted, reason FROM risk_controls WHERE id")
-            if halted is not None and halted["halted"]:
-                raise TradingHalted(f"order {order.order_id} not sent: trading is halted ({halted['reason']})")
-            check_matches_approval(order, OrderRecord.from_row(row))
+            if approved.state != OrderState.APPROVED.value:
+                raise OrderNotApproved(order.order_id, approved.state)
+            halt = await RiskControls(self.pool).state(conn)
+            if halt.halted:
+                raise TradingHalted(f"order {order.order_id} not sent: trading is halted ({halt.reason})")
+            check_matches_approval(order, approved)
             if shortfall is None:
                 good_till = session_close(now) if order.time_in_force == "DAY" else None
                 await self.ledger.insert_order(conn, order, broker_order_id, now, good_till)
@@ -312,11 +312,10 @@ class PaperBroker:
         return await self.status(order_id)
 
     async def _lock_working(self, conn: asyncpg.Connection, order_id: str) -> str:
-        state = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+        state = await self.orders.lock_state(conn, order_id)
         if state is None:
             raise UnknownOrder(order_id)
-        if not await conn.fetchval("SELECT 1 FROM broker_orders WHERE order_id = $1 AND account_id = $2",
-                                   order_id, self.account_id):
+        if not await self.ledger.broker_order_id(order_id, conn=conn):
             raise UnknownBrokerOrder(f"order {order_id} was never placed with paper account {self.account_id}")
         if state not in WORKING:
             raise OrderNotWorking(f"order {order_id} is {state}: it is no longer working")
@@ -327,7 +326,7 @@ class PaperBroker:
         await self.orders.transition(bo["order_id"], OrderState.CANCELLED, actor=self.actor, reason=reason, conn=conn)
         await self.ledger.event(conn, bo["broker_order_id"], kind, now, None,
                                 {"reason": reason, "filled_quantity": bo["filled_quantity"]})
-        await conn.execute("UPDATE broker_orders SET updated_at = $2 WHERE broker_order_id = $1", bo["broker_order_id"], now)
+        await self.ledger.touch(conn, bo["broker_order_id"], now)
 
     async def status(self, order_id: str) -> BrokerOrderStatus:
         status = await self.ledger.order_status(order_id)
@@ -407,13 +406,9 @@ class PaperBroker:
         Returns the new fills, after delivering them to the fill callbacks."""
         await self._ensure_account()
         now = self._now()
-        order_ids = await self.pool.fetch(
-            """SELECT bo.order_id FROM broker_orders bo JOIN orders o USING (order_id)
-               WHERE bo.account_id = $1 AND o.state = ANY($2::text[])
-               ORDER BY bo.placed_at, bo.order_id""", self.account_id, sorted(WORKING))
         new_fills = []
-        for r in order_ids:
-            fill = await self._step_order(r["order_id"], now)
+        for order_id in await self.ledger.order_ids_in_states(sorted(WORKING)):
+            fill = await self._step_order(order_id, now)
             if fill is not None:
                 new_fills.append(fill)
         await self._deliver(new_fills)
@@ -421,7 +416,7 @@ class PaperBroker:
 
     async def _step_order(self, order_id: str, now: datetime) -> Fill | None:
         async with self.pool.acquire() as conn, conn.transaction():
-            state = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+            state = await self.orders.lock_state(conn, order_id)
             if state not in WORKING:
                 return None  # cancelled or filled since the list was read
             bo = await self.ledger.order_row(conn, order_id, lock=True)
@@ -451,7 +446,7 @@ class PaperBroker:
         order that is no longer working raises `OrderNotWorking`.
         """
         async with self.pool.acquire() as conn, conn.transaction():
-            state = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", fill.order_id)
+            state = await self.orders.lock_state(conn, fill.order_id)
             if state is None:
                 raise UnknownOrder(fill.order_id)
             if await self.ledger.fill_exists(conn, fill.fill_id):

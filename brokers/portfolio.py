@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-
-from domain.orders import BrokerPosition, ComboOrder, OptionContract, QuoteSource
+from domain.orders import BrokerPosition, OptionContract, Order, PortfolioGreeks, QuoteSource
 
 Holding = tuple[OptionContract, int]
 
@@ -36,32 +34,11 @@ def theta_vega_ratio(theta: float, vega: float) -> float | None:
     return abs(theta) / abs(vega)
 
 
-@dataclass(frozen=True)
-class PortfolioGreeks:
-    delta: float
-    gamma: float
-    vega: float
-    theta: float
-    dollar_delta: float  # sum(Delta * Q * M * P_underlying): $ value of the equivalent stock position
-    spx_beta_weighted_delta: float
-    theta_vega_ratio: float | None
-    missing: tuple[str, ...] = field(default_factory=tuple)
-
-    def to_json(self) -> dict:
-        """JSON-safe dict: NaN becomes None (JSON has no NaN)."""
-        out = asdict(self)
-        for key, value in out.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                out[key] = None
-        out["missing"] = list(self.missing)
-        return out
-
-
 def holdings_of(positions: Sequence[BrokerPosition | Holding]) -> list[Holding]:
     return [(p.contract, p.quantity) if isinstance(p, BrokerPosition) else (p[0], int(p[1])) for p in positions]
 
 
-def holdings_after(positions: Sequence[BrokerPosition | Holding], order: ComboOrder, quantity: int | None = None) -> list[Holding]:
+def holdings_after(positions: Sequence[BrokerPosition | Holding], order: Order, quantity: int | None = None) -> list[Holding]:
     """The holdings once `quantity` units (default: all) of `order` have filled."""
     units = order.quantity if quantity is None else quantity
     return holdings_of(positions) + [(leg.contract(order.ticker, order.multiplier), leg.sign * leg.ratio * units)

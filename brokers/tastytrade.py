@@ -37,7 +37,7 @@ from domain.orders import (
     BrokerOrderStatus,
     BrokerPosition,
     ComboLeg,
-    ComboOrder,
+    Order,
     Fill,
     OptionContract,
     WhatIfMargin,
@@ -268,7 +268,7 @@ class TastytradeBroker:
         return out
 
     # ---------------------------------------------------------------- orders
-    async def _actions(self, order: ComboOrder) -> list[OrderAction]:
+    async def _actions(self, order: Order) -> list[OrderAction]:
         held = {(p.contract.expiry, p.contract.strike, p.contract.right): p.quantity
                 for p in await self.positions() if p.contract.ticker == order.ticker}
         actions = []
@@ -281,7 +281,7 @@ class TastytradeBroker:
                 actions.append(OrderAction.SELL_TO_CLOSE if closing else OrderAction.SELL_TO_OPEN)
         return actions
 
-    async def _tasty_order(self, order: ComboOrder, limit: Decimal | None = None) -> LimitOrder:
+    async def _tasty_order(self, order: Order, limit: Decimal | None = None) -> LimitOrder:
         actions = await self._actions(order)
         legs = [Leg(instrument_type=InstrumentType.EQUITY_OPTION, action=action,
                     symbol=occ_symbol(order.ticker, leg.expiry, leg.strike, leg.right),
@@ -293,7 +293,7 @@ class TastytradeBroker:
     def subscribe_fills(self, callback: FillCallback) -> None:
         self._callbacks.append(callback)
 
-    async def what_if(self, order: ComboOrder) -> WhatIfMargin:
+    async def what_if(self, order: Order) -> WhatIfMargin:
         """`place_order(dry_run=True)`: tastytrade's buying-power effect and fees; nothing is placed."""
         await self.ensure_connected()
         tasty = await self._tasty_order(order)
@@ -313,7 +313,7 @@ class TastytradeBroker:
             buying_power_change=effect.change_in_buying_power,
             warnings=tuple(f"{w.code}: {w.message}" for w in response.warnings or ()))
 
-    async def place(self, order: ComboOrder) -> str:
+    async def place(self, order: Order) -> str:
         await self.ensure_connected()
         existing = await self.book.broker_order_id(order.order_id)
         if existing:
@@ -355,8 +355,8 @@ class TastytradeBroker:
             raise ValueError(f"limit_price must be a finite price on a cent tick, got {limit_price}")
         current = await self._current(order_id)
         row = await self.book.row(order_id)
-        combo = ComboOrder(order_id=order_id, ticker=row["ticker"], legs=tuple(row["legs"]), quantity=row["quantity"],
-                           limit_price=limit, time_in_force=row["time_in_force"], multiplier=row["multiplier"])
+        combo = Order(order_id=order_id, ticker=row["ticker"], legs=tuple(row["legs"]), quantity=row["quantity"],
+                      limit_price=limit, time_in_force=row["time_in_force"], multiplier=row["multiplier"])
         tasty = await self._tasty_order(combo)
         try:
             await self._call(lambda: self.account_.replace_order(self.session, current.id, tasty))

@@ -276,20 +276,6 @@ class SizedTrade(Frozen):
     inputs: KellyInputs | None = None
 
 
-class StagedOrder(Frozen):
-    order_id: str
-    idempotency_key: str
-    run_id: str
-    ticker: str
-    structure: str
-    legs: list[OptionLeg]
-    quantity: int = Field(ge=1)
-    limit_price: Decimal  # per share, signed like net_debit
-    state: str
-    requires_acknowledgement: bool = False
-    created_at: datetime
-
-
 class MarketContext(Frozen):
     """What load_context found: the account, the book and the market regime at `as_of`."""
 
@@ -313,3 +299,25 @@ class Execution(Frozen):
     fresh_mid: float | None = None
     broker_order_id: str | None = None
     filled_quantity: int = 0
+
+
+class RunInfo(Frozen):
+    """Who a decision run is: its schedule slot and the inputs that make it reproducible."""
+
+    run_id: str
+    slot_key: str
+    watchlist: str
+    as_of: datetime
+    tickers: list[str]
+    seed: int
+    provider: str
+    mode: str = "live"  # "sandbox" for replays and forks: nothing is staged for real
+
+
+class NodeTiming(Frozen):
+    """How long one node (for one ticker, for the analysts) took in a run."""
+
+    node: str
+    ticker: str | None
+    started_at: datetime
+    duration_ms: float

@@ -1,11 +1,12 @@
-"""The value types an order speaks once it leaves the graph: listed contracts, combo orders and
-their legs, quotes, fills, what-if margin, and a broker's view of orders, positions and accounts.
+"""The value types of an order's life: the order itself (`Order`, the one type the graph, the
+order book and the brokers share) and its legs, listed contracts, quotes, fills, what-if margin,
+and a broker's view of orders, positions and accounts.
 
 They import nothing of ours but the order state machine (`domain.order_state`) and the account
 view (`domain.decision.AccountState`): the bottom floor every other floor speaks.
 
 Sign and unit conventions (the same as `domain.decision`):
-- A combo order always BUYS one unit of its leg list `quantity` times; each leg's `side` says
+- An order always BUYS one unit of its leg list `quantity` times; each leg's `side` says
   whether that leg is bought or sold. `limit_price` and fill `price` are per share per unit,
   signed like `TradeProposal.net_debit`: positive = we pay (debit), negative = we receive
   (credit). A HIGHER signed price is always WORSE for us, so an order is marketable at a price p
@@ -17,8 +18,9 @@ Sign and unit conventions (the same as `domain.decision`):
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -128,10 +130,22 @@ class ComboLeg:
 
 
 @dataclass(frozen=True)
-class ComboOrder:
-    """A limit order for `quantity` units of a multi-leg structure, tied to one `orders` row.
+class Order:
+    """One order, from the moment a run stages it to its terminal state: what the order book
+    stores (`storage.orders`), what the graph state carries (`staged`), what a broker receives.
 
-    `limit_price` is per share per unit, signed (+ pay / - receive), on a cent tick.
+    A limit order for `quantity` units of a multi-leg structure; `limit_price` is per share per
+    unit, signed (+ pay / - receive), on a cent tick. Sending it at another limit (the limit walk)
+    or another time in force is a copy, `dataclasses.replace(order, limit_price=...)`.
+
+    `legs` are the contract terms (`ComboLeg`: expiry, strike, right, side, ratio) — what a broker
+    transmits and what the approval check compares. The priced legs the approver saw (bid, ask,
+    mid, Greeks, fitted value) belong to the proposal the order was sized from and stay in
+    `proposal["legs"]`, with the rest of that proposal: one place for the prices, and no consumer
+    of contract terms ever has to strip quotes off a leg.
+
+    The book's fields (run, idempotency key, structure, sector, state, proposal and sizing as
+    JSON, times, exit) keep their defaults on an order that is not in the book (a draft).
     """
 
     order_id: str
@@ -141,14 +155,26 @@ class ComboOrder:
     limit_price: Decimal
     time_in_force: TimeInForce = "DAY"
     multiplier: int = 100
+    run_id: str = ""
+    idempotency_key: str = ""
+    structure: str = ""
+    sector: str = "unknown"
+    state: str = OrderState.DRAFT.value
+    requires_acknowledgement: bool = False
+    proposal: dict[str, Any] = field(default_factory=dict, hash=False)  # TradeProposal as JSON
+    sizing: dict[str, Any] = field(default_factory=dict, hash=False)  # SizedTrade as JSON, without the proposal
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    closes_position_id: str | None = None  # an exit: the strategy position this order closes
+    exit_rule: str | None = None  # which exit rule staged it (take_profit, dte, credit_stop, ...)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "legs", tuple(ComboLeg.from_any(leg) for leg in self.legs))
         object.__setattr__(self, "ticker", self.ticker.upper())
         if not self.legs:
-            raise ValueError("a combo order needs at least one leg")
+            raise ValueError("an order needs at least one leg")
         if len({(leg.expiry, leg.strike, leg.right) for leg in self.legs}) != len(self.legs):
-            raise ValueError("a combo order may not list the same contract twice")
+            raise ValueError("an order may not list the same contract twice")
         if isinstance(self.quantity, bool) or not isinstance(self.quantity, int) or self.quantity < 1:
             raise ValueError(f"quantity must be a positive whole number of units, got {self.quantity!r}")
         limit = _decimal("limit_price", self.limit_price)
@@ -157,16 +183,21 @@ class ComboOrder:
         object.__setattr__(self, "limit_price", limit.quantize(CENT))
         if self.time_in_force not in ("DAY", "GTC"):
             raise ValueError(f"time_in_force must be DAY or GTC, got {self.time_in_force!r}")
+        _aware("created_at", self.created_at)
+        _aware("updated_at", self.updated_at)
 
     @classmethod
-    def from_record(cls, record: Any, *, limit_price: Decimal | None = None,
-                    time_in_force: TimeInForce = "DAY") -> "ComboOrder":
-        """The combo order for a `storage.orders.OrderRecord` (its approved legs and quantity)."""
-        multiplier = int((record.proposal or {}).get("multiplier", 100))
-        return cls(order_id=record.order_id, ticker=record.ticker,
-                   legs=tuple(ComboLeg.from_any(leg) for leg in record.legs), quantity=record.quantity,
-                   limit_price=record.limit_price if limit_price is None else limit_price,
-                   time_in_force=time_in_force, multiplier=multiplier)
+    def staged(cls, *, order_id: str, idempotency_key: str, run_id: str, trade: Any, sector: str,
+               limit_price: Decimal, requires_acknowledgement: bool, created_at: datetime) -> "Order":
+        """The order a run stages for `trade` (a `domain.decision.SizedTrade`), before the book stores it."""
+        proposal = trade.proposal
+        return cls(order_id=order_id, ticker=proposal.ticker, legs=tuple(proposal.legs), quantity=trade.contracts,
+                   limit_price=limit_price, multiplier=proposal.multiplier, run_id=run_id,
+                   idempotency_key=idempotency_key, structure=proposal.structure, sector=sector,
+                   state=OrderState.STAGED.value, requires_acknowledgement=requires_acknowledgement,
+                   proposal=proposal.model_dump(mode="json"),
+                   sizing=trade.model_dump(mode="json", exclude={"proposal"}),
+                   created_at=created_at, updated_at=created_at)
 
     def contracts(self) -> list[OptionContract]:
         return [leg.contract(self.ticker, self.multiplier) for leg in self.legs]
@@ -328,6 +359,31 @@ class BrokerAccount:
 
         return AccountState(net_liquidation=self.net_liquidation, cash=self.cash, margin_used=self.margin_used,
                             daily_realized_pnl=self.realized_pnl_today, **extra)
+
+
+@dataclass(frozen=True)
+class PortfolioGreeks:
+    """The book's Greeks in whole-position dollars (`brokers.portfolio.portfolio_greeks` computes
+    them; its module doc gives the units). A total that could not be computed is NaN, and why is
+    listed in `missing`."""
+
+    delta: float
+    gamma: float
+    vega: float
+    theta: float
+    dollar_delta: float  # sum(Delta * Q * M * P_underlying): $ value of the equivalent stock position
+    spx_beta_weighted_delta: float
+    theta_vega_ratio: float | None
+    missing: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict:
+        """JSON-safe dict: NaN becomes None (JSON has no NaN)."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out[key] = None
+        out["missing"] = list(self.missing)
+        return out
 
 
 def combo_prices(legs: Sequence[ComboLeg], quotes: Sequence[LegQuote]) -> tuple[Decimal, Decimal, Decimal]:

@@ -64,7 +64,7 @@ def _by_ticker(items: list, key: Callable[[Any], str] = lambda v: v.ticker, view
 def _staged_view(order) -> dict[str, Any]:
     """What makes a staged order the same order in two runs (not its ids, state or time)."""
     return {
-        "ticker": order.ticker, "structure": order.structure, "legs": [_dump(l) for l in order.legs],
+        "ticker": order.ticker, "structure": order.structure, "legs": order.proposal["legs"],
         "quantity": order.quantity, "limit_price": str(order.limit_price),
     }
 

@@ -215,7 +215,7 @@ def with_run_deps(node: Callable) -> Callable:
     async def wrapper(state, runtime):
         typed = None
         if isinstance(state.get("run"), Mapping):  # a run started over HTTP (Studio) gives it as JSON
-            from graph.state import RunInfo
+            from domain.decision import RunInfo
 
             typed = RunInfo.model_validate(state["run"])
             state = {**state, "run": typed}

@@ -28,9 +28,9 @@ from graph.compare import COMPARED_NODES, NodeComparison, compare_states
 from graph.deps import MarketCache
 from graph.graph import build_graph
 from graph.runner import RunFailed, _advance, make_deps
-from domain.decision import AccountState, Candidate, Regime, Signal, Verdict
-from graph.state import RunInfo
+from domain.decision import AccountState, Candidate, Regime, RunInfo, Signal, Verdict
 from storage.database import Database, LockBusy
+from storage.decisions import DecisionRepository
 from storage.llm_calls import LLMCallRepository
 from storage.runs import RunRecord, RunRepository
 from tools.providers.base import MarketSnapshot
@@ -239,7 +239,7 @@ async def recorded_debater(db: Database, run_id: str, verdicts: Sequence[Verdict
     original was shown (the memory store has learned since, so recalling again could differ).
     Returns (debater, the recorded backend or None, a label)."""
     calls = await LLMCallRepository(db.pool).for_run(run_id)
-    debaters = [r["debater"] for r in await db.pool.fetch("SELECT debater FROM debates WHERE run_id = $1", run_id)]
+    debaters = [d["debater"] for d in await DecisionRepository(db.pool).verdicts(run_id)]
     if calls:
         try:
             debater = make_replay_debater(calls, memory=RecordedMemory(verdicts))
@@ -322,9 +322,8 @@ async def _run_sandbox(
     `fork_from=(values, as_node)` starts the new thread from `values` written as if `as_node` had
     just run; without it the run starts from the top."""
     runs, app, parent = RunRepository(db.pool), _app(db), original.record
-    children = await db.pool.fetch("SELECT run_id FROM runs WHERE parent_run_id = $1", parent.run_id)
     prefix = f"{parent.run_id}~{kind}"
-    first = 1 + sum(1 for r in children if r["run_id"].startswith(prefix))
+    first = 1 + sum(1 for child in await runs.children(parent.run_id) if child.startswith(prefix))
     provider = RecordedProvider(original.snapshot, as_of=parent.as_of, tickers=parent.tickers)
     account, positions = _account(original.state)
     for n in count(first):

@@ -19,10 +19,10 @@ from langgraph.types import Command
 from config.settings import DecisionConfig
 from graph.deps import MarketCache, RunDeps, registered
 from graph.graph import build_graph
-from domain.decision import AccountState, Position
-from graph.state import RunInfo
+from domain.decision import AccountState, Position, RunInfo
+from domain.orders import Order
 from storage.database import CONNECTION_ERRORS, Database, DatabaseUnavailable, LockBusy, is_connection_error
-from storage.orders import OrderRecord, OrderRepository
+from storage.orders import OrderRepository
 from storage.runs import RunRecord, RunRepository
 from tools.chain import NEW_YORK
 from tools.providers.base import MarketDataProvider
@@ -84,7 +84,7 @@ class RunOutcome:
     run: RunRecord
     executed: bool  # False when the run had already completed: nothing was added
     resumed: bool
-    orders: list[OrderRecord]
+    orders: list[Order]
     state: dict
 
 

@@ -6,48 +6,27 @@ accumulate with `operator.add`; every other key is written by exactly one node.
 from __future__ import annotations
 
 import operator
-from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field
 from typing_extensions import TypedDict  # pydantic builds schemas (Studio) only from this one on Python < 3.12
 
 from domain.decision import (
     AccountState,
     Execution,
     MarketContext,
+    NodeTiming,
     AnalystName,
     Candidate,
-    Frozen,
     Position,
     Regime,
     RiskDecision,
+    RunInfo,
     Signal,
     SizedTrade,
-    StagedOrder,
     TradeProposal,
     Verdict,
 )
-
-
-class RunInfo(Frozen):
-    """Who this run is: its schedule slot and the inputs that make it reproducible."""
-
-    run_id: str
-    slot_key: str
-    watchlist: str
-    as_of: datetime
-    tickers: list[str]
-    seed: int
-    provider: str
-    mode: str = "live"  # "sandbox" for replays and forks: nothing is staged for real
-
-
-class NodeTiming(Frozen):
-    node: str
-    ticker: str | None
-    started_at: datetime
-    duration_ms: float
+from domain.orders import Order
 
 
 class DecisionState(TypedDict, total=False):
@@ -61,7 +40,7 @@ class DecisionState(TypedDict, total=False):
     rejected_proposals: dict[str, str]  # ticker -> why no structure was proposed
     sized: list[SizedTrade]
     post_trade: list[RiskDecision]
-    staged: list[StagedOrder]
+    staged: list[Order]  # the orders this run staged (sandbox runs: never stored)
     awaiting: list[str]  # staged order ids still waiting for a human decision
     executions: list[Execution]
     node_timings: Annotated[list[NodeTiming], operator.add]

@@ -5,7 +5,7 @@ import functools
 import time
 from datetime import datetime, timezone
 
-from graph.state import NodeTiming
+from domain.decision import NodeTiming
 
 
 def timed(node: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -55,6 +55,8 @@ def json_safe(value: Any) -> Any:
     """Plain JSON values: models dumped, Decimals as strings, datetimes ISO 8601, NaN/inf as null."""
     if hasattr(value, "model_dump"):
         value = value.model_dump(mode="json")
+    if is_dataclass(value) and not isinstance(value, type):  # domain.orders types (an Order in `staged`)
+        value = {f.name: getattr(value, f.name) for f in fields(value)}
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):

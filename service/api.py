@@ -167,6 +167,10 @@ class KellyOut(BaseModel):
 
 
 class OrderSummaryOut(BaseModel):
+    """The API's view of one `domain.orders.Order` (`operations.order_summary`): every field of the
+    order, its legs shown priced (as the approver saw them, from its proposal), and in place of the
+    proposal and sizing JSON the per-unit figures and Kelly inputs an approver reads."""
+
     order_id: str
     idempotency_key: str
     run_id: str
@@ -179,6 +183,11 @@ class OrderSummaryOut(BaseModel):
     requires_acknowledgement: bool = Field(description="Over 10 contracts: approving needs acknowledge=true.")
     created_at: datetime
     updated_at: datetime
+    time_in_force: Literal["DAY", "GTC"] = Field("DAY", description="How long the broker keeps it working.")
+    multiplier: int = Field(100, gt=0, description="Shares per contract.")
+    closes_position_id: str | None = Field(
+        default=None, description="Set on an exit order: the strategy position it closes.")
+    exit_rule: str | None = Field(None, description="On an exit order: the rule that staged it.")
     legs: list[OptionLeg]
     max_loss_per_unit: Decimal | None = Field(description="Dollars per combo unit.")
     max_profit_per_unit: Decimal | None = Field(description="Dollars per combo unit; null when unlimited.")
@@ -285,8 +294,6 @@ class OrderReviewOut(OrderSummaryOut):
     execution: ExecutionOut | None
     history: list[HistoryEntryOut]
     terminal_reason: str | None = Field(None, description="Why a terminal order ended where it did.")
-    closes_position_id: str | None = Field(
-        default=None, description="Set on an exit order: the strategy position it closes.")
 
 
 class PositionOut(BaseModel):

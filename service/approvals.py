@@ -21,7 +21,6 @@ from agents.staging import idempotency_key, order_id_for
 from brokers.flatten import flatten_orders
 from domain.order_state import OrderState
 from brokers.base import BrokerError
-from domain.orders import ComboOrder
 from brokers.factory import close_broker, make_broker
 from brokers.portfolio import holdings_after, portfolio_greeks
 from brokers.quote_source import ProviderQuotes
@@ -33,10 +32,13 @@ from domain.decision import AccountState
 from tools.chain import NEW_YORK
 from service import notify
 from service.operations import default_account, jsonable, order_summary, terminal_reason
+from storage import schedule_slots
+from storage.approvals import ApprovalEntry, ApprovalRepository
 from storage.controls import RiskControls
 from storage.database import Database, connect, resolve_url
 from storage.decisions import DecisionRepository
 from storage.executions import ExecutionRepository
+from storage.llm_calls import LLMCallRepository
 from storage.journal import Journal
 from memory.store import MemoryStore
 from storage.orders import OrderRepository
@@ -154,7 +156,7 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
     p, m = order.proposal, order.proposal["multiplier"] * order.quantity
     record = await RunRepository(ctx.db.pool).get(order.run_id)
     ttl = record.config.get("approval_ttl_market_minutes", 30)
-    approval = await ctx.db.pool.fetchrow("SELECT * FROM approvals WHERE order_id = $1", order_id)
+    approval = await ApprovalRepository(ctx.db.pool).get(order_id)
     execution = await ExecutionRepository(ctx.db.pool).row(order_id)
     return jsonable(order_summary(order) | {
         "rationale": p.get("rationale"),
@@ -168,7 +170,7 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
         "risk": risk,
         "debate": debate,
         "expires_at": add_market_minutes(order.created_at, ttl).isoformat(),
-        "decision": dict(approval) if approval else None,
+        "decision": approval,
         "execution": execution,
         "history": (history := await repo.history(order_id)),
         "terminal_reason": terminal_reason(order.state, history),
@@ -187,8 +189,7 @@ async def broker_preview(ctx: ServiceContext, order, record) -> dict[str, Any]:
         return {"available": False, "reason": str(exc)}
     broker = ctx.broker_for(provider)
     try:
-        combo = ComboOrder.from_record(order)
-        preview = await broker.what_if(combo)
+        preview = await broker.what_if(order)
         quotes = ProviderQuotes(provider, ctx.clock)
         spy = quotes.ticker_data("SPY")
         data = quotes.ticker_data(order.ticker)
@@ -196,7 +197,7 @@ async def broker_preview(ctx: ServiceContext, order, record) -> dict[str, Any]:
         positions = await broker.positions()
         spx = spy.spot * 10.0  # SPX taken as 10 x SPY, as the order manager's journal does
         before = portfolio_greeks(positions, quotes, spx_price=spx, betas=betas)
-        after = portfolio_greeks(holdings_after(positions, combo), quotes, spx_price=spx, betas=betas)
+        after = portfolio_greeks(holdings_after(positions, order), quotes, spx_price=spx, betas=betas)
     except (BrokerError, OSError, ValueError) as exc:
         return {"available": False, "broker": broker.name, "reason": f"{type(exc).__name__}: {exc}"}
     return {"available": True, "broker": broker.name, "method": preview.method,
@@ -220,11 +221,9 @@ async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resu
         raise InvalidDecision("a rejection needs a reason")
     if decision.action != "reject" and (await RiskControls(ctx.db.pool).state()).halted:
         raise TradingHalted("trading is halted: nothing can be approved until it is resumed")
-    repo = OrderRepository(ctx.db.pool)
     review = await order_review(ctx, order_id)  # 404 for unknown orders; and what the approver saw
-    async with ctx.db.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow("SELECT state, quantity, requires_acknowledgement, created_at, run_id "
-                                  "FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+
+    def judge(row) -> ApprovalEntry:  # under the order's row lock
         if row["state"] != OrderState.STAGED:
             raise DecisionConflict(f"order {order_id} is {row['state']}, not STAGED: it was already decided")
         if datetime.fromisoformat(review["expires_at"]) <= ctx.clock():
@@ -237,28 +236,21 @@ async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resu
         needs_ack = quantity > 10
         if decision.action != "reject" and needs_ack and not decision.acknowledge:
             raise AcknowledgementRequired(f"{quantity} contracts: more than 10 needs acknowledge=true")
-        await conn.execute(
-            """INSERT INTO approvals (order_id, action, approver, quantity, original_quantity, reason, acknowledged, seen)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-            order_id, decision.action, decision.approver, quantity if decision.action != "reject" else None,
-            row["quantity"], decision.reason, decision.acknowledge,
-            {"limit_price": review["limit_price"], "quantity": row["quantity"], "legs": review["legs"],
-             "risk": review["risk"], "expires_at": review["expires_at"]},
-        )
-        if decision.action == "resize":
-            await conn.execute("UPDATE orders SET quantity = $2, requires_acknowledgement = $3, updated_at = now() "
-                               "WHERE order_id = $1", order_id, quantity, needs_ack)
-        target = OrderState.REJECTED if decision.action == "reject" else OrderState.APPROVED
-        why = decision.reason or (f"resized {row['quantity']} -> {quantity}" if decision.action == "resize" else None)
-        await repo.transition(order_id, target, actor=decision.approver, reason=why, conn=conn)
+        return ApprovalEntry(
+            action=decision.action, approver=decision.approver, original_quantity=row["quantity"],
+            quantity=quantity if decision.action != "reject" else None, reason=decision.reason,
+            acknowledged=decision.acknowledge, requires_acknowledgement=needs_ack,
+            seen={"limit_price": review["limit_price"], "quantity": row["quantity"], "legs": review["legs"],
+                  "risk": review["risk"], "expires_at": review["expires_at"]},
+            to_state=OrderState.REJECTED if decision.action == "reject" else OrderState.APPROVED,
+            transition_reason=decision.reason or (
+                f"resized {row['quantity']} -> {quantity}" if decision.action == "resize" else None))
+
+    row, _ = await ApprovalRepository(ctx.db.pool).decide(order_id, judge)
     note = await _transmit_and_continue(ctx, row["run_id"], order_id) if resume else None
     review = await order_review(ctx, order_id)
     notify.notify_decision(ctx.db, review)
     return review | ({"note": note} if note else {})
-
-
-async def _has_graph(ctx: ServiceContext, run_id: str) -> bool:
-    return bool(await ctx.db.pool.fetchval("SELECT 1 FROM checkpoints WHERE thread_id = $1 LIMIT 1", run_id))
 
 
 async def _transmit_and_continue(ctx: ServiceContext, run_id: str, order_id: str) -> str | None:
@@ -278,7 +270,7 @@ async def _transmit_and_continue(ctx: ServiceContext, run_id: str, order_id: str
 async def _finish_if_decided(ctx: ServiceContext, run_id: str, deps=None) -> str | None:
     if await ExecutionRepository(ctx.db.pool).has_undecided(run_id):
         return None  # the run keeps waiting for its other orders
-    if not await _has_graph(ctx, run_id):
+    if not await RunRepository(ctx.db.pool).has_graph(run_id):
         await RunRepository(ctx.db.pool).mark_finished(run_id, "completed")
         return None
     try:
@@ -319,8 +311,7 @@ async def stage_flatten(ctx: ServiceContext, actor: str, *, with_protection: boo
 
 async def expire_due(ctx: ServiceContext) -> list[str]:
     """Resume every run with staged orders: the graph expires the overdue ones and moves on."""
-    run_ids = [r["run_id"] for r in await ctx.db.pool.fetch(
-        "SELECT run_id FROM runs WHERE status = 'awaiting_approval' ORDER BY run_id")]
+    run_ids = await RunRepository(ctx.db.pool).ids_with_status("awaiting_approval")
     for run_id in run_ids:
         await resume_run(ctx.db, run_id, await _deps_for_run(ctx, run_id), {"tick": ctx.clock().isoformat()})
     return run_ids
@@ -339,12 +330,11 @@ async def recover_pending(ctx: ServiceContext) -> list[str]:
         # Each run's orders through a manager on that run's market (its quotes re-check them).
         await (await order_manager(await _deps_for_run(ctx, run_id))).recover(run_id)
     # Runs left awaiting approval although nothing is undecided (or whose graph already ended).
-    waiting = await ctx.db.pool.fetch("SELECT run_id FROM runs WHERE status = 'awaiting_approval' ORDER BY run_id")
-    for r in waiting:
-        if not await ExecutionRepository(ctx.db.pool).has_undecided(r["run_id"]):
-            await _finish_if_decided(ctx, r["run_id"])
-            if r["run_id"] not in touched:
-                touched.append(r["run_id"])
+    for run_id in await RunRepository(ctx.db.pool).ids_with_status("awaiting_approval"):
+        if not await ExecutionRepository(ctx.db.pool).has_undecided(run_id):
+            await _finish_if_decided(ctx, run_id)
+            if run_id not in touched:
+                touched.append(run_id)
     return touched
 
 
@@ -362,21 +352,21 @@ async def resume_trading(ctx: ServiceContext, actor: str) -> dict[str, Any]:
 
 async def risk_status(ctx: ServiceContext) -> dict[str, Any]:
     state = jsonable(asdict(await RiskControls(ctx.db.pool).state()))
-    counts = {r["state"]: r["n"] for r in await ctx.db.pool.fetch("SELECT state, count(*) AS n FROM orders GROUP BY state")}
+    counts = await OrderRepository(ctx.db.pool).count_by_state()
     return state | {"orders_by_state": counts}
 
 
 async def health(ctx: ServiceContext) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
-        await ctx.db.pool.fetchval("SELECT 1")
+        await ctx.db.ping()
         out["database"] = {"ok": True}
     except Exception as exc:  # a health check reports, it does not raise
         out["database"] = {"ok": False, "error": type(exc).__name__}
     with contextlib.suppress(Exception):
-        last = await ctx.db.pool.fetchrow("SELECT max(claimed_at) AS at, count(*) AS n FROM schedule_slots")
-        out["scheduler"] = {"ok": True, "last_slot_claimed_at": last["at"].isoformat() if last["at"] else None,
-                            "slots": last["n"]}
+        last = await schedule_slots.claims(ctx.db.pool)
+        at = last["last_claimed_at"]
+        out["scheduler"] = {"ok": True, "last_slot_claimed_at": at.isoformat() if at else None, "slots": last["slots"]}
     out.setdefault("scheduler", {"ok": False})
     out["broker"] = {"ok": out["database"]["ok"], "name": "paper"}  # the paper broker lives in the database
     out["ok"] = out["database"]["ok"]
@@ -395,19 +385,18 @@ async def metrics_text(ctx: ServiceContext) -> str:
             lines.append(f"{name}{{{label}}} {value}" if label else f"{name} {value}")
 
     pool = ctx.db.pool
+    runs = RunRepository(pool)
     metric("hedgegraph_runs", "gauge", "Runs by status.",
-           [({"status": r["status"]}, r["n"]) for r in await pool.fetch("SELECT status, count(*) AS n FROM runs GROUP BY 1")])
+           [({"status": status}, n) for status, n in (await runs.count_by_status()).items()])
     metric("hedgegraph_orders", "gauge", "Orders by state.",
-           [({"state": r["state"]}, r["n"]) for r in await pool.fetch("SELECT state, count(*) AS n FROM orders GROUP BY 1")])
+           [({"state": state}, n) for state, n in (await OrderRepository(pool).count_by_state()).items()])
     halted = (await RiskControls(pool).state()).halted
     metric("hedgegraph_trading_halted", "gauge", "1 while the kill switch is on.", [({}, 1 if halted else 0)])
-    node = await pool.fetch("SELECT node, count(*) AS n, sum(duration_ms) / 1000.0 AS s FROM node_timings GROUP BY 1")
     metric("hedgegraph_node_seconds_total", "counter", "Wall time spent in each graph node.",
-           [({"node": r["node"]}, float(r["s"])) for r in node])
+           [({"node": node}, seconds) for node, seconds in (await runs.node_seconds()).items()])
     with contextlib.suppress(Exception):  # the LLM table exists once its migration ran
-        llm = await pool.fetchrow("SELECT count(*) AS n, coalesce(sum(tokens_in), 0) AS tin, "
-                                  "coalesce(sum(tokens_out), 0) AS tout FROM llm_calls")
-        metric("hedgegraph_llm_calls_total", "counter", "LLM calls made.", [({}, llm["n"])])
+        llm = await LLMCallRepository(pool).totals()
+        metric("hedgegraph_llm_calls_total", "counter", "LLM calls made.", [({}, llm["calls"])])
         metric("hedgegraph_llm_tokens_total", "counter", "LLM tokens.",
-               [({"direction": "in"}, llm["tin"]), ({"direction": "out"}, llm["tout"])])
+               [({"direction": "in"}, llm["tokens_in"]), ({"direction": "out"}, llm["tokens_out"])])
     return "\n".join(lines) + "\n"

@@ -46,6 +46,7 @@ async def _timed(component: str, probe) -> Check:
 async def check_database(settings: Settings) -> Check:
     from storage.database import DatabaseUnavailable, connect, resolve_url
     from storage.embedded import redact
+    from storage.migrate import applied_migrations
 
     where = f"DATABASE_URL {redact(settings.database_url)}" if settings.database_url else \
         f"embedded PostgreSQL under {settings.pg_dir}"
@@ -57,8 +58,8 @@ async def check_database(settings: Settings) -> Check:
     except Exception as exc:
         return Check("database", "error", f"{where}: cannot start or reach it: {type(exc).__name__}: {exc}")
     try:
-        version = await db.pool.fetchval("SHOW server_version")
-        migrations = await db.pool.fetchval("SELECT count(*) FROM schema_migrations")
+        version = await db.server_version()
+        migrations = len(await applied_migrations(db.pool))
     finally:
         await db.close()
     return Check("database", "ok", f"{where}: PostgreSQL {version}, {migrations} migrations applied",

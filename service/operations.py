@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the decision stack is imported by the operations that run i
     from graph.runner import RunOutcome
     from domain.decision import AccountState
     from storage.database import Database
-    from storage.orders import OrderRecord
+    from domain.orders import Order
     from tools.providers.base import MarketDataProvider
 
 
@@ -89,9 +89,14 @@ async def run_decision(
     return outcome
 
 
-def order_summary(order: OrderRecord) -> dict[str, Any]:
-    return jsonable({k: v for k, v in asdict(order).items() if k not in ("proposal", "sizing", "legs")} | {
-        "legs": order.legs,
+def order_json(order: Order) -> dict[str, Any]:
+    """An order as the CLI and the API show it: its fields, with the priced legs the approver saw
+    (the proposal's) as its legs."""
+    return asdict(order) | {"legs": order.proposal["legs"]}
+
+
+def order_summary(order: Order) -> dict[str, Any]:
+    return jsonable({k: v for k, v in order_json(order).items() if k not in ("proposal", "sizing")} | {
         "max_loss_per_unit": order.proposal.get("max_loss"),
         "max_profit_per_unit": order.proposal.get("max_profit"),
         "breakevens": order.proposal.get("breakevens"),
@@ -134,15 +139,13 @@ async def show_run(db: Database, run_id: str) -> dict[str, Any] | None:
     if run is None:
         return None
     decisions = DecisionRepository(db.pool)
-    timings = await db.pool.fetch(
-        "SELECT node, ticker, duration_ms FROM node_timings WHERE run_id = $1 ORDER BY started_at", run_id)
     return jsonable({
         "run": asdict(run),
         "signals": await decisions.signals(run_id),
         "debates": await decisions.verdicts(run_id),
         "risk_decisions": await decisions.risk_decisions(run_id),
         "orders": [order_summary(o) for o in await OrderRepository(db.pool).list(run_id=run_id)],
-        "node_timings": [dict(t) for t in timings],
+        "node_timings": await RunRepository(db.pool).timings(run_id),
         "llm_usage": await LLMCallRepository(db.pool).usage_by_run(run_id),
         "llm_cost": price_usage(await LLMCallRepository(db.pool).usage_by_model(run_id)),
     })
@@ -169,18 +172,17 @@ async def llm_calls(db: Database, run_id: str) -> dict[str, Any] | None:
     """Every LLM call of a run with its prompt and response, and what the run's calls cost."""
     from dataclasses import asdict as as_dict
 
+    from storage.decisions import DecisionRepository
     from storage.llm_calls import LLMCallRepository
     from storage.runs import RunRepository
 
     if await RunRepository(db.pool).get(run_id) is None:
         return None
     repo = LLMCallRepository(db.pool)
-    fallbacks = await db.pool.fetch(
-        "SELECT ticker, debater FROM debates WHERE run_id = $1 AND debater LIKE '%fallback%' ORDER BY ticker", run_id)
     return jsonable({
         "run_id": run_id,
         "usage": price_usage(await repo.usage_by_model(run_id)),
-        "fallbacks": [dict(r) for r in fallbacks],
+        "fallbacks": await DecisionRepository(db.pool).fallback_debates(run_id),
         "calls": [as_dict(c) for c in await repo.for_run(run_id)],
     })
 
@@ -216,7 +218,7 @@ async def show_order(db: Database, order_id: str) -> dict[str, Any] | None:
     debate = next((d for d in await DecisionRepository(db.pool).verdicts(order.run_id) if d["ticker"] == order.ticker),
                   None)
     execution = await ExecutionRepository(db.pool).row(order_id)
-    return jsonable(asdict(order) | {"history": history, "terminal_reason": terminal_reason(order.state, history),
+    return jsonable(order_json(order) | {"history": history, "terminal_reason": terminal_reason(order.state, history),
                                      "debate": debate, "execution": execution})
 
 

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from config.clock import wall_clock
 from config.settings import CONFIG_DIR
+from storage import schedule_slots
 from storage.database import Database, advisory_key
 from service import notify
 
@@ -444,12 +445,8 @@ class Scheduler:
         if not work:
             return []
 
-        async with self.db.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT slot_key, status FROM schedule_slots WHERE slot_key = ANY($1::text[])",
-                [slot.slot_key for slot, _, _ in work],
-            )
-        finished = {r["slot_key"] for r in rows if r["status"] in _TERMINAL}
+        recorded = await schedule_slots.statuses(self.db.pool, [slot.slot_key for slot, _, _ in work])
+        finished = {key for key, status in recorded.items() if status in _TERMINAL}
         work = [w for w in work if w[0].slot_key not in finished]
         work.sort(key=lambda w: (w[0].scheduled_at, w[0].slot_key))
 
@@ -467,33 +464,23 @@ class Scheduler:
         # never waits on the pool while holding a lock; the semaphore leaves connections for the runs.
         async with self._slots_at_once, self.db.pool.acquire() as conn:
             key = advisory_key(_lock_name(slot.slot_key))
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            if not await schedule_slots.try_lock(conn, key):
                 return SlotOutcome(slot, "skipped_claimed", detail="another scheduler is handling this slot")
             try:
                 return await self._handle_locked(conn, slot, plan, reason, now)
             finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                await schedule_slots.unlock(conn, key)
 
     async def _handle_locked(self, conn: asyncpg.Connection, slot: ScheduledSlot, plan: str,
                              reason: str | None, now: datetime) -> SlotOutcome:
         initial_status = "claimed" if plan == "run" else "missed"
-        inserted = await conn.fetchval(
-            """
-            INSERT INTO schedule_slots
-                (slot_key, slot_name, watchlist, session_date, scheduled_at, status, claimed_by,
-                 claimed_at, finished_at, detail)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-            ON CONFLICT (slot_key) DO NOTHING
-            RETURNING slot_key
-            """,
-            slot.slot_key, slot.slot_name, slot.watchlist, slot.session_date, slot.scheduled_at,
-            initial_status, self.scheduler_id, now, None if plan == "run" else now, reason,
-        )
+        inserted = await schedule_slots.insert(
+            conn, slot_key=slot.slot_key, slot_name=slot.slot_name, watchlist=slot.watchlist,
+            session_date=slot.session_date, scheduled_at=slot.scheduled_at, status=initial_status,
+            claimed_by=self.scheduler_id, claimed_at=now, finished_at=None if plan == "run" else now, detail=reason)
         resumed_from: str | None = None
-        if inserted is None:
-            existing = await conn.fetchrow(
-                "SELECT status, claimed_by, claimed_at FROM schedule_slots WHERE slot_key = $1", slot.slot_key
-            )
+        if not inserted:
+            existing = await schedule_slots.get(conn, slot.slot_key)
             if existing is None or existing["status"] in _TERMINAL:
                 # Someone finished it between our look and our lock.
                 return SlotOutcome(slot, "skipped_claimed", detail="already handled by another scheduler")
@@ -502,17 +489,10 @@ class Scheduler:
             if plan != "run":
                 detail = (f"abandoned: scheduler {resumed_from} stopped while running it "
                           f"(claimed {existing['claimed_at'].isoformat()}); past the grace period, not resumed")
-                await conn.execute(
-                    "UPDATE schedule_slots SET status = 'failed', finished_at = $2, detail = $3 "
-                    "WHERE slot_key = $1 AND status = 'claimed'",
-                    slot.slot_key, now, detail,
-                )
+                await schedule_slots.fail_claimed(conn, slot.slot_key, now, detail)
                 log.warning("slot %s %s", slot.slot_key, detail)
                 return SlotOutcome(slot, "failed", detail=detail)
-            await conn.execute(
-                "UPDATE schedule_slots SET claimed_by = $2, claimed_at = $3 WHERE slot_key = $1 AND status = 'claimed'",
-                slot.slot_key, self.scheduler_id, now,
-            )
+            await schedule_slots.reclaim(conn, slot.slot_key, self.scheduler_id, now)
         elif plan != "run":
             log.warning("slot %s missed: %s", slot.slot_key, reason)
             return SlotOutcome(slot, "missed", detail=reason)
@@ -535,10 +515,7 @@ class Scheduler:
 
     async def _finish(self, conn: asyncpg.Connection, slot: ScheduledSlot, status: str, run_id: str | None,
                       detail: str | None) -> None:
-        await conn.execute(
-            "UPDATE schedule_slots SET status = $2, run_id = $3, detail = $4, finished_at = $5 WHERE slot_key = $1",
-            slot.slot_key, status, run_id, detail, self._now(),
-        )
+        await schedule_slots.finish(conn, slot.slot_key, status, run_id, detail, self._now())
 
     async def run_forever(self, stop_event: asyncio.Event, poll_seconds: float = 20,
                           after_tick: Callable[[list[SlotOutcome]], Awaitable[Any]] | None = None) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from domain.order_state import OrderState
-from domain.orders import BrokerOrderStatus, BrokerPosition, ComboLeg, ComboOrder, Fill, OptionContract
+from domain.orders import BrokerOrderStatus, BrokerPosition, ComboLeg, Fill, OptionContract, Order
 
 AVG_PLACES = Decimal("0.000001")
 MONEY_PLACES = Decimal("0.0001")
@@ -87,11 +87,36 @@ class BrokerLedger:
         return bool(created)
 
     # ---------------------------------------------------------------- orders
+    async def broker_order_id(self, order_id: str, *, conn: asyncpg.Connection | None = None,
+                              any_account: bool = False) -> str | None:
+        """The broker order id our order was placed as, in this account (or in any: an order is
+        placed once, whichever account); None: it was not placed."""
+        return await (conn or self.pool).fetchval(
+            "SELECT broker_order_id FROM broker_orders WHERE order_id = $1 AND ($2 OR account_id = $3)",
+            order_id, any_account, self.account_id)
+
+    async def own_order_row(self, order_id: str) -> asyncpg.Record | None:
+        """The broker order row of our order in this account."""
+        return await self.pool.fetchrow("SELECT * FROM broker_orders WHERE order_id = $1 AND account_id = $2",
+                                        order_id, self.account_id)
+
+    async def order_ids_in_states(self, states: list[str]) -> list[str]:
+        """This account's placed orders whose `orders` state is one of `states`, oldest placed first."""
+        rows = await self.pool.fetch(
+            """SELECT bo.order_id FROM broker_orders bo JOIN orders o USING (order_id)
+               WHERE bo.account_id = $1 AND o.state = ANY($2::text[])
+               ORDER BY bo.placed_at, bo.order_id""", self.account_id, states)
+        return [r["order_id"] for r in rows]
+
+    @staticmethod
+    async def touch(conn: asyncpg.Connection, broker_order_id: str, at: datetime) -> None:
+        await conn.execute("UPDATE broker_orders SET updated_at = $2 WHERE broker_order_id = $1", broker_order_id, at)
+
     async def order_row(self, conn: asyncpg.Connection, order_id: str, *, lock: bool = False) -> asyncpg.Record | None:
         sql = "SELECT * FROM broker_orders WHERE order_id = $1" + (" FOR UPDATE" if lock else "")
         return await conn.fetchrow(sql, order_id)
 
-    async def insert_order(self, conn: asyncpg.Connection, order: ComboOrder, broker_order_id: str,
+    async def insert_order(self, conn: asyncpg.Connection, order: Order, broker_order_id: str,
                            placed_at: datetime, good_till: datetime | None) -> None:
         await conn.execute(
             """INSERT INTO broker_orders (broker_order_id, order_id, account_id, broker, ticker, legs, multiplier,

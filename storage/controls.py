@@ -19,8 +19,9 @@ class RiskControls:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 
-    async def state(self) -> HaltState:
-        row = await self.pool.fetchrow("SELECT halted, reason, actor, changed_at FROM risk_controls WHERE id")
+    async def state(self, conn: asyncpg.Connection | None = None) -> HaltState:
+        """The kill switch now (read on `conn`, inside the caller's transaction, when given)."""
+        row = await (conn or self.pool).fetchrow("SELECT halted, reason, actor, changed_at FROM risk_controls WHERE id")
         return HaltState(**dict(row))
 
     async def set_halted(self, halted: bool, *, actor: str, reason: str | None) -> HaltState:

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from config.settings import Settings
 from storage.embedded import embedded_database_url, redact
 from storage.migrate import apply_migrations
+from storage.serde import checkpoint_serializer
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -108,6 +109,13 @@ class Database:
                 with contextlib.suppress(*CONNECTION_ERRORS):
                     await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
+    async def server_version(self) -> str:
+        """The server's version; also a round trip that fails when the database is unreachable."""
+        return await self.pool.fetchval("SHOW server_version")
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
     async def close(self) -> None:
         await self.pool.close()
         await self.checkpoint_pool.close()
@@ -166,8 +174,6 @@ async def connect(url: str, server: Any = None, min_size: int = 1, max_size: int
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     )
     await checkpoint_pool.open(wait=True)
-    from graph.serde import checkpoint_serializer  # the graph decides which of its types may be restored
-
     saver = AsyncPostgresSaver(checkpoint_pool, serde=checkpoint_serializer())
     async with pool.acquire() as conn:
         await apply_migrations(conn)

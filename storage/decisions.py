@@ -71,6 +71,12 @@ class DecisionRepository:
         return [dict(r) for r in await self.pool.fetch(
             "SELECT * FROM debates WHERE run_id = $1 ORDER BY ticker", run_id)]
 
+    async def fallback_debates(self, run_id: str) -> list[dict]:
+        """(ticker, debater) of the run's debates that fell back from the LLM to the deterministic debater."""
+        return [dict(r) for r in await self.pool.fetch(
+            "SELECT ticker, debater FROM debates WHERE run_id = $1 AND debater LIKE '%fallback%' ORDER BY ticker",
+            run_id)]
+
     async def risk_decisions(self, run_id: str) -> list[dict]:
         return [dict(r) for r in await self.pool.fetch(
             "SELECT * FROM risk_decisions WHERE run_id = $1 ORDER BY ticker, stage", run_id)]

@@ -20,8 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from domain.orders import BrokerAccount, Fill
-from brokers.portfolio import PortfolioGreeks
+from domain.orders import BrokerAccount, Fill, PortfolioGreeks
 from storage.broker_ledger import fill_from_row
 
 def _json_safe(value: Any) -> Any:

@@ -89,6 +89,12 @@ class LLMCallRepository:
         )
         return {"calls": int(row["calls"]), "tokens_in": int(row["tokens_in"]), "tokens_out": int(row["tokens_out"])}
 
+    async def totals(self) -> dict[str, int]:
+        """{calls, tokens_in, tokens_out} over every run."""
+        row = await self.pool.fetchrow("SELECT count(*) AS calls, coalesce(sum(tokens_in), 0) AS tokens_in, "
+                                       "coalesce(sum(tokens_out), 0) AS tokens_out FROM llm_calls")
+        return {k: row[k] for k in ("calls", "tokens_in", "tokens_out")}
+
     async def usage_by_model(self, run_id: str) -> dict[str, dict[str, int]]:
         """{model: {calls, requests, retries, failed, tokens_in, tokens_out}}: what a run's calls
         cost is priced per model; retries are HTTP requests beyond the first of each call."""

@@ -46,6 +46,11 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+async def applied_migrations(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """(version, name, applied_at) of every applied migration, oldest first."""
+    return await pool.fetch("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
+
+
 async def apply_migrations(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[int]:
     """Apply every pending migration; return the versions applied now."""
     applied_now: list[int] = []

@@ -5,43 +5,32 @@ twice (a resumed run, a re-executed node, two processes) leaves exactly one orde
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
-from domain.order_state import OrderState, transition
 from domain.decision import Position, SizedTrade
+from domain.order_state import OrderState, transition
+from domain.orders import Order
 
 # Orders in these states are, or may become, positions: they count against the risk limits.
 OPEN_STATES = ("STAGED", "APPROVED", "SUBMITTED", "PARTIALLY_FILLED", "UNKNOWN")
 
 
-@dataclass(frozen=True)
-class OrderRecord:
-    order_id: str
-    idempotency_key: str
-    run_id: str
-    ticker: str
-    sector: str
-    structure: str
-    legs: list[dict[str, Any]]
-    quantity: int
-    limit_price: Decimal
-    state: str
-    requires_acknowledgement: bool
-    proposal: dict[str, Any]
-    sizing: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-    closes_position_id: str | None = None  # an exit: the strategy position this order closes
-    exit_rule: str | None = None  # which exit rule staged it (take_profit, dte, credit_stop, ...)
+def order_from_row(row: asyncpg.Record | Mapping[str, Any]) -> Order:
+    """The `domain.orders.Order` an `orders` row holds. The row's `legs` column keeps the priced
+    legs the approver saw (the same as `proposal.legs`); the order's legs are their contract terms."""
+    proposal = row["proposal"] or {}
+    return Order(**{k: row[k] for k in _ROW_FIELDS if k in row.keys()},
+                 multiplier=int(proposal.get("multiplier", 100)))
 
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> "OrderRecord":
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row.keys()})
+
+_ROW_FIELDS = ("order_id", "ticker", "legs", "quantity", "limit_price", "run_id", "idempotency_key", "structure",
+               "sector", "state", "requires_acknowledgement", "proposal", "sizing", "created_at", "updated_at",
+               "closes_position_id", "exit_rule")
 
 
 class UnknownOrder(LookupError):
@@ -55,9 +44,11 @@ class OrderRepository:
     async def stage(
         self, *, order_id: str, idempotency_key: str, run_id: str, trade: SizedTrade, sector: str,
         limit_price: Decimal, requires_acknowledgement: bool, actor: str = "graph", created_at: datetime | None = None,
-    ) -> tuple[OrderRecord, bool]:
+    ) -> tuple[Order, bool]:
         """Stage an order once. Returns (the order, whether this call created it)."""
-        proposal = trade.proposal
+        order = Order.staged(order_id=order_id, idempotency_key=idempotency_key, run_id=run_id, trade=trade,
+                             sector=sector, limit_price=limit_price, requires_acknowledgement=requires_acknowledgement,
+                             created_at=created_at)
         async with self.pool.acquire() as conn, conn.transaction():
             created = await conn.fetchval(
                 """INSERT INTO orders (order_id, idempotency_key, run_id, ticker, sector, structure, legs, quantity,
@@ -67,10 +58,9 @@ class OrderRepository:
                            COALESCE($14, now()), COALESCE($14, now()))
                    ON CONFLICT (idempotency_key) DO NOTHING
                    RETURNING order_id""",
-                order_id, idempotency_key, run_id, proposal.ticker, proposal.structure,
-                [leg.model_dump(mode="json") for leg in proposal.legs], trade.contracts, limit_price,
-                OrderState.STAGED.value, requires_acknowledgement, proposal.model_dump(mode="json"),
-                trade.model_dump(mode="json", exclude={"proposal"}), sector, created_at,
+                order.order_id, order.idempotency_key, order.run_id, order.ticker, order.structure,
+                order.proposal["legs"], order.quantity, order.limit_price, order.state,
+                order.requires_acknowledgement, order.proposal, order.sizing, order.sector, order.created_at,
             )
             if created:
                 # An order is born a DRAFT and staged in the same transaction: both steps are history.
@@ -81,10 +71,10 @@ class OrderRepository:
                      (order_id, OrderState.DRAFT.value, OrderState.STAGED.value, actor, f"staged by run {run_id}")],
                 )
             row = await conn.fetchrow("SELECT * FROM orders WHERE idempotency_key = $1", idempotency_key)
-        return OrderRecord.from_row(row), bool(created)
+        return order_from_row(row), bool(created)
 
     async def transition(self, order_id: str, target: OrderState | str, *, actor: str, reason: str | None = None,
-                         conn: asyncpg.Connection | None = None) -> OrderRecord:
+                         conn: asyncpg.Connection | None = None) -> Order:
         """Move an order to `target` if the state machine allows it (row-locked against races).
 
         With `conn` (a connection inside the caller's transaction) the move commits or rolls back
@@ -95,9 +85,23 @@ class OrderRepository:
         async with self.pool.acquire() as own, own.transaction():
             return await self._transition(own, order_id, target, actor, reason)
 
+    @staticmethod
+    async def lock_state(conn: asyncpg.Connection, order_id: str) -> str | None:
+        """The order's state, its row locked until the caller's transaction ends (None: no such order)."""
+        return await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+
+    @staticmethod
+    async def lock(conn: asyncpg.Connection, order_id: str) -> Order | None:
+        """The order, its row locked until the caller's transaction ends."""
+        row = await conn.fetchrow("SELECT * FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+        return order_from_row(row) if row else None
+
+    async def state(self, order_id: str) -> str | None:
+        return await self.pool.fetchval("SELECT state FROM orders WHERE order_id = $1", order_id)
+
     async def _transition(self, conn: asyncpg.Connection, order_id: str, target: OrderState | str, actor: str,
-                          reason: str | None) -> OrderRecord:
-        current = await conn.fetchval("SELECT state FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+                          reason: str | None) -> Order:
+        current = await self.lock_state(conn, order_id)
         if current is None:
             raise UnknownOrder(order_id)
         new_state = transition(current, target)
@@ -109,20 +113,28 @@ class OrderRepository:
             "INSERT INTO order_state_history (order_id, from_state, to_state, actor, reason) VALUES ($1, $2, $3, $4, $5)",
             order_id, current, new_state.value, actor, reason,
         )
-        return OrderRecord.from_row(row)
+        return order_from_row(row)
 
-    async def get(self, order_id: str) -> OrderRecord | None:
+    async def get(self, order_id: str) -> Order | None:
         row = await self.pool.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
-        return OrderRecord.from_row(row) if row else None
+        return order_from_row(row) if row else None
 
-    async def list(self, *, run_id: str | None = None, state: str | None = None, limit: int = 100) -> list[OrderRecord]:
+    async def list(self, *, run_id: str | None = None, state: str | None = None, limit: int = 100) -> list[Order]:
         rows = await self.pool.fetch(
             """SELECT * FROM orders
                WHERE ($1::text IS NULL OR run_id = $1) AND ($2::text IS NULL OR state = $2)
                ORDER BY created_at DESC, order_id LIMIT $3""",
             run_id, state, limit,
         )
-        return [OrderRecord.from_row(r) for r in rows]
+        return [order_from_row(r) for r in rows]
+
+    async def count_by_state(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in await self.pool.fetch("SELECT state, count(*) AS n FROM orders GROUP BY 1")}
+
+    async def states(self, order_ids: list[str]) -> dict[str, str]:
+        """order id -> state, for those of `order_ids` that exist."""
+        rows = await self.pool.fetch("SELECT order_id, state FROM orders WHERE order_id = ANY($1::text[])", order_ids)
+        return {r["order_id"]: r["state"] for r in rows}
 
     async def history(self, order_id: str) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(

@@ -85,6 +85,22 @@ class RunRepository:
             run_id,
         )
 
+    async def ids_with_status(self, status: str) -> list[str]:
+        """Every run in `status` (e.g. awaiting_approval), by run id."""
+        return [r["run_id"] for r in await self.pool.fetch(
+            "SELECT run_id FROM runs WHERE status = $1 ORDER BY run_id", status)]
+
+    async def children(self, run_id: str) -> list[str]:
+        """The ids of the replays and forks made from `run_id`."""
+        return [r["run_id"] for r in await self.pool.fetch("SELECT run_id FROM runs WHERE parent_run_id = $1", run_id)]
+
+    async def count_by_status(self) -> dict[str, int]:
+        return {r["status"]: r["n"] for r in await self.pool.fetch("SELECT status, count(*) AS n FROM runs GROUP BY 1")}
+
+    async def has_graph(self, run_id: str) -> bool:
+        """Whether the run is a LangGraph thread (it has a checkpoint); flatten runs are not."""
+        return bool(await self.pool.fetchval("SELECT 1 FROM checkpoints WHERE thread_id = $1 LIMIT 1", run_id))
+
     async def set_status(self, run_id: str, status: str) -> None:
         await self.pool.execute("UPDATE runs SET status = $2 WHERE run_id = $1", run_id, status)
 
@@ -110,6 +126,16 @@ class RunRepository:
         if row is None:
             return None
         return decode_snapshot(bytes(row["payload"])), row["sha256"]
+
+    async def timings(self, run_id: str) -> list[dict]:
+        """The run's node timings (node, ticker, duration_ms), in the order the nodes started."""
+        return [dict(r) for r in await self.pool.fetch(
+            "SELECT node, ticker, duration_ms FROM node_timings WHERE run_id = $1 ORDER BY started_at", run_id)]
+
+    async def node_seconds(self) -> dict[str, float]:
+        """Wall time spent in each node over every run, in seconds."""
+        return {r["node"]: float(r["s"]) for r in await self.pool.fetch(
+            "SELECT node, sum(duration_ms) / 1000.0 AS s FROM node_timings GROUP BY 1")}
 
     async def record_timings(self, run_id: str, timings: list[tuple[str, str | None, datetime, float]]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():

@@ -257,6 +257,18 @@ async def test_openapi_schema_is_served_and_precise(seeded_url):
     assert models["OrderSummaryOut"]["properties"]["state"] == {"$ref": "#/components/schemas/OrderState"}
 
 
+def test_the_order_summary_is_a_view_of_the_one_order_type():
+    from dataclasses import fields
+
+    from domain.orders import Order
+    from service.api import OrderSummaryOut
+
+    # Every field of the order is in the API's view of it, but the proposal and sizing JSON, which
+    # the view summarizes (per-unit figures, Kelly inputs).
+    shown = set(OrderSummaryOut.model_fields)
+    assert {f.name for f in fields(Order)} - {"proposal", "sizing"} <= shown
+
+
 # ---------------------------------------------------------------------------------------------
 # Deciding
 

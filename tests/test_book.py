@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from domain.orders import BrokerPosition, ComboOrder, LegQuote, OptionContract
+from domain.orders import BrokerPosition, LegQuote, OptionContract
 from brokers.book import Book, BookError, last_daily_reset
 from domain.order_state import OrderState
 from brokers.paper import PaperBroker, SlippageModel
@@ -40,7 +40,7 @@ def set_quote(book, ticker, strike, right, bid, ask, underlying="600", expiry=EX
 async def open_position(db, broker, p, contracts=3, run_id="run-1"):
     record = await stage(db, p, contracts, run_id=run_id)
     await approve(db, record.order_id)
-    await broker.place(ComboOrder.from_record(record))
+    await broker.place(record)
     fills = await broker.process()
     assert fills and sum(f.quantity for f in fills) == contracts
     await Book(db).ingest_fills()
@@ -69,7 +69,7 @@ async def desk_with(db, p, units: int, *, underlying="600", config: BookConfig |
 
 async def approve_and_fill(db, broker, record):
     await OrderRepository(db.pool).transition(record.order_id, OrderState.APPROVED, actor="approver", reason="test")
-    await broker.place(ComboOrder.from_record(record))
+    await broker.place(record)
     return await broker.process()
 
 
@@ -91,7 +91,7 @@ async def test_vertical_round_trip_marks_exit_and_realized_pnl(db):
     book = Book(db)
     opened = await stage(db, p, 3)
     await approve(db, opened.order_id)
-    await broker.place(ComboOrder.from_record(opened))
+    await broker.place(opened)
     await broker.process()
 
     report = await book.ingest_fills()
@@ -299,7 +299,7 @@ async def test_trades_per_day_counts_opening_orders_filled_since_the_reset(db):
         await run_row(db, f"run-{i}")
         record = await stage(db, bull_put_spread() if i % 2 else bull_call_spread(), 2, run_id=f"run-{i}")
         await approve(db, record.order_id)
-        await broker.place(ComboOrder.from_record(record))
+        await broker.place(record)
         await broker.process()
         await broker.process()  # filled in two parts: still one trade
     reset = last_daily_reset(clock.now, matrix.daily_reset.at, matrix.daily_reset.timezone)
@@ -358,7 +358,7 @@ async def test_concurrent_ingestion_books_each_fill_once(db):
     broker = paper(db, quotes, clock, max_contracts_per_fill=1)
     record = await stage(db, p, 3)
     await approve(db, record.order_id)
-    await broker.place(ComboOrder.from_record(record))
+    await broker.place(record)
     for _ in range(3):
         await broker.process()
     books = [Book(db) for _ in range(4)]

@@ -7,6 +7,7 @@ risk decisions; after the daily reset the halt lifts.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from brokers.book import Book
@@ -76,6 +77,4 @@ async def test_a_realized_loss_above_3pct_stops_the_next_run_until_the_daily_res
 
 
 def broker_combo(order, limit=None):
-    from domain.orders import ComboOrder
-
-    return ComboOrder.from_record(order, limit_price=limit)
+    return order if limit is None else replace(order, limit_price=limit)

@@ -18,7 +18,6 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from domain.orders import ComboOrder
 from brokers.book import Book, ExitTrade, _closing_order
 from domain.order_state import OrderState
 from brokers.paper import PaperBroker, SlippageModel
@@ -86,7 +85,7 @@ async def scenario(url: str, ops: list[tuple[str, int]]) -> None:
                 await run_row(db, run_id)
                 record = await stage(db, proposal(legs_at(market["bid"])), amount, run_id=run_id)
                 await approve(db, record.order_id)
-                await broker.place(ComboOrder.from_record(record))
+                await broker.place(record)
                 assert await broker.process()
             else:
                 await book.ingest_fills()
@@ -98,7 +97,7 @@ async def scenario(url: str, ops: list[tuple[str, int]]) -> None:
                 order = dataclasses.replace(_closing_order(position, quoted, "test", "property"), quantity=amount)
                 [staged] = await book.stage_exits(clock.now, [ExitTrade(position.position_id, "test", "property", order)], provider="simulated")
                 await OrderRepository(db.pool).transition(staged.order.order_id, OrderState.APPROVED, actor="a")
-                await broker.place(ComboOrder.from_record(staged.order))
+                await broker.place(staged.order)
                 assert await broker.process()
                 report = await book.ingest_fills()
                 if amount > position.units_open:
@@ -116,7 +115,7 @@ async def scenario(url: str, ops: list[tuple[str, int]]) -> None:
             order = _closing_order(position, quoted, "test", "flat")
             [staged] = await book.stage_exits(clock.now, [ExitTrade(position.position_id, "test", "flat", order)], provider="simulated")
             await OrderRepository(db.pool).transition(staged.order.order_id, OrderState.APPROVED, actor="a")
-            await broker.place(ComboOrder.from_record(staged.order))
+            await broker.place(staged.order)
             await broker.process()
         await book.ingest_fills()
         await check()

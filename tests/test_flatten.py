@@ -1,13 +1,14 @@
 """Flatten risk: closing orders for short options, staged and executed like any other order."""
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 
 from agents.staging import idempotency_key, order_id_for
 from brokers.base import QuoteUnavailable
-from domain.orders import BrokerPosition, ComboOrder, LegQuote
+from domain.orders import BrokerPosition, LegQuote
 from brokers.flatten import FLATTEN_STRUCTURE, flatten_orders
 from domain.order_state import OrderState
 from brokers.paper import PaperBroker
@@ -99,7 +100,7 @@ async def test_flatten_orders_are_staged_approved_and_executed_like_any_order(db
     clock = Clock(T0)
     quotes = book_for(p)
     broker = PaperBroker(db, quotes, clock=clock)
-    await broker.place(ComboOrder.from_record(opened, limit_price=D("-0.85")))
+    await broker.place(replace(opened, limit_price=D("-0.85")))
     await broker.process()
     assert {pos.quantity for pos in await broker.positions()} == {-3, 3}
 

@@ -14,7 +14,7 @@ from decimal import Decimal
 import pytest
 
 from brokers.base import OrderNotApproved
-from domain.orders import ComboOrder
+
 from brokers.ibkr import IbkrBroker
 from brokers.live import BrokerDisconnected
 from brokers.book import Book
@@ -67,7 +67,7 @@ async def test_an_approved_order_goes_to_ibkr_as_a_bag_combo_and_its_fill_is_jou
     clock, order = await approved_order(db)
     broker = await connected(db, tws, clock)
     try:
-        what_if = await broker.what_if(ComboOrder.from_record(order))
+        what_if = await broker.what_if(order)
         assert what_if.initial_margin_change == Decimal("500") and what_if.method == "ibkr_what_if"
         assert what_if.margin_after == Decimal("10500")
         assert not tws.orders, "what-if places nothing"
@@ -76,8 +76,7 @@ async def test_an_approved_order_goes_to_ibkr_as_a_bag_combo_and_its_fill_is_jou
         assert execution.outcome == "transmitted" and execution.filled_quantity == order.quantity, execution
         [sent] = tws.orders.values()
         assert sent.order_ref == order.order_id and sent.quantity == order.quantity and sent.limit == order.limit_price
-        assert [(leg.action, leg.ratio) for leg in sent.legs] == [(leg["side"].upper(), leg.get("ratio", 1))
-                                                                   for leg in order.legs]
+        assert [(leg.action, leg.ratio) for leg in sent.legs] == [(leg.side.upper(), leg.ratio) for leg in order.legs]
         assert (await broker.status(order.order_id)).state == OrderState.FILLED
         [fill] = await broker.fills(order.order_id)
         assert fill.quantity == order.quantity and fill.price == order.limit_price
@@ -85,7 +84,7 @@ async def test_an_approved_order_goes_to_ibkr_as_a_bag_combo_and_its_fill_is_jou
         assert await db.pool.fetchval("SELECT count(*) FROM trade_journal WHERE order_id = $1", order.order_id) == 1
         assert [s for s, _ in await history(db, order.order_id)][-2:] == ["SUBMITTED", "FILLED"]
         # Placing again (a retried executor) sends nothing new.
-        assert await broker.place(ComboOrder.from_record(await OrderRepository(db.pool).get(order.order_id)))
+        assert await broker.place(await OrderRepository(db.pool).get(order.order_id))
         assert len(tws.orders) == 1
     finally:
         await broker.close()
@@ -96,7 +95,7 @@ async def test_only_an_approved_order_is_ever_sent(db, tws):
     broker = await connected(db, tws, clock)
     try:
         with pytest.raises(OrderNotApproved):
-            await broker.place(ComboOrder.from_record(orders[0]))
+            await broker.place(orders[0])
         assert not tws.orders
     finally:
         await broker.close()
@@ -140,7 +139,7 @@ async def test_a_dropped_connection_makes_the_order_unknown_until_ibkr_reports_i
     clock, order = await approved_order(db)
     broker = await connected(db, tws, clock)
     try:
-        await broker.place(ComboOrder.from_record(order))
+        await broker.place(order)
         assert (await broker.status(order.order_id)).state == OrderState.SUBMITTED
         tws.drop_clients()
         for _ in range(50):
@@ -167,7 +166,7 @@ async def test_an_order_still_working_after_a_reconnect_goes_back_to_submitted(d
     clock, order = await approved_order(db)
     broker = await connected(db, tws, clock)
     try:
-        await broker.place(ComboOrder.from_record(order))
+        await broker.place(order)
         tws.drop_clients()
         for _ in range(50):
             if (await broker.book.state(order.order_id)) == OrderState.UNKNOWN:

@@ -1,12 +1,13 @@
 """Journal and account snapshots on a real Postgres, and the portfolio Greeks they record."""
 from __future__ import annotations
 
+from dataclasses import replace
 import math
 from datetime import timedelta
 
 import pytest
 
-from domain.orders import ComboOrder, Fill, LegQuote
+from domain.orders import Fill, LegQuote
 from brokers.paper import PaperBroker
 from brokers.portfolio import holdings_after, portfolio_greeks, spx_beta_weighted_delta, theta_vega_ratio
 from brokers.quote_source import QuoteBook
@@ -75,7 +76,7 @@ async def test_fills_are_journaled_with_context_and_snapshots_recorded(db):
     book = greek_book()
     broker = PaperBroker(db, book, clock=clock, max_contracts_per_fill=2)
     journal = Journal(db)
-    order = ComboOrder.from_record(record, limit_price=D("-0.85"))
+    order = replace(record, limit_price=D("-0.85"))
     pre = portfolio_greeks(await broker.positions(), book, spx_price=SPX, betas={"SPY": 1.0})
     expected_post = portfolio_greeks(holdings_after(await broker.positions(), order), book, spx_price=SPX,
                                      betas={"SPY": 1.0})

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.orders import CENT, ComboOrder, LegQuote
+from domain.orders import CENT, LegQuote
 from brokers.limit_walk import LimitWalker, limit_at, limit_schedule
 from domain.order_state import OrderState
 from brokers.paper import PaperBroker
@@ -65,7 +65,7 @@ async def test_walk_raises_the_limit_until_the_paper_broker_fills(db):
     record = await approve(db, (await stage(db, p, contracts=2)).order_id)
     clock = Clock(T0)
     broker = PaperBroker(db, book_for(p), clock=clock)
-    await broker.place(ComboOrder.from_record(record))
+    await broker.place(record)
     walker = LimitWalker.from_quotes(broker, record.order_id, mid=p.net_debit, natural=p.natural_debit, steps=3,
                                      start=T0, deadline=T0 + timedelta(minutes=4))
     seen = []
@@ -89,7 +89,7 @@ async def test_walk_cancels_at_the_deadline_when_nothing_fills(db):
     clock = Clock(T0)
     book = book_for(p)
     broker = PaperBroker(db, book, clock=clock)
-    await broker.place(ComboOrder.from_record(record))
+    await broker.place(record)
     # The market runs away: the 600 call now costs 6.00/6.20, so even the old natural 3.70 is too low.
     book.set(contract("600", "C"), LegQuote(bid=D("6.00"), ask=D("6.20"), underlying_price=D("601")))
     walker = LimitWalker.from_quotes(broker, record.order_id, mid=p.net_debit, natural=p.natural_debit, steps=2,

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from agents.execution import order_manager
-from domain.orders import ComboOrder
+
 from brokers.paper import TradingHalted
 from config.clock import ClockError, parse_now, wall_clock
 from config.settings import defaults
@@ -106,10 +106,10 @@ async def test_place_itself_refuses_while_halted(db):
     await RiskControls(db.pool).set_halted(True, actor="ops", reason="drill")
     deps = await approvals._deps_for_run(ctx, run_id)
     record = await deps.db.pool.fetchrow("SELECT * FROM orders WHERE order_id = $1", order.order_id)
-    from storage.orders import OrderRecord
+    from storage.orders import order_from_row
 
     with pytest.raises(TradingHalted, match="halted"):
-        await deps.broker.place(ComboOrder.from_record(OrderRecord.from_row(record)))
+        await deps.broker.place(order_from_row(record))
     assert await state_of(db, order.order_id) == "APPROVED"
     held = await (await order_manager(deps)).transmit(order.order_id)
     assert held.outcome == "held" and "halted" in held.reasons[0]
@@ -131,7 +131,7 @@ async def test_recovery_from_a_crash_between_approval_and_journal_is_exactly_onc
         from storage.orders import OrderRepository
 
         record = await OrderRepository(db.pool).get(order.order_id)
-        await deps.broker.place(ComboOrder.from_record(record))  # SUBMITTED, no walk, no journal
+        await deps.broker.place(record)  # SUBMITTED, no walk, no journal
         if crash_after == "filled":
             # The fill reaches the broker's ledger at a price the walk would have reached.
             await deps.broker.replace_limit(order.order_id, (record.limit_price + Decimal("0.50")).quantize(Decimal("0.01")))

@@ -1,6 +1,7 @@
 """The paper broker on a real Postgres: approval gate, idempotent placing, fills, books, margin."""
 from __future__ import annotations
 
+from dataclasses import replace
 import asyncio
 from datetime import date
 from decimal import Decimal
@@ -17,7 +18,7 @@ from brokers.base import (
     OrderNotWorking,
     UnknownBrokerOrder,
 )
-from domain.orders import ComboLeg, ComboOrder, Fill, combo_prices
+from domain.orders import ComboLeg, Fill, Order, combo_prices
 from brokers.margin import margin_requirement, reg_t_naked_per_share
 from domain.order_state import OrderState
 from brokers.paper import InsufficientBuyingPower, PaperBroker, SlippageModel, is_marketable, model_fill_price
@@ -150,7 +151,7 @@ async def test_broker_refuses_every_order_that_is_not_approved(db, decision):
         await OrderRepository(db.pool).transition(record.order_id, decision, actor="approver@example")
     broker = broker_for(db, book_for(p))
     with pytest.raises(OrderNotApproved, match="not APPROVED"):
-        await broker.place(ComboOrder.from_record(record))
+        await broker.place(record)
     assert (await OrderRepository(db.pool).get(record.order_id)).state == decision
     assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 0
     with pytest.raises(UnknownBrokerOrder):
@@ -162,11 +163,11 @@ async def test_broker_refuses_an_order_that_differs_from_the_approved_one(db):
     p = bull_put_spread()
     record = await approve(db, (await stage(db, p)).order_id)
     broker = broker_for(db, book_for(p))
-    approved = ComboOrder.from_record(record)
-    bigger = ComboOrder(approved.order_id, approved.ticker, approved.legs, approved.quantity + 1, approved.limit_price)
+    approved = record
+    bigger = Order(approved.order_id, approved.ticker, approved.legs, approved.quantity + 1, approved.limit_price)
     with pytest.raises(OrderMismatch, match="quantity 4 != approved 3"):
         await broker.place(bigger)
-    other_legs = ComboOrder(approved.order_id, approved.ticker,
+    other_legs = Order(approved.order_id, approved.ticker,
                             (ComboLeg(EXPIRY, D("580"), "P", "sell"), ComboLeg(EXPIRY, D("570"), "P", "buy")),
                             approved.quantity, approved.limit_price)
     with pytest.raises(OrderMismatch, match="legs differ"):
@@ -189,7 +190,7 @@ async def test_place_partial_fill_fill_updates_positions_and_cash(db):
         delivered.append(fill)
 
     broker.subscribe_fills(collect)
-    order = ComboOrder.from_record(record)
+    order = record
     what_if = await broker.what_if(order)
     # At the -0.92 limit: max loss 3 * (500 - 92) = 1224; commission 0.65 * 2 legs * 3.
     assert what_if.initial_margin_change == D("1224") and what_if.margin_before == D(0)
@@ -240,7 +241,7 @@ async def test_a_repeated_fill_report_is_ignored_and_an_overfill_refused(db):
     p = bull_put_spread()
     record = await approve(db, (await stage(db, p, contracts=3)).order_id)
     broker = broker_for(db, book_for(p), max_contracts_per_fill=2)
-    await broker.place(ComboOrder.from_record(record, limit_price=D("-0.85")))
+    await broker.place(replace(record, limit_price=D("-0.85")))
     [fill] = await broker.process()
     cash, positions = (await broker.account()).cash, await broker.positions()
     assert await broker.record_fill(fill) is False  # the same fill id again
@@ -269,7 +270,7 @@ async def test_placing_twice_makes_one_broker_order(db):
     await run_row(db)
     p = bull_put_spread()
     record = await approve(db, (await stage(db, p)).order_id)
-    order = ComboOrder.from_record(record)
+    order = record
     broker = broker_for(db, book_for(p))
     ids = await asyncio.gather(*(broker.place(order) for _ in range(4)))
     # A restarted process (a new broker object) retrying the same approved order.
@@ -294,12 +295,12 @@ async def test_a_crash_between_approved_and_submitted_leaves_no_half_order(db):
     """)
     broker = broker_for(db, book_for(p))
     with pytest.raises(Exception, match="simulated crash"):
-        await broker.place(ComboOrder.from_record(record))
+        await broker.place(record)
     assert (await OrderRepository(db.pool).get(record.order_id)).state == "APPROVED"
     assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 0
     await db.pool.execute("DROP TRIGGER crash ON order_state_history")
-    first = await broker_for(db, book_for(p)).place(ComboOrder.from_record(record))
-    assert first == await broker.place(ComboOrder.from_record(record))
+    first = await broker_for(db, book_for(p)).place(record)
+    assert first == await broker.place(record)
     assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 1
     assert (await OrderRepository(db.pool).get(record.order_id)).state == "SUBMITTED"
 
@@ -311,8 +312,8 @@ async def test_cancel_from_submitted_and_from_partially_filled(db):
     a = await approve(db, (await stage(db, p, contracts=3)).order_id)
     b = await approve(db, (await stage(db, q, contracts=3)).order_id)
     broker = broker_for(db, book_for(p, q), max_contracts_per_fill=1)
-    await broker.place(ComboOrder.from_record(a))  # at -0.92: never marketable
-    await broker.place(ComboOrder.from_record(b, limit_price=D("3.60")))  # debit, marketable at 3.59
+    await broker.place(a)  # at -0.92: never marketable
+    await broker.place(replace(b, limit_price=D("3.60")))  # debit, marketable at 3.59
     fills = await broker.process()
     assert [(f.order_id, f.quantity, f.price) for f in fills] == [(b.order_id, 1, D("3.59"))]
     cancelled = await broker.cancel(a.order_id, reason="approver withdrew")
@@ -339,7 +340,7 @@ async def test_day_orders_are_cancelled_at_the_close(db):
     record = await approve(db, (await stage(db, p)).order_id)
     clock = Clock()
     broker = broker_for(db, book_for(p), clock)
-    await broker.place(ComboOrder.from_record(record))  # -0.92: not marketable
+    await broker.place(record)  # -0.92: not marketable
     clock.advance(hours=5, minutes=59)  # 15:59 New York
     assert await broker.process() == []
     assert (await broker.status(record.order_id)).state == OrderState.SUBMITTED
@@ -355,7 +356,7 @@ async def test_an_order_beyond_the_buying_power_is_rejected(db):
     record = await approve(db, (await stage(db, p, contracts=3)).order_id)
     broker = broker_for(db, book_for(p), opening_cash=D("1000"))
     with pytest.raises(InsufficientBuyingPower, match="margin need 1224"):
-        await broker.place(ComboOrder.from_record(record))
+        await broker.place(record)
     assert (await OrderRepository(db.pool).get(record.order_id)).state == "REJECTED"
     assert await db.pool.fetchval("SELECT count(*) FROM broker_orders") == 0
 
@@ -369,7 +370,7 @@ async def test_slippage_jitter_is_seeded(db):
         record = await approve(db, (await stage(db, p, run_id=run_id)).order_id)
         broker = broker_for(db, book_for(p), account_id=account, seed=1 if account != "c" else 2,
                             slippage=SlippageModel(fraction=D("0.2"), jitter=D("0.8")))
-        await broker.place(ComboOrder.from_record(record, limit_price=D("3.70")))
+        await broker.place(replace(record, limit_price=D("3.70")))
         [fill] = await broker.process()
         prices[account] = fill.price
         assert D("3.55") + D("0.2") * D("0.15") <= fill.price <= D("3.70")
@@ -420,10 +421,10 @@ async def test_a_paper_trade_on_the_real_spy_chain(db, shared_data):
     record = await approve(db, (await stage(db, p, contracts=5)).order_id)
     broker = broker_for(db, quotes, Clock(chain.as_of))
     # The file was taken at 16:31, after the close: a DAY order would be cancelled, so GTC.
-    await broker.place(ComboOrder.from_record(record, limit_price=D("-0.31"), time_in_force="GTC"))
+    await broker.place(replace(record, limit_price=D("-0.31"), time_in_force="GTC"))
     [fill] = await broker.process()
     # 445P at 0.465 - 0.25 * 0.005, 440P at 0.145 + 0.25 * 0.005: -0.3175 -> -0.31 on the cent.
     assert fill.price == D("-0.31") and fill.quantity == 5
     assert -fill.leg_prices[0] + fill.leg_prices[1] == D("-0.31")
     assert all(q.bid <= price <= q.ask for q, price in zip(
-        (quotes(c) for c in ComboOrder.from_record(record).contracts()), fill.leg_prices))
+        (quotes(c) for c in record.contracts()), fill.leg_prices))

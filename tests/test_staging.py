@@ -113,3 +113,35 @@ async def test_concurrent_decisions_on_one_order_one_wins(db):
     )
     assert sum(not isinstance(r, BaseException) for r in results) == 1
     assert sum(isinstance(r, IllegalTransition) for r in results) == 1
+
+
+def test_a_checkpoint_from_before_the_one_order_type_restores_its_staged_orders_as_orders():
+    from pydantic import BaseModel
+
+    from domain.orders import Order
+    from storage.serde import checkpoint_serializer
+
+    class StagedOrder(BaseModel):  # the graph state's order type before `domain.orders.Order`
+        order_id: str
+        idempotency_key: str
+        run_id: str
+        ticker: str
+        structure: str
+        legs: list[OptionLeg]
+        quantity: int
+        limit_price: Decimal
+        state: str
+        requires_acknowledgement: bool = False
+        created_at: datetime
+
+    StagedOrder.__module__ = "domain.decision"
+    p = proposal()
+    old = StagedOrder(order_id="ord_old", idempotency_key="k", run_id="run-1", ticker=p.ticker, structure=p.structure,
+                      legs=p.legs, quantity=2, limit_price=opening_limit_price(p), state="STAGED",
+                      created_at=datetime(2026, 11, 20, 20, 30, tzinfo=timezone.utc))
+    serde = checkpoint_serializer()
+    [order] = serde.loads_typed(serde.dumps_typed([old]))
+    assert isinstance(order, Order) and order.order_id == "ord_old" and order.quantity == 2
+    assert order.legs_key() == sorted((l.expiry, l.strike, l.right, l.side, l.ratio) for l in p.legs)
+    assert order.proposal["legs"] == [l.model_dump(mode="json") for l in p.legs]
+    assert serde.loads_typed(serde.dumps_typed([order])) == [order]  # today's orders round-trip as they are

@@ -25,7 +25,7 @@ from service.cli import app as cli_app
 
 from graph.deps import ContextError, RunContext, RunDeps, close_built, registered, run_deps
 from graph.runner import RunRequest, execute_run
-from graph.state import RunInfo
+from domain.decision import RunInfo
 from service.operations import default_account
 from storage.database import connect
 from tools.chain import NEW_YORK

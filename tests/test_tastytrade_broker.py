@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from domain.orders import ComboOrder, OptionContract
+from domain.orders import OptionContract
 from brokers.book import Book
 from brokers.order_manager import OrderManager
 from domain.order_state import OrderState
@@ -75,7 +75,7 @@ async def test_dry_run_then_the_approved_order_fills_through_the_order_manager(d
     clock, order = await approved_order(db)
     broker = await connected(db, tasty, clock)
     try:
-        preview = await broker.what_if(ComboOrder.from_record(order))
+        preview = await broker.what_if(order)
         assert preview.initial_margin_change == Decimal("500.00") and preview.method == "tastytrade_dry_run"
         assert preview.buying_power_change == Decimal("-500.00")
         assert preview.commission == Decimal("1.00") * order.quantity * len(order.legs) + Decimal("0.30")
@@ -135,7 +135,7 @@ async def test_a_dropped_connection_makes_the_order_unknown_until_tastytrade_rep
     clock, order = await approved_order(db)
     broker = await connected(db, tasty, clock)
     try:
-        await broker.place(ComboOrder.from_record(order))
+        await broker.place(order)
         assert (await broker.status(order.order_id)).state == OrderState.SUBMITTED
         tasty.stop()
         assert (await broker.status(order.order_id)).state == OrderState.UNKNOWN

@@ -11,9 +11,9 @@ app = typer.Typer(no_args_is_help=True, help="The database.")
 @app.command("migrate")
 def db_migrate() -> None:
     """Apply pending migrations (also done automatically on every connect)."""
-    async def go(db):
-        return await db.pool.fetch("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
-    for row in run_async(with_db(go)):
+    from storage.migrate import applied_migrations
+
+    for row in run_async(with_db(lambda db: applied_migrations(db.pool))):
         console.print(f"{row['version']:04d} {row['name']} applied {row['applied_at']:%Y-%m-%d %H:%M}")
 
 

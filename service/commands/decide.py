@@ -186,7 +186,7 @@ def render_orders(orders, title: str) -> None:
     for col in ("order", "ticker", "structure", "legs", "qty", "limit", "max loss/unit", "state", "ack"):
         t.add_column(col, no_wrap=col in ("order", "legs"))
     for o in orders:
-        t.add_row(o.order_id, o.ticker, o.structure, legs_text(o.legs), str(o.quantity), f"{o.limit_price:+.2f}",
+        t.add_row(o.order_id, o.ticker, o.structure, legs_text([leg.to_json() for leg in o.legs]), str(o.quantity), f"{o.limit_price:+.2f}",
                   str(o.proposal.get("max_loss")), o.state, "yes" if o.requires_acknowledgement else "")
     if not orders:
         t.caption = "no orders staged"
