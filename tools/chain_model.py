@@ -81,6 +81,8 @@ REALIZED_WINDOW = 60
 PILLAR_DAYS = {"VIX9D": 9.0, "VIX": 30.0, "VIX3M": 93.0}
 SPY_OI_SCALE = 5000.0
 MONTHLIES_LISTED = 12
+# Bump when a change alters the chains this model prints: backtest and run ids hash it with the data.
+CHAIN_MODEL_VERSION = 2  # 2: strikes stay listed (LISTING_HORIZON_YEARS, LISTING_SESSIONS)
 LISTING_HORIZON_YEARS = 0.25  # the strike range of an expiry never narrows below a 3-month one's
 LISTING_SESSIONS = 63  # strikes listed while the underlying traded anywhere in the last 3 months stay listed
 WEEKLY_SCHEDULE = {  # ticker class -> (weekday, first listing date, how many listed ahead)

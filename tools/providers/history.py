@@ -46,7 +46,7 @@ import pandas as pd
 
 from tools.cboe import read_cboe_quote_table
 from tools.chain import NEW_YORK, OptionChain
-from tools.chain_model import (LISTING_SESSIONS, ChainModelError, ImpliedInputs, Liquidity, ModelSurface, SINGLE_NAME_SKEW,
+from tools.chain_model import (CHAIN_MODEL_VERSION, LISTING_SESSIONS, ChainModelError, ImpliedInputs, Liquidity, ModelSurface, SINGLE_NAME_SKEW,
                                RATIO_BOUNDS, REALIZED_WINDOW, atm_total_variance_for, build_surface,
                                model_chain, session_close, shape_from_skew_index)
 from tools.providers.bar_files import BarDirectory, read_bar_directory
@@ -217,15 +217,16 @@ class HistoricalMarket:
         )
 
     def fingerprint(self) -> str:
-        """SHA-256 over the names and contents of the files this market reads (bars and chains):
-        put it in a run id so that a run on other files is another run."""
+        """SHA-256 over the chain model's version and the names and contents of the files this market
+        reads (bars and chains): put it in a run id so that a run on other data is another run."""
         paths = sorted(p for p in self.data_dir.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".parquet"))
         if self.index_dir is not None:
             used = {self.files.series[s].report.file for s in self.borrowed}
             paths += sorted(p for p in self.index_dir.iterdir() if p.name in used)
         if self.chains_dir is not None:
             paths += sorted(p for p in self.chains_dir.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
-        digest = hashlib.sha256()
+        # The modelled chains are part of the data: another chain model is other data.
+        digest = hashlib.sha256(f"chain-model:{CHAIN_MODEL_VERSION}\0".encode())
         for p in paths:
             stat = p.stat()
             digest.update(f"{p.parent.name}/{p.name}\0".encode())
