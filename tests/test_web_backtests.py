@@ -119,9 +119,12 @@ def test_backtest_pages_render_the_report(browser, server, backtested, tmp_path)
     page.wait_for_url(f"**/ui/backtests/{backtested.backtest_id}")
 
     main = page.locator("main")
-    for title in ("Metrics against both baselines", "P&L by strategy", "P&L by regime",
-                  "Calibration (reliability table)", "Assumptions", "Days"):
+    for title in ("Metrics against both baselines", "P&L by strategy", "P&L by regime", "P&L by analyst agreement",
+                  "Greeks P&L attribution", "Calibration (reliability table)", "Assumptions", "Days"):
         assert page.get_by_role("heading", name=title).is_visible(), title
+    attribution = page.locator("table", has=page.get_by_role("columnheader", name="Component"))
+    assert attribution.locator("tbody tr").count() == len(report["greeks_attribution"]["total"])
+    assert "actual" in attribution.inner_text() and "residual" in attribution.inner_text()
     metrics = page.locator("table", has=page.get_by_role("columnheader", name="SPY buy-and-hold"))
     spy_return = report["baselines"]["spy_buy_and_hold"]["total_return"]
     assert metrics.locator("tr", has_text="total_return").inner_text().split("\t")[2] == f"{spy_return:.2%}"
