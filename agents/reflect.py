@@ -10,6 +10,7 @@ from langgraph.runtime import Runtime
 from graph.deps import RunDeps
 from graph.state import DecisionState
 from graph.timing import timed
+from storage.memories import MemoryRepository
 
 
 @timed("reflect")
@@ -20,10 +21,9 @@ async def reflect(state: DecisionState, runtime: Runtime[RunDeps]) -> dict:
     transmitted = {e.order_id for e in state.get("executions", []) if e.outcome == "transmitted"}
     trades = {o.ticker: o for o in state.get("staged", []) if o.order_id in transmitted}
     proposals = {p.ticker: p for p in state.get("proposals", [])}
+    memories = MemoryRepository(deps.db.pool)
     for verdict in state.get("verdicts", []):
-        exists = await deps.db.pool.fetchval(
-            "SELECT 1 FROM memories WHERE run_id = $1 AND ticker = $2", run.run_id, verdict.ticker)
-        if exists:
+        if await memories.remembers(run.run_id, verdict.ticker):
             continue
         signals = [s for s in state.get("signals", []) if s.ticker == verdict.ticker]
         proposal = proposals.get(verdict.ticker) if verdict.ticker in trades else None

@@ -8,6 +8,7 @@ from typing import Any
 
 from memory.reflect import reflection_for
 from memory.store import MemoryStore
+from storage.journal import Journal
 from tools.providers.base import MarketDataProvider
 
 
@@ -20,9 +21,7 @@ async def attach_due_outcomes(store: MemoryStore, provider: MarketDataProvider, 
         if start is None or end is None:
             continue  # the provider no longer knows the name: leave it for a human
         outcome = {"underlying_return": end.spot / start.spot - 1.0}
-        pnl = await store.pool.fetchval(
-            """SELECT sum(-j.price * j.quantity * 100 - j.commission) FROM trade_journal j
-               WHERE j.run_id = $1 AND j.ticker = $2""", memory.run_id, memory.ticker)
+        pnl = await Journal(store.pool).entry_cash_flow(memory.run_id, memory.ticker)
         if pnl is not None and memory.trade:
             outcome["entry_cash_flow"] = float(pnl)  # premium paid (−) or received (+) at entry
         await store.attach_outcome(memory.id, outcome, reflection_for(memory, outcome), known_at=horizon_end)
@@ -33,8 +32,7 @@ async def attach_due_outcomes(store: MemoryStore, provider: MarketDataProvider, 
 async def remember_closed_position(store: MemoryStore, position: Any, known_at: datetime) -> int | None:
     """When a strategy position closes, settles or is assigned, the situation that opened it
     learns its realized P&L (dollars, commissions included) and reflects on it."""
-    memory_id = await store.pool.fetchval(
-        "SELECT id FROM memories WHERE run_id = $1 AND ticker = $2 AND trade IS NOT NULL", position.run_id, position.ticker)
+    memory_id = await store.memories.traded_id(position.run_id, position.ticker)
     if memory_id is None:
         return None
     memory = await store.get(memory_id)

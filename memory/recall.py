@@ -25,8 +25,7 @@ class RunMemory:
         self.k = k
 
     async def recall(self, candidate: Candidate, signals: list[Signal], regime: Regime) -> list[str]:
-        known = await self.store.pool.fetchval(
-            "SELECT count(*) FROM memories WHERE outcome_known_at IS NOT NULL AND outcome_known_at <= $1", self.as_of)
+        known = await self.store.memories.count_known(self.as_of)
         if not known:
             return []
         query = situation_text(candidate.ticker, regime, signals, " ".join(candidate.reasons), None)

@@ -15,8 +15,9 @@ raises `hnsw.ef_search` for this query in proportion to the filter's selectivity
 the exact scan when the index still comes back short. Estimates only steer cost: the result is
 always min(k, eligible) memories.
 
-The pool's connections need pgvector's asyncpg codec (`storage.database.connect` registers it), so
-embeddings travel as binary float32 vectors.
+The SQL (the table, the index and exact searches) is `storage.memories.MemoryRepository`; this
+module decides what is stored and which search runs. The pool's connections need pgvector's asyncpg
+codec (`storage.database.connect` registers it), so embeddings travel as binary float32 vectors.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -35,6 +35,7 @@ import numpy as np
 
 from memory.embeddings import Embedder, MiniLMEmbedder
 from storage.database import dumps
+from storage.memories import Memory, MemoryRepository
 
 EMBEDDING_DIM = 384  # the `vector(384)` column; all-MiniLM-L6-v2's width
 MAX_EF_SEARCH = 1_000  # pgvector's upper bound for hnsw.ef_search
@@ -49,39 +50,6 @@ class MemoryNotFound(LookupError):
 
 class OutcomeAlreadyAttached(ValueError):
     """Outcomes are facts with a time; rewriting one would change what past as-of queries saw."""
-
-
-@dataclass(frozen=True)
-class Memory:
-    id: int
-    ticker: str
-    regime: str
-    as_of: datetime  # when the situation was seen
-    situation: str  # the text that was embedded
-    signals: list[dict[str, Any]]
-    thesis: str
-    trade: dict[str, Any] | None
-    run_id: str | None
-    horizon_days: int  # calendar days after as_of when the outcome is due
-    outcome: dict[str, Any] | None
-    reflection: str | None
-    outcome_known_at: datetime | None
-    created_at: datetime
-    similarity: float | None = None  # cosine similarity to the query, in [-1, 1]; None outside search
-
-
-_COLUMNS = ("id, ticker, regime, as_of, situation, signals, thesis, trade, run_id, horizon_days, "
-            "outcome, reflection, outcome_known_at, created_at")
-
-
-def _memory(row: asyncpg.Record, similarity: float | None = None) -> Memory:
-    return Memory(
-        id=row["id"], ticker=row["ticker"], regime=row["regime"], as_of=row["as_of"],
-        situation=row["situation"], signals=row["signals"], thesis=row["thesis"], trade=row["trade"],
-        run_id=row["run_id"], horizon_days=row["horizon_days"], outcome=row["outcome"],
-        reflection=row["reflection"], outcome_known_at=row["outcome_known_at"],
-        created_at=row["created_at"], similarity=similarity,
-    )
 
 
 def _aware(value: datetime, name: str) -> datetime:
@@ -214,6 +182,7 @@ class MemoryStore:
         if not 1 <= max_ef_search <= MAX_EF_SEARCH:
             raise ValueError(f"max_ef_search must be in [1, {MAX_EF_SEARCH}]")
         self.pool = pool
+        self.memories = MemoryRepository(pool)
         self.embedder = embedder if embedder is not None else MiniLMEmbedder()
         self.exact_cost_ratio = exact_cost_ratio
         self.max_ef_search = max_ef_search
@@ -246,41 +215,29 @@ class MemoryStore:
         text = situation_text(ticker, regime, signals, thesis, trade)
         regime_name, signal_dicts, trade_dict = _normalize_inputs(regime, signals, trade)
         vector = await self._embed(text) if embedding is None else _unit_vector(embedding)
-        async with self.pool.acquire() as conn:
-            return await conn.fetchval(
-                """INSERT INTO memories (ticker, regime, as_of, situation, signals, thesis, trade, run_id,
-                                         embedding, horizon_days)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
-                ticker.strip(), regime_name, as_of, text, signal_dicts, " ".join(str(thesis).split()),
-                trade_dict, run_id, vector, horizon_days,
-            )
+        return await self.memories.insert(
+            ticker=ticker.strip(), regime=regime_name, as_of=as_of, situation=text, signals=signal_dicts,
+            thesis=" ".join(str(thesis).split()), trade=trade_dict, run_id=run_id, embedding=vector,
+            horizon_days=horizon_days)
 
     async def attach_trade(self, run_id: str, ticker: str, trade: Any) -> int | None:
         """Record the trade a remembered situation led to, once it was actually filled (an order
         approved off-hours fills after the run reflected). The situation is re-embedded with its
         trade. Returns the memory id, or None when the run remembered no situation for `ticker`
         or it already names a trade."""
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM memories WHERE run_id = $1 AND ticker = $2 AND trade IS NULL",
-                run_id, ticker)
-        if row is None:
+        memory = await self.memories.without_trade(run_id, ticker)
+        if memory is None:
             return None
-        memory = _memory(row)
         text = situation_text(memory.ticker, memory.regime, memory.signals, memory.thesis, trade)
         _, _, trade_dict = _normalize_inputs(memory.regime, memory.signals, trade)
         vector = await self._embed(text)
-        async with self.pool.acquire() as conn:
-            return await conn.fetchval(
-                """UPDATE memories SET trade = $2, situation = $3, embedding = $4
-                   WHERE id = $1 AND trade IS NULL RETURNING id""", memory.id, trade_dict, text, vector)
+        return await self.memories.set_trade(memory.id, trade_dict, text, vector)
 
     async def get(self, memory_id: int) -> Memory:
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM memories WHERE id = $1", memory_id)
-        if row is None:
+        memory = await self.memories.get(memory_id)
+        if memory is None:
             raise MemoryNotFound(f"no memory with id {memory_id}")
-        return _memory(row)
+        return memory
 
     async def attach_outcome(self, memory_id: int, outcome: Mapping[str, Any], reflection: str,
                              known_at: datetime) -> None:
@@ -296,22 +253,16 @@ class MemoryStore:
         dumps(outcome)  # NaN, infinities and non-JSON values are refused here, not half-way in SQL
         if not isinstance(reflection, str) or not reflection.strip():
             raise ValueError("reflection must be a non-empty string")
-        async with self.pool.acquire() as conn:
-            updated = await conn.fetchval(
-                """UPDATE memories SET outcome = $2, reflection = $3, outcome_known_at = $4
-                   WHERE id = $1 AND outcome_known_at IS NULL AND as_of <= $4 RETURNING id""",
-                memory_id, dict(outcome), reflection.strip(), known_at,
-            )
-            if updated is not None:
-                return
-            row = await conn.fetchrow("SELECT as_of, outcome_known_at FROM memories WHERE id = $1", memory_id)
-        if row is None:
+        if await self.memories.set_outcome(memory_id, dict(outcome), reflection.strip(), known_at):
+            return
+        state = await self.memories.outcome_state(memory_id)
+        if state is None:
             raise MemoryNotFound(f"no memory with id {memory_id}")
-        if row["outcome_known_at"] is not None:
+        as_of, outcome_known_at = state
+        if outcome_known_at is not None:
             raise OutcomeAlreadyAttached(
-                f"memory {memory_id} already has an outcome, known at {row['outcome_known_at'].isoformat()}")
-        raise ValueError(f"known_at {known_at.isoformat()} is before the situation's as_of "
-                         f"{row['as_of'].isoformat()}")
+                f"memory {memory_id} already has an outcome, known at {outcome_known_at.isoformat()}")
+        raise ValueError(f"known_at {known_at.isoformat()} is before the situation's as_of {as_of.isoformat()}")
 
     async def record_realized(self, run_id: str, ticker: str, pnl: Any, status: str, reflection: str,
                               known_at: datetime) -> int | None:
@@ -323,26 +274,13 @@ class MemoryStore:
         _aware(known_at, "known_at")
         realized = {"pnl": float(pnl), "realized": True, "closed_as": status}
         dumps(realized)
-        async with self.pool.acquire() as conn:
-            return await conn.fetchval(
-                """UPDATE memories SET outcome = coalesce(outcome, '{}'::jsonb) || $3::jsonb, reflection = $4,
-                       outcome_known_at = greatest(coalesce(outcome_known_at, $5), $5)
-                   WHERE run_id = $1 AND ticker = $2 AND trade IS NOT NULL AND as_of <= $5
-                     AND NOT coalesce((outcome ->> 'realized')::boolean, false)
-                   RETURNING id""", run_id, ticker, realized, reflection.strip(), known_at)
+        return await self.memories.merge_realized(run_id, ticker, realized, reflection.strip(), known_at)
 
     async def due_for_outcome(self, now: datetime) -> list[Memory]:
         """Situations whose horizon (as_of + horizon_days calendar days) is at or before `now` and
         that still have no outcome, oldest first."""
         _aware(now, "now")
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                f"""SELECT {_COLUMNS} FROM memories
-                    WHERE outcome_known_at IS NULL AND as_of + make_interval(days => horizon_days) <= $1
-                    ORDER BY as_of, id""",
-                now,
-            )
-        return [_memory(r) for r in rows]
+        return await self.memories.due_for_outcome(now)
 
     async def similar(self, query: str | np.ndarray, *, as_of: datetime, k: int = 10,
                       ticker: str | None = None) -> list[Memory]:
@@ -354,57 +292,15 @@ class MemoryStore:
             raise ValueError(f"k must be a whole number >= 1, got {k!r}")
         vector = await self._embed(query) if isinstance(query, str) else _unit_vector(query)
 
-        where = "outcome_known_at <= $1" + (" AND ticker = $2" if ticker is not None else "")
-        filter_args: list[Any] = [as_of] + ([ticker] if ticker is not None else [])
-        async with self.pool.acquire() as conn:
-            eligible, total = await self._estimate(conn, where, filter_args)
-            ef_search = ef_search_for(k, eligible, total, self.max_ef_search)
-            path, rows = "exact", None
-            if eligible > self.exact_cost_ratio * ef_search:
-                path = "index"
-                rows = await self._ann(conn, where, filter_args, vector, k, ef_search)
-                if len(rows) < k:
-                    path, rows = "index_short", None  # the filter ate the index's candidates
-            if rows is None:
-                rows = await self._exact(conn, where, filter_args, vector, k)
+        eligible, total = await self.memories.estimate_known(as_of, ticker)
+        ef_search = ef_search_for(k, eligible, total, self.max_ef_search)
+        path, found = "exact", None
+        if eligible > self.exact_cost_ratio * ef_search:
+            path = "index"
+            found = await self.memories.nearest_by_index(vector, as_of, ticker, k, ef_search)
+            if len(found) < k:
+                path, found = "index_short", None  # the filter ate the index's candidates
+        if found is None:
+            found = await self.memories.nearest_exact(vector, as_of, ticker, k)
         self.search_paths[path] += 1
-        ranked = sorted(rows, key=lambda r: (r["distance"], r["id"]))
-        return [_memory(r, similarity=1.0 - float(r["distance"])) for r in ranked]
-
-    @staticmethod
-    async def _estimate(conn: asyncpg.Connection, where: str, filter_args: list[Any]) -> tuple[float, float]:
-        """(rows the filter keeps, rows in the table), as the planner estimates them: about half a
-        millisecond, where counting can take many on a large table."""
-        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM memories WHERE {where}", *filter_args)
-        if isinstance(plan, str):
-            plan = json.loads(plan)
-        total = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = 'memories'::regclass")
-        return float(plan[0]["Plan"]["Plan Rows"]), float(total)
-
-    @staticmethod
-    async def _ann(conn: asyncpg.Connection, where: str, filter_args: list[Any], vector: np.ndarray,
-                   k: int, ef_search: int) -> list[asyncpg.Record]:
-        n = len(filter_args)
-        async with conn.transaction():
-            # SET LOCAL: the wider search lasts for this query only, not for the pooled connection.
-            await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
-            return await conn.fetch(
-                f"""SELECT {_COLUMNS}, embedding <=> ${n + 1} AS distance FROM memories
-                    WHERE {where} ORDER BY embedding <=> ${n + 1} LIMIT ${n + 2}""",
-                *filter_args, vector, k,
-            )
-
-    @staticmethod
-    async def _exact(conn: asyncpg.Connection, where: str, filter_args: list[Any], vector: np.ndarray,
-                     k: int) -> list[asyncpg.Record]:
-        n = len(filter_args)
-        # MATERIALIZED keeps the planner from pushing the ORDER BY into the HNSW index, which is
-        # exactly the filtered-after-the-fact scan this path exists to avoid.
-        return await conn.fetch(
-            f"""WITH eligible AS MATERIALIZED (
-                    SELECT id, embedding <=> ${n + 1} AS distance FROM memories WHERE {where}),
-                 nearest AS (SELECT id, distance FROM eligible ORDER BY distance, id LIMIT ${n + 2})
-                SELECT {", ".join("m." + c.strip() for c in _COLUMNS.split(","))}, nearest.distance
-                FROM nearest JOIN memories m USING (id) ORDER BY nearest.distance, m.id""",
-            *filter_args, vector, k,
-        )
+        return found

@@ -198,6 +198,13 @@ class Journal:
             ticker, run_id, order_id, regime, since, until, limit)
         return [JournalEntry.from_row(r) for r in rows]
 
+    async def entry_cash_flow(self, run_id: str | None, ticker: str) -> Decimal | None:
+        """Dollars the run's fills in `ticker` paid (-) or received (+), commissions included;
+        None when it has none."""
+        return await self.pool.fetchval(
+            """SELECT sum(-j.price * j.quantity * 100 - j.commission) FROM trade_journal j
+               WHERE j.run_id = $1 AND j.ticker = $2""", run_id, ticker)
+
     async def unjournaled_fills(self, account_id: str | None = None) -> list[Fill]:
         """Recorded broker fills with no journal entry yet (e.g. a callback failed), oldest first."""
         rows = await self.pool.fetch(
