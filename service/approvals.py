@@ -85,14 +85,20 @@ def _utc_now() -> datetime:
     return wall_clock()
 
 
-def provider_for(name: str, seed: int) -> MarketDataProvider:
-    """The provider a run was made with, to quote it afresh. Only the simulated market can be
-    rebuilt from a run's record; a run on chain files cannot be re-quoted."""
-    if name != "simulated":
-        raise ApprovalError(f"runs on provider {name!r} cannot be re-quoted for execution")
-    from tools.providers.simulated import SimulatedMarket
+def provider_for(name: str, seed: int, source: dict | None = None) -> MarketDataProvider:
+    """The market a run was made with, to quote it afresh: rebuilt from the run's recorded market
+    source (simulated with its chain files, a files directory, a broker's market data); a run
+    without one was made on the simulated market."""
+    from service.markets import MarketSourceError, build_market
 
-    return SimulatedMarket(seed=seed)
+    if source is None:
+        if name != "simulated":
+            raise ApprovalError(f"runs on provider {name!r} recorded no market source: they cannot be re-quoted")
+        source = {"market": "simulated"}
+    try:
+        return build_market(source, seed)
+    except MarketSourceError as exc:
+        raise ApprovalError(f"the market of provider {name!r} cannot be rebuilt to re-quote: {exc}") from None
 
 
 @dataclass
@@ -100,7 +106,8 @@ class ServiceContext:
     db: Database
     clock: Callable[[], datetime] = _utc_now
     account: AccountState = field(default_factory=default_account)
-    provider_factory: Callable[[str, int], MarketDataProvider] = provider_for
+    # Overrides `provider_for` (a backtest quotes only its own historical market).
+    provider_factory: Callable[[str, int], MarketDataProvider] | None = None
     memory: Any = None  # memory.store.MemoryStore where runs reflect (None: one on this database)
     # The paper account this context trades and the market its positions are quoted on (a backtest
     # uses its own account on its historical market; the service the user's "paper" on "simulated").
@@ -119,6 +126,12 @@ class ServiceContext:
             await close_broker(self._live_broker)
         await self.db.close()
 
+    def market_for(self, name: str, seed: int, source: dict | None = None) -> MarketDataProvider:
+        """The market named `name` (as recorded by a run, with its market source) on this context."""
+        if self.provider_factory is not None:
+            return self.provider_factory(name, seed)
+        return provider_for(name, seed, source)
+
     def broker_for(self, provider: MarketDataProvider):
         """The configured broker (`broker:` in config/connections.yaml; paper by default). A real
         broker is one connection for the whole context, closed with it."""
@@ -135,7 +148,7 @@ class ServiceContext:
 
 async def _deps_for_run(ctx: ServiceContext, run_id: str):
     record = await RunRepository(ctx.db.pool).get(run_id)
-    provider = ctx.provider_factory(record.provider, record.seed)
+    provider = ctx.market_for(record.provider, record.seed, record.market_source)
     return make_deps(ctx.db, record, provider, account=ctx.account,
                      positions=await OrderRepository(ctx.db.pool).open_exposures(),
                      broker=ctx.broker_for(provider), now=ctx.clock, memory=ctx.memory or MemoryStore(ctx.db.pool))
@@ -182,7 +195,7 @@ async def broker_preview(ctx: ServiceContext, order, record) -> dict[str, Any]:
     own rules) — and the book's Greeks before and after it. Nothing is placed. When the broker
     cannot answer, the approver is told why instead."""
     try:
-        provider = ctx.provider_factory(record.provider, record.seed)
+        provider = ctx.market_for(record.provider, record.seed, record.market_source)
     except ApprovalError as exc:
         return {"available": False, "reason": str(exc)}
     broker = ctx.broker_for(provider)
@@ -293,7 +306,7 @@ async def stage_flatten(ctx: ServiceContext, actor: str, *, with_protection: boo
     """Buy-to-close orders for every short option in the paper account, staged for approval like
     any other order (a graph-less run named flatten-<time> holds them)."""
     seed = defaults().seed
-    provider = ctx.provider_factory("simulated", seed)
+    provider = ctx.market_for("simulated", seed)
     broker = ctx.broker_for(provider)
     closing = flatten_orders(await broker.positions(), ProviderQuotes(provider, ctx.clock),
                              with_protection=with_protection)

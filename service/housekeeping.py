@@ -64,7 +64,7 @@ async def housekeeping(ctx: ServiceContext, *, mark: bool) -> HousekeepingReport
 
     now = ctx.clock()
     seed = defaults().seed
-    provider = ctx.provider_factory(ctx.market, seed)
+    provider = ctx.market_for(ctx.market, seed)
     quotes = ProviderQuotes(provider, ctx.clock)
     broker = ctx.broker_for(provider)
     await broker.ensure_connected()
