@@ -99,6 +99,7 @@ def run(
     )
     from config.clock import wall_clock
     from tools.chain import NEW_YORK
+    from brokers.broker_market import BrokerMarket
     from tools.providers.files import FilesDataError, FilesMarket
 
     d = defaults()
@@ -121,6 +122,8 @@ def run(
         elif from_files:  # decide on the data's last close (or its last quote table of that session)
             (when, why), watchlist = files_decision_time(provider, ticker_list, now), "adhoc"
             note(why)
+        elif isinstance(provider, BrokerMarket):  # the broker's market is read live: decide now
+            when, watchlist = now, "adhoc"
         elif chains:
             when, watchlist = provider.latest_as_of, "adhoc"  # decide when the chain files were taken
         else:
