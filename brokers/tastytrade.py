@@ -109,6 +109,43 @@ async def probe(config: TastytradeConfig) -> dict:
             "data": {"environment": where, "accounts": numbers}}
 
 
+class TastytradeSession:
+    """A logged-in session for market data alone (no account book, no orders): what
+    `brokers.tastytrade_market` needs of a broker (`session`, `ensure_connected`, `_call`)."""
+
+    def __init__(self, config: TastytradeConfig):
+        self.config = config
+        self.session: Session | None = None
+
+    async def ensure_connected(self) -> None:
+        if self.session is not None:
+            return
+        session = open_session(self.config)
+        try:
+            await session.refresh(force=True)
+        except TastytradeError as exc:
+            problem = f"tastytrade login refused: {_problem(exc)}"
+        except httpx2.TransportError as exc:
+            problem = f"cannot reach tastytrade at {session._client.base_url}: {_problem(exc)}"
+        else:
+            self.session = session
+            return
+        await session._client.aclose()
+        raise BrokerError(problem)
+
+    async def _call(self, make):
+        try:
+            return await make()
+        except httpx2.TransportError as exc:
+            problem = f"cannot reach tastytrade: {_problem(exc)}"
+        raise BrokerDisconnected(problem)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session._client.aclose()
+            self.session = None
+
+
 class TastytradeBroker:
     """See the module docstring. `db` is a `storage.database.Database` or an asyncpg pool."""
 

@@ -14,9 +14,11 @@ import re
 import threading
 from datetime import datetime, timezone
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ACCOUNT = "5WT00001"
+NEW_YORK = ZoneInfo("America/New_York")
 NOW = "2026-11-20T15:00:00.000+00:00"
 
 
@@ -36,6 +38,8 @@ class FakeTastytrade:
         # Option chain and streamed market data: symbol -> nested chain; streamer symbol -> (bid, ask, greeks)
         self.chains: dict[str, dict] = {}
         self.streamed: dict[str, tuple[str, str, dict]] = {}
+        self.open_interest: dict[str, int] = {}  # streamer symbol -> open interest (Summary events)
+        self.candles: dict[str, list[tuple]] = {}  # symbol -> [(date, open, high, low, close, volume)], oldest first
         self.dxlink_token = "dxlink-token-from-fake"
         self.dxlink_port = 0
         self.dxlink_messages: list[dict] = []
@@ -287,10 +291,10 @@ class FakeTastytrade:
                     await ws.send(json.dumps({"type": "FEED_CONFIG", "channel": channel, "dataFormat": "FULL",
                                               "aggregationPeriod": 0.1}))
                 elif kind == "FEED_SUBSCRIPTION":
-                    events = [self.event(channels[channel], add["symbol"]) for add in message.get("add", [])]
-                    events = [e for e in events if e is not None]
-                    if events:
-                        await ws.send(json.dumps({"type": "FEED_DATA", "channel": channel, "data": events}))
+                    events = [e for add in message.get("add", []) for e in self.events(channels[channel], add["symbol"])]
+                    for start in range(0, len(events), 50):  # the SDK's socket takes messages up to 64 KiB
+                        await ws.send(json.dumps({"type": "FEED_DATA", "channel": channel,
+                                                  "data": events[start:start + 50]}))
 
         self._dxlink = await websockets.serve(serve, "127.0.0.1", 0)
         self.dxlink_port = self._dxlink.sockets[0].getsockname()[1]
@@ -298,6 +302,28 @@ class FakeTastytrade:
     async def stop_dxlink(self) -> None:
         self._dxlink.close()
         await self._dxlink.wait_closed()
+
+    def events(self, kind: str, symbol: str) -> list[dict]:
+        """The events a subscription to `symbol` gets: one quote, Greeks or summary, or a daily-candle
+        snapshot (newest first, flagged SNAPSHOT_BEGIN ... SNAPSHOT_END as dxFeed sends it)."""
+        if kind == "Candle":
+            rows = self.candles.get(symbol.split("{")[0], [])[::-1]
+            out = []
+            for i, (day, o, h, low, c, v) in enumerate(rows):
+                at = int(datetime.combine(day, datetime.min.time(), tzinfo=NEW_YORK).timestamp() * 1000)
+                flags = (0x4 if i == 0 else 0) | (0x8 if i == len(rows) - 1 else 0)
+                out.append({"eventType": "Candle", "eventSymbol": symbol, "eventTime": 0, "eventFlags": flags,
+                            "index": at, "time": at, "sequence": 0, "count": 1, "open": o, "high": h, "low": low,
+                            "close": c, "volume": v})
+            return out
+        if kind == "Summary":
+            if symbol not in self.open_interest:
+                return []
+            return [{"eventType": "Summary", "eventSymbol": symbol, "eventTime": 0, "dayId": 0,
+                     "dayClosePriceType": "REGULAR", "prevDayId": 0, "prevDayClosePriceType": "REGULAR",
+                     "openInterest": self.open_interest[symbol]}]
+        event = self.event(kind, symbol)
+        return [] if event is None else [event]
 
     def event(self, kind: str, symbol: str) -> dict | None:
         data = self.streamed.get(symbol)

@@ -3,6 +3,7 @@ the fake REST + DXLink servers. The snapshot is prefetched asynchronously before
 the orders a run stages are priced from the fake's quotes."""
 from __future__ import annotations
 
+import functools
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -13,6 +14,8 @@ from brokers.broker_market import BrokerMarket, BrokerMarketError
 from config.connections import load_connections
 from config.settings import defaults
 from service.operations import run_decision
+from brokers.tastytrade import occ_symbol
+from storage.runs import RunRepository
 from tests.fake_tws import FakeTws
 from tests.test_order_manager import Clock
 from tools.chain import NEW_YORK
@@ -50,6 +53,7 @@ def daily_bars() -> dict[str, list[tuple]]:
     return out
 
 
+@functools.cache
 def option_quotes() -> dict[tuple, tuple]:
     """(expiry, strike, right) -> (bid, ask, iv, delta, gamma, vega, theta, underlying): BSM on a skewed smile."""
     quotes = {}
@@ -110,3 +114,63 @@ async def test_a_decision_run_on_ibkr_market_data_stages_orders_priced_from_its_
     with pytest.raises(BrokerMarketError, match="read live"):
         late.snapshot(["SPY"], AS_OF)
 
+
+
+@pytest.fixture
+async def tasty():
+    from tests.fake_tastytrade import FakeTastytrade
+    from tests.test_tastytrade_broker import REFRESH, SECRET
+
+    fake = FakeTastytrade(client_secret=SECRET, refresh_token=REFRESH).start()
+    await fake.start_dxlink()
+    fake.candles = {symbol: [(datetime.strptime(day, "%Y%m%d").date(), *rest) for day, *rest in rows]
+                    for symbol, rows in daily_bars().items()}
+    expirations = []
+    for expiry in EXPIRIES:
+        strikes = []
+        for strike in STRIKES:
+            symbols = {}
+            for right in ("C", "P"):
+                streamer = f".SPY{expiry:%y%m%d}{right}{strike}"
+                symbols[right] = (occ_symbol("SPY", expiry, Decimal(strike), right), streamer)
+                quote = option_quotes().get((expiry, strike, right))
+                if quote is not None:
+                    bid, ask, iv, delta, gamma, vega, theta, _ = quote
+                    fake.streamed[streamer] = (str(bid), str(ask), {
+                        "volatility": str(iv), "delta": str(delta), "gamma": str(gamma), "theta": str(theta),
+                        "rho": "0", "vega": str(vega)})
+                    fake.open_interest[streamer] = 500 + strike % 7 * 100
+            strikes.append({"strike-price": str(strike), "call": symbols["C"][0], "put": symbols["P"][0],
+                            "call-streamer-symbol": symbols["C"][1], "put-streamer-symbol": symbols["P"][1]})
+        expirations.append({"expiration-type": "Regular", "expiration-date": expiry.isoformat(),
+                            "days-to-expiration": (expiry - AS_OF.date()).days, "settlement-type": "PM",
+                            "strikes": strikes})
+    fake.chains["SPY"] = {"underlying-symbol": "SPY", "root-symbol": "SPY", "option-chain-type": "Standard",
+                          "shares-per-contract": 100, "tick-sizes": [{"value": "0.01"}], "expirations": expirations}
+    fake.streamed["SPY"] = ("600.98", "601.02", {})  # the underlying's own quote: the spot
+    yield fake
+    fake.stop()
+    await fake.stop_dxlink()
+
+
+async def test_a_decision_run_on_tastytrade_market_data_stages_orders_priced_from_its_quotes(db, tasty):
+    from tests.test_tastytrade_broker import REFRESH, SECRET
+
+    connections = load_connections({"HEDGEGRAPH_MARKET": "tastytrade", "HEDGEGRAPH_TASTYTRADE_API_URL": tasty.url,
+                                    "TASTYTRADE_CLIENT_SECRET": SECRET, "TASTYTRADE_REFRESH_TOKEN": REFRESH})
+    market = BrokerMarket("tastytrade", connections, clock=lambda: AS_OF, quote_timeout=3.0)
+    config = defaults().decision.model_copy(update=CONFIG)
+    outcome = await run_decision(db, market, watchlist="adhoc", tickers=["SPY"], as_of=AS_OF, seed=7, config=config,
+                                 now=Clock(AS_OF + timedelta(minutes=1)))
+    run, context = outcome.run, outcome.state["context"]
+    assert run.provider == "tastytrade" and run.market_source == {"market": "tastytrade"}
+    quality = context.data_quality["SPY"]
+    assert any("chain from tastytrade" in line for line in quality), quality
+    snapshot, _ = await RunRepository(db.pool).load_snapshot(run.run_id)
+    spy = snapshot.tickers["SPY"]
+    assert spy.spot == pytest.approx(601.0) and str(spy.bars.dates[-1]) == "2026-11-18"  # today's bar left out
+    assert np.nanmax(spy.chain.open_interest) > 0
+    kinds = {m["type"] for m in tasty.dxlink_messages}
+    assert "FEED_SUBSCRIPTION" in kinds
+    assert outcome.orders
+    staged_legs_match(outcome.orders[0], option_quotes())
