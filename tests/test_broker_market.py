@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 AS_OF = datetime(2026, 11, 19, 11, 0, tzinfo=NEW_YORK)  # a Thursday, in session
 EXPIRIES = (date(2026, 11, 21), date(2026, 12, 18), date(2027, 1, 15), date(2027, 2, 19))  # 2 DTE is too near to be asked for
-STRIKES = tuple(range(480, 725, 5))
+STRIKES = tuple(range(500, 710, 10))
 SPOT = 601.0
 CONFIG = {"conviction_threshold": 0.2, "min_agreeing_sources": 1}
 
