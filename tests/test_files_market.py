@@ -103,3 +103,17 @@ def test_bad_files_give_one_error_line_and_a_nonzero_exit(tmp_path, capsys, dama
                            "--as-of", "2023-09-15T09:45"], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code != 0 and len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], err
+
+
+async def test_doctor_checks_the_configured_files_directory(tmp_path):
+    from config.connections import load_connections
+    from service.doctor import check_market
+
+    directory = write_market_dir(tmp_path / "market")
+    good = await check_market(load_connections({"HEDGEGRAPH_MARKET": "files", "HEDGEGRAPH_DATA_DIR": str(directory)}))
+    assert good.status == "ok" and "SPY" in good.detail and "2023-09-14 16:31" in good.detail, good
+    unset = await check_market(load_connections({"HEDGEGRAPH_MARKET": "files"}))
+    assert unset.status == "warning" and "HEDGEGRAPH_DATA_DIR" in unset.detail
+    gone = await check_market(load_connections({"HEDGEGRAPH_MARKET": "files",
+                                                "HEDGEGRAPH_DATA_DIR": str(tmp_path / "nowhere")}))
+    assert gone.status == "error" and "not a directory" in gone.detail
