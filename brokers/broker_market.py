@@ -139,7 +139,8 @@ class BrokerMarket:
         raise BrokerMarketError(problem)
 
     # ---------------------------------------------------------------- assembly
-    def _assemble(self, as_of: datetime, series: dict[str, Bars], chains: dict[str, tuple], meta: dict) -> MarketSnapshot:
+    def _assemble(self, as_of: datetime, series: dict[str, Bars], chains: dict[str, tuple],
+                  meta: dict) -> MarketSnapshot:
         last = last_complete_session(as_of)
         bars = {symbol: b.until(last) for symbol, b in series.items()}  # today's bar is not complete
         benchmark = bars[BENCHMARK]
@@ -166,8 +167,8 @@ class BrokerMarket:
                 series[symbol] = await market.daily_bars(symbol, self.history_sessions)
             for ticker in tickers:
                 params = await market.chain_parameters(ticker)
-                contracts = choose_contracts(ticker, params.expirations, params.strikes, float(series[ticker].close[-1]),
-                                             today, params.multiplier)
+                contracts = choose_contracts(ticker, params.expirations, params.strikes,
+                                             float(series[ticker].close[-1]), today, params.multiplier)
                 got = await market.quotes(contracts)
                 interest = await market.open_interest(list(got.quotes)) if got.quotes else {}
                 spot, spot_note = _spot(got.quotes, series[ticker])

@@ -9,7 +9,8 @@ with IB's model Greeks, and daily bars — on an `IbkrBroker`'s connection (one 
   record whether it decided on live or delayed prices.
 - Open interest: IB sends it only on a streaming subscription with generic tick 101 (a snapshot
   cannot carry generic ticks), so `open_interest` subscribes, waits for ticks 27/28 and cancels.
-- Bars: `reqHistoricalData` daily TRADES bars (a stock, or an index such as VIX / VIX3M on CBOE), regular hours. IB's pacing rules for historical data
+- Bars: `reqHistoricalData` daily TRADES bars (a stock, or an index such as VIX / VIX3M on CBOE),
+  regular hours. IB's pacing rules for historical data
   (no more than 60 requests in 10 minutes; no identical request within 15 seconds) are respected:
   identical requests within 15 seconds are answered from the last answer, and a 61st request in a
   10-minute window waits for its slot.
@@ -175,7 +176,8 @@ class IbkrMarketData:
             out.data_types[contract] = MARKET_DATA_TYPES.get(ticker.marketDataType, f"type {ticker.marketDataType}")
         return out
 
-    async def open_interest(self, contracts: list[OptionContract], wait: float | None = None) -> dict[OptionContract, float]:
+    async def open_interest(self, contracts: list[OptionContract],
+                            wait: float | None = None) -> dict[OptionContract, float]:
         """Open interest per contract (ticks 27/28 of a streaming subscription with generic tick 101);
         contracts IB sends none for within `wait` seconds are left out."""
         await self.broker.ensure_connected()

@@ -155,7 +155,8 @@ class TastytradeMarketData:
             if not rows:
                 raise BrokerError(f"tastytrade sent no daily candles for {symbol} within {timeout:g}s")
             out[symbol] = Bars(
-                dates=np.array([np.datetime64(datetime.fromtimestamp(r.time / 1000, NEW_YORK).date(), "D") for r in rows]),
+                dates=np.array([np.datetime64(datetime.fromtimestamp(r.time / 1000, NEW_YORK).date(), "D")
+                                for r in rows]),
                 open=np.array([float(r.open) for r in rows]), high=np.array([float(r.high) for r in rows]),
                 low=np.array([float(r.low) for r in rows]), close=np.array([float(r.close) for r in rows]),
                 volume=np.array([float(r.volume) if r.volume is not None else np.nan for r in rows]))

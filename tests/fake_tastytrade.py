@@ -321,7 +321,8 @@ class FakeTastytrade:
                     await ws.send(json.dumps({"type": "FEED_CONFIG", "channel": channel, "dataFormat": "FULL",
                                               "aggregationPeriod": 0.1}))
                 elif kind == "FEED_SUBSCRIPTION":
-                    events = [e for add in message.get("add", []) for e in self.events(channels[channel], add["symbol"])]
+                    events = [e for add in message.get("add", [])
+                              for e in self.events(channels[channel], add["symbol"])]
                     for start in range(0, len(events), 50):  # the SDK's socket takes messages up to 64 KiB
                         await ws.send(json.dumps({"type": "FEED_DATA", "channel": channel,
                                                   "data": events[start:start + 50]}))

@@ -24,7 +24,8 @@ from tools.pricing import bsm_greeks, bsm_price
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 AS_OF = datetime(2026, 11, 19, 11, 0, tzinfo=NEW_YORK)  # a Thursday, in session
-EXPIRIES = (date(2026, 11, 21), date(2026, 12, 18), date(2027, 1, 15), date(2027, 2, 19))  # 2 DTE is too near to be asked for
+# 2 DTE is too near to be asked for; 92 DTE gives the surface its 90-day point.
+EXPIRIES = (date(2026, 11, 21), date(2026, 12, 18), date(2027, 1, 15), date(2027, 2, 19))
 STRIKES = tuple(range(500, 710, 10))
 SPOT = 601.0
 CONFIG = {"conviction_threshold": 0.2, "min_agreeing_sources": 1}

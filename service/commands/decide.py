@@ -53,7 +53,8 @@ def files_decision_time(market, tickers: list[str], now: datetime) -> tuple[date
                 first = min(slots)
                 if first <= now:
                     return first, (f"--market files: the data ends {ends.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z}; "
-                                   f"deciding at the next scheduled slot, {first.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z}")
+                                   "deciding at the next scheduled slot, "
+                                   f"{first.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z}")
                 break
         day += timedelta(days=1)
     return ends, (f"--market files: deciding when the data ends, {ends.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z} "
@@ -89,7 +90,8 @@ def run(
     market: Optional[str] = typer.Option(None, "--market", help="simulated | files | ibkr | tastytrade (default: "
                                          "market: in config/connections.yaml, HEDGEGRAPH_MARKET)."),
     data: Optional[str] = typer.Option(None, "--data", help="The files market's directory: daily bars per ticker "
-                                       "(TICKER.csv / .parquet) and Cboe quote tables (<ticker>_quotedata_<date>.csv)."),
+                                       "(TICKER.csv / .parquet) and Cboe quote tables "
+                                       "(<ticker>_quotedata_<date>.csv)."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
 ) -> None:
     """One decision run: market data → analysts → debate → risk → strategy → Kelly → staged orders."""

@@ -25,7 +25,8 @@ class ChainFileOverlay:
     def __init__(self, inner: MarketDataProvider, chain_files: dict[str, Path]):
         self.inner = inner
         self.files = {symbol.upper(): Path(path) for symbol, path in chain_files.items()}
-        self.chains: dict[str, OptionChain] = {symbol: read_cboe_quote_table(path) for symbol, path in self.files.items()}
+        self.chains: dict[str, OptionChain] = {symbol: read_cboe_quote_table(path)
+                                               for symbol, path in self.files.items()}
         digest = hashlib.sha256()
         for symbol, path in sorted(self.files.items()):
             digest.update(f"{symbol}\0".encode())

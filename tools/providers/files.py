@@ -74,7 +74,8 @@ class FilesMarket(HistoricalMarket):
                                  f"on{skipped}")
         for ticker in tickers:
             symbol = self._symbol(ticker)
-            if self.files.bars(symbol) is None or symbol in self.borrowed:  # the benchmark may be borrowed, a ticker not
+            # The benchmark may be borrowed from the shared history; a ticker decided on may not.
+            if self.files.bars(symbol) is None or symbol in self.borrowed:
                 skipped = [why for why in self.files.skipped
                            if Path(why.split(":")[0]).stem.split("_")[0].upper() == symbol]
                 raise FilesDataError(f"{self.data_dir}: no daily bars for {symbol}"
