@@ -11,6 +11,7 @@ from config.settings import defaults
 from graph.runner import RunRequest
 from service import approvals
 from service.approvals import Decision, ServiceContext
+from service.cli import app
 from service.commands.decide import files_decision_time
 from service.markets import build_market, market_source
 from service.operations import run_decision
@@ -117,3 +118,24 @@ async def test_doctor_checks_the_configured_files_directory(tmp_path):
     gone = await check_market(load_connections({"HEDGEGRAPH_MARKET": "files",
                                                 "HEDGEGRAPH_DATA_DIR": str(tmp_path / "nowhere")}))
     assert gone.status == "error" and "not a directory" in gone.detail
+
+
+def test_hedgegraph_run_on_files_decides_after_the_data_and_a_changed_file_is_a_new_run(cli_env, tmp_path):
+    import json
+
+    directory = write_market_dir(tmp_path / "market")
+
+    def run() -> dict:
+        result = cli_env.invoke(app, ["run", "--market", "files", "--data", str(directory), "--json"],
+                                catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout[result.stdout.index("{"):])
+
+    first = run()["run"]
+    assert first["provider"].startswith("files:") and first["tickers"] == ["SPY"]
+    assert first["market_source"] == {"market": "files", "data_dir": str(directory)}
+    assert first["as_of"].startswith("2023-09-15T13:35")  # the 09:35 slot after the data ends
+    assert run()["run"]["run_id"] == first["run_id"]  # the same files: the same run
+    vix = directory / "VIX.csv"
+    vix.write_text(vix.read_text().rstrip("\n")[:-1] + "9\n")  # the last VIX close changed
+    assert run()["run"]["run_id"] != first["run_id"]
