@@ -32,6 +32,7 @@ from graph.runner import RunBusy, RunFailed, make_deps, resume_run
 from domain.decision import AccountState
 from tools.chain import NEW_YORK
 from service import notify
+from service.markets import source_of
 from service.operations import default_account, jsonable, order_summary, terminal_reason
 from storage.controls import RiskControls
 from storage.database import Database, connect, resolve_url
@@ -101,6 +102,19 @@ def provider_for(name: str, seed: int, source: dict | None = None) -> MarketData
         raise ApprovalError(f"the market of provider {name!r} cannot be rebuilt to re-quote: {exc}") from None
 
 
+def configured_market_source() -> dict | None:
+    """The configured market (`market:` in config/connections.yaml) as a market source; None when the
+    configuration cannot say (`hedgegraph doctor` says why), and the simulated market stands in."""
+    from config.connections import ConfigurationError
+    from service.markets import MarketSourceError, market_source
+
+    try:
+        connections = load_connections()
+        return market_source(connections.market, connections=connections)
+    except (ConfigurationError, MarketSourceError):
+        return None
+
+
 @dataclass
 class ServiceContext:
     db: Database
@@ -113,6 +127,8 @@ class ServiceContext:
     # uses its own account on its historical market; the service the user's "paper" on "simulated").
     account_id: str = "paper"
     market: str = "simulated"
+    # How to build that market (service.markets): the configured one unless given.
+    market_source: dict | None = field(default_factory=configured_market_source)
     _server: Any = None
     _live_broker: Any = None
 
@@ -131,6 +147,10 @@ class ServiceContext:
         if self.provider_factory is not None:
             return self.provider_factory(name, seed)
         return provider_for(name, seed, source)
+
+    def book_market(self, seed: int) -> MarketDataProvider:
+        """The market this context's positions are quoted on (marks, settlement, flatten, P&L)."""
+        return self.market_for(self.market, seed, self.market_source)
 
     def broker_for(self, provider: MarketDataProvider):
         """The configured broker (`broker:` in config/connections.yaml; paper by default). A real
@@ -306,7 +326,7 @@ async def stage_flatten(ctx: ServiceContext, actor: str, *, with_protection: boo
     """Buy-to-close orders for every short option in the paper account, staged for approval like
     any other order (a graph-less run named flatten-<time> holds them)."""
     seed = defaults().seed
-    provider = ctx.market_for("simulated", seed)
+    provider = ctx.book_market(seed)
     broker = ctx.broker_for(provider)
     closing = flatten_orders(await broker.positions(), ProviderQuotes(provider, ctx.clock),
                              with_protection=with_protection)
@@ -316,8 +336,8 @@ async def stage_flatten(ctx: ServiceContext, actor: str, *, with_protection: boo
     run_id = f"flatten-{now.astimezone(NEW_YORK):%Y%m%d-%H%M%S}"
     runs = RunRepository(ctx.db.pool)
     await runs.create_if_absent(run_id=run_id, slot_key=f"flatten|{now.isoformat()}", watchlist="flatten", as_of=now,
-                                tickers=sorted({c.ticker for c in closing}), seed=seed, provider="simulated",
-                                config=defaults().decision.model_dump(mode="json"))
+                                tickers=sorted({c.ticker for c in closing}), seed=seed, provider=provider.name,
+                                config=defaults().decision.model_dump(mode="json"), market_source=source_of(provider))
     await runs.set_status(run_id, "awaiting_approval")
     repo, staged = OrderRepository(ctx.db.pool), []
     for close in closing:

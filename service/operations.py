@@ -302,7 +302,7 @@ async def _book_and_quotes(ctx):
     from brokers.book import Book
     from brokers.quote_source import ProviderQuotes
 
-    provider = ctx.market_for(ctx.market, defaults().seed)
+    provider = ctx.book_market(defaults().seed)
     broker = ctx.broker_for(provider)
     await broker.ensure_connected()
     return Book(ctx.db, account_id=broker.ledger_account_id, broker=broker.name, config=defaults().book), \

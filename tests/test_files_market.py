@@ -139,3 +139,13 @@ def test_hedgegraph_run_on_files_decides_after_the_data_and_a_changed_file_is_a_
     vix = directory / "VIX.csv"
     vix.write_text(vix.read_text().rstrip("\n")[:-1] + "9\n")  # the last VIX close changed
     assert run()["run"]["run_id"] != first["run_id"]
+
+
+def test_the_configured_market_quotes_the_book(tmp_path, monkeypatch):
+    directory = write_market_dir(tmp_path / "market")
+    assert isinstance(ServiceContext(db=None).book_market(7), SimulatedMarket)  # the default configuration
+    monkeypatch.setenv("HEDGEGRAPH_MARKET", "files")
+    monkeypatch.setenv("HEDGEGRAPH_DATA_DIR", str(directory))
+    ctx = ServiceContext(db=None)
+    assert ctx.market_source == {"market": "files", "data_dir": str(directory)}
+    assert isinstance(ctx.book_market(7), FilesMarket)  # marks, settlement, exits and flatten quote the files
