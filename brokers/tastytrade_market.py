@@ -1,12 +1,18 @@
 """Market data from tastytrade through its SDK: the nested option chain (REST) and quotes with
-Greeks from the DXLink streamer (WebSocket), on a `TastytradeBroker`'s session.
+Greeks from the DXLink streamer (WebSocket), on a `TastytradeBroker`'s (or a market-data
+`TastytradeSession`'s) session.
 
 - `chain(ticker)`: every listed contract of the ticker's standard chain with its OCC and DXLink
   streamer symbols (`/option-chains/{symbol}/nested`).
 - `quotes(contracts)`: subscribes `Quote` and `Greeks` for those contracts on one DXLink connection
   and waits (up to `timeout` seconds) until each has both; a contract still without a two-sided
   quote is named in `missing` rather than priced from nothing. Greeks are dxFeed's (delta, gamma;
-  vega per vol point and theta per day, as dxFeed quotes them; `volatility` is the option's IV).
+  vega per vol point and theta per day, as dxFeed quotes them; `volatility` is the option's IV). The
+  underlying's own `Quote` gives each quote's underlying price (its mid) when it arrives in time;
+  with `open_interest=True`, `Summary` events give each contract's open interest.
+- `daily_bars(symbols, sessions, as_of)`: daily `Candle` events (regular hours) from DXLink, read
+  until each symbol's snapshot ends (dxFeed's SNAPSHOT_END / SNAPSHOT_SNIP flag) or `timeout`.
+  Symbols are asked for as given (VIX and VIX3M too): not checked against a live dxFeed here.
 """
 from __future__ import annotations
 
