@@ -89,7 +89,9 @@ async def tws():
 
 
 def staged_legs_match(order, quotes) -> None:
-    for leg in order.legs:
+    """Every leg the approver sees (the priced legs of the order's proposal) is the fake's quote."""
+    assert order.proposal["legs"]
+    for leg in order.proposal["legs"]:
         bid, ask = quotes[(date.fromisoformat(leg["expiry"]), int(Decimal(leg["strike"])), leg["right"])][:2]
         assert (Decimal(leg["bid"]), Decimal(leg["ask"])) == (Decimal(str(bid)), Decimal(str(ask))), leg
 
