@@ -571,10 +571,11 @@ class Book:
         return trades
 
     async def stage_exits(self, now: datetime, exits: Sequence[ExitTrade], *, provider: str, actor: str = "book",
-                          seed: int = 0, config: Mapping[str, Any] | None = None) -> list[StagedExit]:
+                          seed: int = 0, config: Mapping[str, Any] | None = None,
+                          market_source: Mapping[str, Any] | None = None) -> list[StagedExit]:
         """Stage each exit as a closing order for approval in a graph-less run `exits-<time>`
-        on `provider` (the market that re-quotes it at transmission), with `closes_position_id` and
-        `exit_rule` set. One live exit order per position: a
+        on `provider` (the market that re-quotes it at transmission, rebuilt from `market_source`), with
+        `closes_position_id` and `exit_rule` set. One live exit order per position: a
         position whose exit order is still live is skipped; a rejected, expired or cancelled one
         may be re-staged at a later slot. Idempotent: the order's key is (position, number of
         exit orders before it), so a crash between staging and linking re-finds the same order."""
@@ -588,7 +589,8 @@ class Book:
             # Created only when an order is about to be staged: a slot with nothing new leaves no run.
             await runs.create_if_absent(run_id=run_id, slot_key=f"exits|{now.isoformat()}", watchlist="exits",
                                         as_of=now, tickers=sorted({e.order.ticker for e in exits}), seed=seed,
-                                        provider=provider, config=dict(config or {}))
+                                        provider=provider, config=dict(config or {}),
+                                        market_source=None if market_source is None else dict(market_source))
             await runs.set_status(run_id, "awaiting_approval")
             return run_id
 

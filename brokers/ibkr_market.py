@@ -7,7 +7,10 @@ with IB's model Greeks, and daily bars — on an `IbkrBroker`'s connection (one 
   `market_data: delayed`, IB sends delayed data where the account has no live subscription and live
   data where it has one; every quote says which it was (`MarketQuotes.data_types`), so a run can
   record whether it decided on live or delayed prices.
-- Bars: `reqHistoricalData` daily TRADES bars, regular hours. IB's pacing rules for historical data
+- Open interest: IB sends it only on a streaming subscription with generic tick 101 (a snapshot
+  cannot carry generic ticks), so `open_interest` subscribes, waits for ticks 27/28 and cancels.
+- Bars: `reqHistoricalData` daily TRADES bars (a stock, or an index such as VIX / VIX3M on CBOE),
+  regular hours. IB's pacing rules for historical data
   (no more than 60 requests in 10 minutes; no identical request within 15 seconds) are respected:
   identical requests within 15 seconds are answered from the last answer, and a 61st request in a
   10-minute window waits for its slot.
@@ -22,17 +25,53 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 
 import numpy as np
-from ib_async import Option, Stock
+from ib_async import IB, Index, Option, Stock
+from ib_async.ib import StartupFetch
 
 from brokers.base import BrokerError
 from domain.orders import LegQuote, OptionContract
 from brokers.ibkr import MARKET_DATA_TYPES, IbkrBroker, ib_expiry, parse_expiry
-from brokers.live import to_decimal
+from brokers.live import BrokerDisconnected, to_decimal
+from config.connections import IbkrConfig
 from tools.providers.base import Bars
 
 HISTORICAL_WINDOW_S = 600.0
 HISTORICAL_MAX_IN_WINDOW = 60
 IDENTICAL_REQUEST_S = 15.0
+INDICES = {"VIX": "CBOE", "VIX3M": "CBOE", "VIX9D": "CBOE", "SPX": "CBOE", "NDX": "NASDAQ", "RUT": "RUSSELL"}
+# The market-data connection's client id is the broker's + 1: TWS refuses a second connection
+# with a client id in use, and the order connection may be open beside it.
+MARKET_DATA_CLIENT_OFFSET = 1
+
+
+class IbkrDataConnection:
+    """A read-only API connection for market data alone (no account book, no orders)."""
+
+    def __init__(self, config: IbkrConfig):
+        self.config = config
+        self.ib = IB()
+
+    async def ensure_connected(self) -> None:
+        if self.ib.isConnected():
+            return
+        cfg = self.config
+        client_id = cfg.client_id + MARKET_DATA_CLIENT_OFFSET
+        try:
+            await self.ib.connectAsync(cfg.host, cfg.port, clientId=client_id, timeout=cfg.timeout_s, readonly=True,
+                                       account=cfg.account, fetchFields=StartupFetch(0))
+        except ConnectionRefusedError:
+            raise BrokerDisconnected(f"nothing listens on {cfg.address} (connection refused): start TWS or IB Gateway "
+                                     f"and enable API socket clients on port {cfg.port}") from None
+        except (TimeoutError, asyncio.TimeoutError):
+            raise BrokerDisconnected(f"TWS/IB Gateway at {cfg.address} did not complete the API handshake within "
+                                     f"{cfg.timeout_s:g}s (is client id {client_id} already in use?)") from None
+        except OSError as exc:
+            raise BrokerDisconnected(f"cannot reach TWS/IB Gateway at {cfg.address}: {exc.strerror or exc}") from None
+        self.ib.reqMarketDataType(1 if cfg.market_data == "live" else 3)
+
+    async def close(self) -> None:
+        if self.ib.isConnected():
+            self.ib.disconnect()
 
 
 @dataclass(frozen=True)
@@ -76,7 +115,7 @@ class IbkrMarketData:
         return self.broker.ib
 
     async def _underlying(self, ticker: str):
-        stock = Stock(ticker, "SMART", "USD")
+        stock = Index(ticker, INDICES[ticker], "USD") if ticker in INDICES else Stock(ticker, "SMART", "USD")
         [qualified] = await asyncio.wait_for(self.ib.qualifyContractsAsync(stock), self.broker.config.timeout_s * 2)
         if qualified is None:
             raise BrokerError(f"IBKR does not know the stock {ticker}")
@@ -103,15 +142,18 @@ class IbkrMarketData:
         out = MarketQuotes()
         options = [Option(c.ticker, ib_expiry(c.expiry), float(c.strike), c.right, "SMART",
                           multiplier=str(c.multiplier), currency="USD") for c in contracts]
-        qualified = await asyncio.wait_for(self.ib.qualifyContractsAsync(*options), self.broker.config.timeout_s * 2)
+        qualified = await asyncio.wait_for(self.ib.qualifyContractsAsync(*options),
+                                           self.broker.config.timeout_s * 2 + len(options) / 40)
         live = [(c, q) for c, q in zip(contracts, qualified) if q is not None]
         out.missing += [f"{c.label()}: unknown to IBKR" for c, q in zip(contracts, qualified) if q is None]
         if not live:
             return out
         # One request per contract, so one contract without market-data permission (IB error 354)
         # is named for what it is instead of failing the others.
-        answers = await asyncio.gather(*[asyncio.wait_for(self.ib.reqTickersAsync(q), self.broker.config.timeout_s * 4)
-                                         for _, q in live], return_exceptions=True)
+        # ib_async paces requests at 45 a second: a long list waits its turn within the timeout.
+        timeout = self.broker.config.timeout_s * 4 + len(live) / 40
+        answers = await asyncio.gather(*[asyncio.wait_for(self.ib.reqTickersAsync(q), timeout) for _, q in live],
+                                       return_exceptions=True)
         now = datetime.now(timezone.utc)
         for (contract, _), answer in zip(live, answers):
             if isinstance(answer, BaseException):
@@ -133,6 +175,33 @@ class IbkrMarketData:
                 iv=greeks.impliedVol if greeks else None, as_of=now)
             out.data_types[contract] = MARKET_DATA_TYPES.get(ticker.marketDataType, f"type {ticker.marketDataType}")
         return out
+
+    async def open_interest(self, contracts: list[OptionContract],
+                            wait: float | None = None) -> dict[OptionContract, float]:
+        """Open interest per contract (ticks 27/28 of a streaming subscription with generic tick 101);
+        contracts IB sends none for within `wait` seconds are left out."""
+        await self.broker.ensure_connected()
+        wait = self.broker.config.timeout_s if wait is None else wait
+        options = [Option(c.ticker, ib_expiry(c.expiry), float(c.strike), c.right, "SMART",
+                          multiplier=str(c.multiplier), currency="USD") for c in contracts]
+        qualified = await asyncio.wait_for(self.ib.qualifyContractsAsync(*options),
+                                           self.broker.config.timeout_s * 2 + len(options) / 40)
+        live = [(c, q) for c, q in zip(contracts, qualified) if q is not None]
+        tickers = [(c, q, self.ib.reqMktData(q, "101", False, False)) for c, q in live]
+
+        def value(contract, ticker) -> float | None:
+            found = ticker.callOpenInterest if contract.right == "C" else ticker.putOpenInterest
+            return float(found) if found is not None and np.isfinite(found) and found >= 0 else None
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait + len(tickers) / 40  # ib_async paces requests at 45 a second
+        try:
+            while loop.time() < deadline and any(value(c, t) is None for c, _, t in tickers):
+                await asyncio.sleep(0.05)
+        finally:
+            for _, q, _ in tickers:
+                self.ib.cancelMktData(q)
+        return {c: v for c, _, t in tickers if (v := value(c, t)) is not None}
 
     async def _historical_slot(self) -> None:
         now = time.monotonic()

@@ -13,8 +13,10 @@
   not halted (checked just before sending); a refusal (HTTP 4xx) moves it to REJECTED with
   tastytrade's message.
 - tastytrade has no push channel for orders here, so `settle` polls the day's orders (at most once a
-  `poll_seconds`): leg fills become combo `Fill`s (leg fills grouped in order; commission 0 — the
-  fees are on tastytrade's transactions, and the dry run's estimate is what the approver saw),
+  `poll_seconds`): leg fills become combo `Fill`s (leg fills grouped in order), each with the fees
+  tastytrade booked for that execution — commission, clearing, regulatory and index-option fees of
+  the order's Trade transactions sharing the fill's group fill id (a fill waits for them up to
+  `fee_wait_seconds`, then is recorded with commission 0 and a warning),
   and Live / Filled / Cancelled / Rejected map onto the state machine. A request that fails at the
   transport level moves working orders to UNKNOWN; the next successful poll reconciles them.
 """
@@ -22,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import httpx2
@@ -109,6 +112,43 @@ async def probe(config: TastytradeConfig) -> dict:
             "data": {"environment": where, "accounts": numbers}}
 
 
+class TastytradeSession:
+    """A logged-in session for market data alone (no account book, no orders): what
+    `brokers.tastytrade_market` needs of a broker (`session`, `ensure_connected`, `_call`)."""
+
+    def __init__(self, config: TastytradeConfig):
+        self.config = config
+        self.session: Session | None = None
+
+    async def ensure_connected(self) -> None:
+        if self.session is not None:
+            return
+        session = open_session(self.config)
+        try:
+            await session.refresh(force=True)
+        except TastytradeError as exc:
+            problem = f"tastytrade login refused: {_problem(exc)}"
+        except httpx2.TransportError as exc:
+            problem = f"cannot reach tastytrade at {session._client.base_url}: {_problem(exc)}"
+        else:
+            self.session = session
+            return
+        await session._client.aclose()
+        raise BrokerError(problem)
+
+    async def _call(self, make):
+        try:
+            return await make()
+        except httpx2.TransportError as exc:
+            problem = f"cannot reach tastytrade: {_problem(exc)}"
+        raise BrokerDisconnected(problem)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session._client.aclose()
+            self.session = None
+
+
 class TastytradeBroker:
     """See the module docstring. `db` is a `storage.database.Database` or an asyncpg pool."""
 
@@ -122,11 +162,13 @@ class TastytradeBroker:
         return self.book.account_id
 
     def __init__(self, db, config: TastytradeConfig, *, clock: Callable[[], datetime] = utc_now,
-                 poll_seconds: float = 1.0, actor: str = "broker:tastytrade"):
+                 poll_seconds: float = 1.0, actor: str = "broker:tastytrade", fee_wait_seconds: float = 120.0):
         self.pool = getattr(db, "pool", db)
         self.config = config
         self.clock = clock
         self.poll_seconds = poll_seconds
+        self.fee_wait_seconds = fee_wait_seconds
+        self._fill_first_seen: dict[str, float] = {}
         self.actor = actor
         self.session: Session | None = None
         self.account_: Account | None = None
@@ -204,7 +246,8 @@ class TastytradeBroker:
             ours = self._ours(orders, order_id)
             legs = [ComboLeg.from_any(leg) for leg in row["legs"]]
             for placed in ours:
-                for fill in self._combo_fills(order_id, row["broker_order_id"], row["ticker"], legs, placed):
+                fees = await self._order_fees(placed)
+                for fill in self._combo_fills(order_id, row["broker_order_id"], row["ticker"], legs, placed, fees):
                     await self.book.apply_fill(fill)
             state = await self.book.state(order_id)
             if state in TERMINAL or not ours:
@@ -230,9 +273,43 @@ class TastytradeBroker:
                 await self.book.move(order_id, target, f"reconciled after reconnect: tastytrade reports {status}, "
                                                        f"{filled} of {row['quantity']} filled")
 
-    def _combo_fills(self, order_id: str, broker_order_id: str, ticker: str, legs: list[ComboLeg], placed) -> list[Fill]:
+    async def _order_fees(self, placed) -> dict[str, Decimal]:
+        """What one tastytrade order's executions cost, per group fill id (one combo execution's leg
+        fills share it): commission + clearing + regulatory + index-option fees of its Trade
+        transactions, in dollars paid. Empty while the order has no fill."""
+        fills = [f for leg in placed.legs for f in (leg.fills or [])]
+        if not fills:
+            return {}
+        first = min(f.filled_at for f in fills).date() - timedelta(days=1)  # the transaction date may lag a day
+        transactions = await self._call(lambda: self.account_.get_history(self.session, type="Trade", start_date=first,
+                                                                          page_offset=None))
+        fees: dict[str, Decimal] = {}
+        for t in transactions:
+            if t.order_id != placed.id or t.ext_group_fill_id is None:
+                continue
+            charged = sum((x for x in (t.commission, t.clearing_fees, t.regulatory_fees,
+                                       t.proprietary_index_option_fees) if x is not None), Decimal(0))
+            fees[t.ext_group_fill_id] = fees.get(t.ext_group_fill_id, Decimal(0)) - charged  # debits are negative
+        return fees
+
+    def _commission(self, lead, fees: dict[str, Decimal]) -> Decimal | None:
+        """The fees of the combo execution `lead` belongs to; None while they may still be booked."""
+        group = lead.ext_group_fill_id
+        if group is not None and group in fees:
+            return fees[group]
+        seen = self._fill_first_seen.setdefault(lead.fill_id, time.monotonic())
+        if time.monotonic() - seen < self.fee_wait_seconds:
+            return None
+        log.warning("tastytrade booked no fees for fill %s within %gs: recorded with commission 0",
+                    lead.fill_id, self.fee_wait_seconds)
+        return Decimal(0)
+
+    def _combo_fills(self, order_id: str, broker_order_id: str, ticker: str, legs: list[ComboLeg], placed,
+                     fees: dict[str, Decimal]) -> list[Fill]:
         """Combo fills of one tastytrade order: each fill of the first leg, with the same number of
-        units taken from every other leg's fills in order (deterministic on every poll)."""
+        units taken from every other leg's fills in order (deterministic on every poll), and the
+        fees tastytrade booked for that execution. A fill whose fees are not booked yet waits (with
+        the fills after it) up to `fee_wait_seconds`, then is recorded with commission 0 and a warning."""
         by_symbol = {leg.symbol: leg for leg in placed.legs}
         queues, first = [], []
         for i, leg in enumerate(legs):
@@ -261,10 +338,13 @@ class TastytradeBroker:
                 prices.append(weighted(parts).quantize(Decimal("0.000001")))
             if not complete or units < 1:
                 break
+            commission = self._commission(lead, fees)
+            if commission is None:
+                break
             price = sum((leg.sign * leg.ratio * p for leg, p in zip(legs, prices)), Decimal(0))
             at = lead.filled_at if lead.filled_at.tzinfo else lead.filled_at.replace(tzinfo=timezone.utc)
             out.append(Fill(order_id=order_id, broker_order_id=broker_order_id, fill_id=f"tt-{placed.id}-{lead.fill_id}",
-                            quantity=units, price=price, leg_prices=tuple(prices), at=at))
+                            quantity=units, price=price, leg_prices=tuple(prices), at=at, commission=commission))
         return out
 
     # ---------------------------------------------------------------- orders

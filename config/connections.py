@@ -27,6 +27,7 @@ BrokerName = Literal["paper", "ibkr", "tastytrade"]
 ENV_OVERRIDES: dict[str, tuple[str | None, str]] = {
     "HEDGEGRAPH_MARKET": (None, "market"),
     "HEDGEGRAPH_BROKER": (None, "broker"),
+    "HEDGEGRAPH_DATA_DIR": ("files", "data_dir"),
     "HEDGEGRAPH_IBKR_HOST": ("ibkr", "host"),
     "HEDGEGRAPH_IBKR_PORT": ("ibkr", "port"),
     "HEDGEGRAPH_IBKR_CLIENT_ID": ("ibkr", "client_id"),
@@ -43,6 +44,13 @@ TASTYTRADE_REFRESH_ENV = "TASTYTRADE_REFRESH_TOKEN"
 
 class ConfigurationError(ValueError):
     """The connection configuration is invalid: one line saying which setting and why."""
+
+
+class FilesConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The files market's directory: daily bars per ticker and Cboe quote tables per ticker and date.
+    data_dir: str = ""
 
 
 class IbkrConfig(BaseModel):
@@ -85,6 +93,7 @@ class Connections(BaseModel):
 
     market: Market = "simulated"
     broker: BrokerName = "paper"
+    files: FilesConfig = FilesConfig()
     ibkr: IbkrConfig = IbkrConfig()
     tastytrade: TastytradeConfig = TastytradeConfig()
 

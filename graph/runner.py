@@ -1,7 +1,8 @@
 """Run the decision graph for one schedule slot: exactly once, resumable, one writer at a time.
 
 The run id is derived from the slot (watchlist, New York date and time) and the inputs that make
-the run reproducible (tickers, seed, provider), and it is also the LangGraph thread id. A
+the run reproducible (tickers, seed, provider — whose name says which data files it read, when it
+reads files), and it is also the LangGraph thread id. A
 Postgres advisory lock admits one writer per run; a run that failed or whose process died resumes
 from its last checkpoint; a completed run is never executed again.
 """
@@ -54,6 +55,8 @@ class RunRequest:
     config: DecisionConfig = field(default_factory=DecisionConfig)
     mode: str = "live"
     debater: str = "deterministic"  # or "llm:<model>": the same slot debated by an LLM is another run
+    # How to rebuild the market (recorded, not part of the id: the provider's name identifies its data).
+    market_source: dict | None = None
 
     def __post_init__(self) -> None:
         if self.as_of.tzinfo is None:
@@ -125,6 +128,7 @@ async def execute_run(
         run_id=run_id, slot_key=request.slot_key, watchlist=request.watchlist, as_of=request.as_of,
         tickers=request.tickers, seed=request.seed, provider=request.provider,
         config=request.config.model_dump(mode="json"), mode=request.mode, debater=request.debater,
+        market_source=request.market_source,
     )
     app = build_graph().compile(checkpointer=db.checkpointer)
     thread = {"configurable": {"thread_id": run_id}}

@@ -31,6 +31,7 @@ from graph.runner import RunBusy, RunFailed, make_deps, resume_run
 from domain.decision import AccountState
 from tools.chain import NEW_YORK
 from service import notify
+from service.markets import source_of
 from service.operations import default_account, jsonable, order_summary, terminal_reason
 from storage import schedule_slots
 from storage.approvals import ApprovalEntry, ApprovalRepository
@@ -87,14 +88,33 @@ def _utc_now() -> datetime:
     return wall_clock()
 
 
-def provider_for(name: str, seed: int) -> MarketDataProvider:
-    """The provider a run was made with, to quote it afresh. Only the simulated market can be
-    rebuilt from a run's record; a run on chain files cannot be re-quoted."""
-    if name != "simulated":
-        raise ApprovalError(f"runs on provider {name!r} cannot be re-quoted for execution")
-    from tools.providers.simulated import SimulatedMarket
+def provider_for(name: str, seed: int, source: dict | None = None) -> MarketDataProvider:
+    """The market a run was made with, to quote it afresh: rebuilt from the run's recorded market
+    source (simulated with its chain files, a files directory, a broker's market data); a run
+    without one was made on the simulated market."""
+    from service.markets import MarketSourceError, build_market
 
-    return SimulatedMarket(seed=seed)
+    if source is None:
+        if name != "simulated":
+            raise ApprovalError(f"runs on provider {name!r} recorded no market source: they cannot be re-quoted")
+        source = {"market": "simulated"}
+    try:
+        return build_market(source, seed)
+    except MarketSourceError as exc:
+        raise ApprovalError(f"the market of provider {name!r} cannot be rebuilt to re-quote: {exc}") from None
+
+
+def configured_market_source() -> dict | None:
+    """The configured market (`market:` in config/connections.yaml) as a market source; None when the
+    configuration cannot say (`hedgegraph doctor` says why), and the simulated market stands in."""
+    from config.connections import ConfigurationError
+    from service.markets import MarketSourceError, market_source
+
+    try:
+        connections = load_connections()
+        return market_source(connections.market, connections=connections)
+    except (ConfigurationError, MarketSourceError):
+        return None
 
 
 @dataclass
@@ -102,12 +122,15 @@ class ServiceContext:
     db: Database
     clock: Callable[[], datetime] = _utc_now
     account: AccountState = field(default_factory=default_account)
-    provider_factory: Callable[[str, int], MarketDataProvider] = provider_for
+    # Overrides `provider_for` (a backtest quotes only its own historical market).
+    provider_factory: Callable[[str, int], MarketDataProvider] | None = None
     memory: Any = None  # memory.store.MemoryStore where runs reflect (None: one on this database)
     # The paper account this context trades and the market its positions are quoted on (a backtest
     # uses its own account on its historical market; the service the user's "paper" on "simulated").
     account_id: str = "paper"
     market: str = "simulated"
+    # How to build that market (service.markets): the configured one unless given.
+    market_source: dict | None = field(default_factory=configured_market_source)
     _server: Any = None
     _live_broker: Any = None
 
@@ -120,6 +143,16 @@ class ServiceContext:
         if self._live_broker is not None:
             await close_broker(self._live_broker)
         await self.db.close()
+
+    def market_for(self, name: str, seed: int, source: dict | None = None) -> MarketDataProvider:
+        """The market named `name` (as recorded by a run, with its market source) on this context."""
+        if self.provider_factory is not None:
+            return self.provider_factory(name, seed)
+        return provider_for(name, seed, source)
+
+    def book_market(self, seed: int) -> MarketDataProvider:
+        """The market this context's positions are quoted on (marks, settlement, flatten, P&L)."""
+        return self.market_for(self.market, seed, self.market_source)
 
     def broker_for(self, provider: MarketDataProvider):
         """The configured broker (`broker:` in config/connections.yaml; paper by default). A real
@@ -137,7 +170,7 @@ class ServiceContext:
 
 async def _deps_for_run(ctx: ServiceContext, run_id: str):
     record = await RunRepository(ctx.db.pool).get(run_id)
-    provider = ctx.provider_factory(record.provider, record.seed)
+    provider = ctx.market_for(record.provider, record.seed, record.market_source)
     return make_deps(ctx.db, record, provider, account=ctx.account,
                      positions=await OrderRepository(ctx.db.pool).open_exposures(),
                      broker=ctx.broker_for(provider), now=ctx.clock, memory=ctx.memory or MemoryStore(ctx.db.pool))
@@ -184,7 +217,7 @@ async def broker_preview(ctx: ServiceContext, order, record) -> dict[str, Any]:
     own rules) — and the book's Greeks before and after it. Nothing is placed. When the broker
     cannot answer, the approver is told why instead."""
     try:
-        provider = ctx.provider_factory(record.provider, record.seed)
+        provider = ctx.market_for(record.provider, record.seed, record.market_source)
     except ApprovalError as exc:
         return {"available": False, "reason": str(exc)}
     broker = ctx.broker_for(provider)
@@ -285,7 +318,7 @@ async def stage_flatten(ctx: ServiceContext, actor: str, *, with_protection: boo
     """Buy-to-close orders for every short option in the paper account, staged for approval like
     any other order (a graph-less run named flatten-<time> holds them)."""
     seed = defaults().seed
-    provider = ctx.provider_factory("simulated", seed)
+    provider = ctx.book_market(seed)
     broker = ctx.broker_for(provider)
     closing = flatten_orders(await broker.positions(), ProviderQuotes(provider, ctx.clock),
                              with_protection=with_protection)
@@ -295,8 +328,8 @@ async def stage_flatten(ctx: ServiceContext, actor: str, *, with_protection: boo
     run_id = f"flatten-{now.astimezone(NEW_YORK):%Y%m%d-%H%M%S}"
     runs = RunRepository(ctx.db.pool)
     await runs.create_if_absent(run_id=run_id, slot_key=f"flatten|{now.isoformat()}", watchlist="flatten", as_of=now,
-                                tickers=sorted({c.ticker for c in closing}), seed=seed, provider="simulated",
-                                config=defaults().decision.model_dump(mode="json"))
+                                tickers=sorted({c.ticker for c in closing}), seed=seed, provider=provider.name,
+                                config=defaults().decision.model_dump(mode="json"), market_source=source_of(provider))
     await runs.set_status(run_id, "awaiting_approval")
     repo, staged = OrderRepository(ctx.db.pool), []
     for close in closing:

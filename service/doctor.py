@@ -77,13 +77,24 @@ async def check_market(conn: Connections) -> Check:
         return Check("market", "ok", f"simulated market (seed {seed}): SPY at {spy.spot:.2f}, {rows} option quotes",
                      {"market": "simulated", "seed": seed})
     if conn.market == "files":
-        return Check("market", "warning", "files market: its directory is checked when a run reads it "
-                                          "(hedgegraph run --market files --data DIR)", {"market": "files"})
-    # The adapters read chains, quotes and bars from the broker (brokers/ibkr_market.py,
-    # brokers/tastytrade_market.py), but no decision-run provider is built on them yet.
-    return Check("market", "warning", f"market {conn.market}: its chains and quotes reach the broker adapters, "
-                                      "but decision runs still use the simulated market (no run provider on "
-                                      f"{conn.market} data yet)", {"market": conn.market})
+        if not conn.files.data_dir:
+            return Check("market", "warning", "files market without a directory: set files.data_dir "
+                                              "(HEDGEGRAPH_DATA_DIR) or give `hedgegraph run --data DIR`",
+                         {"market": "files"})
+        from tools.providers.files import FilesMarket
+
+        try:
+            market = await asyncio.to_thread(FilesMarket, conn.files.data_dir)
+            tickers = market.tickers()
+            ends = market.latest_as_of(tickers)
+        except ValueError as exc:
+            return Check("market", "error", f"files market: {exc}", {"market": "files"})
+        return Check("market", "ok", f"files market {market.name} in {market.data_dir}: {', '.join(tickers)}; "
+                                     f"the data ends {ends:%Y-%m-%d %H:%M %Z}",
+                     {"market": "files", "provider": market.name, "tickers": tickers})
+    # The broker's own connection check (below) says whether its market data answers.
+    return Check("market", "ok", f"market {conn.market}: decision runs prefetch chains, quotes, Greeks and daily bars "
+                                 f"from {conn.market} (see the {conn.market} check)", {"market": conn.market})
 
 
 async def check_broker(conn: Connections) -> Check:

@@ -28,6 +28,7 @@ from risk.limits import load_risk_matrix
 from risk.regime import regime_of
 from service import approvals, notify
 from service.approvals import ServiceContext
+from service.markets import source_of
 from storage.journal import Journal
 from tools.chain import NEW_YORK
 
@@ -64,7 +65,7 @@ async def housekeeping(ctx: ServiceContext, *, mark: bool) -> HousekeepingReport
 
     now = ctx.clock()
     seed = defaults().seed
-    provider = ctx.provider_factory(ctx.market, seed)
+    provider = ctx.book_market(seed)
     quotes = ProviderQuotes(provider, ctx.clock)
     broker = ctx.broker_for(provider)
     await broker.ensure_connected()
@@ -92,7 +93,8 @@ async def housekeeping(ctx: ServiceContext, *, mark: bool) -> HousekeepingReport
         report.marked = len(marks.marks)
         report.net_liquidation = str(marks.snapshot.net_liquidation)
         staged = await book.stage_exits(now, await book.exit_orders(now, quotes), provider=provider.name, seed=seed,
-                                        config=defaults().decision.model_dump(mode="json"))
+                                        config=defaults().decision.model_dump(mode="json"),
+                                        market_source=source_of(provider))
         report.exits_staged = [{"position_id": s.position_id, "rule": s.rule, "created": s.created,
                                 "order_id": s.order.order_id if s.order else None, "note": s.note} for s in staged]
         report.pin_risk = [approvals.jsonable(p.__dict__) for p in await book.pin_risk(now, quotes)]

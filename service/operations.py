@@ -75,12 +75,13 @@ async def run_decision(
     from memory.recall import RunMemory
     from memory.store import MemoryStore
     from service import notify
+    from service.markets import source_of
 
     memory = MemoryStore(db.pool)  # the embedding model loads only if something is recalled or stored
     config = config or defaults().decision
     debater = make_debater(settings(), config, db, memory=RunMemory(memory, as_of))
     request = RunRequest(watchlist=watchlist, tickers=tickers, as_of=as_of, seed=seed, provider=provider.name,
-                         config=config, debater=debater.name)
+                         config=config, debater=debater.name, market_source=source_of(provider))
     account, positions = await book_account(db, provider, as_of, getattr(broker, "ledger_account_id", "paper"))
     extra = ({"now": now} if now is not None else {}) | ({"broker": broker} if broker is not None else {})
     outcome = await execute_run(db, request, provider, account=account, positions=positions, on_node=on_node,
@@ -303,7 +304,7 @@ async def _book_and_quotes(ctx):
     from brokers.book import Book
     from brokers.quote_source import ProviderQuotes
 
-    provider = ctx.provider_factory(ctx.market, defaults().seed)
+    provider = ctx.book_market(defaults().seed)
     broker = ctx.broker_for(provider)
     await broker.ensure_connected()
     return Book(ctx.db, account_id=broker.ledger_account_id, broker=broker.name, config=defaults().book), \

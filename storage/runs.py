@@ -30,6 +30,7 @@ class RunRecord:
     started_at: datetime | None
     finished_at: datetime | None
     debater: str = "deterministic"  # "llm:<model>" when the debate was the LLM's
+    market_source: dict[str, Any] | None = None  # how to rebuild the market it read (service.markets)
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> "RunRecord":
@@ -43,15 +44,16 @@ class RunRepository:
     async def create_if_absent(
         self, *, run_id: str, slot_key: str, watchlist: str, as_of: datetime, tickers: list[str],
         seed: int, provider: str, config: dict[str, Any], mode: str = "live", parent_run_id: str | None = None,
-        debater: str = "deterministic",
+        debater: str = "deterministic", market_source: dict[str, Any] | None = None,
     ) -> RunRecord:
         async with self.pool.acquire() as conn:
             await conn.execute(
                 """INSERT INTO runs (run_id, slot_key, watchlist, as_of, tickers, seed, provider, config,
-                                     mode, parent_run_id, status, debater)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11)
+                                     mode, parent_run_id, status, debater, market_source)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12)
                    ON CONFLICT (run_id) DO NOTHING""",
                 run_id, slot_key, watchlist, as_of, tickers, seed, provider, config, mode, parent_run_id, debater,
+                market_source,
             )
             return RunRecord.from_row(await conn.fetchrow("SELECT * FROM runs WHERE run_id = $1", run_id))
 

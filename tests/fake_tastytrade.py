@@ -14,9 +14,11 @@ import re
 import threading
 from datetime import datetime, timezone
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ACCOUNT = "5WT00001"
+NEW_YORK = ZoneInfo("America/New_York")
 NOW = "2026-11-20T15:00:00.000+00:00"
 
 
@@ -33,9 +35,14 @@ class FakeTastytrade:
         self.next_id = 7001
         self.fill_seq = 0
         self.positions: list[dict] = []
+        # Trade transactions the venue books for each leg fill (its fees); `book_fees=False`: none (yet).
+        self.transactions: list[dict] = []
+        self.book_fees = True
         # Option chain and streamed market data: symbol -> nested chain; streamer symbol -> (bid, ask, greeks)
         self.chains: dict[str, dict] = {}
         self.streamed: dict[str, tuple[str, str, dict]] = {}
+        self.open_interest: dict[str, int] = {}  # streamer symbol -> open interest (Summary events)
+        self.candles: dict[str, list[tuple]] = {}  # symbol -> [(date, open, high, low, close, volume)], oldest first
         self.dxlink_token = "dxlink-token-from-fake"
         self.dxlink_port = 0
         self.dxlink_messages: list[dict] = []
@@ -113,6 +120,10 @@ class FakeTastytrade:
             return 200, {"data": self.balances_json()}
         if method == "GET" and path == f"{prefix}/positions":
             return 200, {"data": {"items": self.positions}}
+        if method == "GET" and path == f"{prefix}/transactions":
+            return 200, {"data": {"items": self.transactions},
+                         "pagination": {"page-offset": 0, "total-pages": 1, "per-page": 250,
+                                        "total-items": len(self.transactions)}}
         if method == "GET" and path == f"{prefix}/orders/live":
             return 200, {"data": {"items": list(self.orders.values())}}
         if method == "POST" and path == f"{prefix}/orders/dry-run":
@@ -190,16 +201,39 @@ class FakeTastytrade:
             return
         self.fill_seq += 1
         at = datetime.now(timezone.utc).isoformat()
+        group = f"G{self.fill_seq:05d}"  # one combo execution: its leg fills share the group fill id
         for leg, ratio, price in zip(legs, ratios, self.leg_prices(order)):
             quantity = take * ratio
             leg["fills"].append({"fill-id": f"F{self.fill_seq:05d}-{leg['symbol'].replace(' ', '')}",
                                  "quantity": str(quantity), "fill-price": str(price), "filled-at": at,
-                                 "destination-venue": "FAKE"})
+                                 "destination-venue": "FAKE", "ext-group-fill-id": group})
+            if self.book_fees:
+                self.transactions.append(self.transaction_json(order_id, group, leg, quantity, price, at))
             leg["remaining-quantity"] = str(Decimal(leg["remaining-quantity"]) - quantity)
         if all(Decimal(leg["remaining-quantity"]) == 0 for leg in legs):
             order["status"], order["cancellable"], order["editable"] = "Filled", False, False
 
     # ---------------------------------------------------------------- shapes
+    def transaction_json(self, order_id: int, group: str, leg: dict, quantity: Decimal, price: Decimal,
+                         at: str) -> dict:
+        """A Trade transaction for one leg fill, with tastytrade's option fees: $1.00 a contract
+        commission (opening), $0.10 clearing, $0.02 regulatory — each a Debit."""
+        value = quantity * price * 100
+        fees = {"commission": Decimal("1.00") * quantity, "clearing-fees": Decimal("0.10") * quantity,
+                "regulatory-fees": Decimal("0.02") * quantity}
+        data = {"id": 90000 + len(self.transactions), "account-number": ACCOUNT, "transaction-type": "Trade",
+                "transaction-sub-type": leg["action"], "description": f"{leg['action']} {quantity} {leg['symbol']}",
+                "executed-at": at, "transaction-date": at[:10], "value": str(value),
+                "value-effect": "Debit" if leg["action"].startswith("Buy") else "Credit",
+                "net-value": str(value + sum(fees.values())), "net-value-effect": "Debit",
+                "is-estimated-fee": True, "symbol": leg["symbol"], "instrument-type": "Equity Option",
+                "underlying-symbol": leg["symbol"][:6].strip(), "action": leg["action"], "quantity": str(quantity),
+                "price": str(price), "order-id": order_id, "ext-group-fill-id": group,
+                "proprietary-index-option-fees": "0.0", "proprietary-index-option-fees-effect": "None"}
+        for key, amount in fees.items():
+            data[key], data[f"{key}-effect"] = str(amount), "Debit"
+        return data
+
     def order_json(self, request: dict, order_id: int | None) -> dict:
         legs = [{"instrument-type": leg["instrument-type"], "symbol": leg["symbol"], "action": leg["action"],
                  "quantity": str(leg["quantity"]), "remaining-quantity": str(leg["quantity"]), "fills": []}
@@ -287,10 +321,11 @@ class FakeTastytrade:
                     await ws.send(json.dumps({"type": "FEED_CONFIG", "channel": channel, "dataFormat": "FULL",
                                               "aggregationPeriod": 0.1}))
                 elif kind == "FEED_SUBSCRIPTION":
-                    events = [self.event(channels[channel], add["symbol"]) for add in message.get("add", [])]
-                    events = [e for e in events if e is not None]
-                    if events:
-                        await ws.send(json.dumps({"type": "FEED_DATA", "channel": channel, "data": events}))
+                    events = [e for add in message.get("add", [])
+                              for e in self.events(channels[channel], add["symbol"])]
+                    for start in range(0, len(events), 50):  # the SDK's socket takes messages up to 64 KiB
+                        await ws.send(json.dumps({"type": "FEED_DATA", "channel": channel,
+                                                  "data": events[start:start + 50]}))
 
         self._dxlink = await websockets.serve(serve, "127.0.0.1", 0)
         self.dxlink_port = self._dxlink.sockets[0].getsockname()[1]
@@ -298,6 +333,28 @@ class FakeTastytrade:
     async def stop_dxlink(self) -> None:
         self._dxlink.close()
         await self._dxlink.wait_closed()
+
+    def events(self, kind: str, symbol: str) -> list[dict]:
+        """The events a subscription to `symbol` gets: one quote, Greeks or summary, or a daily-candle
+        snapshot (newest first, flagged SNAPSHOT_BEGIN ... SNAPSHOT_END as dxFeed sends it)."""
+        if kind == "Candle":
+            rows = self.candles.get(symbol.split("{")[0], [])[::-1]
+            out = []
+            for i, (day, o, h, low, c, v) in enumerate(rows):
+                at = int(datetime.combine(day, datetime.min.time(), tzinfo=NEW_YORK).timestamp() * 1000)
+                flags = (0x4 if i == 0 else 0) | (0x8 if i == len(rows) - 1 else 0)
+                out.append({"eventType": "Candle", "eventSymbol": symbol, "eventTime": 0, "eventFlags": flags,
+                            "index": at, "time": at, "sequence": 0, "count": 1, "open": o, "high": h, "low": low,
+                            "close": c, "volume": v})
+            return out
+        if kind == "Summary":
+            if symbol not in self.open_interest:
+                return []
+            return [{"eventType": "Summary", "eventSymbol": symbol, "eventTime": 0, "dayId": 0,
+                     "dayClosePriceType": "REGULAR", "prevDayId": 0, "prevDayClosePriceType": "REGULAR",
+                     "openInterest": self.open_interest[symbol]}]
+        event = self.event(kind, symbol)
+        return [] if event is None else [event]
 
     def event(self, kind: str, symbol: str) -> dict | None:
         data = self.streamed.get(symbol)

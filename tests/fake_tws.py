@@ -6,7 +6,8 @@ every message after that is a 4-byte big-endian length and NUL-terminated fields
 answers the handshake with (server version, connection time), then, on `startApi` (71), with
 `nextValidId` (9) and `managedAccounts` (15).
 
-Handled requests (msg id): placeOrder 3 (new, modify, whatIf), cancelOrder 4, reqOpenOrders 5,
+Handled requests (msg id): reqMktData 1 (snapshots; subscriptions answer open interest, tick 101),
+placeOrder 3 (new, modify, whatIf), cancelOrder 4, reqOpenOrders 5,
 reqExecutions 7, reqContractDetails 9, reqHistoricalData 20, reqMarketDataType 59, reqPositions 61, reqAccountSummary 62,
 startApi 71, reqSecDefOptParams 78, reqCompletedOrders 99. Field layouts follow ib_async's `decoder.py` at version 157.
 
@@ -67,6 +68,7 @@ class FakeTws:
                                                  "RealizedPnL": "125.50"}
         # Market data: (symbol, expiry, strike, right) -> (bid, ask, iv, delta, gamma, vega, theta, underlying)
         self.option_quotes: dict[tuple, tuple] = {}
+        self.open_interest: dict[tuple, int] = {}  # (symbol, expiry, strike, right) -> contracts (generic tick 101)
         self.market_data_type = 3  # what IB answers under reqMarketDataType(3) without a subscription
         self.chain: dict[str, tuple[list[str], list[float]]] = {}  # symbol -> (expirations, strikes)
         self.daily: dict[str, list[tuple]] = {}  # symbol -> [(yyyymmdd, o, h, l, c, v)]
@@ -179,9 +181,13 @@ class FakeTws:
                 self._send(75, req_id, "SMART", con_id, symbol, "100", len(expirations), *expirations, len(strikes),
                            *strikes)
             self._send(76, req_id)
-        elif msg_id == 1:  # reqMktData (snapshot)
+        elif msg_id == 1:  # reqMktData: a snapshot, or a subscription (open interest with generic tick 101)
             req_id, key = f[2], (f[4], f[6], float(f[7] or 0), f[8])
             quote = self.option_quotes.get(key)
+            if f[17] not in ("1", "True"):  # streaming: the open interest this fake knows, then nothing more
+                if "101" in f[16].split(",") and key in self.open_interest:
+                    self._send(2, 6, req_id, 27 if key[3] == "C" else 28, self.open_interest[key])
+                return
             if quote is not None:
                 delayed = self.market_data_type == 3
                 bid, ask, iv, delta, gamma, vega, theta, und = quote

@@ -132,4 +132,5 @@ def test_doctor_says_which_tastytrade_credentials_are_missing_and_never_prints_t
         "credentials missing: set TASTYTRADE_REFRESH_TOKEN in the environment"
     assert SECRET not in result.stdout and SECRET not in caplog.text
     market = checks(result)["market"]
-    assert market["status"] == "warning" and "decision runs still use the simulated market" in market["detail"]
+    assert market["status"] == "ok" and "decision runs prefetch chains, quotes, Greeks and daily bars from tastytrade" \
+        in market["detail"]

@@ -92,6 +92,10 @@ async def test_dry_run_then_the_approved_order_fills_through_the_order_manager(d
         assert {leg["action"] for leg in sent["legs"]} <= {"Buy to Open", "Sell to Open"}
         [fill] = await broker.fills(order.order_id)
         assert fill.quantity == order.quantity and fill.price == order.limit_price
+        # The fees tastytrade booked on the fill's transactions: $1.12 a contract on every leg.
+        contracts = sum(order.quantity * int(leg.get("ratio", 1)) for leg in order.proposal["legs"])
+        assert fill.commission == Decimal("1.12") * contracts
+        assert any(path.startswith(f"/accounts/{ACCOUNT}/transactions") for _, path, _ in tasty.requests)
         assert (await broker.status(order.order_id)).state == OrderState.FILLED
         assert await db.pool.fetchval("SELECT count(*) FROM trade_journal WHERE order_id = $1", order.order_id) == 1
     finally:
@@ -220,3 +224,17 @@ async def test_nested_chain_and_dxlink_quotes_with_greeks(db, tasty):
     finally:
         await broker.close()
         await tasty.stop_dxlink()
+
+
+async def test_a_fill_whose_fees_tastytrade_never_books_is_recorded_with_commission_zero(db, tasty, caplog):
+    tasty.book_fees = False
+    clock, order = await approved_order(db)
+    broker = await TastytradeBroker(db, config_for(tasty), clock=clock, poll_seconds=0.05,
+                                    fee_wait_seconds=0).connect()
+    try:
+        execution = await manager_for(db, broker, clock).transmit(order.order_id)
+        assert execution.filled_quantity == order.quantity, execution
+        [fill] = await broker.fills(order.order_id)
+        assert fill.commission == 0 and "booked no fees" in caplog.text
+    finally:
+        await broker.close()

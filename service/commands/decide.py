@@ -34,23 +34,49 @@ def latest_slot_time(now: datetime) -> tuple[str, datetime]:
     raise RuntimeError("no scheduled slot in the last ten sessions")
 
 
-def market_provider(seed: int, chains: dict):
-    """The simulated market, with some tickers' chains from Cboe files; a file that cannot be read
-    is refused here with one line."""
-    import csv
+def files_decision_time(market, tickers: list[str], now: datetime) -> tuple[datetime, str]:
+    """When a files-market run decides by default, and why: the first scheduled slot after the data
+    ends (its last close, or a quote table exported later), so the run trades in session on the
+    files' last prices; the data's own end when that slot is still in the future."""
+    from datetime import timedelta
 
+    from service.scheduler import load_schedule, slots_for_session, xnys_calendar
+    from tools.chain import NEW_YORK
+
+    ends = market.latest_as_of(tickers)
+    calendar, schedule = xnys_calendar(), load_schedule()
+    day = ends.astimezone(NEW_YORK).date()
+    for _ in range(10):
+        if calendar.is_session(day.isoformat()):
+            slots = [s.scheduled_at for s in slots_for_session(schedule, day) if s.scheduled_at >= ends]
+            if slots:
+                first = min(slots)
+                if first <= now:
+                    return first, (f"--market files: the data ends {ends.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z}; "
+                                   "deciding at the next scheduled slot, "
+                                   f"{first.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z}")
+                break
+        day += timedelta(days=1)
+    return ends, (f"--market files: deciding when the data ends, {ends.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z} "
+                  "(the next scheduled slot is still to come)")
+
+
+def market_provider(seed: int, chains: dict | None = None, *, market: str | None = None,
+                    data_dir: str | None = None):
+    """The market a run reads: `market` (default: `market:` in config/connections.yaml), with
+    `--chain` files over the simulated one or `--data DIR` for the files market. A market that
+    cannot be built (a missing directory, an unreadable file) is refused here with one line."""
+    from config.connections import ConfigurationError, load_connections
+    from service.markets import MarketSourceError, build_market, market_source
     from service.run_inputs import RunInputError
-    from tools.providers.simulated import SimulatedMarket
 
-    provider = SimulatedMarket(seed=seed)
-    if chains:
-        from tools.providers.chain_files import ChainFileOverlay
-
-        try:
-            provider = ChainFileOverlay(provider, chains)
-        except (OSError, ValueError, csv.Error) as exc:  # UnicodeDecodeError is a ValueError
-            raise RunInputError(f"--chain: {type(exc).__name__}: {exc}") from None
-    return provider
+    try:
+        connections = load_connections()
+        source = market_source(market or connections.market, data_dir=data_dir, chains=chains or {},
+                               connections=connections)
+        return build_market(source, seed, connections=connections)
+    except (ConfigurationError, MarketSourceError) as exc:
+        raise RunInputError(str(exc)) from None
 
 
 @app.command()
@@ -61,6 +87,11 @@ def run(
                                         "latest schedule slot."),
     seed: Optional[int] = typer.Option(None, help="Seed of the simulated market (0 to 2^31-1)."),
     chain: list[str] = typer.Option([], "--chain", help="SYMBOL=PATH: use a Cboe quote-table file as SYMBOL's chain."),
+    market: Optional[str] = typer.Option(None, "--market", help="simulated | files | ibkr | tastytrade (default: "
+                                         "market: in config/connections.yaml, HEDGEGRAPH_MARKET)."),
+    data: Optional[str] = typer.Option(None, "--data", help="The files market's directory: daily bars per ticker "
+                                       "(TICKER.csv / .parquet) and Cboe quote tables "
+                                       "(<ticker>_quotedata_<date>.csv)."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
 ) -> None:
     """One decision run: market data → analysts → debate → risk → strategy → Kelly → staged orders."""
@@ -70,20 +101,31 @@ def run(
     )
     from config.clock import wall_clock
     from tools.chain import NEW_YORK
+    from brokers.broker_market import BrokerMarket
+    from tools.providers.files import FilesDataError, FilesMarket
 
     d = defaults()
     try:  # every input is checked, and the market read, before a run row exists
         seed = check_seed(d.seed if seed is None else seed)
         chains = parse_chain_options(chain)
-        ticker_list = parse_tickers(tickers, list(d.watchlist))
+        provider = market_provider(seed, chains, market=market, data_dir=data)
+        from_files = isinstance(provider, FilesMarket)
+        # The files market's default watchlist is the tickers it has files for.
+        ticker_list = parse_tickers(tickers, provider.tickers() if from_files else list(d.watchlist))
         ticker_list += [symbol for symbol in chains if symbol not in ticker_list]
-        provider = market_provider(seed, chains)
         now = wall_clock().astimezone(NEW_YORK)  # HEDGEGRAPH_NOW in paper mode
+        if from_files:
+            provider.require(ticker_list)
         if as_of:
             parsed = parse_as_of(as_of, now)
             when, watchlist = parsed.when, parsed.watchlist or "adhoc"
             if parsed.slot_note:
                 note(parsed.slot_note)
+        elif from_files:  # decide on the data's last close (or its last quote table of that session)
+            (when, why), watchlist = files_decision_time(provider, ticker_list, now), "adhoc"
+            note(why)
+        elif isinstance(provider, BrokerMarket):  # the broker's market is read live: decide now
+            when, watchlist = now, "adhoc"
         elif chains:
             when, watchlist = provider.latest_as_of, "adhoc"  # decide when the chain files were taken
         else:
@@ -92,9 +134,12 @@ def run(
             watchlist = "adhoc"
         try:
             provider = PrefetchedProvider(provider, ticker_list, when)
-        except ValueError as exc:  # out of the provider's span, a chain file after the as-of, ...
+        except ValueError as exc:  # out of the provider's span, a chain file after the as-of, a bad file, ...
             raise RunInputError(f"no market data for this run: {exc}") from None
-    except RunInputError as exc:
+        missing = provider.snapshot(ticker_list, when).meta.get("missing_tickers") if from_files else None
+        if missing:
+            raise RunInputError(f"no market data for this run: {'; '.join(missing)}")
+    except (RunInputError, FilesDataError) as exc:
         fail(str(exc))
     outcome = run_async(_run(provider, ticker_list, when, seed, watchlist, quiet=as_json))
     if as_json:

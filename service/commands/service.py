@@ -50,14 +50,19 @@ def schedule(once: bool = typer.Option(False, help="Run one tick (due slots now)
 async def _schedule(once: bool, poll_seconds: float) -> None:
     from config.settings import defaults
     from service import operations
+    from service.commands.common import CommandError
     from service.commands.decide import market_provider
+    from service.run_inputs import RunInputError
     from service.scheduler import Scheduler, load_schedule
     from storage.database import open_database
 
     config = load_schedule()
     d = defaults()
     async with open_database(settings()) as db:
-        provider = market_provider(d.seed, {})
+        try:  # the configured market (config/connections.yaml), refused here with one line
+            provider = market_provider(d.seed)
+        except RunInputError as exc:
+            raise CommandError(str(exc)) from None
 
         async def run_slot(slot) -> str:
             outcome = await operations.run_decision(

@@ -12,7 +12,8 @@ Dates are ISO ``YYYY-MM-DD`` or US ``M/D/YYYY`` (zero padding optional); per fil
 parses more rows wins. A file's series symbol is its stem up to the first underscore, upper-cased
 (``VIX_History_1990.csv`` -> VIX, ``aapl.parquet`` -> AAPL). When several files name one symbol,
 the one with OHLC beats a close-only one, then the one with more valid rows wins; the others are
-reported as not used.
+reported as not used. Cboe quote tables (``<ticker>_quotedata_<YYYY-MM-DD>.csv``) in the same
+directory are chains, not bars, and are left to the chain reader.
 
 Validation drops a row, for the first reason that applies, in this order: unparseable date,
 missing or non-numeric price, price <= 0, high < low, open outside [low, high], close outside
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,7 @@ DROP_REASONS = (
 )
 EXAMPLES_KEPT = 3
 _DATE_FORMATS = ("%Y-%m-%d", "%m/%d/%Y")
+QUOTE_TABLE_NAME = re.compile(r"^[A-Za-z0-9.\-^]+_quotedata_\d{4}-\d{2}-\d{2}\.csv$", re.IGNORECASE)
 _CLOSE_NAMES = ("close", "close_price", "adj_close", "adj close")
 
 
@@ -290,7 +293,10 @@ def read_bar_directory(directory: str | os.PathLike) -> BarDirectory:
     root = Path(directory)
     if not root.is_dir():
         raise BarFileError(f"{root}: not a directory of daily bar files")
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in BAR_SUFFIXES)
+    # Cboe quote tables (`<ticker>_quotedata_<date>.csv`) may share the directory: they are chains,
+    # read by the chain reader, not bars.
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in BAR_SUFFIXES
+                   and not QUOTE_TABLE_NAME.match(p.name))
     if not files:
         raise BarFileError(f"{root}: no .csv or .parquet files")
     with _directory_lock:

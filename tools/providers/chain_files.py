@@ -4,9 +4,13 @@ Everything else (history, social, VIX) comes from the wrapped provider. The hist
 so its last close matches the file's spot: a chain priced off 4,500 next to a simulated history
 at 380 would make every realized-vs-implied comparison meaningless. The rescaling is stated in the
 ticker's `data_quality`, so no analyst mistakes it for real history.
+
+The overlay is named after the files it read (``<inner>+cboe:<first 12 hex digits of their
+SHA-256>``): the name is part of a run's id, so a run on another file is another run.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -20,10 +24,20 @@ from tools.providers.base import Bars, LookAheadError, MarketDataProvider, Marke
 class ChainFileOverlay:
     def __init__(self, inner: MarketDataProvider, chain_files: dict[str, Path]):
         self.inner = inner
-        self.name = f"{inner.name}+cboe"
-        self.chains: dict[str, OptionChain] = {
-            symbol.upper(): read_cboe_quote_table(path) for symbol, path in chain_files.items()
-        }
+        self.files = {symbol.upper(): Path(path) for symbol, path in chain_files.items()}
+        self.chains: dict[str, OptionChain] = {symbol: read_cboe_quote_table(path)
+                                               for symbol, path in self.files.items()}
+        digest = hashlib.sha256()
+        for symbol, path in sorted(self.files.items()):
+            digest.update(f"{symbol}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        self.name = f"{inner.name}+cboe:{digest.hexdigest()[:12]}"
+
+    def source(self) -> dict:
+        """What a run records to rebuild this market later (approvals re-quote from it)."""
+        inner = getattr(self.inner, "source", None)
+        return (inner() if inner else {"market": self.inner.name}) | {
+            "chains": {symbol: str(path.resolve()) for symbol, path in sorted(self.files.items())}}
 
     @property
     def latest_as_of(self) -> datetime:

@@ -223,7 +223,7 @@ class HistoricalMarket:
         if self.index_dir is not None:
             used = {self.files.series[s].report.file for s in self.borrowed}
             paths += sorted(p for p in self.index_dir.iterdir() if p.name in used)
-        if self.chains_dir is not None:
+        if self.chains_dir is not None and self.chains_dir.resolve() != self.data_dir.resolve():
             paths += sorted(p for p in self.chains_dir.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
         # The modelled chains are part of the data: another chain model is other data.
         digest = hashlib.sha256(f"chain-model:{CHAIN_MODEL_VERSION}\0".encode())
