@@ -883,6 +883,8 @@ def build_proposal(
       unless `config.jade_lizard_short_put` is "cash_secured"; its credit must cover the call
       spread's width (no upside risk), its max loss is the put strike less the credit.
 
+    An iron condor takes its own short delta, wing width and DTE (`DecisionConfig.for_structure`).
+
     `surface` (the chain's fitted SVI surface, optional): when it has a fitted smile at the chosen
     expiry, probability of profit and expected P&L are under that smile's law (see module doc).
 
@@ -893,6 +895,7 @@ def build_proposal(
     iv = np.asarray(iv, dtype=float)
     if iv.shape != (len(chain),):
         raise ValueError(f"iv has shape {iv.shape}, the chain has {len(chain)} rows")
+    config = config.for_structure(structure)
     try:
         if structure not in SUPPORTED_STRUCTURES:
             raise _Reject("unsupported_structure", f"{structure!r} is not built yet (supported: {SUPPORTED_STRUCTURES})")

@@ -56,12 +56,18 @@ class DecisionConfig(BaseModel):
     # A jade lizard's short put is uncovered: "cash_secured" builds it (its max loss, strike less
     # credit, held as cash), "refuse" never proposes one. The risk gate's naked-short rule applies.
     jade_lizard_short_put: Literal["refuse", "cash_secured"] = "refuse"
+    # An iron condor's own selection, chosen on 2011-2019 SPY history and checked on 2020-2025
+    # (README, "What the backtest revealed"): far shorts and wide wings so that commissions and
+    # spreads do not eat the credit, 45 DTE closed at 21. The verticals keep the settings above.
+    condor_short_delta: float = Field(0.10, gt=0, lt=0.5)
+    condor_wing_width_expected_move: float = Field(1.0, gt=0, le=2)
+    condor_target_dte: int = Field(45, ge=1)
     max_spread_pct: float = Field(0.25, gt=0)
     min_open_interest: float = Field(10, ge=0)
     # The vol-surface analyst: 30-day ATM implied over 20-day realized vol at or above `rich_iv_rv`
     # is rich premium, at or below `cheap_iv_rv` cheap; between them fair (README: the 2011-2019 study).
-    rich_iv_rv: float = Field(1.20, gt=0)
-    cheap_iv_rv: float = Field(0.90, gt=0)
+    rich_iv_rv: float = Field(1.0, gt=0)
+    cheap_iv_rv: float = Field(0.6, gt=0)
     approval_ttl_market_minutes: float = Field(30, gt=0)  # staged orders expire after this much market time
     stale_price_tolerance: float = Field(0.10, gt=0)  # re-check: |fresh mid - limit| / |limit| allowed
     stale_price_floor: float = Field(0.05, ge=0)  # ... but never less than this many dollars per share
@@ -80,6 +86,14 @@ class DecisionConfig(BaseModel):
         if self.cheap_iv_rv >= self.rich_iv_rv:
             raise ValueError(f"cheap_iv_rv ({self.cheap_iv_rv}) must be below rich_iv_rv ({self.rich_iv_rv})")
         return self
+
+    def for_structure(self, structure: str) -> "DecisionConfig":
+        """The settings `structure` is selected with: an iron condor's own delta, wings and DTE."""
+        if structure != "iron_condor":
+            return self
+        return self.model_copy(update={"short_delta": self.condor_short_delta,
+                                       "wing_width_expected_move": self.condor_wing_width_expected_move,
+                                       "target_dte": self.condor_target_dte})
 
     def with_overrides(self, overrides: dict[str, Any]) -> "DecisionConfig":
         unknown = set(overrides) - set(type(self).model_fields)

@@ -26,6 +26,10 @@ SPOT, RATE, DIV = 100.0, 0.04, 0.01
 AS_OF = datetime(2024, 1, 2, 10, 0, tzinfo=NEW_YORK)
 DTES = (7, 14, 21, 28, 35, 42, 49, 63, 91)
 CONFIG = DecisionConfig()  # target 35 DTE, short 0.25, long 0.40, 2 wing steps, 25 % spread, OI 10
+# The selection mechanics with one set of settings for every structure: the iron condor's own
+# (10 delta, 45 DTE, wings of one expected move) set to the verticals'.
+SAME_FOR_CONDOR = CONFIG.with_overrides({"condor_short_delta": CONFIG.short_delta, "condor_target_dte": CONFIG.target_dte,
+                                         "condor_wing_width_expected_move": CONFIG.wing_width_expected_move})
 
 
 def smile_vol(strike, t):
@@ -123,12 +127,13 @@ EXPECTED_SHAPE = {
 @pytest.mark.parametrize("structure", list(EXPECTED_SHAPE))
 def test_build_proposal_on_a_skewed_synthetic_chain(structure):
     chain, iv = synthetic_chain()
-    result = build_proposal(structure, "SYN", chain, iv, CONFIG, rationale="test")
+    result = build_proposal(structure, "SYN", chain, iv, SAME_FOR_CONDOR, rationale="test")
     assert result.ok, result.reason
     p = result.proposal
     shape, is_credit = EXPECTED_SHAPE[structure]
     assert [(leg.right, leg.side) for leg in p.legs] == shape
-    assert p.dte == 35 and p.structure == structure and p.rationale == "test"
+    assert p.dte == 35
+    assert p.structure == structure and p.rationale == "test"
     expiry = np.datetime64(p.legs[0].expiry)
     t = float(chain.time_to_expiry[chain.expiry == expiry][0])
 
@@ -365,15 +370,30 @@ def test_build_proposal_on_real_cboe_chains(shared_data, filename):
     cboe = pytest.importorskip("tools.cboe", reason="tools/cboe.py (Cboe reader) not written yet")
     chain = cboe.read_cboe_quote_table(shared_data / "cboe" / filename)
     iv = chain_implied_vol(chain).vol
+    config = SAME_FOR_CONDOR  # (its own default meets an untraded short call on the SPX chain: see below)
     for structure, (shape, is_credit) in EXPECTED_SHAPE.items():
-        result = build_proposal(structure, chain.underlying, chain, iv, CONFIG, "real chain")
+        result = build_proposal(structure, chain.underlying, chain, iv, config, "real chain")
         assert result.ok, f"{structure}: {result.code} {result.reason}"
         p = result.proposal
         assert [(leg.right, leg.side) for leg in p.legs] == shape
-        assert 21 <= p.dte <= 60 and abs(p.dte - CONFIG.target_dte) <= 7
-        target = CONFIG.short_delta if is_credit else CONFIG.long_delta
+        assert 21 <= p.dte <= 60 and abs(p.dte - config.target_dte) <= 7
+        target = config.short_delta if is_credit else config.long_delta
         for leg in p.legs:
             if leg.side == ("sell" if is_credit else "buy"):
                 assert abs(abs(leg.delta) - target) <= DELTA_TOLERANCE
         assert (p.net_debit < 0) == is_credit and p.max_loss > 0 and p.max_profit > 0
         assert 0.0 < p.probability_of_profit < 1.0
+
+
+def test_the_default_condor_is_refused_where_its_short_strike_is_not_traded(shared_data):
+    """The condor's own default (10 delta, 45 DTE, wings one expected move) on the real SPX chain of
+    2022-02-04: its short call has open interest 3, and the selector refuses it by name."""
+    from tools.cboe import read_cboe_quote_table
+
+    chain = read_cboe_quote_table(shared_data / "cboe" / "spx_quotedata_2022-02-04.csv")
+    from tools.chain_analysis import analyze_chain
+
+    analysis = analyze_chain(chain)
+    result = build_proposal("iron_condor", "SPX", chain, analysis.chain_iv.vol, DecisionConfig(), "real chain",
+                            surface=analysis.surface)
+    assert not result.ok and result.code == "illiquid_leg" and "open interest" in result.reason

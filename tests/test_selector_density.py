@@ -49,7 +49,9 @@ def test_legs_against_the_fitted_surface_on_real_spx(spx):
     from tools.pricing import bsm_greeks
 
     chain, analysis = spx
-    config = DecisionConfig()
+    # The condor with the verticals' settings (its own default reaches an untraded SPX call: test_selector.py).
+    config = DecisionConfig(condor_short_delta=0.25, condor_wing_width_expected_move=0.15,
+                            condor_target_dte=35).for_structure("iron_condor")
     p = build_proposal("iron_condor", "SPX", chain, analysis.chain_iv.vol, config,
                        rationale="real chain", surface=analysis.surface).proposal
     sl = analysis.surface.slice_for(p.legs[0].expiry)
@@ -67,7 +69,7 @@ def test_legs_against_the_fitted_surface_on_real_spx(spx):
         delta = float(bsm_greeks(chain.spot, float(leg.strike), t, chain.rate, chain.dividend_yield, leg.iv,
                                  leg.right == "C").delta)
         assert abs(abs(delta) - config.short_delta) <= 0.10
-    # Wings about 0.15 of the expected move beyond the short strikes (nearest listed strike).
+    # Wings about `wing_width_expected_move` of the expected move beyond the short strikes (nearest listed strike).
     expected_move = sl.forward * sl.atm_vol * math.sqrt(sl.t)
     target = config.wing_width_expected_move * expected_move
     for right in ("P", "C"):
