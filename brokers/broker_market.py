@@ -175,14 +175,10 @@ class BrokerMarket:
                 kinds[ticker] = got.data_type
                 chain = chain_from_quotes(ticker, as_of, spot, got.quotes, interest, source="ibkr",
                                           meta={"market_data": got.data_type, "missing": got.missing[:20]})
-                quality = [f"chain from IBKR: {len(got.quotes)} of {len(contracts)} contracts quoted, {got.data_type} "
-                           f"market data; open interest for {len(interest)}; no option volume asked for",
-                           "daily bars from IBKR reqHistoricalData (TRADES, regular hours)"]
-                if got.missing:
-                    quality.append(f"{len(got.missing)} contracts without a quote, first: {got.missing[0]}")
-                if spot_note:
-                    quality.append(spot_note)
-                chains[ticker] = (chain, quality)
+                chains[ticker] = (chain, _quality(
+                    f"chain from IBKR: {len(got.quotes)} of {len(contracts)} contracts quoted, {got.data_type} "
+                    f"market data; open interest for {len(interest)}; no option volume asked for",
+                    "daily bars from IBKR reqHistoricalData (TRADES, regular hours)", got.missing, spot_note))
         finally:
             await connection.close()
         return self._assemble(as_of, series, chains, {"market": "ibkr", "market_data": kinds})
@@ -212,14 +208,20 @@ class BrokerMarket:
                 spot, spot_note = _spot(got.quotes, series[ticker])
                 chain = chain_from_quotes(ticker, as_of, spot, got.quotes, got.open_interest, source="tastytrade",
                                           meta={"market_data": "live", "missing": got.missing[:20]})
-                quality = [f"chain from tastytrade: {len(got.quotes)} of {len(contracts)} contracts quoted by DXLink "
-                           f"(Quote, Greeks); open interest for {len(got.open_interest)} (Summary); no option volume "
-                           "asked for", "daily bars from DXLink daily candles"]
-                if got.missing:
-                    quality.append(f"{len(got.missing)} contracts without a quote, first: {got.missing[0]}")
-                if spot_note:
-                    quality.append(spot_note)
-                chains[ticker] = (chain, quality)
+                chains[ticker] = (chain, _quality(
+                    f"chain from tastytrade: {len(got.quotes)} of {len(contracts)} contracts quoted by DXLink "
+                    f"(Quote, Greeks); open interest for {len(got.open_interest)} (Summary); no option volume asked for",
+                    "daily bars from DXLink daily candles", got.missing, spot_note))
         finally:
             await session.close()
         return self._assemble(as_of, series, chains, {"market": "tastytrade", "market_data": "live"})
+
+
+def _quality(chain_note: str, bars_note: str, missing: list, spot_note: str | None) -> list[str]:
+    """A broker-fed ticker's data_quality: where its chain and bars came from, what was not quoted."""
+    quality = [chain_note, bars_note]
+    if missing:
+        quality.append(f"{len(missing)} contracts without a quote, first: {missing[0]}")
+    if spot_note:
+        quality.append(spot_note)
+    return quality

@@ -96,6 +96,22 @@ def _money(text: str | float) -> Decimal | None:
     return to_decimal(value, Decimal("0.0001"))
 
 
+async def connect_tws(ib: IB, cfg: IbkrConfig, client_id: int, **kwargs) -> None:
+    """`ib.connectAsync` to the configured TWS / IB Gateway, each way it can fail as one clear
+    `BrokerDisconnected` line (the order connection and the market-data one share it)."""
+    try:
+        await ib.connectAsync(cfg.host, cfg.port, clientId=client_id, timeout=cfg.timeout_s, account=cfg.account,
+                              **kwargs)
+    except ConnectionRefusedError:
+        raise BrokerDisconnected(f"nothing listens on {cfg.address} (connection refused): start TWS or IB Gateway "
+                                 f"and enable API socket clients on port {cfg.port}") from None
+    except (TimeoutError, asyncio.TimeoutError):
+        raise BrokerDisconnected(f"TWS/IB Gateway at {cfg.address} did not complete the API handshake within "
+                                 f"{cfg.timeout_s:g}s (is client id {client_id} already in use?)") from None
+    except OSError as exc:
+        raise BrokerDisconnected(f"cannot reach TWS/IB Gateway at {cfg.address}: {exc.strerror or exc}") from None
+
+
 class IbkrBroker:
     """See the module docstring. `db` is a `storage.database.Database` or an asyncpg pool."""
 
@@ -132,17 +148,7 @@ class IbkrBroker:
         """Connect (or reconnect), pick the account, and reconcile every order we left working."""
         cfg = self.config
         self._closing = False
-        try:
-            await self.ib.connectAsync(cfg.host, cfg.port, clientId=cfg.client_id, timeout=cfg.timeout_s,
-                                       account=cfg.account, fetchFields=STARTUP_FETCH)
-        except ConnectionRefusedError:
-            raise BrokerDisconnected(f"nothing listens on {cfg.address} (connection refused): start TWS or IB Gateway "
-                                     f"and enable API socket clients on port {cfg.port}") from None
-        except (TimeoutError, asyncio.TimeoutError):
-            raise BrokerDisconnected(f"TWS/IB Gateway at {cfg.address} did not complete the API handshake within "
-                                     f"{cfg.timeout_s:g}s (is client id {cfg.client_id} already in use?)") from None
-        except OSError as exc:
-            raise BrokerDisconnected(f"cannot reach TWS/IB Gateway at {cfg.address}: {exc.strerror or exc}") from None
+        await connect_tws(self.ib, cfg, cfg.client_id, fetchFields=STARTUP_FETCH)
         accounts = self.ib.managedAccounts()
         if cfg.account and cfg.account not in accounts:
             self.ib.disconnect()

@@ -30,7 +30,7 @@ from ib_async.ib import StartupFetch
 
 from brokers.base import BrokerError
 from domain.orders import LegQuote, OptionContract
-from brokers.ibkr import MARKET_DATA_TYPES, IbkrBroker, ib_expiry, parse_expiry
+from brokers.ibkr import MARKET_DATA_TYPES, IbkrBroker, connect_tws, ib_expiry, parse_expiry
 from brokers.live import BrokerDisconnected, to_decimal
 from config.connections import IbkrConfig
 from tools.providers.base import Bars
@@ -56,17 +56,7 @@ class IbkrDataConnection:
             return
         cfg = self.config
         client_id = cfg.client_id + MARKET_DATA_CLIENT_OFFSET
-        try:
-            await self.ib.connectAsync(cfg.host, cfg.port, clientId=client_id, timeout=cfg.timeout_s, readonly=True,
-                                       account=cfg.account, fetchFields=StartupFetch(0))
-        except ConnectionRefusedError:
-            raise BrokerDisconnected(f"nothing listens on {cfg.address} (connection refused): start TWS or IB Gateway "
-                                     f"and enable API socket clients on port {cfg.port}") from None
-        except (TimeoutError, asyncio.TimeoutError):
-            raise BrokerDisconnected(f"TWS/IB Gateway at {cfg.address} did not complete the API handshake within "
-                                     f"{cfg.timeout_s:g}s (is client id {client_id} already in use?)") from None
-        except OSError as exc:
-            raise BrokerDisconnected(f"cannot reach TWS/IB Gateway at {cfg.address}: {exc.strerror or exc}") from None
+        await connect_tws(self.ib, cfg, client_id, readonly=True, fetchFields=StartupFetch(0))
         self.ib.reqMarketDataType(1 if cfg.market_data == "live" else 3)
 
     async def close(self) -> None:
