@@ -440,7 +440,8 @@ class Book:
                          list(missing) + list(greeks.missing)))
         await self.store.insert_marks(rows)
         cash = await self.store.cash()
-        shares_value, shares_unrealized, share_notes = await self._shares_value(share_prices)
+        shares_value, shares_unrealized, share_notes = await self._shares_value(
+            share_prices if share_prices is not None else getattr(quotes, "share_price", None))
         margin, margin_notes = self._margin(positions, quotes)
         book_greeks = self._greeks([h for p in positions for h in p.holdings()], quotes, spx)
         nlv = cash + sum((m.value for m in marks), ZERO) + shares_value
@@ -648,7 +649,8 @@ class Book:
                 position_value = p.entry_cost * p.multiplier
             value += position_value
             unrealized += position_value - p.entry_cost * p.multiplier
-        shares_value, shares_unrealized, _ = await self._shares_value(share_prices)
+        shares_value, shares_unrealized, _ = await self._shares_value(
+            share_prices if share_prices is not None else getattr(quotes, "share_price", None))
         unrealized += shares_unrealized
         cash = await self.store.cash()
         margin, _ = self._margin(positions, quotes)

@@ -183,8 +183,9 @@ class PaperBroker:
         self.commission_per_contract = Decimal(commission_per_contract)
         self.check_buying_power = check_buying_power
         self.actor = actor
-        # Price of a share (exercised / assigned stock); None or no source = carried at cost, unmarked.
-        self.share_prices = share_prices
+        # Price of a share (exercised / assigned stock): given, or the quote source's underlying price
+        # when it is backed by a market; with neither, carried at cost, unmarked.
+        self.share_prices = share_prices if share_prices is not None else getattr(quotes, "share_price", None)
         self.orders = OrderRepository(self.pool)
         self.ledger = BrokerLedger(self.pool, account_id, self.name)
         self._callbacks: list[FillCallback] = []

@@ -54,7 +54,8 @@ class ChainQuotes:
     chain. Greeks are BSM at that vol with the rate and dividend yield implied by the row's
     forward and discount (so they agree with the forward the vol was read on), in trader units
     (vega per vol point, theta per calendar day); a row with no IV gets None Greeks. A row whose
-    quote fails `tools.quotes` validation (NaN, zero bid, crossed, ...) is no quote at all. When
+    quote fails `tools.quotes` validation (NaN, zero ask, crossed, ...) is no quote at all; a zero bid
+    under a positive ask is a quote (bid 0). When
     two roots share an expiry/strike/right (SPX and SPXW), the first valid row wins.
     """
 
@@ -78,7 +79,10 @@ class ChainQuotes:
             greeks = bsm_greeks(chain.spot, chain.strike, t, rate, div_yield, civ.vol, chain.is_call)
             k = len(self._chains)
             self._chains.append((chain, greeks, civ.vol, _price(chain.spot)))
-            ok = np.flatnonzero(problems == QuoteProblem.OK)
+            # A row nobody bids for (bid 0, ask > 0) is still a market: a far wing held in the book
+            # is worth 0 to its ask, and without that quote the position could not be marked or
+            # closed (the 2011-2019 backtest held such condors to expiry and into assignment).
+            ok = np.flatnonzero((problems == QuoteProblem.OK) | (problems == QuoteProblem.NO_BID))
             days = chain.expiry[ok].astype("datetime64[D]").astype(np.int64)
             strikes = np.round(chain.strike[ok], 4)
             for i, day, strike, call in zip(ok.tolist(), days.tolist(), strikes.tolist(), chain.is_call[ok].tolist()):
@@ -147,6 +151,12 @@ class ProviderQuotes:
             quotes = _chain_quotes(ticker, data.chain) if data is not None and data.chain is not None else None
             cached = self._cache[ticker] = (now, quotes, snapshot)
         return cached[2]
+
+    def share_price(self, ticker: str) -> Decimal | None:
+        """The underlying's price now: what shares delivered by an exercise or assignment are worth."""
+        data = self.ticker_data(ticker)
+        spot = None if data is None else data.spot
+        return _price(spot) if spot is not None and np.isfinite(spot) and spot > 0 else None
 
     def ticker_data(self, ticker: str):
         """The provider's current data for `ticker` (spot, chain, ...), refreshed on the clock."""
