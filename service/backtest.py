@@ -46,6 +46,12 @@ WATCHLIST = "backtest"
 APPROVER = "backtest-policy"
 
 
+# Bump when a fix changes what a backtest computes (book, quotes, fills, exits): the same command
+# then runs afresh instead of reporting a result the old code made. 2: zero-bid wings are quoted,
+# assigned shares are valued at market (the 2011-2019 study).
+RESULTS_VERSION = 2
+
+
 class BacktestError(ValueError):
     """A backtest that cannot start (no sessions, bad dates, missing data); one line says why."""
 
@@ -80,8 +86,8 @@ class BacktestSpec:
                 "chains_dir": self.chains_dir}
 
     def backtest_id(self, data_fingerprint: str) -> str:
-        """Same parameters, same data files, same code configuration: same backtest."""
-        text = json.dumps(self.params() | {"data": data_fingerprint,
+        """Same parameters, same data files, same configuration and results version: same backtest."""
+        text = json.dumps(self.params() | {"data": data_fingerprint, "results_version": RESULTS_VERSION,
                                            "config": self.config().model_dump(mode="json")}, sort_keys=True)
         return "bt_" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
