@@ -7,8 +7,6 @@ protocol at the network edge.
 from __future__ import annotations
 
 import asyncio
-import logging
-from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -17,18 +15,13 @@ from brokers.base import OrderNotApproved
 
 from brokers.ibkr import IbkrBroker
 from brokers.live import BrokerDisconnected
-from brokers.book import Book
-from brokers.order_manager import OrderManager
 from domain.order_state import OrderState
-from brokers.quote_source import ProviderQuotes
 from config.connections import IbkrConfig
-from risk.limits import load_risk_matrix
 from service import approvals
-from service.approvals import Decision
 from storage.orders import OrderRepository
 from tests.fake_tws import ACCOUNT, FakeTws
+from tests.live_broker_helpers import approved_order, history, manager_for
 from tests.test_order_manager import AS_OF, stage_two
-from tools.providers.simulated import SimulatedMarket
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -43,24 +36,6 @@ async def tws():
 async def connected(db, tws, clock, **config) -> IbkrBroker:
     broker = IbkrBroker(db, IbkrConfig(port=tws.port, client_id=11, timeout_s=2, **config), clock=clock)
     return await broker.connect()
-
-
-def manager_for(db, broker, clock) -> OrderManager:
-    return OrderManager(pool=db.pool, broker=broker, quotes=ProviderQuotes(SimulatedMarket(7), clock), clock=clock,
-                        tolerance=0.10, tolerance_floor=0.05, risk_matrix=load_risk_matrix(), walk_minutes=0.02,
-                        book=Book(db, account_id=broker.ledger_account_id, broker=broker.name))
-
-
-async def approved_order(db):
-    ctx, clock, orders, _ = await stage_two(db)
-    order = orders[0]
-    await approvals.decide(ctx, order.order_id, Decision("approve", "alice", acknowledge=order.quantity > 10),
-                           resume=False)
-    return clock, await OrderRepository(db.pool).get(order.order_id)
-
-
-async def history(db, order_id):
-    return [(h["to_state"], h["reason"]) for h in await OrderRepository(db.pool).history(order_id)]
 
 
 async def test_an_approved_order_goes_to_ibkr_as_a_bag_combo_and_its_fill_is_journaled(db, tws):

@@ -9,19 +9,11 @@ from decimal import Decimal
 import pytest
 
 from domain.orders import OptionContract
-from brokers.book import Book
-from brokers.order_manager import OrderManager
 from domain.order_state import OrderState
-from brokers.quote_source import ProviderQuotes
 from brokers.tastytrade import TastytradeBroker, occ_symbol, parse_occ, probe
 from config.connections import load_connections
-from risk.limits import load_risk_matrix
-from service import approvals
-from service.approvals import Decision
-from storage.orders import OrderRepository
 from tests.fake_tastytrade import ACCOUNT, FakeTastytrade
-from tests.test_order_manager import stage_two
-from tools.providers.simulated import SimulatedMarket
+from tests.live_broker_helpers import approved_order, history, manager_for
 
 SECRET = "tt-client-secret-9f8e7d"
 REFRESH = "tt-refresh-token-1a2b3c"
@@ -41,24 +33,6 @@ def config_for(fake, **env):
 
 async def connected(db, fake, clock) -> TastytradeBroker:
     return await TastytradeBroker(db, config_for(fake), clock=clock, poll_seconds=0.05).connect()
-
-
-def manager_for(db, broker, clock) -> OrderManager:
-    return OrderManager(pool=db.pool, broker=broker, quotes=ProviderQuotes(SimulatedMarket(7), clock), clock=clock,
-                        tolerance=0.10, tolerance_floor=0.05, risk_matrix=load_risk_matrix(), walk_minutes=0.02,
-                        book=Book(db, account_id=broker.ledger_account_id, broker=broker.name))
-
-
-async def approved_order(db):
-    ctx, clock, orders, _ = await stage_two(db)
-    order = orders[0]
-    await approvals.decide(ctx, order.order_id, Decision("approve", "alice", acknowledge=order.quantity > 10),
-                           resume=False)
-    return clock, await OrderRepository(db.pool).get(order.order_id)
-
-
-async def history(db, order_id):
-    return [(h["to_state"], h["reason"]) for h in await OrderRepository(db.pool).history(order_id)]
 
 
 def test_occ_symbols_round_trip():
