@@ -37,6 +37,7 @@ from brokers.expiry import CASH_SETTLED, is_expired, settlement
 from brokers.flatten import FlattenOrder
 from brokers.margin import margin_requirement
 from brokers.portfolio import portfolio_greeks
+from brokers.quote_source import share_prices_of
 from config.settings import BookConfig
 from domain.decision import AccountState, OptionLeg, Position
 from storage.book import LIVE_ORDER_STATES, BookStore
@@ -440,8 +441,7 @@ class Book:
                          list(missing) + list(greeks.missing)))
         await self.store.insert_marks(rows)
         cash = await self.store.cash()
-        shares_value, shares_unrealized, share_notes = await self._shares_value(
-            share_prices if share_prices is not None else getattr(quotes, "share_price", None))
+        shares_value, shares_unrealized, share_notes = await self._shares_value(share_prices_of(quotes, share_prices))
         margin, margin_notes = self._margin(positions, quotes)
         book_greeks = self._greeks([h for p in positions for h in p.holdings()], quotes, spx)
         nlv = cash + sum((m.value for m in marks), ZERO) + shares_value
@@ -649,8 +649,7 @@ class Book:
                 position_value = p.entry_cost * p.multiplier
             value += position_value
             unrealized += position_value - p.entry_cost * p.multiplier
-        shares_value, shares_unrealized, _ = await self._shares_value(
-            share_prices if share_prices is not None else getattr(quotes, "share_price", None))
+        shares_value, shares_unrealized, _ = await self._shares_value(share_prices_of(quotes, share_prices))
         unrealized += shares_unrealized
         cash = await self.store.cash()
         margin, _ = self._margin(positions, quotes)

@@ -78,7 +78,8 @@ class FlattenOrder:
         greeks = net_greeks(self.legs)
         notes = [self.rationale, "closes " + ", ".join(self.closes)]
         dte = (min(leg.expiry for leg in self.legs) - as_of.astimezone(NEW_YORK).date()).days
-        if len({leg.expiry for leg in self.legs}) > 1:
+        two_expiries = len({leg.expiry for leg in self.legs}) > 1
+        if two_expiries:
             # Closing a calendar or diagonal: legs in two expiries have no expiry payoff, and the
             # surface that values the far legs (tools/two_expiry.py) is not part of a close. The
             # closing premium stands for both extremes, and the note says so.
@@ -90,7 +91,7 @@ class FlattenOrder:
             extremes = max_profit_loss(self.legs, self.mid_price).dollars(self.multiplier)
             max_profit, max_loss = extremes.max_profit, extremes.max_loss
             bes = breakevens(self.legs, self.mid_price)
-        if len({leg.expiry for leg in self.legs}) == 1 and (extremes.profit_unbounded or extremes.loss_unbounded):
+        if not two_expiries and (extremes.profit_unbounded or extremes.loss_unbounded):
             # Buying back a short call alone has no upper bound: shown at the +3 SD price on the
             # legs' own implied vol (a finite figure an order can carry; the note says so).
             far = self._far_price(max(dte, 1))

@@ -56,6 +56,7 @@ from domain.orders import (
 )
 from brokers.expiry import latest_expired_date, settlement
 from brokers.margin import margin_requirement
+from brokers.quote_source import share_prices_of
 from domain.order_state import OrderState
 from storage.broker_ledger import AVG_PLACES, BrokerLedger, premium_basis
 from storage.controls import RiskControls
@@ -185,7 +186,7 @@ class PaperBroker:
         self.actor = actor
         # Price of a share (exercised / assigned stock): given, or the quote source's underlying price
         # when it is backed by a market; with neither, carried at cost, unmarked.
-        self.share_prices = share_prices if share_prices is not None else getattr(quotes, "share_price", None)
+        self.share_prices = share_prices_of(quotes, share_prices)
         self.orders = OrderRepository(self.pool)
         self.ledger = BrokerLedger(self.pool, account_id, self.name)
         self._callbacks: list[FillCallback] = []

@@ -6,7 +6,7 @@ None means "no usable two-sided quote", never a made-up price.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -166,3 +166,10 @@ class ProviderQuotes:
         self.snapshot(contract.ticker)
         quotes = self._cache[contract.ticker][1]
         return None if quotes is None else quotes(contract)
+
+
+def share_prices_of(quotes: object, given: Callable[[str], Decimal | None] | None = None):
+    """What shares from exercises and assignments are worth: `given`, else the quote source's
+    underlying price when it is backed by a market (`ProviderQuotes.share_price`), else None
+    (carried at cost)."""
+    return given if given is not None else getattr(quotes, "share_price", None)
