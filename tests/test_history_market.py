@@ -298,3 +298,16 @@ def test_a_ticker_whose_chain_cannot_be_modelled_keeps_its_bars(tmp_path):
     acme = snapshot.tickers["ACME"]
     assert acme.chain is None and len(acme.bars) > 300
     assert "no option chain: ACME on 2020-06-10: no SKEW close on 2020-06-10: cannot model the smile" in acme.data_quality
+
+
+def test_a_strike_once_listed_stays_listed_as_the_expiry_nears_and_spot_moves(market):
+    """The 2020 backtest sold a 257 put for 2020-02-28 on 2020-01-28; as spot rose 2% and time
+    passed, a range drawn from today's spot and time to expiry alone dropped it (the position
+    could not be marked, no exit fired). Exchanges do not delist strikes: it is quoted every day."""
+    from service.backtest import sessions_between
+
+    expiry = np.datetime64("2020-02-28")
+    for day, _, close in sessions_between(date(2020, 1, 28), date(2020, 2, 27)):
+        chain = market.chain("SPY", close).chain
+        listed = chain.strike[(chain.expiry == expiry) & ~chain.is_call]
+        assert 257.0 in listed, day

@@ -428,3 +428,31 @@ async def test_a_paper_trade_on_the_real_spy_chain(db, shared_data):
     assert -fill.leg_prices[0] + fill.leg_prices[1] == D("-0.31")
     assert all(q.bid <= price <= q.ask for q, price in zip(
         (quotes(c) for c in record.contracts()), fill.leg_prices))
+
+
+def test_a_zero_bid_under_a_positive_ask_is_a_quote_a_held_wing_can_be_marked_by():
+    """A far wing nobody bids for (0 / 0.01) is still a market: without its quote the 2011-2019
+    backtest could not mark or close condors and held them into assignment. A zero ask is not."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from brokers.quote_source import ChainQuotes
+    from domain.orders import OptionContract
+    from tools.providers.simulated import SimulatedMarket
+    from tests.broker_factories import T0
+
+    chain = SimulatedMarket(7).snapshot(["SPY"], T0).tickers["SPY"].chain
+    bid, ask = chain.bid.copy(), chain.ask.copy()
+    bid[0], ask[0] = 0.0, 0.01  # no bid
+    bid[1], ask[1] = 0.0, 0.0  # no ask either
+    quotes = ChainQuotes({"SPY": replace(chain, bid=bid, ask=ask)})
+
+    def contract(i):
+        expiry = chain.expiry[i].astype("datetime64[D]").astype(object)
+        return OptionContract("SPY", expiry, Decimal(str(chain.strike[i])), "C" if chain.is_call[i] else "P")
+
+    no_bid = quotes(contract(0))
+    assert no_bid is not None and no_bid.bid == 0 and no_bid.ask == Decimal("0.01")
+    assert quotes(contract(1)) is None
+    assert np.isfinite(chain.bid[2]) and quotes(contract(2)) is not None
