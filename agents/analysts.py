@@ -5,7 +5,7 @@ make a view, how strong it is, and what could not be used (`data_quality`). A mi
 short history lowers conviction and says so; it never raises.
 
 Per ticker, the volatility and flow analysts share one chain analysis (one implied-vol solve),
-computed once per process through the run's market cache.
+computed once per distinct chain in this process (`agents.chain_analyses`).
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from config.settings import DecisionConfig
-from graph.compute import run_cpu
 from graph.deps import MarketCache, RunDeps
 from domain.decision import Signal
 from graph.state import AnalystTask
 from graph.timing import timed
-from tools.chain_analysis import ChainAnalysis, analyze_chain
+from agents.chain_analyses import analysis_of
+from tools.chain_analysis import ChainAnalysis
 from tools.flow import unusual_activity
 from tools.providers.base import TickerData
 from tools.social import social_summary
@@ -41,10 +41,10 @@ def _clip01(x: float) -> float:
 
 
 async def chain_analysis(market: MarketCache, run_id: str, data: TickerData) -> ChainAnalysis | None:
-    """The ticker's chain analysis, computed once per run in the compute pool (None: no chain)."""
+    """The ticker's chain analysis, computed in the compute pool once per distinct chain (None: no chain)."""
     if data.chain is None:
         return None
-    return await market.derived(("chain_analysis", run_id, data.ticker), lambda: run_cpu(analyze_chain, data.chain))
+    return await market.derived(("chain_analysis", run_id, data.ticker), lambda: analysis_of(data.chain))
 
 
 async def chain_iv(market: MarketCache, run_id: str, data: TickerData) -> np.ndarray:

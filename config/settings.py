@@ -6,6 +6,7 @@ changes them explicitly (`--set key=value`).
 """
 from __future__ import annotations
 
+import copy
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
@@ -19,8 +20,17 @@ CONFIG_DIR = Path(__file__).resolve().parent
 
 
 def load_yaml(name: str) -> dict[str, Any]:
-    with open(CONFIG_DIR / name, encoding="utf-8") as fh:
-        return yaml.safe_load(fh) or {}
+    """A config file's mapping (a fresh copy: callers may change it)."""
+    return copy.deepcopy(parse_yaml_text((CONFIG_DIR / name).read_text(encoding="utf-8")) or {})
+
+
+@lru_cache(maxsize=64)
+def parse_yaml_text(text: str) -> Any:
+    """`yaml.safe_load` of a file's text, parsed once per distinct text: config files are read on
+    every run, approval and broker connection, and parsing costs far more than reading. Keyed by
+    the text itself (not the file's mtime, whose granularity can hide a quick rewrite). Callers
+    must not mutate the result; `load_yaml` hands out copies."""
+    return yaml.safe_load(text)
 
 
 class Settings(BaseSettings):

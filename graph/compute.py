@@ -14,7 +14,6 @@ On Linux a worker also asks the kernel to kill it with its parent, the forkserve
 """
 from __future__ import annotations
 
-import asyncio
 import atexit
 import multiprocessing
 import os
@@ -23,7 +22,6 @@ import sys
 import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any, Callable
 
 from tools.processes import process_alive
 
@@ -51,10 +49,6 @@ def compute_pool() -> Executor:
                                         initializer=die_with_parent, initargs=(os.getpid(),))
         atexit.register(_pool.shutdown, wait=False, cancel_futures=True)
     return _pool
-
-
-async def run_cpu(fn: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(compute_pool(), fn, *args)
 
 
 def die_with_parent(owner_pid: int) -> None:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import time
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -305,8 +306,15 @@ def load_risk_matrix(path: str | Path | None = None) -> RiskMatrix:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RiskMatrixError(f"cannot read risk matrix {path}: {exc.strerror or exc}") from exc
+    return _risk_matrix_of_text(text, str(path))
+
+
+@lru_cache(maxsize=16)
+def _risk_matrix_of_text(text: str, source: str) -> RiskMatrix:
+    # Every run, approval and housekeeping pass loads the matrix: validate each distinct text once
+    # (a RiskMatrix is frozen, so sharing it is safe; errors are raised every time, never cached).
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RiskMatrixError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_risk_matrix(raw, source=str(path))
+        raise RiskMatrixError(f"{source}: not valid YAML: {exc}") from exc
+    return parse_risk_matrix(raw, source=source)

@@ -28,6 +28,7 @@ same database and account); a day cut short runs again from its start, which rep
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -204,6 +205,19 @@ async def _decide_all(ctx, order_ids: list[str], approve: str) -> None:
             log.warning("backtest: order %s could not be decided: %s", order_id, exc)
 
 
+async def _prefetch_analyses(market, tickers: tuple[str, ...], at: datetime) -> None:
+    """Start the chain analyses of the run at `at` (`agents.chain_analyses`: keyed by the chain's
+    content, so only the identical chain can take one). The market serves `at` exactly as it will
+    to that run; nothing reaches the runs before it."""
+    from agents.chain_analyses import prefetch
+
+    try:
+        snapshot = await asyncio.to_thread(market.snapshot, list(tickers), at)
+        prefetch(data.chain for data in snapshot.tickers.values() if data.chain is not None)
+    except Exception as exc:  # only a head start: that run asks the market itself and reports any error
+        log.debug("backtest: no head start on the chains at %s: %s", at.isoformat(), exc)
+
+
 async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResult, int, int], None] | None = None,
                        market=None, reuse: bool = True) -> BacktestResult:
     """Run a backtest; see the module docstring. The same backtest already completed is reused (its
@@ -281,6 +295,9 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
     broker = ctx.broker_for(market)
     days: list[DayResult] = list(recorded)
     last = recorded[-1].session if recorded else None
+    slot_times = [slot_time(day, slot, opens, closes) for day, opens, closes in sessions for slot in spec.slots]
+    upcoming = iter(slot_times[1:])
+    prefetching: asyncio.Task | None = None
     try:
         for n, (day, opens, closes) in enumerate(sessions, 1):
             if last is not None and day <= last:
@@ -292,6 +309,11 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
                 outcome = await run_decision(db, market, watchlist=WATCHLIST, tickers=list(spec.tickers),
                                              as_of=clock.at, seed=spec.seed, config=config, now=clock,
                                              broker=broker)
+                # The next run's chains are analysed in the worker pool while this one's orders are
+                # decided and the close is kept, on the event loop.
+                following = next((t for t in upcoming if t > clock.at), None)
+                if following is not None:
+                    prefetching = asyncio.create_task(_prefetch_analyses(market, spec.tickers, following))
                 run_ids.append(outcome.run.run_id)
                 context = outcome.state.get("context")
                 if context is not None and any("modelled" in line for lines in context.data_quality.values()
@@ -315,6 +337,9 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
         await repo.finish(backtest_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
         await db.close()
         raise
+    finally:
+        if prefetching is not None:
+            await prefetching
     await db.close()
     return BacktestResult(backtest_id, database, url, account_id, spec, days,
                           [d.session.isoformat() for d in days if d.modelled_chains], continued_after=last)

@@ -26,12 +26,13 @@ compounded, time ACT/365 (see ``tools.chain``). Market times are America/New_Yor
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
 import re
+import threading
 from collections import OrderedDict
-import dataclasses
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Sequence
@@ -887,6 +888,7 @@ class SimulatedMarket:
         # A ticker's data is a pure function of (seed, symbol, as_of); brokers, re-checks, marks and
         # previews ask for the same (symbol, time) many times a slot, each costing a chain and its IVs.
         self._ticker_cache: OrderedDict[tuple[str, datetime], TickerData] = OrderedDict()
+        self._ticker_cache_lock = threading.Lock()  # snapshots are taken from several threads at once
 
     def __repr__(self) -> str:
         return f"SimulatedMarket(seed={self.seed})"
@@ -982,13 +984,17 @@ class SimulatedMarket:
     def _cached_ticker_data(self, symbol: str, as_of: datetime, clock: _Clock, window: slice,
                             vix_now: float) -> TickerData:
         key = (symbol, as_of)
-        data = self._ticker_cache.get(key)
-        if data is None:
-            data = self._ticker_cache[key] = _read_only(self._ticker_data(symbol, clock, window, vix_now))
-            if len(self._ticker_cache) > TICKER_CACHE_SIZE:
+        with self._ticker_cache_lock:
+            data = self._ticker_cache.get(key)
+            if data is not None:
+                self._ticker_cache.move_to_end(key)
+                return data
+        # Generated outside the lock (two threads may both generate it: the result is the same).
+        data = _read_only(self._ticker_data(symbol, clock, window, vix_now))
+        with self._ticker_cache_lock:
+            data = self._ticker_cache.setdefault(key, data)
+            while len(self._ticker_cache) > TICKER_CACHE_SIZE:
                 self._ticker_cache.popitem(last=False)
-        else:
-            self._ticker_cache.move_to_end(key)
         return data
 
     def _ticker_data(self, symbol: str, clock: _Clock, window: slice, vix_now: float) -> TickerData:
