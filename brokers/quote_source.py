@@ -60,25 +60,17 @@ class ChainQuotes:
     """
 
     def __init__(self, chains: Mapping[str, OptionChain], curves: Mapping[str, Any] | None = None):
-        # Vectorized per chain; a row's LegQuote (Decimals) is built only when it is asked for:
-        # a broker or a valuation asks for a handful of the thousands of rows of a chain.
-        self._index: dict[tuple[str, np.int64, float, bool], tuple[int, int]] = {}
-        self._chains: list[tuple[OptionChain, Any, Any, Decimal]] = []
+        # A row's LegQuote (Decimals) is built only when it is asked for, and its implied vol and
+        # Greeks only for its expiry: a broker or a valuation asks for a handful of the thousands
+        # of rows of a chain, in one or two expiries.
+        self._index: dict[tuple[str, int, float, bool], tuple[int, int]] = {}
+        self._chains: list[tuple[OptionChain, Any, Decimal]] = []
+        self._greeks: dict[tuple[int, int], tuple[np.ndarray, Any, np.ndarray]] = {}
         self._built: dict[tuple[int, int], LegQuote] = {}
         for ticker, chain in chains.items():
-            curve = (curves or {}).get(ticker)
-            t = chain.time_to_expiry
-            problems = quote_problems(chain.bid, chain.ask, chain.strike, t)
-            civ = chain_implied_vol(chain, curve.forwards_by_expiry() if curve else None,
-                                    curve.discounts_by_expiry() if curve else None)
-            with np.errstate(all="ignore"):
-                live = t > 0
-                t_l = np.where(live, t, 1.0)
-                rate = np.where(live, -np.log(civ.discount) / t_l, chain.rate)
-                div_yield = np.where(live, rate - np.log(civ.forward / chain.spot) / t_l, chain.dividend_yield)
-            greeks = bsm_greeks(chain.spot, chain.strike, t, rate, div_yield, civ.vol, chain.is_call)
             k = len(self._chains)
-            self._chains.append((chain, greeks, civ.vol, _price(chain.spot)))
+            self._chains.append((chain, (curves or {}).get(ticker), _price(chain.spot)))
+            problems = quote_problems(chain.bid, chain.ask, chain.strike, chain.time_to_expiry)
             # A row nobody bids for (bid 0, ask > 0) is still a market: a far wing held in the book
             # is worth 0 to its ask, and without that quote the position could not be marked or
             # closed (the 2011-2019 backtest held such condors to expiry and into assignment).
@@ -88,13 +80,34 @@ class ChainQuotes:
             for i, day, strike, call in zip(ok.tolist(), days.tolist(), strikes.tolist(), chain.is_call[ok].tolist()):
                 self._index.setdefault((ticker, day, strike, bool(call)), (k, i))  # the first valid row wins
 
-    def _quote(self, k: int, i: int) -> LegQuote:
-        chain, greeks, vol, spot = self._chains[k]
+    def _expiry_greeks(self, k: int, day: int) -> tuple[np.ndarray, Any, np.ndarray]:
+        """(rows, Greeks, implied vols) of chain `k`'s expiry `day` (days since the epoch)."""
+        cached = self._greeks.get((k, day))
+        if cached is None:
+            chain, curve, _ = self._chains[k]
+            rows = np.flatnonzero(chain.expiry.astype("datetime64[D]").astype(np.int64) == day)
+            part = chain.select(rows)
+            civ = chain_implied_vol(part, curve.forwards_by_expiry() if curve else None,
+                                    curve.discounts_by_expiry() if curve else None)
+            t = part.time_to_expiry
+            with np.errstate(all="ignore"):
+                live = t > 0
+                t_l = np.where(live, t, 1.0)
+                rate = np.where(live, -np.log(civ.discount) / t_l, chain.rate)
+                div_yield = np.where(live, rate - np.log(civ.forward / chain.spot) / t_l, chain.dividend_yield)
+            greeks = bsm_greeks(chain.spot, part.strike, t, rate, div_yield, civ.vol, part.is_call)
+            cached = self._greeks[(k, day)] = (rows, greeks, civ.vol)
+        return cached
+
+    def _quote(self, k: int, i: int, day: int) -> LegQuote:
+        chain, _, spot = self._chains[k]
+        rows, greeks, vol = self._expiry_greeks(k, day)
+        j = int(np.searchsorted(rows, i))
         return LegQuote(
             bid=_price(chain.bid[i]), ask=_price(chain.ask[i]), underlying_price=spot,
-            delta=_maybe(greeks.delta[i]), gamma=_maybe(greeks.gamma[i]),
-            vega=_maybe(greeks.vega[i] / 100.0), theta=_maybe(greeks.theta[i] / 365.0),
-            iv=_maybe(vol[i]), as_of=chain.as_of)
+            delta=_maybe(greeks.delta[j]), gamma=_maybe(greeks.gamma[j]),
+            vega=_maybe(greeks.vega[j] / 100.0), theta=_maybe(greeks.theta[j] / 365.0),
+            iv=_maybe(vol[j]), as_of=chain.as_of)
 
     def __call__(self, contract: OptionContract) -> LegQuote | None:
         if contract.right not in ("C", "P"):
@@ -104,7 +117,7 @@ class ChainQuotes:
         if where is None:
             return None
         if where not in self._built:
-            self._built[where] = self._quote(*where)
+            self._built[where] = self._quote(*where, int(day))
         return self._built[where]
 
 

@@ -178,7 +178,20 @@ async def _deps_for_run(ctx: ServiceContext, run_id: str):
 
 async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
     """Everything an approver needs: legs and prices, Greeks impact, margin, Kelly reasoning,
-    risk-gate results, the debate transcript, the approval deadline and the history so far."""
+    risk-gate results, the debate transcript, the approval deadline and the history so far, and
+    what the broker says the order would do (`broker_preview`)."""
+    facts, order, record = await _order_facts(ctx, order_id)
+    preview = await broker_preview(ctx, order, record) if order.state in (OrderState.STAGED, OrderState.APPROVED) else None
+    return facts | {"broker_preview": jsonable(preview)}
+
+
+async def order_facts(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
+    """The review without the broker's preview (which asks the broker and re-values the book):
+    what a decision records as seen, and what an approval policy decides on."""
+    return (await _order_facts(ctx, order_id))[0]
+
+
+async def _order_facts(ctx: ServiceContext, order_id: str):
     repo = OrderRepository(ctx.db.pool)
     order = await repo.get(order_id)
     if order is None:
@@ -191,15 +204,13 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
     ttl = record.config.get("approval_ttl_market_minutes", 30)
     approval = await ApprovalRepository(ctx.db.pool).get(order_id)
     execution = await ExecutionRepository(ctx.db.pool).row(order_id)
-    return jsonable(order_summary(order) | {
+    facts = jsonable(order_summary(order) | {
         "rationale": p.get("rationale"),
         "natural_price": p.get("natural_debit"),
         "underlying_price": p.get("underlying_price"),
         "greeks_impact": {k: float(p[k]) * m for k in ("delta", "gamma", "vega", "theta")},
         "margin_what_if": {"initial_margin_change": str(Decimal(p["max_loss"]) * order.quantity),
                            "basis": "defined-risk structure: margin is its maximum loss"},
-        "broker_preview": await broker_preview(ctx, order, record) if order.state in (
-            OrderState.STAGED, OrderState.APPROVED) else None,
         "risk": risk,
         "debate": debate,
         "expires_at": add_market_minutes(order.created_at, ttl).isoformat(),
@@ -209,6 +220,7 @@ async def order_review(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
         "terminal_reason": terminal_reason(order.state, history),
         "closes_position_id": p.get("closes_position_id"),  # set on exits: the position they close
     })
+    return facts, order, record
 
 
 async def broker_preview(ctx: ServiceContext, order, record) -> dict[str, Any]:
@@ -254,7 +266,7 @@ async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resu
         raise InvalidDecision("a rejection needs a reason")
     if decision.action != "reject" and (await RiskControls(ctx.db.pool).state()).halted:
         raise TradingHalted("trading is halted: nothing can be approved until it is resumed")
-    review = await order_review(ctx, order_id)  # 404 for unknown orders; and what the approver saw
+    review = await order_facts(ctx, order_id)  # 404 for unknown orders; and what the approver saw
 
     def judge(row) -> ApprovalEntry:  # under the order's row lock
         if row["state"] != OrderState.STAGED:

@@ -192,7 +192,7 @@ async def _decide_all(ctx, order_ids: list[str], approve: str) -> None:
     from storage.orders import OrderRepository
 
     for order_id in order_ids:
-        review = await approvals.order_review(ctx, order_id)
+        review = await approvals.order_facts(ctx, order_id)
         if review["state"] != "STAGED":
             continue
         order = await OrderRepository(ctx.db.pool).get(order_id)

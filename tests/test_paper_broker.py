@@ -407,6 +407,39 @@ def test_chain_quotes_match_the_cboe_file_and_its_vendor_deltas(shared_data):
     assert np.median(diffs) < 0.006 and max(diffs) < 0.03
 
 
+def test_chain_quotes_greeks_per_expiry_equal_the_whole_chain_solve(shared_data):
+    """Quotes solve implied vols only for the expiry asked about; each row's vol and Greeks are the
+    ones a solve over the whole chain gives it."""
+    import numpy as np
+
+    from domain.orders import OptionContract
+    from brokers.quote_source import ChainQuotes
+    from tools.cboe import implied_forwards, read_cboe_quote_table
+    from tools.implied_vol import chain_implied_vol
+    from tools.pricing import bsm_greeks
+
+    chain = read_cboe_quote_table(shared_data / "cboe" / "spy_quotedata_2023-09-14.csv")
+    curve = implied_forwards(chain)
+    quotes = ChainQuotes({"SPY": chain}, {"SPY": curve})
+    civ = chain_implied_vol(chain, curve.forwards_by_expiry(), curve.discounts_by_expiry())
+    t = chain.time_to_expiry
+    with np.errstate(all="ignore"):
+        rate = np.where(t > 0, -np.log(civ.discount) / np.where(t > 0, t, 1.0), chain.rate)
+        q = np.where(t > 0, rate - np.log(civ.forward / chain.spot) / np.where(t > 0, t, 1.0), chain.dividend_yield)
+    whole = bsm_greeks(chain.spot, chain.strike, t, rate, q, civ.vol, chain.is_call)
+    compared = 0
+    for i in np.flatnonzero(np.isfinite(civ.vol))[::7]:
+        got = quotes(OptionContract("SPY", chain.expiry[i].astype(object), D(repr(float(chain.strike[i]))),
+                                    "C" if chain.is_call[i] else "P"))
+        if got is None or got.iv is None:
+            continue
+        assert got.iv == pytest.approx(civ.vol[i], rel=1e-12, abs=1e-14)
+        assert got.delta == pytest.approx(whole.delta[i], rel=1e-10, abs=1e-14)
+        assert got.gamma == pytest.approx(whole.gamma[i], rel=1e-10, abs=1e-14)
+        compared += 1
+    assert compared > 100
+
+
 async def test_a_paper_trade_on_the_real_spy_chain(db, shared_data):
     from brokers.quote_source import ChainQuotes
     from tests.broker_factories import leg, proposal
