@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from storage.database import took_session_lock
+
 # Orders in these states are a live exit: a position has at most one at a time.
 LIVE_ORDER_STATES = ("DRAFT", "STAGED", "APPROVED", "SUBMITTED", "PARTIALLY_FILLED", "UNKNOWN")
 CLOSING_KINDS = ("close", "settle", "expire")
@@ -48,6 +50,7 @@ class BookStore:
         """A session advisory lock per position (across processes) while an exit is staged."""
         key = int.from_bytes(hashlib.sha256(f"book-exit|{position_id}".encode()).digest()[:8], "big", signed=True)
         async with self.pool.acquire() as conn:
+            took_session_lock(conn)
             await conn.execute("SELECT pg_advisory_lock($1)", key)
             try:
                 yield

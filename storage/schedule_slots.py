@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from storage.database import took_session_lock
+
 
 async def statuses(pool: asyncpg.Pool, slot_keys: list[str]) -> dict[str, str]:
     """slot key -> status, for the slots already recorded."""
@@ -22,6 +24,7 @@ async def claims(pool: asyncpg.Pool) -> dict[str, Any]:
 
 
 async def try_lock(conn: asyncpg.Connection, key: int) -> bool:
+    took_session_lock(conn)
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
 
 

@@ -40,6 +40,29 @@ async def test_advisory_lock_admits_one_holder(db):
         pass
 
 
+async def test_a_session_lock_left_held_is_released_when_its_connection_returns_to_the_pool(db):
+    """Pooled connections are fully reset only after a session advisory lock was taken on them;
+    such a lock left held (a holder cancelled before its unlock) does not outlive the borrowing."""
+    from storage.database import advisory_key, took_session_lock
+
+    key = advisory_key("left-held")
+    async with db.pool.acquire() as conn:
+        took_session_lock(conn)
+        assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", key)
+        holder = conn.get_server_pid()
+    held = await db.pool.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1", holder)
+    assert held == 0
+    async with db.advisory_lock("left-held-by-name"):
+        pass
+
+
+async def test_a_transaction_left_open_is_rolled_back_on_release(db):
+    async with db.pool.acquire() as conn:
+        await conn.execute("BEGIN")
+        await conn.execute("CREATE TABLE left_open_probe (x int)")
+    assert await db.pool.fetchval("SELECT to_regclass('left_open_probe')") is None
+
+
 async def test_unreachable_database_is_a_clear_error(tmp_path):
     url = f"postgresql://hg:secret@/nowhere?host={tmp_path}&port=1"
     with pytest.raises(DatabaseUnavailable) as info:
