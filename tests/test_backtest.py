@@ -329,3 +329,27 @@ async def test_memory_recall_in_a_backtest_knows_a_closed_trade_only_from_its_cl
             await bt.close()
     finally:
         pg_server.psql(f"DROP DATABASE IF EXISTS {result.database} WITH (FORCE);")
+
+
+async def test_a_results_changing_fix_runs_the_same_command_afresh(db, pg_server, monkeypatch):
+    """`RESULTS_VERSION` is part of a backtest's id: after a fix that changes what a backtest
+    computes, the same command runs every day again instead of reporting the old code's days."""
+    import service.backtest as backtest
+
+    spec = BacktestSpec(date(2022, 1, 3), date(2022, 1, 4), ("SPY",), str(HISTORY),
+                        overrides={"min_agreeing_sources": 1})
+    fingerprint = HistoricalMarket(HISTORY).fingerprint()
+    ids = [spec.backtest_id(fingerprint)]
+    try:
+        first = await run_backtest(db, spec)
+        ran: list = []
+        await run_backtest(db, spec, on_day=lambda day, n, total: ran.append(day.session))
+        assert ran == []  # the same code: its recorded days stand
+        monkeypatch.setattr(backtest, "RESULTS_VERSION", backtest.RESULTS_VERSION + 1)
+        ids.append(spec.backtest_id(fingerprint))
+        again = await run_backtest(db, spec, on_day=lambda day, n, total: ran.append(day.session))
+        assert again.backtest_id == ids[1] != first.backtest_id
+        assert ran == [date(2022, 1, 3), date(2022, 1, 4)] and not again.reused
+    finally:
+        for backtest_id in ids:
+            pg_server.psql(f"DROP DATABASE IF EXISTS hedgegraph_{backtest_id} WITH (FORCE);")
