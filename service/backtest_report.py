@@ -91,8 +91,8 @@ async def build_report(db, result, market=None) -> dict[str, Any]:
     return report
 
 
-def _polyline(series: list[pd.Series], colors: list[str], labels: list[str], title: str, *,
-              width: int = 720, height: int = 260, percent: bool = False) -> str:
+def line_chart_svg(series: list[pd.Series], colors: list[str], labels: list[str], title: str, *,
+                   width: int = 720, height: int = 260, percent: bool = False) -> str:
     """One inline SVG line chart of several series sharing an index (no external assets)."""
     pad = 40
     values = (np.concatenate([s.to_numpy(dtype=float) for s in series if len(s)]) if any(len(s) for s in series)
@@ -126,7 +126,7 @@ def _attribution_svg(attribution: dict[str, Any], sessions: list[str]) -> str:
     rows = rows.reindex(sorted(set(sessions) | set(rows.index)), fill_value=0.0).astype(float)
     series = [rows[k].cumsum() for k in ATTRIBUTION_COLUMNS]
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f", "#000000"]
-    return _polyline(series, colors, list(ATTRIBUTION_COLUMNS), "Greeks P&L attribution, cumulative ($)")
+    return line_chart_svg(series, colors, list(ATTRIBUTION_COLUMNS), "Greeks P&L attribution, cumulative ($)")
 
 
 def _calibration_svg(rows: list[dict[str, Any]], size: int = 260) -> str:
@@ -174,9 +174,9 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head><b
 slots {html.escape(', '.join(p['slots']))}, approval {html.escape(p['approve'])},
 settings {html.escape(json.dumps(p['overrides']))}; {report['days']} sessions,
 {len(report['modelled_chain_days'])} on modelled chains.</p>
-{_polyline([equity, spy, condor], ['#1f77b4', '#2ca02c', '#d62728'],
+{line_chart_svg([equity, spy, condor], ['#1f77b4', '#2ca02c', '#d62728'],
            ['graph', 'SPY buy-and-hold', 'iron condor'], 'equity (NLV, $)')}
-{_polyline([drawdown(equity), drawdown(spy), drawdown(condor)], ['#1f77b4', '#2ca02c', '#d62728'],
+{line_chart_svg([drawdown(equity), drawdown(spy), drawdown(condor)], ['#1f77b4', '#2ca02c', '#d62728'],
            ['graph', 'SPY buy-and-hold', 'iron condor'], 'drawdown', percent=True)}
 {_attribution_svg(report['greeks_attribution'], list(report['equity']))}
 {_calibration_svg(report['calibration'])}

@@ -82,7 +82,7 @@ def grid(start: date, end: date, rules: list[tuple[float, int, float]]) -> list[
 
 def figures(before: str, after: str, name: str) -> list[Path]:
     from service.backtest_metrics import drawdown
-    from service.backtest_report import _polyline
+    from service.backtest_report import line_chart_svg
 
     home = Path(os.environ.get("HEDGEGRAPH_HOME", Path.home() / ".hedgegraph"))
     reports = [json.loads((home / "backtests" / b / "report.json").read_text()) for b in (before, after)]
@@ -93,8 +93,8 @@ def figures(before: str, after: str, name: str) -> list[Path]:
     labels = ["graph, before", "graph, after", "SPY buy-and-hold", "16Δ 45-DTE condor"]
     out = Path(__file__).parent
     paths = [out / f"equity-{name}.svg", out / f"drawdown-{name}.svg"]
-    paths[0].write_text(_polyline([*series, spy, condor], colors, labels, f"SPY {name}: equity (NLV, $)"))
-    paths[1].write_text(_polyline([drawdown(s) for s in (*series, spy, condor)], colors, labels,
+    paths[0].write_text(line_chart_svg([*series, spy, condor], colors, labels, f"SPY {name}: equity (NLV, $)"))
+    paths[1].write_text(line_chart_svg([drawdown(s) for s in (*series, spy, condor)], colors, labels,
                                   f"SPY {name}: drawdown", percent=True))
     return paths
 
