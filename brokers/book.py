@@ -13,6 +13,8 @@
 - **Expiry.** `settle_expired` settles positions whose legs expired (`brokers.expiry`): cash-settled
   indexes at intrinsic value, equity options into shares (the broker's side is
   `PaperBroker.settle_expiries`), worthless ones at zero. `pin_risk` warns the session before.
+- **Exits.** `exit_orders` applies the SPEC rules (`config.settings.BookConfig`) and
+  `stage_exits` stages each as a closing order for approval, one live exit per position.
 - **Delivered shares.** The shares an exercise or assignment delivers stay the position's
   (`shares_open`, at their price at delivery, as the broker books them; the options' intrinsic
   value is realized at settlement). The book does not mean to own stock: from the first exit check
@@ -134,10 +136,10 @@ class StrategyPosition:
         return [leg.contract(self.ticker, self.multiplier) for leg in self.legs]
 
     def holdings(self) -> list[tuple[OptionContract, int]]:
-        """The open option legs (the delivered shares are `share_holding`)."""
+        """The open option legs (the delivered shares are `share_holdings`)."""
         return [(leg.contract(self.ticker, self.multiplier), leg.sign * leg.ratio * self.units_open) for leg in self.legs]
 
-    def share_holding(self) -> list[tuple[OptionContract, int]]:
+    def share_holdings(self) -> list[tuple[OptionContract, int]]:
         return [(OptionContract.shares(self.ticker), self.shares_open)] if self.shares_open else []
 
     def has_naked_short(self) -> bool:
@@ -497,7 +499,7 @@ class Book:
         margin, margin_notes = self._margin(positions, quotes)
         holders = await self.holding_shares()
         book_greeks = self._greeks([h for p in positions for h in p.holdings()]
-                                   + [h for p in holders for h in p.share_holding()], quotes, spx)
+                                   + [h for p in holders for h in p.share_holdings()], quotes, spx)
         nlv = cash + sum((m.value for m in marks), ZERO) + shares_value
         unrealized = sum((m.unrealized_pnl for m in marks), ZERO) + _money(shares_unrealized)
         daily_pnl = None
@@ -918,7 +920,8 @@ def _closing_order(p: StrategyPosition, quoted: Sequence[tuple[BookLeg, LegQuote
 
 def _shares_order(p: StrategyPosition, quote: LegQuote, reason: str) -> FlattenOrder:
     """The order flattening `p`'s delivered shares: sell long shares at the bid, buy short ones back
-    at the ask (marketable: the limit is the natural price, rounded to the cent toward it)."""
+    at the ask (marketable: the limit is that natural price, a sub-cent one rounded to the cent on
+    the side that still fills)."""
     side = "sell" if p.shares_open > 0 else "buy"
     leg = OptionLeg(expiry=None, strike=None, right="S", side=side, ratio=1, bid=quote.bid, ask=quote.ask,
                     mid=quote.mid, delta=1.0, gamma=0.0, vega=0.0, theta=0.0)
