@@ -51,6 +51,7 @@ from brokers.quote_source import share_prices_of
 from config.settings import BookConfig
 from domain.decision import AccountState, OptionLeg, Position
 from storage.book import LIVE_ORDER_STATES, BookStore
+from storage.broker_ledger import ShareHolding
 from storage.journal import AccountSnapshot, Journal
 from storage.orders import OrderRepository
 from storage.runs import RunRepository
@@ -774,10 +775,25 @@ class Book:
                         underlying_price=float(price), beta=float(self.betas.get(p.ticker, 1.0)))
 
     # -------------------------------------------------------------- 6. reconciliation
-    async def reconcile(self, broker_positions: Sequence[BrokerPosition]) -> list[Difference]:
+    async def reconcile(self, broker_positions: Sequence[BrokerPosition],
+                        broker_shares: Sequence[ShareHolding] | None = None) -> list[Difference]:
         """Every contract where the broker's signed quantity differs from the sum of the book's open
-        legs (either side may be wrong: both numbers are reported, neither is corrected)."""
+        legs (either side may be wrong: both numbers are reported, neither is corrected); with
+        `broker_shares` (the broker's share holdings), every ticker whose shares differ from the
+        delivered shares the book holds."""
         await self.ingest_fills()
+        diffs = await self._reconcile_options(broker_positions)
+        if broker_shares is not None:
+            book_shares: dict[str, int] = {}
+            for p in await self.holding_shares():
+                book_shares[p.ticker] = book_shares.get(p.ticker, 0) + p.shares_open
+            held = {h.ticker: h.quantity for h in broker_shares}
+            for ticker in sorted(set(book_shares) | set(held)):
+                if held.get(ticker, 0) != book_shares.get(ticker, 0):
+                    diffs.append(Difference(OptionContract.shares(ticker), held.get(ticker, 0), book_shares.get(ticker, 0)))
+        return diffs
+
+    async def _reconcile_options(self, broker_positions: Sequence[BrokerPosition]) -> list[Difference]:
         book: dict[tuple, tuple[OptionContract, int]] = {}
         for p in await self.positions():
             for contract, quantity in p.holdings():

@@ -98,7 +98,10 @@ async def housekeeping(ctx: ServiceContext, *, mark: bool) -> HousekeepingReport
         report.exits_staged = [{"position_id": s.position_id, "rule": s.rule, "created": s.created,
                                 "order_id": s.order.order_id if s.order else None, "note": s.note} for s in staged]
         report.pin_risk = [approvals.jsonable(p.__dict__) for p in await book.pin_risk(now, quotes)]
-        report.reconciliation = [d.label for d in await book.reconcile(await broker.positions())]
+        # The paper broker keeps the shares exercises and assignments delivered; the live adapters
+        # report option positions only.
+        shares = await broker.share_positions() if hasattr(broker, "share_positions") else None
+        report.reconciliation = [d.label for d in await book.reconcile(await broker.positions(), shares)]
     report.outcomes_attached = len(await attach_due_outcomes(memory, provider, now))
     notify.notify_book(ctx.db, report)
     return report

@@ -16,6 +16,7 @@ from brokers.paper import PaperBroker, SlippageModel
 from domain.order_state import OrderState
 from domain.orders import ComboLeg, LegQuote, OptionContract, Order
 from storage.book import BookStore
+from storage.broker_ledger import ShareHolding
 from storage.orders import OrderRepository
 from tests.broker_factories import D, EXPIRY, Clock, approve, book_for, leg, proposal, run_row, stage
 from tools.chain import NEW_YORK
@@ -165,6 +166,10 @@ async def test_assigned_shares_are_valued_at_the_underlyings_price_not_at_cost(d
     # realized (premium - intrinsic - commission) + unrealized on the shares (590 - 575) x 100
     assert report.snapshot.unrealized_pnl == D("1500")
     assert report.snapshot.net_liquidation == D("200000") + D("-190.65") + D("1500")
+    # The broker's shares and the book's delivered shares reconcile; a difference is reported.
+    assert await book.reconcile(await broker.positions(), await broker.share_positions()) == []
+    [diff] = await book.reconcile([], [ShareHolding("SPY", 200, D("575"))])
+    assert diff.label == "SPY shares: broker +200, book +100"
 
 
 async def test_a_shares_fill_that_would_not_reduce_the_delivered_shares_is_refused(db):
