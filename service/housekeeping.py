@@ -81,7 +81,7 @@ async def housekeeping(ctx: ServiceContext, *, mark: bool) -> HousekeepingReport
     for settled in await book.settle_expired(now, underlying_price, broker=broker):
         report.settled.append(approvals.jsonable(settled.__dict__))
         position = await book.position(settled.position_id)
-        if position is not None:
+        if position is not None and position.shares_open == 0:  # else known once its shares are flattened
             await remember_closed_position(memory, position, now)
 
     if mark or not await marked_since_close(ctx, now):
