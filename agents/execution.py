@@ -29,14 +29,14 @@ async def order_manager(deps: RunDeps) -> OrderManager:
     async def on_filled(order: Order, fills) -> None:
         # Whichever path filled the order, the situation it came from remembers the trade (an order
         # approved off-hours fills after its run has already reflected) and, when an exit closed
-        # its position, the realized outcome.
+        # its position, the realized outcome (once the position is flat, delivered shares included).
         if deps.memory is None:
             return
         if not is_closing(order):
             await deps.memory.attach_trade(order.run_id, order.ticker, order.proposal)
         elif order.closes_position_id is not None:
             position = await book.position(order.closes_position_id)
-            if position is not None and position.status != "open":
+            if position is not None and position.status != "open" and position.shares_open == 0:
                 await remember_closed_position(deps.memory, position, position.closed_at)
 
     return OrderManager(pool=deps.db.pool, broker=deps.broker, quotes=ProviderQuotes(deps.provider, deps.now),

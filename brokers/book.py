@@ -15,6 +15,16 @@
   `PaperBroker.settle_expiries`), worthless ones at zero. `pin_risk` warns the session before.
 - **Exits.** `exit_orders` applies the SPEC rules (`config.settings.BookConfig`) and
   `stage_exits` stages each as a closing order for approval, one live exit per position.
+- **Delivered shares.** The shares an exercise or assignment delivers stay the position's
+  (`shares_open`, at their price at delivery, as the broker books them; the options' intrinsic
+  value is realized at settlement). The book does not mean to own stock: from the first exit check
+  after the delivery, `exit_orders` flattens them (rule `delivered_shares`: sell long shares, buy
+  back short ones) with one order for the shares (`domain.orders` SHARES leg, through the same
+  approval, order manager and broker) at the marketable side of the shares quote; delivery is
+  after the close, so the order goes out at the next session's open. Its fill realizes
+  -(cost at delivery + fill price x shares) - commission into the position; the position counts as
+  an outcome (Kelly, `BookStore.closed_outcomes`) once it is flat, `closed_at` then. Shares count
+  in the Greeks (delta 1 each) and in what the risk gate sees (`open_positions`).
 - **The account the gate reads.** `account_state` and `open_positions`.
 - **Reconciliation.** `reconcile` compares the broker's leg positions with the book's.
 
@@ -27,7 +37,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -41,6 +51,7 @@ from brokers.quote_source import share_prices_of
 from config.settings import BookConfig
 from domain.decision import AccountState, OptionLeg, Position
 from storage.book import LIVE_ORDER_STATES, BookStore
+from storage.broker_ledger import ShareHolding
 from storage.journal import AccountSnapshot, Journal
 from storage.orders import OrderRepository
 from storage.runs import RunRepository
@@ -109,6 +120,8 @@ class StrategyPosition:
     status: str
     realized_pnl: Decimal
     commissions: Decimal
+    shares_open: int = 0  # signed shares its options delivered at expiry, still held
+    shares_cost: Decimal = ZERO  # signed: shares_open x their price at delivery
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "StrategyPosition":
@@ -124,7 +137,11 @@ class StrategyPosition:
         return [leg.contract(self.ticker, self.multiplier) for leg in self.legs]
 
     def holdings(self) -> list[tuple[OptionContract, int]]:
+        """The open option legs (the delivered shares are `share_holdings`)."""
         return [(leg.contract(self.ticker, self.multiplier), leg.sign * leg.ratio * self.units_open) for leg in self.legs]
+
+    def share_holdings(self) -> list[tuple[OptionContract, int]]:
+        return [(OptionContract.shares(self.ticker), self.shares_open)] if self.shares_open else []
 
     def has_naked_short(self) -> bool:
         for right in ("C", "P"):
@@ -187,9 +204,9 @@ class PinRisk:
 @dataclass(frozen=True)
 class ExitTrade:
     position_id: str
-    rule: str  # "take_profit", "dte", "credit_stop", "debit_stop"
+    rule: str  # "take_profit", "dte", "credit_stop", "debit_stop", "delivered_shares"
     reason: str
-    order: FlattenOrder  # the closing combo: the position's legs, sides flipped, `units_open` units
+    order: FlattenOrder  # the closing combo: the position's legs, sides flipped, `units_open` units (or its shares)
 
 
 @dataclass(frozen=True)
@@ -269,6 +286,8 @@ class Book:
         async with self.store.transaction() as conn:
             if await self.store.fill_booked(conn, row["fill_id"]):
                 return False
+            if legs[0].is_shares:
+                return await self._book_shares(conn, row, legs[0])
             if row["closes_position_id"] is None:
                 return await self._book_opening(conn, row, legs, leg_prices)
             return await self._book_closing(conn, row, legs)
@@ -346,12 +365,48 @@ class Book:
             **({"status": "closed", "closed_at": row["filled_at"]} if left == 0 else {})})
         return True
 
+    async def _book_shares(self, conn, row, leg: ComboLeg) -> bool:
+        """A fill of the order that flattens a position's delivered shares (the module doc)."""
+        units, price, commission = row["quantity"], row["price"], row["commission"]
+        position = None
+        if row["closes_position_id"] is not None:
+            position = await self.store.lock_position(conn, position_id=row["closes_position_id"])
+        if position is None:
+            raise BookError(f"fill {row['fill_id']}: an order for shares must close the shares a known position's "
+                            f"options delivered (closes {row['closes_position_id']})")
+        p = StrategyPosition.from_row(position)
+        held = p.shares_open
+        if held == 0 or (leg.sign > 0) == (held > 0):
+            raise BookError(f"fill {row['fill_id']}: position {p.position_id} holds {held:+d} shares, which "
+                            f"{leg.side} {units} does not reduce")
+        if units > abs(held):
+            raise BookError(f"fill {row['fill_id']} closes {units} shares of position {p.position_id}, "
+                            f"which holds only {abs(held)}")
+        released = _share(p.shares_cost, units, abs(held))
+        gross = _money(-(released + price * units))
+        realized = gross - commission
+        if not await self.store.insert_position_fill(
+                conn, fill_id=row["fill_id"], position_id=p.position_id, order_id=row["order_id"], kind="shares",
+                units=units, price=price, commission=commission, gross_pnl=gross, realized_pnl=realized,
+                at=row["filled_at"]):
+            return False
+        left = held + leg.sign * units
+        await self.store.update_position(conn, p.position_id, {
+            "shares_open": left, "shares_cost": _cost(p.shares_cost - released),
+            "realized_pnl": p.realized_pnl + realized, "commissions": p.commissions + commission,
+            **({"closed_at": row["filled_at"]} if left == 0 else {})})
+        return True
+
     async def positions(self, status: str | None = "open") -> list[StrategyPosition]:
         return [StrategyPosition.from_row(r) for r in await self.store.positions(status=status)]
 
     async def position(self, position_id: str) -> StrategyPosition | None:
         rows = await self.store.positions(status=None, position_id=position_id)
         return StrategyPosition.from_row(rows[0]) if rows else None
+
+    async def holding_shares(self) -> list[StrategyPosition]:
+        """Positions whose expired options delivered shares the book still holds."""
+        return [StrategyPosition.from_row(r) for r in await self.store.holding_shares()]
 
     # -------------------------------------------------------------- 2. marks and snapshots
     def _value(self, p: StrategyPosition, quotes: QuoteSource | None) -> tuple[Decimal, Decimal | None, list[str]]:
@@ -443,7 +498,9 @@ class Book:
         cash = await self.store.cash()
         shares_value, shares_unrealized, share_notes = await self._shares_value(share_prices_of(quotes, share_prices))
         margin, margin_notes = self._margin(positions, quotes)
-        book_greeks = self._greeks([h for p in positions for h in p.holdings()], quotes, spx)
+        holders = await self.holding_shares()
+        book_greeks = self._greeks([h for p in positions for h in p.holdings()]
+                                   + [h for p in holders for h in p.share_holdings()], quotes, spx)
         nlv = cash + sum((m.value for m in marks), ZERO) + shares_value
         unrealized = sum((m.unrealized_pnl for m in marks), ZERO) + _money(shares_unrealized)
         daily_pnl = None
@@ -479,21 +536,23 @@ class Book:
             if not all(is_expired(leg.expiry, now) for leg in p.legs):
                 continue
             price = Decimal(underlying_price(p.ticker))
-            value, delivered, legs = ZERO, False, []
+            value, delivered, shares_per_unit, legs = ZERO, False, 0, []
             for leg in p.legs:
                 outcome, intrinsic, shares = settlement(p.ticker, leg.right, leg.strike, leg.sign * leg.ratio,
                                                         p.multiplier, price)
                 value += leg.sign * leg.ratio * intrinsic
                 delivered = delivered or shares != 0
+                shares_per_unit += shares
                 legs.append({"contract": leg.contract(p.ticker, p.multiplier).label(), "outcome": outcome,
                              "intrinsic": intrinsic, "shares_per_unit": shares})
             status = "assigned" if delivered else "settled"
-            result = await self._settle(p, now, value, status)
+            result = await self._settle(p, now, value, status, shares_per_unit, price)
             if result is not None:
                 results.append(SettlementResult(p.position_id, p.ticker, p.structure, status, value, result, tuple(legs)))
         return results
 
-    async def _settle(self, p: StrategyPosition, now: datetime, value: Decimal, status: str) -> Decimal | None:
+    async def _settle(self, p: StrategyPosition, now: datetime, value: Decimal, status: str, shares_per_unit: int,
+                      price: Decimal) -> Decimal | None:
         async with self.store.transaction() as conn:
             row = await self.store.lock_position(conn, position_id=p.position_id)
             p = StrategyPosition.from_row(row)
@@ -505,10 +564,14 @@ class Book:
                     conn, fill_id=f"expiry:{p.position_id}", position_id=p.position_id, order_id=None, kind=kind,
                     units=p.units_open, price=-value, commission=ZERO, gross_pnl=gross, realized_pnl=gross, at=now):
                 return None
+            # Delivered shares (net of the legs: a vertical fully in the money delivers none) are
+            # held at the settlement price, as the broker books them.
+            shares = shares_per_unit * p.units_open
             await self.store.update_position(conn, p.position_id, {
                 "units_open": 0, "entry_cost": ZERO, "status": status, "closed_at": now,
                 "legs": [BookLeg(l.expiry, l.strike, l.right, l.side, l.ratio, ZERO).to_json() for l in p.legs],
-                "realized_pnl": p.realized_pnl + gross})
+                "realized_pnl": p.realized_pnl + gross, "shares_open": p.shares_open + shares,
+                "shares_cost": _cost(p.shares_cost + shares * price)})
         return gross
 
     async def pin_risk(self, now: datetime, quotes: QuoteSource, *, distance: float | None = None) -> list[PinRisk]:
@@ -541,8 +604,9 @@ class Book:
     # -------------------------------------------------------------- 4. exits
     async def exit_orders(self, now: datetime, quotes: QuoteSource, rules: BookConfig | None = None) -> list[ExitTrade]:
         """Closing trades for every open position an exit rule triggers on at `now` (checked in
-        this order: the stop of its kind, take profit, days to expiry). A position with a leg
-        without a quote is skipped: a close cannot be priced."""
+        this order: the stop of its kind, take profit, days to expiry), and for the shares every
+        exercised or assigned position still holds (`delivered_shares`). A position with a leg (or
+        shares) without a quote is skipped: a close cannot be priced."""
         _aware(now)
         rules = rules or self.config
         await self.ingest_fills()
@@ -569,6 +633,13 @@ class Book:
                 rule, reason = "dte", f"{dte} days to expiry <= {rules.close_at_dte}"
             if rule is not None:
                 trades.append(ExitTrade(p.position_id, rule, reason, _closing_order(p, quoted, rule, reason)))
+        for p in await self.holding_shares():
+            quote = quotes(OptionContract.shares(p.ticker))
+            if quote is None:
+                continue  # no price for the shares now: the next check flattens them
+            reason = (f"{p.shares_open:+d} {p.ticker} shares delivered when its options were {p.status} "
+                      "at expiry: the book does not hold stock")
+            trades.append(ExitTrade(p.position_id, "delivered_shares", reason, _shares_order(p, quote, reason)))
         return trades
 
     async def stage_exits(self, now: datetime, exits: Sequence[ExitTrade], *, provider: str, actor: str = "book",
@@ -604,7 +675,7 @@ class Book:
     async def _stage_one(self, now: datetime, open_run, exit_trade: ExitTrade, repo: OrderRepository,
                          actor: str) -> StagedExit:
         position = await self.position(exit_trade.position_id)
-        if position is None or position.status != "open":
+        if position is None or (position.shares_open == 0 if exit_trade.order.is_shares else position.status != "open"):
             return StagedExit(exit_trade.position_id, exit_trade.rule, None, False, "position is no longer open")
         previous = await self.store.exit_orders_of(exit_trade.position_id)
         live = [o for o in previous if o["state"] in LIVE_ORDER_STATES]
@@ -661,9 +732,13 @@ class Book:
             daily_unrealized_pnl=_money(unrealized - base_unrealized), last_loss_at=await self.store.last_loss_at(),
             trades_today=await self.store.trades_since(daily_reset), halted=halted, halt_reason=halt_reason)
 
-    async def open_positions(self) -> list[Position]:
+    async def open_positions(self, *, quotes: QuoteSource | None = None,
+                             share_prices: Callable[[str], Decimal | None] | None = None) -> list[Position]:
         """The open book as the risk gate sees it: Greeks from the latest marks (the opening
-        proposal's when a position has no mark with a Greek yet), max loss for the open units."""
+        proposal's when a position has no mark with a Greek yet), max loss for the open units;
+        and the shares exercises and assignments delivered (`_shares_position`), priced from
+        `share_prices` or the quote source (`share_prices_of`)."""
+        share_prices = share_prices_of(quotes, share_prices)
         await self.ingest_fills()
         positions = await self.positions()
         latest = await self.store.latest_marks([p.position_id for p in positions])
@@ -684,13 +759,41 @@ class Book:
                 market_value=m["value"] if m is not None and m["units"] == p.units_open else p.entry_cost * p.multiplier,
                 underlying_price=float(underlying), has_naked_short=p.has_naked_short(),
                 beta=float(self.betas.get(p.ticker, 1.0)), **greeks))
+        for p in await self.holding_shares():
+            out.append(self._shares_position(p, share_prices))
         return out
 
+    def _shares_position(self, p: StrategyPosition, share_prices: Callable[[str], Decimal | None] | None) -> Position:
+        """Delivered shares as the gate sees them: delta 1 per share, no other Greek; at risk (and in
+        the ticker's and sector's exposure) is their whole market value, until they are flattened."""
+        price = share_prices(p.ticker) if share_prices is not None else None
+        if price is None:
+            price = p.shares_cost / p.shares_open  # no price now: at their price at delivery
+        value = _money(p.shares_open * Decimal(price))
+        return Position(ticker=p.ticker, sector=p.sector, structure="shares", quantity=abs(p.shares_open),
+                        max_loss=abs(value), market_value=value, delta=float(p.shares_open),
+                        underlying_price=float(price), beta=float(self.betas.get(p.ticker, 1.0)))
+
     # -------------------------------------------------------------- 6. reconciliation
-    async def reconcile(self, broker_positions: Sequence[BrokerPosition]) -> list[Difference]:
+    async def reconcile(self, broker_positions: Sequence[BrokerPosition],
+                        broker_shares: Sequence[ShareHolding] | None = None) -> list[Difference]:
         """Every contract where the broker's signed quantity differs from the sum of the book's open
-        legs (either side may be wrong: both numbers are reported, neither is corrected)."""
+        legs (either side may be wrong: both numbers are reported, neither is corrected); with
+        `broker_shares` (the broker's share holdings), every ticker whose shares differ from the
+        delivered shares the book holds."""
         await self.ingest_fills()
+        diffs = await self._reconcile_options(broker_positions)
+        if broker_shares is not None:
+            book_shares: dict[str, int] = {}
+            for p in await self.holding_shares():
+                book_shares[p.ticker] = book_shares.get(p.ticker, 0) + p.shares_open
+            held = {h.ticker: h.quantity for h in broker_shares}
+            for ticker in sorted(set(book_shares) | set(held)):
+                if held.get(ticker, 0) != book_shares.get(ticker, 0):
+                    diffs.append(Difference(OptionContract.shares(ticker), held.get(ticker, 0), book_shares.get(ticker, 0)))
+        return diffs
+
+    async def _reconcile_options(self, broker_positions: Sequence[BrokerPosition]) -> list[Difference]:
         book: dict[tuple, tuple[OptionContract, int]] = {}
         for p in await self.positions():
             for contract, quantity in p.holdings():
@@ -829,3 +932,18 @@ def _closing_order(p: StrategyPosition, quoted: Sequence[tuple[BookLeg, LegQuote
                         limit_price=mid.quantize(CENT, rounding=ROUND_FLOOR), underlying_price=underlying,
                         multiplier=p.multiplier, closes=(f"{p.position_id} ({p.structure} x{p.units_open})",),
                         rationale=f"Exit {rule}: {reason}", structure=f"close_{p.structure}")
+
+
+def _shares_order(p: StrategyPosition, quote: LegQuote, reason: str) -> FlattenOrder:
+    """The order flattening `p`'s delivered shares: sell long shares at the bid, buy short ones back
+    at the ask (marketable: the limit is that natural price, a sub-cent one rounded to the cent on
+    the side that still fills)."""
+    side = "sell" if p.shares_open > 0 else "buy"
+    leg = OptionLeg(expiry=None, strike=None, right="S", side=side, ratio=1, bid=quote.bid, ask=quote.ask,
+                    mid=quote.mid, delta=1.0, gamma=0.0, vega=0.0, theta=0.0)
+    natural = quote.ask if leg.sign > 0 else -quote.bid
+    return FlattenOrder(ticker=p.ticker, legs=(leg,), quantity=abs(p.shares_open), mid_price=leg.sign * quote.mid,
+                        natural_price=natural, limit_price=natural.quantize(CENT, rounding=ROUND_CEILING),
+                        underlying_price=quote.underlying_price if quote.underlying_price is not None else quote.mid,
+                        multiplier=1, closes=(f"{p.position_id} ({p.shares_open:+d} {p.ticker} shares)",),
+                        rationale=f"Exit delivered_shares: {reason}", structure="close_shares")

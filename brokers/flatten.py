@@ -26,7 +26,7 @@ from decimal import ROUND_FLOOR, Decimal
 from functools import reduce
 
 from brokers.base import QuoteUnavailable
-from domain.orders import CENT, BrokerPosition, ComboLeg, LegQuote, Order, QuoteSource
+from domain.orders import CENT, SHARES, BrokerPosition, ComboLeg, LegQuote, Order, QuoteSource
 from domain.decision import OptionLeg, SizedTrade, TradeProposal
 from tools.chain import NEW_YORK
 from tools.structures import breakevens, max_profit_loss, net_greeks, pnl_at_expiry
@@ -48,6 +48,11 @@ class FlattenOrder:
     closes: tuple[str, ...]  # the positions this order closes, e.g. "SPY 2026-12-18 580P x -3"
     rationale: str = FLATTEN_RATIONALE
     structure: str = FLATTEN_STRUCTURE  # the book stages exits as "close_<structure>"
+
+    @property
+    def is_shares(self) -> bool:
+        """Flattens delivered shares (the book's `delivered_shares` exit), not options."""
+        return self.legs[0].right == SHARES
 
     def combo_legs(self) -> tuple[ComboLeg, ...]:
         return tuple(ComboLeg.from_any(leg) for leg in self.legs)
@@ -75,6 +80,8 @@ class FlattenOrder:
             raise ValueError("as_of must be timezone-aware")
         if self.underlying_price is None:
             raise QuoteUnavailable(f"{self.ticker}: an underlying price is needed to stage a flatten order")
+        if self.is_shares:
+            return self._shares_trade()
         greeks = net_greeks(self.legs)
         notes = [self.rationale, "closes " + ", ".join(self.closes)]
         dte = (min(leg.expiry for leg in self.legs) - as_of.astimezone(NEW_YORK).date()).days
@@ -118,6 +125,23 @@ class FlattenOrder:
         return SizedTrade(proposal=proposal, contracts=self.quantity, kelly_fraction=0.0, applied_fraction=0.0,
                           win_rate=0.0, payoff_ratio=0.0,
                           capital_at_risk=max(self.limit_price, Decimal(0)) * self.quantity * self.multiplier,
+                          caps_applied=[f"{self.structure}: closes existing risk, not Kelly-sized"])
+
+
+    def _shares_trade(self) -> SizedTrade:
+        # Shares have no expiry payoff and no Greek but delta 1: like a calendar's close, their
+        # closing value per share stands for both extremes, and the rationale says so.
+        [leg] = self.legs
+        value = abs(self.mid_price).quantize(Decimal("0.01"))
+        proposal = TradeProposal(
+            ticker=self.ticker, structure=self.structure, legs=[leg], underlying_price=float(self.underlying_price),
+            net_debit=self.mid_price, natural_debit=self.natural_price, max_profit=value, max_loss=value,
+            breakevens=[], probability_of_profit=0.0, delta=float(leg.sign), gamma=0.0, vega=0.0, theta=0.0, dte=0,
+            multiplier=1, rationale="; ".join([self.rationale, "closes " + ", ".join(self.closes),
+                                                "shares: max profit and loss shown as the value per share"]))
+        return SizedTrade(proposal=proposal, contracts=self.quantity, kelly_fraction=0.0, applied_fraction=0.0,
+                          win_rate=0.0, payoff_ratio=0.0,
+                          capital_at_risk=max(self.limit_price, Decimal(0)) * self.quantity,
                           caps_applied=[f"{self.structure}: closes existing risk, not Kelly-sized"])
 
 

@@ -45,7 +45,7 @@ from domain.orders import (
     OptionContract,
     WhatIfMargin,
 )
-from brokers.live import BrokerDisconnected, LiveOrderBook, to_decimal, weighted
+from brokers.live import BrokerDisconnected, LiveOrderBook, refuse_shares, to_decimal, weighted
 from domain.order_state import TERMINAL, OrderState
 from config.connections import IbkrConfig
 
@@ -349,6 +349,7 @@ class IbkrBroker:
 
     async def what_if(self, order: Order) -> WhatIfMargin:
         """IB's own margin and commission for this order (`whatIfOrder`): nothing is placed."""
+        refuse_shares(order, self.name)
         await self.ensure_connected()
         state = await asyncio.wait_for(self.ib.whatIfOrderAsync(await self._bag(order), self._ib_order(order)),
                                        self.config.timeout_s * 2)

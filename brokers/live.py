@@ -41,6 +41,13 @@ class BrokerRejected(BrokerError):
     """The broker refused the order (its reason is in the message and in the order's history)."""
 
 
+def refuse_shares(order: Order, broker: str) -> None:
+    """The live adapters transmit option combos only: an order for the underlying's shares (the
+    book's exit of exercised or assigned shares) is refused with one line saying so."""
+    if order.is_shares:
+        raise BrokerRejected(f"order {order.order_id}: {broker} does not trade shares from hedgegraph; "
+                             f"close the {order.ticker} shares in the {broker} account itself")
+
 
 
 class LiveOrderBook:
@@ -73,6 +80,11 @@ class LiveOrderBook:
         if halt.halted:
             raise TradingHalted(f"order {order.order_id} not sent: trading is halted ({halt.reason})")
         check_matches_approval(order, record)
+        try:
+            refuse_shares(order, self.broker)
+        except BrokerRejected as exc:  # decided for good: REJECTED, so no recovery retries it
+            await self.record_rejected_before_placing(order.order_id, str(exc))
+            raise
         return record
 
     async def record_placed(self, order: Order, broker_order_id: str, at: datetime, detail: str) -> None:

@@ -115,7 +115,7 @@ class OrderManager:
                                                  halt_reason=halt.reason)).model_copy(update={
             "net_liquidation": balances.net_liquidation, "cash": balances.cash, "margin_used": balances.margin_used})
         return MarketContext(regime=regime_of(snapshot, self.risk_matrix), account=account,
-                             positions=await self.book.open_positions(),
+                             positions=await self.book.open_positions(quotes=self.quotes),
                              sectors={t: d.sector for t, d in snapshot.tickers.items()}, snapshot_sha256="")
 
     @property

@@ -17,6 +17,10 @@
   placed (the state machine has no SUBMITTED -> EXPIRED, so the state is CANCELLED with the
   reason recorded).
 - Orders whose margin need exceeds the free margin are rejected (APPROVED -> REJECTED) at `place`.
+- An order for the underlying's shares (one SHARES leg, `domain.orders`) fills the same way
+  against the shares quote of the quote source and trades the share holding; it pays
+  `commission_per_share` (at least `share_commission_minimum` per fill, IBKR's fixed rate), and
+  moves no margin (shares are outside the option margin model, `brokers.margin`).
 
 Conventions: `brokers.base` (signed per-share combo prices, Decimal money, tz-aware times).
 """
@@ -168,11 +172,12 @@ class PaperBroker:
                  clock: Callable[[], datetime] = utc_now, max_contracts_per_fill: int | None = None,
                  account_id: str = "paper", opening_cash: Decimal = Decimal("100000"),
                  commission_per_contract: Decimal = Decimal("0.65"), check_buying_power: bool = True,
-                 actor: str = "broker:paper", share_prices: Callable[[str], Decimal | None] | None = None):
+                 actor: str = "broker:paper", share_prices: Callable[[str], Decimal | None] | None = None,
+                 commission_per_share: Decimal = Decimal("0.005"), share_commission_minimum: Decimal = Decimal("1.00")):
         if max_contracts_per_fill is not None and max_contracts_per_fill < 1:
             raise ValueError("max_contracts_per_fill must be a positive whole number or None")
-        if Decimal(commission_per_contract) < 0:
-            raise ValueError("commission_per_contract may not be negative")
+        if Decimal(commission_per_contract) < 0 or Decimal(commission_per_share) < 0 or Decimal(share_commission_minimum) < 0:
+            raise ValueError("commissions may not be negative")
         self.pool: asyncpg.Pool = getattr(db, "pool", db)
         self.quotes = quotes
         self.slippage = slippage
@@ -182,6 +187,8 @@ class PaperBroker:
         self.account_id = account_id
         self.opening_cash = Decimal(opening_cash)
         self.commission_per_contract = Decimal(commission_per_contract)
+        self.commission_per_share = Decimal(commission_per_share)
+        self.share_commission_minimum = Decimal(share_commission_minimum)
         self.check_buying_power = check_buying_power
         self.actor = actor
         # Price of a share (exercised / assigned stock): given, or the quote source's underlying price
@@ -213,7 +220,10 @@ class PaperBroker:
             self._account_ready = True
 
     def commission_for(self, legs: Sequence[ComboLeg], quantity: int) -> Decimal:
-        """Dollars: the per-contract rate times every contract of every leg."""
+        """Dollars: the per-contract rate times every contract of every leg; for shares the
+        per-share rate times the shares, at least the minimum."""
+        if legs[0].is_shares:
+            return max(self.commission_per_share * quantity, self.share_commission_minimum)
         return self.commission_per_contract * quantity * sum(leg.ratio for leg in legs)
 
     def _leg_quotes(self, ticker: str, legs: Sequence[ComboLeg], multiplier: int) -> list[LegQuote] | None:
@@ -236,6 +246,13 @@ class PaperBroker:
         await self._ensure_account()
         held = await self.ledger.positions(order.ticker)
         before = [(p.contract, p.quantity) for p in held]
+        if order.is_shares:  # shares move cash, not the option margin
+            margin = margin_requirement(before, premium_basis(held), self.quotes)
+            commission = self.commission_for(order.legs, order.quantity)
+            return WhatIfMargin(
+                initial_margin_change=Decimal(0), maintenance_margin_change=Decimal(0), commission=commission,
+                cash_change=-order.limit_price * order.quantity - commission, margin_before=margin.requirement,
+                margin_after=margin.requirement, method=margin.method)
         after = before + [(leg.contract(order.ticker, order.multiplier), leg.sign * leg.ratio * order.quantity)
                           for leg in order.legs]
         paid_before = premium_basis(held)

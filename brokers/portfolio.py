@@ -6,8 +6,10 @@ Units (whole-position totals, as `domain.decision.Position`):
   contracts, M the multiplier and the leg Greek per share for a long option (from the quote).
 - SPX beta-weighted delta (SPX-equivalent units): sum(Delta * Q * M * beta * P_underlying) / P_SPX.
 - theta_vega_ratio = |theta| / |vega| (None when vega is 0 or unknown).
-A Greek that cannot be computed for some position (no quote, no Greek, no underlying price) makes
-that total NaN — a partial sum would be a wrong number — and the reason is listed in `missing`.
+Shares (from exercises and assignments, `OptionContract.shares`) count with delta 1 per share
+and no other Greek, quote or not; only their dollar and beta-weighted delta need a price (the
+shares quote's). A Greek that cannot be computed for some position (no quote, no Greek, no
+underlying price) makes that total NaN — a partial sum would be a wrong number — and the reason is listed in `missing`.
 An unknown beta uses 1.0 and says so in `missing`.
 """
 from __future__ import annotations
@@ -59,6 +61,14 @@ def portfolio_greeks(positions: Sequence[BrokerPosition | Holding], quotes: Quot
             continue
         quote = quotes(contract)
         scale = quantity * contract.multiplier
+        if contract.is_shares:
+            totals["delta"] += scale  # 1 share = delta 1, by definition
+            if quote is None:
+                missing.append(f"{contract.label()}: no price for the dollar delta")
+                totals["dollar_delta"] = totals["bwd"] = math.nan
+                continue
+            _dollar_delta(totals, contract, quantity, 1.0, float(quote.mid), betas, defaulted, missing, spx_price)
+            continue
         if quote is None:
             missing.append(f"{contract.label()}: no quote")
             for key in totals:
@@ -76,14 +86,20 @@ def portfolio_greeks(positions: Sequence[BrokerPosition | Holding], quotes: Quot
                 missing.append(f"{contract.label()}: no underlying price")
             totals["dollar_delta"] = totals["bwd"] = math.nan
             continue
-        if contract.ticker not in betas and contract.ticker not in defaulted:
-            defaulted.add(contract.ticker)
-            missing.append(f"{contract.ticker}: beta unknown, 1.0 used")
-        beta = betas.get(contract.ticker, 1.0)
-        underlying = float(quote.underlying_price)
-        totals["dollar_delta"] += quote.delta * scale * underlying
-        totals["bwd"] += spx_beta_weighted_delta(quote.delta, quantity, contract.multiplier, beta, underlying, spx_price)
+        _dollar_delta(totals, contract, quantity, quote.delta, float(quote.underlying_price), betas, defaulted,
+                      missing, spx_price)
     return PortfolioGreeks(
         delta=totals["delta"], gamma=totals["gamma"], vega=totals["vega"], theta=totals["theta"],
         dollar_delta=totals["dollar_delta"], spx_beta_weighted_delta=totals["bwd"],
         theta_vega_ratio=theta_vega_ratio(totals["theta"], totals["vega"]), missing=tuple(missing))
+
+
+def _dollar_delta(totals: dict[str, float], contract: OptionContract, quantity: int, delta: float,
+                  underlying: float, betas: Mapping[str, float], defaulted: set[str], missing: list[str],
+                  spx_price: float) -> None:
+    if contract.ticker not in betas and contract.ticker not in defaulted:
+        defaulted.add(contract.ticker)
+        missing.append(f"{contract.ticker}: beta unknown, 1.0 used")
+    beta = betas.get(contract.ticker, 1.0)
+    totals["dollar_delta"] += delta * quantity * contract.multiplier * underlying
+    totals["bwd"] += spx_beta_weighted_delta(delta, quantity, contract.multiplier, beta, underlying, spx_price)

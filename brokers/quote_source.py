@@ -1,14 +1,15 @@
 """Quote sources for brokers and valuations: a mutable book and one backed by option chains.
 
 A quote source is any `Callable[[OptionContract], LegQuote | None]` (`domain.orders.QuoteSource`);
-None means "no usable two-sided quote", never a made-up price.
+None means "no usable two-sided quote", never a made-up price. The underlying's shares
+(`OptionContract.shares`) are quoted like a contract: `share_quote`.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,16 @@ from tools.pricing import bsm_greeks
 from tools.quotes import QuoteProblem, quote_problems
 
 _PRICE_PLACES = Decimal("0.0001")
+CENT = Decimal("0.01")
+
+
+def share_quote(price: Decimal) -> LegQuote:
+    """The underlying's shares quoted from its last price, which is all a daily-bar or simulated
+    market carries: one cent wide (bid = the price floored to the cent, ask a cent above), as the
+    liquid ETFs and large caps this desk trades options on are quoted. Delta 1 per share, no
+    other Greek."""
+    bid = price.quantize(CENT, rounding=ROUND_FLOOR)
+    return LegQuote(bid=bid, ask=bid + CENT, underlying_price=price, delta=1.0, gamma=0.0, vega=0.0, theta=0.0)
 
 
 class QuoteBook:
@@ -176,6 +187,9 @@ class ProviderQuotes:
         return self.snapshot(ticker).tickers.get(ticker)
 
     def __call__(self, contract: OptionContract) -> LegQuote | None:
+        if contract.is_shares:
+            price = self.share_price(contract.ticker)
+            return None if price is None else share_quote(price)
         self.snapshot(contract.ticker)
         quotes = self._cache[contract.ticker][1]
         return None if quotes is None else quotes(contract)
@@ -183,6 +197,17 @@ class ProviderQuotes:
 
 def share_prices_of(quotes: object, given: Callable[[str], Decimal | None] | None = None):
     """What shares from exercises and assignments are worth: `given`, else the quote source's
-    underlying price when it is backed by a market (`ProviderQuotes.share_price`), else None
-    (carried at cost)."""
-    return given if given is not None else getattr(quotes, "share_price", None)
+    underlying price when it is backed by a market (`ProviderQuotes.share_price`), else the mid of
+    the source's quote of the shares (a `QuoteBook` may hold one), else None (carried at cost)."""
+    if given is not None:
+        return given
+    if hasattr(quotes, "share_price"):
+        return quotes.share_price
+    if quotes is None:
+        return None
+
+    def quoted_mid(ticker: str) -> Decimal | None:
+        quote = quotes(OptionContract.shares(ticker))
+        return None if quote is None else quote.mid
+
+    return quoted_mid

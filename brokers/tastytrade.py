@@ -45,7 +45,7 @@ from domain.orders import (
     OptionContract,
     WhatIfMargin,
 )
-from brokers.live import BrokerDisconnected, BrokerRejected, LiveOrderBook, weighted
+from brokers.live import BrokerDisconnected, BrokerRejected, LiveOrderBook, refuse_shares, weighted
 from domain.order_state import TERMINAL, OrderState
 from config.connections import TastytradeConfig
 
@@ -375,6 +375,7 @@ class TastytradeBroker:
 
     async def what_if(self, order: Order) -> WhatIfMargin:
         """`place_order(dry_run=True)`: tastytrade's buying-power effect and fees; nothing is placed."""
+        refuse_shares(order, self.name)
         await self.ensure_connected()
         tasty = await self._tasty_order(order)
         try:

@@ -20,14 +20,14 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 AnalystName = Literal["vol_surface", "flow", "technical", "social"]
 Direction = Literal["bullish", "bearish", "neutral", "rich", "cheap"]
 PriceView = Literal["bullish", "bearish", "neutral"]
 VolView = Literal["rich", "cheap", "neutral"]
 RegimeName = Literal["low_vol", "neutral", "high_vol", "crisis"]
-Right = Literal["C", "P"]
+Right = Literal["C", "P", "S"]  # "S": the underlying's shares (`domain.orders.SHARES`)
 Side = Literal["buy", "sell"]
 
 
@@ -150,8 +150,11 @@ class RiskDecision(Frozen):
 
 
 class OptionLeg(Frozen):
-    expiry: date
-    strike: Decimal
+    """One priced leg of a proposal: an option, or (right "S", no expiry, no strike, delta 1) the
+    underlying's shares, which only an exit of delivered shares trades (`domain.orders` module doc)."""
+
+    expiry: date | None
+    strike: Decimal | None
     right: Right
     side: Side
     ratio: int = Field(default=1, ge=1)
@@ -170,6 +173,13 @@ class OptionLeg(Frozen):
     fit_value: Decimal | None = None
     limit: Decimal | None = None
     edge_vs_fit: Decimal | None = None
+
+    @model_validator(mode="after")
+    def _terms(self) -> "OptionLeg":
+        terms = (self.expiry is not None, self.strike is not None)
+        if terms != ((False, False) if self.right == "S" else (True, True)):
+            raise ValueError("an option leg needs an expiry and a strike; a shares leg (right 'S') has neither")
+        return self
 
     @property
     def sign(self) -> int:

@@ -15,6 +15,15 @@ Sign and unit conventions (the same as `domain.decision`):
 - Position quantity is signed contracts (+ long, - short); `avg_price` is the per-share price
   the open contracts were opened at (always >= 0; its direction is the quantity's sign).
 - Every timestamp is timezone-aware.
+
+The underlying's shares. Options that are exercised or assigned deliver shares, and the book must
+be able to trade them away; rather than a second order type, a leg (and the instrument it names,
+`OptionContract`) may be the underlying itself: right `SHARES` ("S"), no expiry, no strike,
+multiplier 1 (`ComboLeg.shares`, `OptionContract.shares`). An order holding such a leg holds only
+that leg, so it is a plain order for `quantity` shares at `limit_price` per share, and it flows
+through the same approval, order manager, limit walk and broker as any combo. A quote source may
+quote the shares contract like any other (`brokers.quote_source.ProviderQuotes` does); its delta is
+1 per share by definition.
 """
 from __future__ import annotations
 
@@ -28,7 +37,8 @@ from typing import Any, Literal
 from domain.order_state import OrderState
 
 CENT = Decimal("0.01")
-Right = Literal["C", "P"]
+Right = Literal["C", "P", "S"]
+SHARES = "S"  # the right of a leg or contract that is the underlying's shares, not an option
 Side = Literal["buy", "sell"]
 TimeInForce = Literal["DAY", "GTC"]
 
@@ -42,8 +52,21 @@ def _strike(value: Any) -> Decimal:
 
 
 def _right(value: Any) -> None:
-    if value not in ("C", "P"):
-        raise ValueError(f"right must be 'C' or 'P', got {value!r}")
+    if value not in ("C", "P", SHARES):
+        raise ValueError(f"right must be 'C', 'P' or 'S' (shares), got {value!r}")
+
+
+def _terms(right: str, expiry: Any, strike: Any) -> Decimal | None:
+    """The normalised strike of an option (which needs an expiry and a strike) or None for shares
+    (which have neither)."""
+    _right(right)
+    if right == SHARES:
+        if expiry is not None or strike is not None:
+            raise ValueError("a shares leg has no expiry and no strike")
+        return None
+    if expiry is None or strike is None:
+        raise ValueError("an option needs an expiry and a strike")
+    return _strike(strike)
 
 
 def _aware(name: str, value: datetime | None) -> None:
@@ -62,33 +85,46 @@ def _decimal(name: str, value: Any) -> Decimal:
 
 @dataclass(frozen=True)
 class OptionContract:
-    """One listed option: what a position row and a quote are keyed by."""
+    """One listed option: what a position row and a quote are keyed by; or, with right `SHARES`
+    (`OptionContract.shares`), the underlying's shares (no expiry, no strike, multiplier 1)."""
 
     ticker: str
-    expiry: date
-    strike: Decimal
+    expiry: date | None
+    strike: Decimal | None
     right: Right
     multiplier: int = 100
 
     def __post_init__(self) -> None:
-        _right(self.right)
+        object.__setattr__(self, "strike", _terms(self.right, self.expiry, self.strike))
         if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, int) or self.multiplier <= 0:
             raise ValueError(f"multiplier must be a positive whole number, got {self.multiplier!r}")
+        if self.right == SHARES and self.multiplier != 1:
+            raise ValueError("shares have multiplier 1")
         if not self.ticker:
             raise ValueError("ticker must not be empty")
-        object.__setattr__(self, "strike", _strike(self.strike))
         object.__setattr__(self, "ticker", self.ticker.upper())
 
+    @classmethod
+    def shares(cls, ticker: str) -> "OptionContract":
+        return cls(ticker, None, None, SHARES, 1)
+
+    @property
+    def is_shares(self) -> bool:
+        return self.right == SHARES
+
     def label(self) -> str:
+        if self.is_shares:
+            return f"{self.ticker} shares"
         return f"{self.ticker} {self.expiry.isoformat()} {self.strike}{self.right}"
 
 
 @dataclass(frozen=True)
 class ComboLeg:
-    """Contract terms of one leg of a combo order (no prices)."""
+    """Contract terms of one leg of a combo order (no prices); a shares leg (`ComboLeg.shares`)
+    has right `SHARES` and no expiry or strike."""
 
-    expiry: date
-    strike: Decimal
+    expiry: date | None
+    strike: Decimal | None
     right: Right
     side: Side
     ratio: int = 1
@@ -98,14 +134,23 @@ class ComboLeg:
             raise ValueError(f"side must be 'buy' or 'sell', got {self.side!r}")
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, int) or self.ratio < 1:
             raise ValueError(f"ratio must be a positive whole number, got {self.ratio!r}")
-        _right(self.right)
-        object.__setattr__(self, "strike", _strike(self.strike))
+        object.__setattr__(self, "strike", _terms(self.right, self.expiry, self.strike))
+
+    @classmethod
+    def shares(cls, side: Side) -> "ComboLeg":
+        return cls(None, None, SHARES, side)
+
+    @property
+    def is_shares(self) -> bool:
+        return self.right == SHARES
 
     @property
     def sign(self) -> int:
         return 1 if self.side == "buy" else -1
 
     def contract(self, ticker: str, multiplier: int = 100) -> OptionContract:
+        if self.is_shares:
+            return OptionContract.shares(ticker)
         return OptionContract(ticker, self.expiry, self.strike, self.right, multiplier)
 
     @classmethod
@@ -114,15 +159,16 @@ class ComboLeg:
         if isinstance(leg, ComboLeg):
             return leg
         if isinstance(leg, Mapping):
-            expiry = leg["expiry"]
+            expiry, strike = leg.get("expiry"), leg.get("strike")
             return cls(expiry=date.fromisoformat(expiry) if isinstance(expiry, str) else expiry,
-                       strike=Decimal(str(leg["strike"])), right=leg["right"], side=leg["side"],
+                       strike=None if strike is None else Decimal(str(strike)), right=leg["right"], side=leg["side"],
                        ratio=int(leg.get("ratio", 1)))
-        return cls(expiry=leg.expiry, strike=Decimal(str(leg.strike)), right=leg.right, side=leg.side,
-                   ratio=int(leg.ratio))
+        return cls(expiry=leg.expiry, strike=None if leg.strike is None else Decimal(str(leg.strike)), right=leg.right,
+                   side=leg.side, ratio=int(leg.ratio))
 
     def to_json(self) -> dict[str, Any]:
-        return {"expiry": self.expiry.isoformat(), "strike": str(self.strike), "right": self.right,
+        return {"expiry": None if self.expiry is None else self.expiry.isoformat(),
+                "strike": None if self.strike is None else str(self.strike), "right": self.right,
                 "side": self.side, "ratio": self.ratio}
 
     def key(self) -> tuple:
@@ -139,7 +185,7 @@ class Order:
     or another time in force is a copy, `dataclasses.replace(order, limit_price=...)`.
 
     `legs` are the contract terms (`ComboLeg`: expiry, strike, right, side, ratio) — what a broker
-    transmits and what the approval check compares. The priced legs the approver saw (bid, ask,
+    transmits (an order for the underlying's shares has one shares leg: see the module doc) and what the approval check compares. The priced legs the approver saw (bid, ask,
     mid, Greeks, fitted value) belong to the proposal the order was sized from and stay in
     `proposal["legs"]`, with the rest of that proposal: one place for the prices, and no consumer
     of contract terms ever has to strip quotes off a leg.
@@ -175,6 +221,9 @@ class Order:
             raise ValueError("an order needs at least one leg")
         if len({(leg.expiry, leg.strike, leg.right) for leg in self.legs}) != len(self.legs):
             raise ValueError("an order may not list the same contract twice")
+        if any(leg.is_shares for leg in self.legs) and (len(self.legs) != 1 or self.legs[0].ratio != 1
+                                                         or self.multiplier != 1):
+            raise ValueError("an order for shares has that one leg, ratio 1, multiplier 1")
         if isinstance(self.quantity, bool) or not isinstance(self.quantity, int) or self.quantity < 1:
             raise ValueError(f"quantity must be a positive whole number of units, got {self.quantity!r}")
         limit = _decimal("limit_price", self.limit_price)
@@ -204,6 +253,11 @@ class Order:
 
     def legs_key(self) -> list[tuple]:
         return sorted(leg.key() for leg in self.legs)
+
+    @property
+    def is_shares(self) -> bool:
+        """An order for the underlying's shares (its one leg is the shares)."""
+        return self.legs[0].is_shares
 
 
 @dataclass(frozen=True)
@@ -324,7 +378,8 @@ class BrokerOrderStatus:
 
 @dataclass(frozen=True)
 class BrokerPosition:
-    """An open option position (one contract), signed quantity, average open price per share."""
+    """An open option position (one contract), signed quantity, average open price per share.
+    (A broker's shares are its share holdings, `storage.broker_ledger.ShareHolding`.)"""
 
     contract: OptionContract
     quantity: int

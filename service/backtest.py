@@ -49,8 +49,9 @@ APPROVER = "backtest-policy"
 
 # Bump when a fix changes what a backtest computes (book, quotes, fills, exits): the same command
 # then runs afresh instead of reporting a result the old code made. 2: zero-bid wings are quoted,
-# assigned shares are valued at market (the 2011-2019 study).
-RESULTS_VERSION = 2
+# assigned shares are valued at market (the 2011-2019 study). 3: delivered shares are flattened by
+# an exit the session after delivery, and their P&L is the position's.
+RESULTS_VERSION = 3
 
 
 class BacktestError(ValueError):

@@ -142,7 +142,10 @@ def gex_chart(order: dict[str, Any], data: Any, analysis: ChainAnalysis | None) 
 
 
 async def order_charts(db: Database, order: dict[str, Any]) -> dict[str, Chart]:
-    """The three charts of an order review (`service.approvals.order_review`)."""
+    """The three charts of an order review (`service.approvals.order_review`); none for an order
+    for shares (the book's exit of delivered shares: no payoff at expiry, smile or strikes)."""
+    if any(leg["right"] == "S" for leg in order["legs"]):
+        return {}
     run = await RunRepository(db.pool).get(order["run_id"])
     as_of = run.as_of if run is not None else datetime.now(NEW_YORK)
     data, analysis = await chain_analysis(db, order["run_id"], order["ticker"])

@@ -81,7 +81,7 @@ async def housekeeping(ctx: ServiceContext, *, mark: bool) -> HousekeepingReport
     for settled in await book.settle_expired(now, underlying_price, broker=broker):
         report.settled.append(approvals.jsonable(settled.__dict__))
         position = await book.position(settled.position_id)
-        if position is not None:
+        if position is not None and position.shares_open == 0:  # else known once its shares are flattened
             await remember_closed_position(memory, position, now)
 
     if mark or not await marked_since_close(ctx, now):
@@ -98,7 +98,10 @@ async def housekeeping(ctx: ServiceContext, *, mark: bool) -> HousekeepingReport
         report.exits_staged = [{"position_id": s.position_id, "rule": s.rule, "created": s.created,
                                 "order_id": s.order.order_id if s.order else None, "note": s.note} for s in staged]
         report.pin_risk = [approvals.jsonable(p.__dict__) for p in await book.pin_risk(now, quotes)]
-        report.reconciliation = [d.label for d in await book.reconcile(await broker.positions())]
+        # The paper broker keeps the shares exercises and assignments delivered; the live adapters
+        # report option positions only.
+        shares = await broker.share_positions() if hasattr(broker, "share_positions") else None
+        report.reconciliation = [d.label for d in await book.reconcile(await broker.positions(), shares)]
     report.outcomes_attached = len(await attach_due_outcomes(memory, provider, now))
     notify.notify_book(ctx.db, report)
     return report

@@ -61,7 +61,7 @@ async def book_account(db: Database, provider: MarketDataProvider, at: datetime,
     pending = await OrderRepository(db.pool).open_exposures()
     reserved = sum((p.max_loss for p in pending), Decimal("0"))
     account = account.model_copy(update={"margin_used": account.margin_used + reserved})
-    return account, await book.open_positions() + pending
+    return account, await book.open_positions(quotes=quotes) + pending
 
 
 async def run_decision(

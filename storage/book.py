@@ -20,7 +20,7 @@ from storage.database import took_session_lock
 
 # Orders in these states are a live exit: a position has at most one at a time.
 LIVE_ORDER_STATES = ("DRAFT", "STAGED", "APPROVED", "SUBMITTED", "PARTIALLY_FILLED", "UNKNOWN")
-CLOSING_KINDS = ("close", "settle", "expire")
+CLOSING_KINDS = ("close", "settle", "expire", "shares")
 
 
 class BookStore:
@@ -30,13 +30,15 @@ class BookStore:
 
     async def closed_outcomes(self, as_of: datetime) -> list[dict[str, Any]]:
         """Every strategy position closed (or settled, assigned) at or before `as_of`, with the
-        regime its opening order was filled in (from the journal): the Kelly journal as of a date."""
+        regime its opening order was filled in (from the journal): the Kelly journal as of a date.
+        A position still holding shares its options delivered is not an outcome yet: its P&L is
+        known once the shares are sold or bought back (its `closed_at` is then that fill's time)."""
         rows = await self.pool.fetch(
             """SELECT p.structure, p.closed_at, p.realized_pnl AS pnl, coalesce(p.max_loss, 0) * p.units_opened AS max_loss,
                       (SELECT j.regime FROM trade_journal j WHERE j.order_id = p.order_id
                         ORDER BY j.filled_at LIMIT 1) AS regime
                FROM strategy_positions p
-               WHERE p.account_id = $1 AND p.status <> 'open' AND p.closed_at <= $2
+               WHERE p.account_id = $1 AND p.status <> 'open' AND p.shares_open = 0 AND p.closed_at <= $2
                ORDER BY p.closed_at, p.position_id""", self.account_id, as_of)
         return [dict(r) for r in rows if r["regime"] is not None]
 
@@ -109,6 +111,12 @@ class BookStore:
             """SELECT * FROM strategy_positions
                WHERE account_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR position_id = $3)
                ORDER BY opened_at, position_id""", self.account_id, status, position_id)
+
+    async def holding_shares(self) -> list[asyncpg.Record]:
+        """Positions whose options expired into shares still held (exercised or assigned)."""
+        return await self.pool.fetch(
+            """SELECT * FROM strategy_positions WHERE account_id = $1 AND shares_open <> 0
+               ORDER BY closed_at, position_id""", self.account_id)
 
     async def open_positions_locked(self, conn: asyncpg.Connection) -> list[asyncpg.Record]:
         return await conn.fetch(

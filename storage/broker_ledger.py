@@ -1,7 +1,8 @@
 """A broker's books in Postgres: its orders, fills, positions and cash (migration 0004).
 
 The paper broker keeps its whole account here; an adapter for a real broker can record the fills
-it receives the same way. Applying a fill is one transaction of the caller's (fill row, position
+it receives the same way. A fill of an order for shares (`domain.orders` SHARES leg) trades the
+share holding (`broker_share_positions`) instead of an option row. Applying a fill is one transaction of the caller's (fill row, position
 rows, cash rows, filled quantity), and the fill id is the primary key, so a repeated fill report
 changes nothing.
 
@@ -180,6 +181,9 @@ class BrokerLedger:
         multiplier, ticker = order_row["multiplier"], order_row["ticker"]
         realized = Decimal(0)
         for leg, price in zip(legs, fill.leg_prices):
+            if leg.is_shares:  # an order for the underlying's shares trades the share holding
+                realized += await self._trade_shares(conn, ticker, leg.sign * fill.quantity, price, fill.at)
+                continue
             realized += await self._trade_contract(conn, leg.contract(ticker, multiplier),
                                                    leg.sign * leg.ratio * fill.quantity, price, fill.at)
         realized = realized.quantize(MONEY_PLACES, rounding=ROUND_HALF_EVEN)

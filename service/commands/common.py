@@ -82,11 +82,15 @@ def approver_name(approver: str | None) -> str:
 
 
 def legs_text(legs: list[dict]) -> str:
-    """"2026-12-24 +165C -175C": expiry once when all legs share it, signed ratio and strike."""
-    expiries = {l["expiry"] for l in legs}
+    """"2026-12-24 +165C -175C": expiry once when all legs share it, signed ratio and strike
+    ("-shares" for an order for shares, which has no expiry)."""
+    expiries = {l["expiry"] for l in legs if l["expiry"] is not None}
     parts = []
     for l in legs:
         ratio = "" if l["ratio"] == 1 else str(l["ratio"])
+        if l["right"] == "S":  # the underlying's shares (the book's exit of delivered shares)
+            parts.append(f"{'+' if l['side'] == 'buy' else '-'}shares")
+            continue
         text = f"{'+' if l['side'] == 'buy' else '-'}{ratio}{float(l['strike']):g}{l['right']}"
         parts.append(text if len(expiries) == 1 else f"{l['expiry']} {text}")
     return (f"{next(iter(expiries))} " if len(expiries) == 1 else "") + " ".join(parts)
