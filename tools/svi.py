@@ -188,18 +188,26 @@ def _normal_equations(batch: _Batch, rows: np.ndarray, m: np.ndarray, sigma: np.
     szy = (skz - m * sz) / sigma
     swy = (r1 - m * r0) / sigma
     # Basis 1, u = (z + y)/2, v = (z - y)/2 (u v = 1/4): w = a + u*(c + d) + v*(c - d).
-    g00 = np.broadcast_to(s0, m.shape)
-    g01, g02 = 0.5 * (sz + sy), 0.5 * (sz - sy)
-    g11 = 0.25 * (2.0 * syy + s0 + 2.0 * szy)
-    g22 = 0.25 * (2.0 * syy + s0 - 2.0 * szy)
-    g12 = np.broadcast_to(0.25 * s0, m.shape)
-    gram = np.stack([g00, g01, g02, g01, g11, g12, g02, g12, g22], axis=-1).reshape(-1, 3, 3)
-    rhs = np.stack([np.broadcast_to(r0, m.shape), 0.5 * (swz + swy), 0.5 * (swz - swy)], axis=-1).reshape(-1, 3)
+    # Filled in place (the Gram matrix row-major, symmetric), not stacked from broadcasts.
+    gram = np.empty(m.shape + (9,))
+    gram[..., 0] = s0
+    gram[..., 1] = gram[..., 3] = 0.5 * (sz + sy)
+    gram[..., 2] = gram[..., 6] = 0.5 * (sz - sy)
+    gram[..., 4] = 0.25 * (2.0 * syy + s0 + 2.0 * szy)
+    gram[..., 5] = gram[..., 7] = 0.25 * s0
+    gram[..., 8] = 0.25 * (2.0 * syy + s0 - 2.0 * szy)
+    rhs = np.empty(m.shape + (3,))
+    rhs[..., 0] = r0
+    rhs[..., 1] = 0.5 * (swz + swy)
+    rhs[..., 2] = 0.5 * (swz - swy)
     const = np.broadcast_to(c, m.shape).ravel()
     cap = (_SLOPE_CAP * sigma).ravel()
-    upper = np.stack([np.broadcast_to(batch.w_max[rows, None], m.shape).ravel(), cap, cap], axis=1)
+    upper = np.empty((cap.size, 3))
+    upper.reshape(m.shape + (3,))[..., 0] = batch.w_max[rows, None]
+    upper[:, 1] = upper[:, 2] = cap
     lower = np.zeros_like(upper)
     lower[:, 0] = -cap
+    gram, rhs = gram.reshape(-1, 3, 3), rhs.reshape(-1, 3)
     return gram, rhs, const, lower, upper
 
 
@@ -229,19 +237,32 @@ def _inner(batch: _Batch, rows: np.ndarray, m: np.ndarray, sigma: np.ndarray):
         lower_b[:, 0] = 0.0
         p_a = p[bad]
         p_b = _solve_bounded(gram[bad], rhs[bad], const[bad], lower_b, upper[bad])
-        b_valid = _is_valid(p_b, flat_m[bad], flat_sigma[bad], bounds[bad])
+        m_bad, sigma_bad, bounds_bad = flat_m[bad], flat_sigma[bad], bounds[bad]
         # Search the segment in rounds: each round tests 3 interior points of the current
         # bracket at once (one vectorized check) and keeps the quarter below the first failure.
+        # The first round's points do not depend on B, so B is checked in the same call; later
+        # rounds run only where B is valid (elsewhere the point is +inf whatever it is).
         lo, width = np.zeros(len(bad)), np.ones(len(bad))
-        rep = np.repeat(bad, 3)
-        for _ in range(_SEGMENT_ROUNDS):
-            lam = lo[:, None] + width[:, None] * _QUARTERS[None, :]  # (B, 3)
-            trial = (p_b[:, None, :] + lam[:, :, None] * (p_a - p_b)[:, None, :]).reshape(-1, 3)
-            ok = _is_valid(trial, flat_m[rep], flat_sigma[rep], bounds[rep]).reshape(-1, 3)
+        lanes = np.arange(len(bad))
+        for round_ in range(_SEGMENT_ROUNDS):
+            lam = lo[lanes, None] + width[lanes, None] * _QUARTERS[None, :]  # (B, 3)
+            trial = (p_b[lanes, None, :] + lam[:, :, None] * (p_a[lanes] - p_b[lanes])[:, None, :]).reshape(-1, 3)
+            rep = np.repeat(lanes, 3)
+            if round_ == 0:
+                checked = _is_valid(np.concatenate([p_b, trial]), np.concatenate([m_bad, m_bad[rep]]),
+                                    np.concatenate([sigma_bad, sigma_bad[rep]]),
+                                    np.concatenate([bounds_bad, bounds_bad[rep]]))
+                b_valid, ok = checked[:len(bad)], checked[len(bad):].reshape(-1, 3)
+            else:
+                ok = _is_valid(trial, m_bad[rep], sigma_bad[rep], bounds_bad[rep]).reshape(-1, 3)
             # Number of leading valid trials (validity is expected to hold on [0, lambda*]).
-            passed = np.argmin(np.concatenate([ok, np.zeros((len(bad), 1), bool)], axis=1), axis=1)
-            lo = lo + width * 0.25 * passed
+            passed = np.argmin(np.concatenate([ok, np.zeros((len(lanes), 1), bool)], axis=1), axis=1)
+            lo[lanes] = lo[lanes] + width[lanes] * 0.25 * passed
             width = width * 0.25
+            if round_ == 0:
+                lanes = np.flatnonzero(b_valid)
+            if lanes.size == 0:
+                break
         p[bad] = p_b + lo[:, None] * (p_a - p_b)
         invalid[bad] = ~b_valid
     objective = np.where(invalid, np.inf, _objective(p, gram, rhs, const))
@@ -288,7 +309,7 @@ def _solve_bounded(gram, rhs, const, lower, upper):
     """
     shifted_rhs = rhs - (gram @ lower[:, :, None])[:, :, 0]
     width = upper - lower
-    q, optimal = _solve_active_set(gram, shifted_rhs, width, np.zeros(width.shape, dtype=np.int8))
+    q, optimal = _solve_active_set(gram, shifted_rhs, width, None)
     if not optimal.all():
         redo = np.flatnonzero(~optimal)
         guess = np.where(q[redo] < 0, 1, np.where(q[redo] > width[redo], 2, 0)).astype(np.int8)
@@ -302,19 +323,25 @@ def _solve_bounded(gram, rhs, const, lower, upper):
 
 def _solve_active_set(gram, rhs, upper, pattern):
     """Solve each problem (bounds 0 <= q <= upper) with a guessed active set; say where the guess
-    is optimal. pattern (n, 3): 0 free, 1 at 0, 2 at upper. For a convex QP the KKT conditions
+    is optimal. pattern (n, 3): 0 free, 1 at 0, 2 at upper; None: all free. For a convex QP the KKT conditions
     are sufficient: free coordinates inside their bounds, the gradient pointing outward at the
     bound ones."""
-    free = pattern == 0
-    target = np.where(free, rhs, np.where(pattern == 2, upper, 0.0))
-    system = np.where(free[:, :, None], gram, _EYE3)
-    q = _solve3(system, target)
-    half_gradient = (gram @ q[:, :, None])[:, :, 0] - rhs
-    slack = 1e-12 * (np.abs(rhs) + np.abs(gram).sum(axis=2) * np.abs(q))
-    with np.errstate(invalid="ignore"):
-        kkt = np.where(free, (q >= 0) & (q <= upper),
-                       np.where(pattern == 1, half_gradient >= -slack, half_gradient <= slack))
-    return np.where(np.isfinite(q), q, 0.0), np.all(kkt, axis=1) & np.all(np.isfinite(q), axis=1)
+    if pattern is None:  # no bound active: the plain system, and only the free coordinates' check
+        q = _solve3(gram, rhs)
+        with np.errstate(invalid="ignore"):
+            kkt = (q >= 0) & (q <= upper)
+    else:
+        free = pattern == 0
+        target = np.where(free, rhs, np.where(pattern == 2, upper, 0.0))
+        system = np.where(free[:, :, None], gram, _EYE3)
+        q = _solve3(system, target)
+        half_gradient = (gram @ q[:, :, None])[:, :, 0] - rhs
+        slack = 1e-12 * (np.abs(rhs) + np.abs(gram).sum(axis=2) * np.abs(q))
+        with np.errstate(invalid="ignore"):
+            kkt = np.where(free, (q >= 0) & (q <= upper),
+                           np.where(pattern == 1, half_gradient >= -slack, half_gradient <= slack))
+    finite = np.isfinite(q)
+    return np.where(finite, q, 0.0), np.all(kkt, axis=1) & np.all(finite, axis=1)
 
 
 def _solve3(m: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -343,20 +370,46 @@ def _is_valid(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.ndarra
 
 def _density_on_tau(a, c, d, m, s, tau):
     """(g, q) at k = m + s sinh(tau) for candidates given as column vectors (R, 1), where
-    q = 1 - k w'/(2w), so that g = q^2 - (w'^2/4)(1/w + 1/4) + w''/2; g is -inf where w <= 0."""
-    growth = np.exp(tau)
-    decay = 1.0 / growth
-    sinh, cosh = 0.5 * (growth - decay), 0.5 * (growth + decay)
-    k = m + s * sinh
-    # With x = k - m = sigma sinh(tau), sqrt(x^2 + sigma^2) = sigma cosh(tau), and c = b sigma,
-    # d = rho b sigma: w = a + d sinh + c cosh, w' = (d + c tanh)/sigma, w'' = c/(sigma^2 cosh^3).
-    w = a + d * sinh + c * cosh
-    w1 = (d + c * sinh / cosh) / s
-    w2 = c / (s * s * cosh**3)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = 1.0 - k * w1 / (2.0 * w)
-        g = q * q - 0.25 * w1 * w1 * (1.0 / w + 0.25) + 0.5 * w2
-    return np.where(w > 0, g, -np.inf), q
+    q = 1 - k w'/(2w), so that g = q^2 - (w'^2/4)(1/w + 1/4) + w''/2; g is -inf where w <= 0.
+
+    Evaluated in place in a few buffers (the search calls this on every candidate it prices), each
+    formula in the order written in the comments, so the values are those of the plain
+    expressions bit for bit."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        cosh = np.exp(tau)  # growth = e^tau
+        decay = np.divide(1.0, cosh)
+        sinh = np.subtract(cosh, decay)
+        sinh *= 0.5  # sinh = 0.5 * (growth - decay)
+        cosh += decay
+        cosh *= 0.5  # cosh = 0.5 * (growth + decay)
+        # With x = k - m = sigma sinh(tau), sqrt(x^2 + sigma^2) = sigma cosh(tau), and c = b sigma,
+        # d = rho b sigma: w = a + d sinh + c cosh, w' = (d + c tanh)/sigma, w'' = c/(sigma^2 cosh^3).
+        k = s * sinh
+        k += m  # k = m + s * sinh
+        w = d * sinh
+        w += a
+        w += np.multiply(c, cosh, out=decay)  # w = a + d * sinh + c * cosh
+        w1 = np.multiply(c, sinh, out=sinh)
+        w1 /= cosh
+        w1 += d
+        w1 /= s  # w1 = (d + c * sinh / cosh) / s
+        w2 = np.power(cosh, 3, out=cosh)
+        w2 *= s * s
+        np.divide(c, w2, out=w2)  # w2 = c / (s * s * cosh**3)
+        q = np.multiply(k, w1, out=k)
+        q /= np.multiply(2.0, w, out=decay)
+        np.subtract(1.0, q, out=q)  # q = 1 - k * w1 / (2 * w)
+        g = np.multiply(q, q)
+        term = np.multiply(0.25, w1, out=decay)
+        term *= w1
+        inverse_w = np.divide(1.0, w, out=w1)
+        inverse_w += 0.25
+        term *= inverse_w
+        g -= term
+        w2 *= 0.5
+        g += w2  # g = q * q - 0.25 * w1 * w1 * (1 / w + 0.25) + 0.5 * w2
+        g[~(w > 0)] = -np.inf
+    return g, q
 
 
 def _has_arbitrage(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -378,6 +431,14 @@ def _has_arbitrage(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.n
     a, u, v = p[:, 0:1], p[:, 1:2], p[:, 2:3]
     c, d = 0.5 * (u + v), 0.5 * (u - v)
     g, q = _density_on_tau(a, c, d, mm, s, tau_lo + cell * _GRID_INDEX[None, :])
+    arbitrage = g.min(axis=1) < _FIT_DENSITY_MARGIN
+    # Only the candidates the grid passed need the resampling (the answer is already True for
+    # the others).
+    rest = np.flatnonzero(~arbitrage)
+    if rest.size == 0:
+        return arbitrage
+    if rest.size < len(p):
+        g, q, tau_lo, cell, a, c, d, mm, s = (x[rest] for x in (g, q, tau_lo, cell, a, c, d, mm, s))
     flips = (q[:, 1:] > 0) != (q[:, :-1] > 0)
     first_flip = np.argmax(flips, axis=1)
     last_flip = _CHECK_GRID_POINTS - 2 - np.argmax(flips[:, ::-1], axis=1)
@@ -386,9 +447,10 @@ def _has_arbitrage(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.n
     # and the first and last cells where q changes sign; resampled together.
     starts = np.clip(np.stack([lowest - 1, lowest, first_flip, last_flip], axis=1), 0, _CHECK_GRID_POINTS - 2)
     starts = starts.astype(float)[:, :, None]  # (R, 4, 1)
-    tau_fine = (tau_lo[:, :, None] + cell[:, :, None] * (starts + _REFINE_FRACTIONS[None, None, :])).reshape(len(p), -1)
+    tau_fine = (tau_lo[:, :, None] + cell[:, :, None] * (starts + _REFINE_FRACTIONS[None, None, :])).reshape(len(g), -1)
     g_fine, _ = _density_on_tau(a, c, d, mm, s, tau_fine)
-    return (g.min(axis=1) < _FIT_DENSITY_MARGIN) | (g_fine.min(axis=1) < _FIT_DENSITY_MARGIN)
+    arbitrage[rest] = g_fine.min(axis=1) < _FIT_DENSITY_MARGIN
+    return arbitrage
 
 
 def _newton_steps(f: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
