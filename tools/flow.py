@@ -143,8 +143,12 @@ def otm_side_iv(strike, is_call, expiry, iv, forward, root=None) -> np.ndarray:
     forward = np.broadcast_to(np.asarray(forward, dtype=float), (n,))
     root_code = np.zeros(n, dtype=np.int64) if root is None else np.unique(np.asarray(root), return_inverse=True)[1]
     expiry_code = np.asarray(expiry).astype("datetime64[D]").astype(np.int64)
-    strike_code = np.unique(strike, return_inverse=True)[1]
-    _, group = np.unique(np.stack([root_code, expiry_code, strike_code], axis=1), axis=0, return_inverse=True)
+    expiry_code = np.unique(expiry_code, return_inverse=True)[1].ravel()
+    strike_code = np.unique(strike, return_inverse=True)[1].ravel()
+    root_code = root_code.ravel()
+    # One integer per (root, expiry, strike): the codes are dense, so the product cannot collide.
+    key = (root_code * (expiry_code.max(initial=0) + 1) + expiry_code) * (strike_code.max(initial=0) + 1) + strike_code
+    _, group = np.unique(key, return_inverse=True)
     group = group.ravel()
     otm = np.where(is_call, strike >= forward, strike <= forward)
     donor = otm & np.isfinite(iv)
