@@ -177,8 +177,11 @@ def _normal_equations(batch: _Batch, rows: np.ndarray, m: np.ndarray, sigma: np.
     variables (a, u, v): Gram matrices (R*P, 3, 3), right-hand sides (R*P, 3), the constant
     sum weight*w^2 (R*P,), and the box bounds lower/upper (R*P, 3)."""
     k = batch.k[rows]
-    y = (k[:, None, :] - m[:, :, None]) / sigma[:, :, None]  # (R, P, N)
-    z = np.sqrt(y * y + 1.0)
+    y = np.subtract(k[:, None, :], m[:, :, None])  # (R, P, N); in place from here on:
+    y /= sigma[:, :, None]  # y = (k - m) / sigma
+    z = np.multiply(y, y, out=y)
+    z += 1.0
+    np.sqrt(z, out=z)  # z = sqrt(y * y + 1)
     # Sums over the points: the z-dependent ones by one batched product, the rest from moments.
     sz, swz, skz = np.moveaxis(z @ batch.z_weights[rows], 2, 0)  # each (R, P)
     s0, s1, s2 = batch.s0[rows, None], batch.s1[rows, None], batch.s2[rows, None]
@@ -301,13 +304,16 @@ def _objective(p, gram, rhs, const):
 
 
 def _solve_bounded(gram, rhs, const, lower, upper):
-    """Exact minimizer of p'Gp - 2 r'p over lower <= p <= upper (substituting p = lower + q).
+    """Exact minimizer of p'Gp - 2 r'p over lower <= p <= upper (substituting p = lower + q);
+    lower must be zero but in its first column (a's bound).
 
     Fast path first: guess the active set (none; then the bounds the unconstrained solution
     crosses) and keep the guess wherever the KKT conditions prove it optimal; the full face
     enumeration `_solve_box_lsq` runs only for the rest.
     """
-    shifted_rhs = rhs - (gram @ lower[:, :, None])[:, :, 0]
+    # lower is nonzero only in a's column (every caller): G @ lower is that column times it,
+    # exactly what the full product gives (the other terms are exact zeros).
+    shifted_rhs = rhs - gram[:, :, 0] * lower[:, :1]
     width = upper - lower
     q, optimal = _solve_active_set(gram, shifted_rhs, width, None)
     if not optimal.all():
@@ -414,8 +420,7 @@ def _density_on_tau(a, c, d, m, s, tau):
         g -= term
         w2 *= 0.5
         g += w2  # g = q * q - 0.25 * w1 * w1 * (1 / w + 0.25) + 0.5 * w2
-        g[~(w > 0)] = -np.inf
-    return g, q
+    return np.where(w > 0, g, -np.inf), q
 
 
 def _has_arbitrage(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -437,25 +442,29 @@ def _has_arbitrage(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.n
     a, u, v = p[:, 0:1], p[:, 1:2], p[:, 2:3]
     c, d = 0.5 * (u + v), 0.5 * (u - v)
     g, q = _density_on_tau(a, c, d, mm, s, tau_lo + cell * _GRID_INDEX[None, :])
-    arbitrage = g.min(axis=1) < _FIT_DENSITY_MARGIN
+    # The grid minimum as the value at argmin (NaN-propagating like min, and cheaper on short rows).
+    lowest = np.argmin(g, axis=1)
+    arbitrage = g[np.arange(len(g)), lowest] < _FIT_DENSITY_MARGIN
     # Only the candidates the grid passed need the resampling (the answer is already True for
-    # the others).
+    # the others); selecting them costs more than it saves unless many failed.
     rest = np.flatnonzero(~arbitrage)
     if rest.size == 0:
         return arbitrage
-    if rest.size < len(p):
-        g, q, tau_lo, cell, a, c, d, mm, s = (x[rest] for x in (g, q, tau_lo, cell, a, c, d, mm, s))
-    flips = (q[:, 1:] > 0) != (q[:, :-1] > 0)
+    if rest.size < 0.75 * len(p):
+        q, lowest, tau_lo, cell, a, c, d, mm, s = (x[rest] for x in (q, lowest, tau_lo, cell, a, c, d, mm, s))
+    else:
+        rest = slice(None)
+    positive = q > 0
+    flips = positive[:, 1:] != positive[:, :-1]
     first_flip = np.argmax(flips, axis=1)
     last_flip = _CHECK_GRID_POINTS - 2 - np.argmax(flips[:, ::-1], axis=1)
-    lowest = np.argmin(g, axis=1)
     # Windows of one cell each (starting at grid index j): both cells beside the lowest point,
     # and the first and last cells where q changes sign; resampled together.
     starts = np.clip(np.stack([lowest - 1, lowest, first_flip, last_flip], axis=1), 0, _CHECK_GRID_POINTS - 2)
     starts = starts.astype(float)[:, :, None]  # (R, 4, 1)
-    tau_fine = (tau_lo[:, :, None] + cell[:, :, None] * (starts + _REFINE_FRACTIONS[None, None, :])).reshape(len(g), -1)
+    tau_fine = (tau_lo[:, :, None] + cell[:, :, None] * (starts + _REFINE_FRACTIONS[None, None, :])).reshape(len(q), -1)
     g_fine, _ = _density_on_tau(a, c, d, mm, s, tau_fine)
-    arbitrage[rest] = g_fine.min(axis=1) < _FIT_DENSITY_MARGIN
+    arbitrage[rest] |= g_fine[np.arange(len(g_fine)), np.argmin(g_fine, axis=1)] < _FIT_DENSITY_MARGIN
     return arbitrage
 
 
