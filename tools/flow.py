@@ -443,7 +443,9 @@ def max_pain(strike, is_call, open_interest, expiry, *, multiplier: float = 100.
             out.append(MaxPain(e, np.nan, np.nan, "no open interest for this expiry"))
             continue
         candidates = np.unique(k)[:, None]
-        payout = np.where(c, np.maximum(candidates - k, 0.0), np.maximum(k - candidates, 0.0)) * w
+        # Calls pay max(P - K, 0), puts max(K - P, 0) = max(-(P - K), 0): one difference, its
+        # sign flipped on the put columns (exact).
+        payout = np.maximum((candidates - k) * np.where(c, 1.0, -1.0), 0.0) * w  # +0.0 at P = K (numpy keeps the second zero)
         total = payout.sum(axis=1) * multiplier
         i = int(np.argmin(total))
         out.append(MaxPain(e, float(candidates[i, 0]), float(total[i])))
