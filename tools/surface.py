@@ -183,8 +183,10 @@ def _vol_spreads(chain: OptionChain, chain_iv: ChainIV, rows: np.ndarray) -> np.
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = -np.log(chain_iv.discount[rows]) / t
     args = (chain_iv.forward[rows], chain.strike[rows], t, rate, chain.is_call[rows])
-    bid_vol = implied_vol_black76(chain.bid[rows], *args).vol
-    ask_vol = implied_vol_black76(chain.ask[rows], *args).vol
+    # Bids and asks in one solve (each row's iteration is its own: the same vols as two calls).
+    vols = implied_vol_black76(np.concatenate([chain.bid[rows], chain.ask[rows]]),
+                               *(np.concatenate([a, a]) for a in args)).vol
+    bid_vol, ask_vol = vols[:rows.size], vols[rows.size:]
     return ask_vol - bid_vol
 
 

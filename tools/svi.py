@@ -376,6 +376,8 @@ def _is_valid(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.ndarra
     """A candidate (a, u, v) is a valid smile: minimum total variance a + sqrt(u v) >= 0 and no
     butterfly arbitrage on its check range."""
     valid = p[:, 0] + np.sqrt(p[:, 1] * p[:, 2]) >= 0
+    if valid.all():  # the usual case: no selection needed
+        return ~_has_arbitrage(p, m, sigma, bounds)
     valid[valid] = ~_has_arbitrage(p[valid], m[valid], sigma[valid], bounds[valid])
     return valid
 
