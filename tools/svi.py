@@ -589,11 +589,13 @@ def fit_svi_many(slices: Sequence[SmileData]) -> list[SVIFit]:
     todo = [i for i, r in enumerate(results) if r is None]
     if not todo:
         return list(results)
-    batch, spans = _make_batch([cleaned[i] for i in todo])
+    full = [cleaned[i] for i in todo]
+    batch, spans = _make_batch(full)
     # The coarse grid only has to find the right basin and the local search only has to get
     # close, so both run on thinned copies of the slices; a short polish on all points follows.
-    coarse_batch, _ = _make_batch([_thin(cleaned[i], _COARSE_MAX_POINTS) for i in todo])
-    search_batch, _ = _make_batch([_thin(cleaned[i], _SEARCH_MAX_POINTS) for i in todo])
+    # (Where no slice needed thinning, the thinned batch is the full one: the same arrays.)
+    coarse_batch = _thinned_batch(full, batch, _COARSE_MAX_POINTS)
+    search_batch = _thinned_batch(full, batch, _SEARCH_MAX_POINTS)
     n_exp = len(todo)
 
     # Coarse grid over (m, log sigma), per expiry.
@@ -616,7 +618,7 @@ def fit_svi_many(slices: Sequence[SmileData]) -> list[SVIFit]:
     start = np.stack([mm[rep, cell], ls[rep, cell]], axis=1)
     start_ok = np.isfinite(obj[rep, cell])
     if n_starts > 1:
-        search_batch, _ = _make_batch([_thin(cleaned[i], _SEARCH_MAX_POINTS) for _ in range(n_starts) for i in todo])
+        search_batch = _tile_batch(search_batch, n_starts)  # start s of expiry e at row s * E + e
     step = 0.5 * np.stack([spans * (frac_m[1] - frac_m[0]), np.full(n_exp, frac_s[1] - frac_s[0])], axis=1)
     tol = np.stack([1e-5 * spans, np.full(n_exp, 1e-5)], axis=1)
     ls_floor = np.log(_SIGMA_FLOOR_FRACTION * spans)
@@ -718,6 +720,20 @@ def _thin(slice_: tuple, max_points: int) -> tuple:
         return slice_
     order = np.argsort(k)[np.linspace(0, len(k) - 1, max_points).round().astype(int)]
     return k[order], w[order], weights[order], t
+
+
+def _thinned_batch(full: list, full_batch: _Batch, max_points: int) -> _Batch:
+    thinned = [_thin(slice_, max_points) for slice_ in full]
+    if all(t is f for t, f in zip(thinned, full)):
+        return full_batch
+    return _make_batch(thinned)[0]
+
+
+def _tile_batch(batch: _Batch, reps: int) -> _Batch:
+    """The batch's expiries repeated ``reps`` times (row s * E + e is expiry e): the arrays
+    `_make_batch` gives for the repeated list, without building them again."""
+    return _Batch(**{name: np.tile(value, (reps,) + (1,) * (value.ndim - 1))
+                     for name, value in vars(batch).items()})
 
 
 def _make_batch(cleaned: list) -> tuple[_Batch, np.ndarray]:
