@@ -347,7 +347,7 @@ def _solve_active_set(gram, rhs, upper, pattern):
             kkt = np.where(free, (q >= 0) & (q <= upper),
                            np.where(pattern == 1, half_gradient >= -slack, half_gradient <= slack))
     finite = np.isfinite(q)
-    return np.where(finite, q, 0.0), np.all(kkt, axis=1) & np.all(finite, axis=1)
+    return np.where(finite, q, 0.0), _rows_all(kkt & finite)
 
 
 # Cramer's rule on row-major 3x3 matrices: cofactor j is m[A]*m[B] - m[C]*m[D] (e.g. the first,
@@ -357,6 +357,15 @@ _COFACTOR_A, _COFACTOR_B, _COFACTOR_C, _COFACTOR_D = (np.array(col) for col in z
     (5, 6, 3, 8), (0, 8, 2, 6), (2, 3, 0, 5),
     (3, 7, 4, 6), (1, 6, 0, 7), (0, 4, 1, 3),
 ))
+
+
+def _rows_all(mask: np.ndarray) -> np.ndarray:
+    """mask.all(axis=1) for a few columns: column-wise ands, much cheaper than a reduction over
+    a short axis."""
+    out = mask[:, 0].copy()
+    for j in range(1, mask.shape[1]):
+        out &= mask[:, j]
+    return out
 
 
 def _solve3(m: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -484,7 +493,7 @@ def _newton_steps(f: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarr
         h_ms = (fd - fmp - fsp + f0) / (hm * hs)
         det = h_mm * h_ss - h_ms * h_ms
         newton = -np.stack([h_ss * grad_m - h_ms * grad_s, h_mm * grad_s - h_ms * grad_m], axis=1) / det[:, None]
-    valid = np.isfinite(det) & (h_mm > 0) & (det > 0) & np.all(np.isfinite(newton), axis=1)
+    valid = np.isfinite(det) & (h_mm > 0) & (det > 0) & _rows_all(np.isfinite(newton))
     return np.where(valid[:, None], newton, 0.0), valid
 
 
@@ -552,7 +561,7 @@ def _local_search(batch: _Batch, start: np.ndarray, ok: np.ndarray, step: np.nda
 
         newton, valid = _newton_steps(obj, step[idx])
         valid &= center_was_best
-        converged = valid & np.all(np.abs(newton) < tol[idx], axis=1)
+        converged = valid & _rows_all(np.abs(newton) < tol[idx])
         newton = np.clip(newton, -4.0 * step[idx], 4.0 * step[idx])  # trust region: the model is local
         go = valid & ~converged
         gi = idx[go]
@@ -568,7 +577,7 @@ def _local_search(batch: _Batch, start: np.ndarray, ok: np.ndarray, step: np.nda
         # shrink it well below the step just taken (else the same step is retried forever).
         overshot = idx[~center_was_best]
         step[overshot] *= 0.25
-        done = converged | (~valid & np.all(step[idx] < tol[idx], axis=1))
+        done = converged | (~valid & _rows_all(step[idx] < tol[idx]))
         history.append(best_obj.copy())
         if len(history) > _STALL_WINDOW:
             earlier = history[-1 - _STALL_WINDOW][idx]
@@ -821,7 +830,7 @@ def _solve_box_lsq(
         ], axis=1).reshape(n, 3, 3)
         det = a * adj[:, 0, 0] + b * adj[:, 1, 0] + c * adj[:, 2, 0]
         interior = (adj @ rhs[:, :, None])[:, :, 0] / det[:, None]
-        interior_ok = np.all((interior >= 0) & (interior <= upper), axis=1)
+        interior_ok = _rows_all((interior >= 0) & (interior <= upper))
 
         # Facets: coordinate I at a bound, J and L from a 2x2 solve.
         xi = bounds[rows, _FACET_I, _FACET_B]  # (G,6)
