@@ -14,6 +14,16 @@ The last line is machine-readable key=value pairs:
 * spx_ms, ndx_ms, spy_ms: best-of-R CPU time on the Cboe SPX and NDX 2022-02-04 and SPY
   2023-09-14 quote tables in ../shared/data/cboe (chains already read).
 The chains are the ones tests/test_chain_analysis_speed_equivalence.py checks the outputs of.
+
+Measured on the shared 2-core machine (default arguments, best of two runs each, alternating):
+    before the speed work (ff31ceb):  sim_ms=56.4 forwards 4.5 implied_vol 2.0 surface 40.1 flow 9.0;
+                                      spx_ms=312 ndx_ms=238 spy_ms=161
+    after:                            sim_ms=38.2 forwards 2.7 implied_vol 1.8 surface 31.2 flow 2.6;
+                                      spx_ms=176 ndx_ms=134 spy_ms=103
+Every output is unchanged bit for bit (the golden test, and full-precision comparisons of 243
+chains). What remains is mostly the SVI search (`tools.svi.fit_svi_many`, ~26 ms of a simulated
+chain): a fixed sequence of a few hundred small vectorized steps whose results depend on the exact
+shapes of its batched products, so making it cheaper again means changing the search itself.
 """
 from __future__ import annotations
 
