@@ -444,8 +444,8 @@ def max_pain(strike, is_call, open_interest, expiry, *, multiplier: float = 100.
             continue
         candidates = np.unique(k)[:, None]
         # Calls pay max(P - K, 0), puts max(K - P, 0) = max(-(P - K), 0): one difference, its
-        # sign flipped on the put columns (exact).
-        payout = np.maximum((candidates - k) * np.where(c, 1.0, -1.0), 0.0) * w  # +0.0 at P = K (numpy keeps the second zero)
+        # sign flipped on the put columns (exact; at P = K maximum(-0.0, 0.0) gives +0.0 as before).
+        payout = np.maximum((candidates - k) * np.where(c, 1.0, -1.0), 0.0) * w
         total = payout.sum(axis=1) * multiplier
         i = int(np.argmin(total))
         out.append(MaxPain(e, float(candidates[i, 0]), float(total[i])))

@@ -329,9 +329,9 @@ def _solve_bounded(gram, rhs, const, lower, upper):
 
 def _solve_active_set(gram, rhs, upper, pattern):
     """Solve each problem (bounds 0 <= q <= upper) with a guessed active set; say where the guess
-    is optimal. pattern (n, 3): 0 free, 1 at 0, 2 at upper; None: all free. For a convex QP the KKT conditions
-    are sufficient: free coordinates inside their bounds, the gradient pointing outward at the
-    bound ones."""
+    is optimal. pattern (n, 3): 0 free, 1 at 0, 2 at upper; None: all free. For a convex QP the
+    KKT conditions are sufficient: free coordinates inside their bounds, the gradient pointing
+    outward at the bound ones."""
     if pattern is None:  # no bound active: the plain system, and only the free coordinates' check
         q = _solve3(gram, rhs)
         with np.errstate(invalid="ignore"):
