@@ -204,15 +204,23 @@ def _pairs(chain: OptionChain):
     t = chain.time_to_expiry
     ok = quote_problems(chain.bid, chain.ask, chain.strike, t, spot=chain.spot, is_call=chain.is_call) \
         == QuoteProblem.OK
-    root = chain.root if chain.root is not None else np.full(len(chain), "")
-    keys = {}
-    for i in np.flatnonzero(ok):
-        keys.setdefault((chain.expiry[i], root[i], chain.strike[i]), [None, None])[0 if chain.is_call[i] else 1] = i
-    both = [(c, p) for c, p in keys.values() if c is not None and p is not None]
-    if not both:
+    rows = np.flatnonzero(ok)
+    # One key per (expiry, root, strike), numbered in order of its first valid row; the last
+    # valid call and the last valid put of each key make its pair.
+    codes = [np.unique(a[rows], return_inverse=True)[1].ravel().astype(np.int64)
+             for a in (chain.expiry, chain.root if chain.root is not None else np.zeros(len(chain)), chain.strike)]
+    _, first, key = np.unique((codes[0] * (codes[1].max(initial=0) + 1) + codes[1]) * (codes[2].max(initial=0) + 1)
+                              + codes[2], return_index=True, return_inverse=True)
+    call_of, put_of = np.full(len(first), -1), np.full(len(first), -1)
+    is_call = chain.is_call[rows]
+    np.maximum.at(call_of, key[is_call], rows[is_call])
+    np.maximum.at(put_of, key[~is_call], rows[~is_call])
+    in_order = np.argsort(first, kind="stable")
+    paired = in_order[(call_of[in_order] >= 0) & (put_of[in_order] >= 0)]
+    if paired.size == 0:
         empty = np.array([], dtype=float)
         return np.array([], dtype="datetime64[D]"), empty, empty, empty
-    calls, puts = np.array(both).T
+    calls, puts = call_of[paired], put_of[paired]
     mid, half_spread = chain.mid, 0.5 * (chain.ask - chain.bid)
     return (chain.expiry[calls].astype("datetime64[D]"), chain.strike[calls], mid[calls] - mid[puts],
             half_spread[calls] + half_spread[puts])

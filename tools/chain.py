@@ -81,7 +81,13 @@ class OptionChain:
 
     @property
     def time_to_expiry(self) -> np.ndarray:
-        return years_to_expiry(self.expiry, self.as_of)
+        """Years from `as_of` to each row's expiry close (a fresh copy each call; computed once,
+        as one chain analysis asks for it at every stage)."""
+        cached = self.__dict__.get("_time_to_expiry")
+        if cached is None or cached[0] is not self.expiry or cached[1] != self.as_of:
+            cached = (self.expiry, self.as_of, years_to_expiry(self.expiry, self.as_of))
+            self.__dict__["_time_to_expiry"] = cached  # frozen dataclass: the cache is not a field
+        return cached[2].copy()
 
     @property
     def expiries(self) -> np.ndarray:

@@ -36,7 +36,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from tools.chain import OptionChain
-from tools.pricing import bsm_gamma, bsm_greeks
+from tools.pricing import _pdf, bsm_gamma, bsm_greeks
 
 DAYS_PER_YEAR = 365.0
 ONE_PERCENT = 0.01
@@ -143,8 +143,12 @@ def otm_side_iv(strike, is_call, expiry, iv, forward, root=None) -> np.ndarray:
     forward = np.broadcast_to(np.asarray(forward, dtype=float), (n,))
     root_code = np.zeros(n, dtype=np.int64) if root is None else np.unique(np.asarray(root), return_inverse=True)[1]
     expiry_code = np.asarray(expiry).astype("datetime64[D]").astype(np.int64)
-    strike_code = np.unique(strike, return_inverse=True)[1]
-    _, group = np.unique(np.stack([root_code, expiry_code, strike_code], axis=1), axis=0, return_inverse=True)
+    expiry_code = np.unique(expiry_code, return_inverse=True)[1].ravel()
+    strike_code = np.unique(strike, return_inverse=True)[1].ravel()
+    root_code = root_code.ravel()
+    # One integer per (root, expiry, strike): the codes are dense, so the product cannot collide.
+    key = (root_code * (expiry_code.max(initial=0) + 1) + expiry_code) * (strike_code.max(initial=0) + 1) + strike_code
+    _, group = np.unique(key, return_inverse=True)
     group = group.ravel()
     otm = np.where(is_call, strike >= forward, strike <= forward)
     donor = otm & np.isfinite(iv)
@@ -265,16 +269,41 @@ def gamma_exposure_profile(
     return _profile(rows, spots, multiplier)
 
 
+class _GammaSweep:
+    """Total GEX of fixed rows at any hypothetical spots, for sweeps and root finding.
+
+    The same arithmetic as `_gex_per_row` (so the same numbers, bit for bit), with the parts that
+    do not depend on spot (vol * sqrt(t), the carry, exp(-q t)) computed once per chain rather
+    than once per spot, and without `bsm_gamma`'s edge-case masks: `_exposure_rows` has already
+    left out every row they would catch (t <= 0, vol <= 0, a missing input) and the spots are
+    positive and finite."""
+
+    def __init__(self, rows: _Rows, multiplier: float) -> None:
+        self.rows, self.multiplier = rows, multiplier
+        self.sd = rows.iv * np.sqrt(rows.t)
+        self.carry = (rows.rate - rows.div_yield) * rows.t
+        self.half_sd = 0.5 * self.sd
+        self.disc_q = np.exp(-rows.div_yield * rows.t)
+
+    def __call__(self, spots: np.ndarray) -> np.ndarray:
+        rows = self.rows
+        n = len(rows.strike)
+        if n == 0:
+            return np.full(len(spots), np.nan)
+        out = np.empty(len(spots))
+        block = max(1, _SWEEP_BLOCK_ELEMENTS // n)
+        with np.errstate(all="ignore"):
+            for start in range(0, len(spots), block):
+                s = spots[start:start + block, None]
+                d1 = (np.log(s / rows.strike) + self.carry) / self.sd + self.half_sd
+                gamma = self.disc_q * _pdf(d1) / (s * self.sd)
+                per_row = rows.sign * gamma * rows.open_interest * self.multiplier * s**2 * ONE_PERCENT
+                out[start:start + block] = per_row.sum(axis=1)
+        return out
+
+
 def _profile(rows: _Rows, spots: np.ndarray, multiplier: float) -> np.ndarray:
-    n = len(rows.strike)
-    if n == 0:
-        return np.full(len(spots), np.nan)
-    out = np.empty(len(spots))
-    block = max(1, _SWEEP_BLOCK_ELEMENTS // n)
-    for start in range(0, len(spots), block):
-        s = spots[start:start + block, None]
-        out[start:start + block] = _gex_per_row(rows, s, multiplier).sum(axis=1)
-    return out
+    return _GammaSweep(rows, multiplier)(spots)
 
 
 @dataclass(frozen=True)
@@ -310,7 +339,8 @@ def zero_gamma_level(
         raise ValueError(f"grid_points must be at least 3, got {grid_points}")
     rows = _exposure_rows(strike, is_call, open_interest, iv, t, rate, div_yield)
     grid = spot * (1.0 + np.linspace(-grid_width, grid_width, grid_points))
-    profile = _profile(rows, grid, multiplier)
+    sweep = _GammaSweep(rows, multiplier)
+    profile = sweep(grid)
 
     def result(level, reason, crossings=np.empty(0)):
         return ZeroGamma(level=level, reason=reason, crossings=crossings, spot_grid=grid,
@@ -326,7 +356,7 @@ def zero_gamma_level(
     brackets = np.nonzero(sign[:-1] * sign[1:] < 0)[0]
 
     def f(s):
-        return float(_profile(rows, np.array([s]), multiplier)[0])
+        return float(sweep(np.array([s]))[0])
 
     for i in brackets:
         crossings.append(brentq(f, grid[i], grid[i + 1], xtol=1e-10 * spot, rtol=1e-12))
@@ -413,7 +443,9 @@ def max_pain(strike, is_call, open_interest, expiry, *, multiplier: float = 100.
             out.append(MaxPain(e, np.nan, np.nan, "no open interest for this expiry"))
             continue
         candidates = np.unique(k)[:, None]
-        payout = np.where(c, np.maximum(candidates - k, 0.0), np.maximum(k - candidates, 0.0)) * w
+        # Calls pay max(P - K, 0), puts max(K - P, 0) = max(-(P - K), 0): one difference, its
+        # sign flipped on the put columns (exact; at P = K maximum(-0.0, 0.0) gives +0.0 as before).
+        payout = np.maximum((candidates - k) * np.where(c, 1.0, -1.0), 0.0) * w
         total = payout.sum(axis=1) * multiplier
         i = int(np.argmin(total))
         out.append(MaxPain(e, float(candidates[i, 0]), float(total[i])))

@@ -183,8 +183,10 @@ def _vol_spreads(chain: OptionChain, chain_iv: ChainIV, rows: np.ndarray) -> np.
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = -np.log(chain_iv.discount[rows]) / t
     args = (chain_iv.forward[rows], chain.strike[rows], t, rate, chain.is_call[rows])
-    bid_vol = implied_vol_black76(chain.bid[rows], *args).vol
-    ask_vol = implied_vol_black76(chain.ask[rows], *args).vol
+    # Bids and asks in one solve (each row's iteration is its own: the same vols as two calls).
+    vols = implied_vol_black76(np.concatenate([chain.bid[rows], chain.ask[rows]]),
+                               *(np.concatenate([a, a]) for a in args)).vol
+    bid_vol, ask_vol = vols[:rows.size], vols[rows.size:]
     return ask_vol - bid_vol
 
 
@@ -238,19 +240,23 @@ def _collect_slices(chain: OptionChain, chain_iv: ChainIV) -> tuple[list, list[_
     t_all = chain.time_to_expiry
     usable = usable_quotes(chain, chain_iv)
     expiry_days = chain.expiry.astype("datetime64[D]")
-    roots = chain.root if chain.root is not None else np.full(len(chain), "", dtype=object)
     spreads = np.full(len(chain), np.nan)
     idx_usable = np.flatnonzero(usable)
     spreads[idx_usable] = _vol_spreads(chain, chain_iv, idx_usable)
 
     slices: list[SmileSlice | None] = []
     pending: list[_PendingFit] = []
-    for expiry in np.unique(expiry_days):
-        in_expiry = expiry_days == expiry
-        t = float(t_all[in_expiry][0])
-        forward = float(chain_iv.forward[in_expiry][0])
-        discount = float(chain_iv.discount[in_expiry][0])
-        rows, root = _best_root_rows(in_expiry & usable, roots)
+    # Each expiry's rows in chain order, from one stable sort rather than a mask per expiry.
+    expiries, which = np.unique(expiry_days, return_inverse=True)
+    by_expiry = np.argsort(which.ravel(), kind="stable")
+    ends = np.cumsum(np.bincount(which.ravel(), minlength=len(expiries)))
+    for expiry, end, count in zip(expiries, ends, np.diff(ends, prepend=0)):
+        members = by_expiry[end - count:end]
+        first = members[0]
+        t = float(t_all[first])
+        forward = float(chain_iv.forward[first])
+        discount = float(chain_iv.discount[first])
+        rows, root = _best_root_rows(members[usable[members]], chain.root)
         k = np.log(chain.strike[rows] / forward) if rows.size else np.empty(0)
         k_range = (float(k.min()), float(k.max())) if rows.size else (float("nan"), float("nan"))
         if t <= 0:
@@ -280,9 +286,10 @@ def _check_forwards(forwards, expiry_days, row_forward, usable) -> None:
             raise ValueError(f"chain IV for {e} used forward {row_forward[rows][0]}, the forward curve has {f}")
 
 
-def _best_root_rows(mask: np.ndarray, roots: np.ndarray) -> tuple[np.ndarray, str | None]:
-    rows = np.flatnonzero(mask)
-    if rows.size == 0:
+def _best_root_rows(rows: np.ndarray, roots: np.ndarray | None) -> tuple[np.ndarray, str | None]:
+    """Of one expiry's usable ``rows`` (ascending), those of the root with the most of them
+    (ties: the first root name in sorted order); no roots given: all of them."""
+    if rows.size == 0 or roots is None:
         return rows, None
     names, counts = np.unique(roots[rows].astype(str), return_counts=True)
     best = names[np.argmax(counts)]

@@ -177,8 +177,11 @@ def _normal_equations(batch: _Batch, rows: np.ndarray, m: np.ndarray, sigma: np.
     variables (a, u, v): Gram matrices (R*P, 3, 3), right-hand sides (R*P, 3), the constant
     sum weight*w^2 (R*P,), and the box bounds lower/upper (R*P, 3)."""
     k = batch.k[rows]
-    y = (k[:, None, :] - m[:, :, None]) / sigma[:, :, None]  # (R, P, N)
-    z = np.sqrt(y * y + 1.0)
+    y = np.subtract(k[:, None, :], m[:, :, None])  # (R, P, N); in place from here on:
+    y /= sigma[:, :, None]  # y = (k - m) / sigma
+    z = np.multiply(y, y, out=y)
+    z += 1.0
+    np.sqrt(z, out=z)  # z = sqrt(y * y + 1)
     # Sums over the points: the z-dependent ones by one batched product, the rest from moments.
     sz, swz, skz = np.moveaxis(z @ batch.z_weights[rows], 2, 0)  # each (R, P)
     s0, s1, s2 = batch.s0[rows, None], batch.s1[rows, None], batch.s2[rows, None]
@@ -188,18 +191,26 @@ def _normal_equations(batch: _Batch, rows: np.ndarray, m: np.ndarray, sigma: np.
     szy = (skz - m * sz) / sigma
     swy = (r1 - m * r0) / sigma
     # Basis 1, u = (z + y)/2, v = (z - y)/2 (u v = 1/4): w = a + u*(c + d) + v*(c - d).
-    g00 = np.broadcast_to(s0, m.shape)
-    g01, g02 = 0.5 * (sz + sy), 0.5 * (sz - sy)
-    g11 = 0.25 * (2.0 * syy + s0 + 2.0 * szy)
-    g22 = 0.25 * (2.0 * syy + s0 - 2.0 * szy)
-    g12 = np.broadcast_to(0.25 * s0, m.shape)
-    gram = np.stack([g00, g01, g02, g01, g11, g12, g02, g12, g22], axis=-1).reshape(-1, 3, 3)
-    rhs = np.stack([np.broadcast_to(r0, m.shape), 0.5 * (swz + swy), 0.5 * (swz - swy)], axis=-1).reshape(-1, 3)
+    # Filled in place (the Gram matrix row-major, symmetric), not stacked from broadcasts.
+    gram = np.empty(m.shape + (9,))
+    gram[..., 0] = s0
+    gram[..., 1] = gram[..., 3] = 0.5 * (sz + sy)
+    gram[..., 2] = gram[..., 6] = 0.5 * (sz - sy)
+    gram[..., 4] = 0.25 * (2.0 * syy + s0 + 2.0 * szy)
+    gram[..., 5] = gram[..., 7] = 0.25 * s0
+    gram[..., 8] = 0.25 * (2.0 * syy + s0 - 2.0 * szy)
+    rhs = np.empty(m.shape + (3,))
+    rhs[..., 0] = r0
+    rhs[..., 1] = 0.5 * (swz + swy)
+    rhs[..., 2] = 0.5 * (swz - swy)
     const = np.broadcast_to(c, m.shape).ravel()
     cap = (_SLOPE_CAP * sigma).ravel()
-    upper = np.stack([np.broadcast_to(batch.w_max[rows, None], m.shape).ravel(), cap, cap], axis=1)
+    upper = np.empty((cap.size, 3))
+    upper.reshape(m.shape + (3,))[..., 0] = batch.w_max[rows, None]
+    upper[:, 1] = upper[:, 2] = cap
     lower = np.zeros_like(upper)
     lower[:, 0] = -cap
+    gram, rhs = gram.reshape(-1, 3, 3), rhs.reshape(-1, 3)
     return gram, rhs, const, lower, upper
 
 
@@ -229,19 +240,32 @@ def _inner(batch: _Batch, rows: np.ndarray, m: np.ndarray, sigma: np.ndarray):
         lower_b[:, 0] = 0.0
         p_a = p[bad]
         p_b = _solve_bounded(gram[bad], rhs[bad], const[bad], lower_b, upper[bad])
-        b_valid = _is_valid(p_b, flat_m[bad], flat_sigma[bad], bounds[bad])
+        m_bad, sigma_bad, bounds_bad = flat_m[bad], flat_sigma[bad], bounds[bad]
         # Search the segment in rounds: each round tests 3 interior points of the current
         # bracket at once (one vectorized check) and keeps the quarter below the first failure.
+        # The first round's points do not depend on B, so B is checked in the same call; later
+        # rounds run only where B is valid (elsewhere the point is +inf whatever it is).
         lo, width = np.zeros(len(bad)), np.ones(len(bad))
-        rep = np.repeat(bad, 3)
-        for _ in range(_SEGMENT_ROUNDS):
-            lam = lo[:, None] + width[:, None] * _QUARTERS[None, :]  # (B, 3)
-            trial = (p_b[:, None, :] + lam[:, :, None] * (p_a - p_b)[:, None, :]).reshape(-1, 3)
-            ok = _is_valid(trial, flat_m[rep], flat_sigma[rep], bounds[rep]).reshape(-1, 3)
+        lanes = np.arange(len(bad))
+        for round_ in range(_SEGMENT_ROUNDS):
+            lam = lo[lanes, None] + width[lanes, None] * _QUARTERS[None, :]  # (B, 3)
+            trial = (p_b[lanes, None, :] + lam[:, :, None] * (p_a[lanes] - p_b[lanes])[:, None, :]).reshape(-1, 3)
+            rep = np.repeat(lanes, 3)
+            if round_ == 0:
+                checked = _is_valid(np.concatenate([p_b, trial]), np.concatenate([m_bad, m_bad[rep]]),
+                                    np.concatenate([sigma_bad, sigma_bad[rep]]),
+                                    np.concatenate([bounds_bad, bounds_bad[rep]]))
+                b_valid, ok = checked[:len(bad)], checked[len(bad):].reshape(-1, 3)
+            else:
+                ok = _is_valid(trial, m_bad[rep], sigma_bad[rep], bounds_bad[rep]).reshape(-1, 3)
             # Number of leading valid trials (validity is expected to hold on [0, lambda*]).
-            passed = np.argmin(np.concatenate([ok, np.zeros((len(bad), 1), bool)], axis=1), axis=1)
-            lo = lo + width * 0.25 * passed
+            passed = np.argmin(np.concatenate([ok, np.zeros((len(lanes), 1), bool)], axis=1), axis=1)
+            lo[lanes] = lo[lanes] + width[lanes] * 0.25 * passed
             width = width * 0.25
+            if round_ == 0:
+                lanes = np.flatnonzero(b_valid)
+            if lanes.size == 0:
+                break
         p[bad] = p_b + lo[:, None] * (p_a - p_b)
         invalid[bad] = ~b_valid
     objective = np.where(invalid, np.inf, _objective(p, gram, rhs, const))
@@ -280,15 +304,18 @@ def _objective(p, gram, rhs, const):
 
 
 def _solve_bounded(gram, rhs, const, lower, upper):
-    """Exact minimizer of p'Gp - 2 r'p over lower <= p <= upper (substituting p = lower + q).
+    """Exact minimizer of p'Gp - 2 r'p over lower <= p <= upper (substituting p = lower + q);
+    lower must be zero but in its first column (a's bound).
 
     Fast path first: guess the active set (none; then the bounds the unconstrained solution
     crosses) and keep the guess wherever the KKT conditions prove it optimal; the full face
     enumeration `_solve_box_lsq` runs only for the rest.
     """
-    shifted_rhs = rhs - (gram @ lower[:, :, None])[:, :, 0]
+    # lower is nonzero only in a's column (every caller): G @ lower is that column times it,
+    # exactly what the full product gives (the other terms are exact zeros).
+    shifted_rhs = rhs - gram[:, :, 0] * lower[:, :1]
     width = upper - lower
-    q, optimal = _solve_active_set(gram, shifted_rhs, width, np.zeros(width.shape, dtype=np.int8))
+    q, optimal = _solve_active_set(gram, shifted_rhs, width, None)
     if not optimal.all():
         redo = np.flatnonzero(~optimal)
         guess = np.where(q[redo] < 0, 1, np.where(q[redo] > width[redo], 2, 0)).astype(np.int8)
@@ -302,60 +329,108 @@ def _solve_bounded(gram, rhs, const, lower, upper):
 
 def _solve_active_set(gram, rhs, upper, pattern):
     """Solve each problem (bounds 0 <= q <= upper) with a guessed active set; say where the guess
-    is optimal. pattern (n, 3): 0 free, 1 at 0, 2 at upper. For a convex QP the KKT conditions
-    are sufficient: free coordinates inside their bounds, the gradient pointing outward at the
-    bound ones."""
-    free = pattern == 0
-    target = np.where(free, rhs, np.where(pattern == 2, upper, 0.0))
-    system = np.where(free[:, :, None], gram, _EYE3)
-    q = _solve3(system, target)
-    half_gradient = (gram @ q[:, :, None])[:, :, 0] - rhs
-    slack = 1e-12 * (np.abs(rhs) + np.abs(gram).sum(axis=2) * np.abs(q))
-    with np.errstate(invalid="ignore"):
-        kkt = np.where(free, (q >= 0) & (q <= upper),
-                       np.where(pattern == 1, half_gradient >= -slack, half_gradient <= slack))
-    return np.where(np.isfinite(q), q, 0.0), np.all(kkt, axis=1) & np.all(np.isfinite(q), axis=1)
+    is optimal. pattern (n, 3): 0 free, 1 at 0, 2 at upper; None: all free. For a convex QP the
+    KKT conditions are sufficient: free coordinates inside their bounds, the gradient pointing
+    outward at the bound ones."""
+    if pattern is None:  # no bound active: the plain system, and only the free coordinates' check
+        q = _solve3(gram, rhs)
+        with np.errstate(invalid="ignore"):
+            kkt = (q >= 0) & (q <= upper)
+    else:
+        free = pattern == 0
+        target = np.where(free, rhs, np.where(pattern == 2, upper, 0.0))
+        system = np.where(free[:, :, None], gram, _EYE3)
+        q = _solve3(system, target)
+        half_gradient = (gram @ q[:, :, None])[:, :, 0] - rhs
+        slack = 1e-12 * (np.abs(rhs) + np.abs(gram).sum(axis=2) * np.abs(q))
+        with np.errstate(invalid="ignore"):
+            kkt = np.where(free, (q >= 0) & (q <= upper),
+                           np.where(pattern == 1, half_gradient >= -slack, half_gradient <= slack))
+    finite = np.isfinite(q)
+    return np.where(finite, q, 0.0), _rows_all(kkt & finite)
+
+
+# Cramer's rule on row-major 3x3 matrices: cofactor j is m[A]*m[B] - m[C]*m[D] (e.g. the first,
+# e*i - f*h), the cofactor matrix laid out row-major like m.
+_COFACTOR_A, _COFACTOR_B, _COFACTOR_C, _COFACTOR_D = (np.array(col) for col in zip(
+    (4, 8, 5, 7), (2, 7, 1, 8), (1, 5, 2, 4),
+    (5, 6, 3, 8), (0, 8, 2, 6), (2, 3, 0, 5),
+    (3, 7, 4, 6), (1, 6, 0, 7), (0, 4, 1, 3),
+))
+
+
+def _rows_all(mask: np.ndarray) -> np.ndarray:
+    """mask.all(axis=1) for a few columns: column-wise ands, much cheaper than a reduction over
+    a short axis."""
+    out = mask[:, 0].copy()
+    for j in range(1, mask.shape[1]):
+        out &= mask[:, j]
+    return out
 
 
 def _solve3(m: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Cramer's rule for a batch of 3x3 systems m (n,3,3) q = r (n,3); non-finite if singular."""
-    a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
-    d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
-    g, h, i = m[:, 2, 0], m[:, 2, 1], m[:, 2, 2]
-    c00, c01, c02 = e * i - f * h, c * h - b * i, b * f - c * e
-    c10, c11, c12 = f * g - d * i, a * i - c * g, c * d - a * f
-    c20, c21, c22 = d * h - e * g, b * g - a * h, a * e - b * d
-    det = a * c00 + b * c10 + c * c20
-    r0, r1, r2 = r[:, 0], r[:, 1], r[:, 2]
+    """Cramer's rule for a batch of 3x3 systems m (n,3,3) q = r (n,3); non-finite if singular.
+
+    All nine cofactors in one pass of gathered columns (the same products and differences,
+    in the same order, as writing each out)."""
+    flat = m.reshape(len(m), 9)
+    cof = flat[:, _COFACTOR_A] * flat[:, _COFACTOR_B] - flat[:, _COFACTOR_C] * flat[:, _COFACTOR_D]
+    det = flat[:, 0] * cof[:, 0] + flat[:, 1] * cof[:, 3] + flat[:, 2] * cof[:, 6]
+    terms = cof.reshape(-1, 3, 3) * r[:, None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.stack([c00 * r0 + c01 * r1 + c02 * r2,
-                         c10 * r0 + c11 * r1 + c12 * r2,
-                         c20 * r0 + c21 * r1 + c22 * r2], axis=1) / det[:, None]
+        return (terms[:, :, 0] + terms[:, :, 1] + terms[:, :, 2]) / det[:, None]
 
 
 def _is_valid(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """A candidate (a, u, v) is a valid smile: minimum total variance a + sqrt(u v) >= 0 and no
     butterfly arbitrage on its check range."""
     valid = p[:, 0] + np.sqrt(p[:, 1] * p[:, 2]) >= 0
+    if valid.all():  # the usual case: no selection needed
+        return ~_has_arbitrage(p, m, sigma, bounds)
     valid[valid] = ~_has_arbitrage(p[valid], m[valid], sigma[valid], bounds[valid])
     return valid
 
 
 def _density_on_tau(a, c, d, m, s, tau):
     """(g, q) at k = m + s sinh(tau) for candidates given as column vectors (R, 1), where
-    q = 1 - k w'/(2w), so that g = q^2 - (w'^2/4)(1/w + 1/4) + w''/2; g is -inf where w <= 0."""
-    growth = np.exp(tau)
-    decay = 1.0 / growth
-    sinh, cosh = 0.5 * (growth - decay), 0.5 * (growth + decay)
-    k = m + s * sinh
-    # With x = k - m = sigma sinh(tau), sqrt(x^2 + sigma^2) = sigma cosh(tau), and c = b sigma,
-    # d = rho b sigma: w = a + d sinh + c cosh, w' = (d + c tanh)/sigma, w'' = c/(sigma^2 cosh^3).
-    w = a + d * sinh + c * cosh
-    w1 = (d + c * sinh / cosh) / s
-    w2 = c / (s * s * cosh**3)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = 1.0 - k * w1 / (2.0 * w)
-        g = q * q - 0.25 * w1 * w1 * (1.0 / w + 0.25) + 0.5 * w2
+    q = 1 - k w'/(2w), so that g = q^2 - (w'^2/4)(1/w + 1/4) + w''/2; g is -inf where w <= 0.
+
+    Evaluated in place in a few buffers (the search calls this on every candidate it prices), each
+    formula in the order written in the comments, so the values are those of the plain
+    expressions bit for bit."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        cosh = np.exp(tau)  # growth = e^tau
+        decay = np.divide(1.0, cosh)
+        sinh = np.subtract(cosh, decay)
+        sinh *= 0.5  # sinh = 0.5 * (growth - decay)
+        cosh += decay
+        cosh *= 0.5  # cosh = 0.5 * (growth + decay)
+        # With x = k - m = sigma sinh(tau), sqrt(x^2 + sigma^2) = sigma cosh(tau), and c = b sigma,
+        # d = rho b sigma: w = a + d sinh + c cosh, w' = (d + c tanh)/sigma, w'' = c/(sigma^2 cosh^3).
+        k = s * sinh
+        k += m  # k = m + s * sinh
+        w = d * sinh
+        w += a
+        w += np.multiply(c, cosh, out=decay)  # w = a + d * sinh + c * cosh
+        w1 = np.multiply(c, sinh, out=sinh)
+        w1 /= cosh
+        w1 += d
+        w1 /= s  # w1 = (d + c * sinh / cosh) / s
+        w2 = np.power(cosh, 3, out=cosh)
+        w2 *= s * s
+        np.divide(c, w2, out=w2)  # w2 = c / (s * s * cosh**3)
+        q = np.multiply(k, w1, out=k)
+        q /= np.multiply(2.0, w, out=decay)
+        np.subtract(1.0, q, out=q)  # q = 1 - k * w1 / (2 * w)
+        g = np.multiply(q, q)
+        term = np.multiply(0.25, w1, out=decay)
+        term *= w1
+        inverse_w = np.divide(1.0, w, out=w1)
+        inverse_w += 0.25
+        term *= inverse_w
+        g -= term
+        w2 *= 0.5
+        g += w2  # g = q * q - 0.25 * w1 * w1 * (1 / w + 0.25) + 0.5 * w2
     return np.where(w > 0, g, -np.inf), q
 
 
@@ -378,17 +453,30 @@ def _has_arbitrage(p: np.ndarray, m: np.ndarray, sigma: np.ndarray, bounds: np.n
     a, u, v = p[:, 0:1], p[:, 1:2], p[:, 2:3]
     c, d = 0.5 * (u + v), 0.5 * (u - v)
     g, q = _density_on_tau(a, c, d, mm, s, tau_lo + cell * _GRID_INDEX[None, :])
-    flips = (q[:, 1:] > 0) != (q[:, :-1] > 0)
+    # The grid minimum as the value at argmin (NaN-propagating like min, and cheaper on short rows).
+    lowest = np.argmin(g, axis=1)
+    arbitrage = g[np.arange(len(g)), lowest] < _FIT_DENSITY_MARGIN
+    # Only the candidates the grid passed need the resampling (the answer is already True for
+    # the others); selecting them costs more than it saves unless many failed.
+    rest = np.flatnonzero(~arbitrage)
+    if rest.size == 0:
+        return arbitrage
+    if rest.size < 0.75 * len(p):
+        q, lowest, tau_lo, cell, a, c, d, mm, s = (x[rest] for x in (q, lowest, tau_lo, cell, a, c, d, mm, s))
+    else:
+        rest = slice(None)
+    positive = q > 0
+    flips = positive[:, 1:] != positive[:, :-1]
     first_flip = np.argmax(flips, axis=1)
     last_flip = _CHECK_GRID_POINTS - 2 - np.argmax(flips[:, ::-1], axis=1)
-    lowest = np.argmin(g, axis=1)
     # Windows of one cell each (starting at grid index j): both cells beside the lowest point,
     # and the first and last cells where q changes sign; resampled together.
     starts = np.clip(np.stack([lowest - 1, lowest, first_flip, last_flip], axis=1), 0, _CHECK_GRID_POINTS - 2)
     starts = starts.astype(float)[:, :, None]  # (R, 4, 1)
-    tau_fine = (tau_lo[:, :, None] + cell[:, :, None] * (starts + _REFINE_FRACTIONS[None, None, :])).reshape(len(p), -1)
+    tau_fine = (tau_lo[:, :, None] + cell[:, :, None] * (starts + _REFINE_FRACTIONS[None, None, :])).reshape(len(q), -1)
     g_fine, _ = _density_on_tau(a, c, d, mm, s, tau_fine)
-    return (g.min(axis=1) < _FIT_DENSITY_MARGIN) | (g_fine.min(axis=1) < _FIT_DENSITY_MARGIN)
+    arbitrage[rest] |= g_fine[np.arange(len(g_fine)), np.argmin(g_fine, axis=1)] < _FIT_DENSITY_MARGIN
+    return arbitrage
 
 
 def _newton_steps(f: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -405,7 +493,7 @@ def _newton_steps(f: np.ndarray, step: np.ndarray) -> tuple[np.ndarray, np.ndarr
         h_ms = (fd - fmp - fsp + f0) / (hm * hs)
         det = h_mm * h_ss - h_ms * h_ms
         newton = -np.stack([h_ss * grad_m - h_ms * grad_s, h_mm * grad_s - h_ms * grad_m], axis=1) / det[:, None]
-    valid = np.isfinite(det) & (h_mm > 0) & (det > 0) & np.all(np.isfinite(newton), axis=1)
+    valid = np.isfinite(det) & (h_mm > 0) & (det > 0) & _rows_all(np.isfinite(newton))
     return np.where(valid[:, None], newton, 0.0), valid
 
 
@@ -473,7 +561,7 @@ def _local_search(batch: _Batch, start: np.ndarray, ok: np.ndarray, step: np.nda
 
         newton, valid = _newton_steps(obj, step[idx])
         valid &= center_was_best
-        converged = valid & np.all(np.abs(newton) < tol[idx], axis=1)
+        converged = valid & _rows_all(np.abs(newton) < tol[idx])
         newton = np.clip(newton, -4.0 * step[idx], 4.0 * step[idx])  # trust region: the model is local
         go = valid & ~converged
         gi = idx[go]
@@ -489,7 +577,7 @@ def _local_search(batch: _Batch, start: np.ndarray, ok: np.ndarray, step: np.nda
         # shrink it well below the step just taken (else the same step is retried forever).
         overshot = idx[~center_was_best]
         step[overshot] *= 0.25
-        done = converged | (~valid & np.all(step[idx] < tol[idx], axis=1))
+        done = converged | (~valid & _rows_all(step[idx] < tol[idx]))
         history.append(best_obj.copy())
         if len(history) > _STALL_WINDOW:
             earlier = history[-1 - _STALL_WINDOW][idx]
@@ -510,11 +598,13 @@ def fit_svi_many(slices: Sequence[SmileData]) -> list[SVIFit]:
     todo = [i for i, r in enumerate(results) if r is None]
     if not todo:
         return list(results)
-    batch, spans = _make_batch([cleaned[i] for i in todo])
+    full = [cleaned[i] for i in todo]
+    batch, spans = _make_batch(full)
     # The coarse grid only has to find the right basin and the local search only has to get
     # close, so both run on thinned copies of the slices; a short polish on all points follows.
-    coarse_batch, _ = _make_batch([_thin(cleaned[i], _COARSE_MAX_POINTS) for i in todo])
-    search_batch, _ = _make_batch([_thin(cleaned[i], _SEARCH_MAX_POINTS) for i in todo])
+    # (Where no slice needed thinning, the thinned batch is the full one: the same arrays.)
+    coarse_batch = _thinned_batch(full, batch, _COARSE_MAX_POINTS)
+    search_batch = _thinned_batch(full, batch, _SEARCH_MAX_POINTS)
     n_exp = len(todo)
 
     # Coarse grid over (m, log sigma), per expiry.
@@ -537,7 +627,7 @@ def fit_svi_many(slices: Sequence[SmileData]) -> list[SVIFit]:
     start = np.stack([mm[rep, cell], ls[rep, cell]], axis=1)
     start_ok = np.isfinite(obj[rep, cell])
     if n_starts > 1:
-        search_batch, _ = _make_batch([_thin(cleaned[i], _SEARCH_MAX_POINTS) for _ in range(n_starts) for i in todo])
+        search_batch = _tile_batch(search_batch, n_starts)  # start s of expiry e at row s * E + e
     step = 0.5 * np.stack([spans * (frac_m[1] - frac_m[0]), np.full(n_exp, frac_s[1] - frac_s[0])], axis=1)
     tol = np.stack([1e-5 * spans, np.full(n_exp, 1e-5)], axis=1)
     ls_floor = np.log(_SIGMA_FLOOR_FRACTION * spans)
@@ -641,6 +731,20 @@ def _thin(slice_: tuple, max_points: int) -> tuple:
     return k[order], w[order], weights[order], t
 
 
+def _thinned_batch(full: list, full_batch: _Batch, max_points: int) -> _Batch:
+    thinned = [_thin(slice_, max_points) for slice_ in full]
+    if all(t is f for t, f in zip(thinned, full)):
+        return full_batch
+    return _make_batch(thinned)[0]
+
+
+def _tile_batch(batch: _Batch, reps: int) -> _Batch:
+    """The batch's expiries repeated ``reps`` times (row s * E + e is expiry e): the arrays
+    `_make_batch` gives for the repeated list, without building them again."""
+    return _Batch(**{name: np.tile(value, (reps,) + (1,) * (value.ndim - 1))
+                     for name, value in vars(batch).items()})
+
+
 def _make_batch(cleaned: list) -> tuple[_Batch, np.ndarray]:
     n_exp = len(cleaned)
     n_max = max(len(c[0]) for c in cleaned)
@@ -726,7 +830,7 @@ def _solve_box_lsq(
         ], axis=1).reshape(n, 3, 3)
         det = a * adj[:, 0, 0] + b * adj[:, 1, 0] + c * adj[:, 2, 0]
         interior = (adj @ rhs[:, :, None])[:, :, 0] / det[:, None]
-        interior_ok = np.all((interior >= 0) & (interior <= upper), axis=1)
+        interior_ok = _rows_all((interior >= 0) & (interior <= upper))
 
         # Facets: coordinate I at a bound, J and L from a 2x2 solve.
         xi = bounds[rows, _FACET_I, _FACET_B]  # (G,6)
