@@ -14,14 +14,25 @@ For each size it measures
   recall@10 against an exact NumPy ranking, and how each search was answered; the same with a
   ticker filter (1 of 50 tickers).
 
+Then, on the first size, the embedding path with the packaged all-MiniLM-L6-v2: medians of
+several repetitions, at torch's default intra-op threads (`t2` on 2 cores) and at 1 (`t1`),
+`quiet` (no other process of the benchmark's) and `busy` (two CPU-bound processes running beside
+it, as a busy chain-analysis pool or a parallel sweep would); load from elsewhere is not controlled:
+- `reflect8_*_ms`: the reflect node's 8 situation texts, one embedder call per text in a thread
+  (`one_by_one`, as before batching) and all in one `MemoryStore.embed` call (`batched`);
+- `recall8_*_ms`: 8 recalls at once, as the debate makes them, end to end through the pool: each
+  embedding its own query in its own thread (`unbatched`, as before), and `RunMemory.recall`,
+  whose queries are embedded in one forward pass (`batched`).
+
 Ends with one line per size, the 100,000 one last:
-`n=100000 insert_per_s=... query_p50_ms=... query_p95_ms=...`.
+`n=100000 insert_per_s=... query_p50_ms=... query_p95_ms=...`, after an `embed ...` line.
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from memory.store import EMBEDDING_DIM, MemoryStore  # noqa: E402
+from domain.decision import Candidate, Regime, Signal  # noqa: E402
+from memory.recall import RunMemory  # noqa: E402
+from memory.store import EMBEDDING_DIM, MemoryStore, situation_text  # noqa: E402
 from storage.database import connect  # noqa: E402
 
 SIZES = (10_000, 100_000)
@@ -74,8 +87,114 @@ class Synthetic:
             known = None if np.isnan(self.known_s[i]) else HISTORY_START + timedelta(seconds=float(self.known_s[i]))
             out.append((str(self.tickers[i]), "neutral", as_of, f"{self.tickers[i]} synthetic situation {i}", "synthetic",
                         BENCH_RUN_ID, self.vectors[i], int(self.horizon_days[i]),
-                        None if known is None else '{"pnl": "1.00"}', None if known is None else "synthetic", known))
+                        None if known is None else '{"pnl": 1.0}', None if known is None else "synthetic", known))
         return out
+
+
+EMBED_TICKERS = ("SPY", "QQQ", "IWM", "AAPL", "MSFT", "NVDA", "AMZN", "TSLA")
+EMBED_REPEATS = 7
+REGIME = Regime(name="neutral", vix=17.4, vix3m=19.1, term_ratio=0.91)
+
+
+def _signals(ticker: str, i: int, as_of: datetime) -> list[Signal]:
+    return [Signal(ticker=ticker, source="flow", direction="bullish", conviction=0.5 + 0.04 * i,
+                   edge_type="dealer_short_gamma", horizon_days=5, as_of=as_of),
+            Signal(ticker=ticker, source="technical", direction="bullish", conviction=0.3 + 0.05 * i,
+                   edge_type="trend", horizon_days=10, as_of=as_of),
+            Signal(ticker=ticker, source="vol_surface", direction="rich", conviction=0.4, edge_type="iv_rich_vs_realized",
+                   horizon_days=21, as_of=as_of)]
+
+
+def reflect_texts(as_of: datetime) -> list[str]:
+    """What the reflect node embeds for 8 debated tickers: the deterministic debate's rationale as
+    the thesis, half of them with a traded vertical."""
+    texts = []
+    for i, ticker in enumerate(EMBED_TICKERS):
+        thesis = (f"Regime neutral (VIX 17.4, VIX/VIX3M 0.91). Bull evidence weight {0.9 + 0.1 * i:.2f} vs bear "
+                  f"{0.2 + 0.03 * i:.2f} (margin +0.{60 - i}); volatility view rich. Verdict: bullish. "
+                  "Deterministic debate from the evidence; no LLM.")
+        trade = None if i % 2 else {
+            "structure": "bull_put_spread", "dte": 35, "net_debit": -1.25 - 0.05 * i,
+            "legs": [{"side": "sell", "strike": 400 + 5 * i, "right": "P", "expiry": "2024-02-16"},
+                     {"side": "buy", "strike": 395 + 5 * i, "right": "P", "expiry": "2024-02-16"}]}
+        texts.append(situation_text(ticker, REGIME, _signals(ticker, i, as_of), thesis, trade))
+    return texts
+
+
+def recall_requests(as_of: datetime) -> list[tuple[Candidate, list[Signal]]]:
+    return [(Candidate(ticker=t, price_view="bullish", vol_view="rich", conviction=0.55, score=0.4, vol_score=0.3,
+                       sources=["flow", "technical"],
+                       reasons=[f"flow bullish {0.5 + 0.04 * i:.2f} dealer_short_gamma", f"technical bullish trend"]),
+             _signals(t, i, as_of)) for i, t in enumerate(EMBED_TICKERS)]
+
+
+async def _median_ms(run, repeats: int = EMBED_REPEATS) -> float:
+    await run()  # warm: the model is loaded and the pool's connections are open
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        await run()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
+
+
+async def measure_embedding(store: MemoryStore, as_of: datetime) -> dict[str, float]:
+    """The embedding figures described in the module docstring, for the current torch threads."""
+    texts = reflect_texts(as_of)
+    requests = recall_requests(as_of)
+
+    async def reflect_one_by_one():
+        for text in texts:
+            await asyncio.to_thread(store.embedder.embed, [text])
+
+    async def reflect_batched():
+        await store.embed(texts)
+
+    async def recall_unbatched(candidate, signals):  # RunMemory.recall before batching
+        if not await store.memories.count_known(as_of):
+            return []
+        query = situation_text(candidate.ticker, REGIME, signals, " ".join(candidate.reasons), None)
+        vector = (await asyncio.to_thread(store.embedder.embed, [query]))[0]
+        return await store.similar(vector, as_of=as_of, k=3)
+
+    async def recalls_unbatched():
+        await asyncio.gather(*(recall_unbatched(c, s) for c, s in requests))
+
+    async def recalls_batched():
+        memory = RunMemory(store, as_of)
+        found = await asyncio.gather(*(memory.recall(c, s, REGIME) for c, s in requests))
+        assert all(len(f) == 3 for f in found)
+
+    return {"reflect8_one_by_one_ms": await _median_ms(reflect_one_by_one),
+            "reflect8_batched_ms": await _median_ms(reflect_batched),
+            "recall8_unbatched_ms": await _median_ms(recalls_unbatched),
+            "recall8_batched_ms": await _median_ms(recalls_batched)}
+
+
+BUSY_LOOP = "import time\nend = time.time() + 600\nwhile time.time() < end: pass"
+
+
+async def embedding_figures(store: MemoryStore, as_of: datetime) -> str:
+    """`measure_embedding` at torch's default threads and at 1, quiet and next to 2 busy processes."""
+    import torch
+
+    default_threads = torch.get_num_threads()
+    figures: dict[str, float] = {}
+    try:
+        for load in ("quiet", "busy"):
+            busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(2 if load == "busy" else 0)]
+            try:
+                for threads in sorted({default_threads, 1}, reverse=True):
+                    torch.set_num_threads(threads)
+                    for key, value in (await measure_embedding(store, as_of)).items():
+                        figures[f"{key.removesuffix('_ms')}_{load}_t{threads}_ms"] = value
+            finally:
+                for process in busy:
+                    process.kill()
+                    process.wait()
+    finally:
+        torch.set_num_threads(default_threads)
+    return f"embed torch_threads={default_threads} " + " ".join(f"{k}={v:.1f}" for k, v in figures.items())
 
 
 STAGING_COLUMNS = ["ticker", "regime", "as_of", "situation", "thesis", "run_id", "embedding", "horizon_days",
@@ -108,7 +227,7 @@ async def bulk_load(conn, data: Synthetic, start: int, stop: int) -> tuple[float
 
 async def live_insert(conn, data: Synthetic, start: int, stop: int) -> float:
     """Rows per second through a batched INSERT while the HNSW index is maintained."""
-    rows = [r[:8] + (None if r[8] is None else {"pnl": "1.00"},) + r[9:] for r in data.records(start, stop)]
+    rows = [r[:8] + (None if r[8] is None else {"pnl": 1.0},) + r[9:] for r in data.records(start, stop)]
     t0 = time.perf_counter()
     for lo in range(0, len(rows), 100):
         await conn.executemany(
@@ -197,6 +316,8 @@ async def main(sizes: tuple[int, ...] = SIZES) -> None:
                 id_of = {r["id"]: int(r["situation"].rsplit(" ", 1)[1]) for r in await conn.fetch(
                     "SELECT id, situation FROM memories WHERE run_id = $1", BENCH_RUN_ID)}
             assert len(id_of) == n
+            if not lines:
+                embed_line = await embedding_figures(store, HISTORY_START + timedelta(days=HISTORY_DAYS))
             bulk_rows, loaded = n - LIVE_ROWS - loaded, n
             plain = await measure_queries(store, data, n, id_of, seed=n, with_ticker=False)
             by_ticker = await measure_queries(store, data, n, id_of, seed=n + 1, with_ticker=True)
@@ -221,6 +342,7 @@ async def main(sizes: tuple[int, ...] = SIZES) -> None:
         if server is not None:
             server.cleanup()
             shutil.rmtree(tempdir, ignore_errors=True)
+    print(embed_line)
     for line in lines:
         print(line)
 

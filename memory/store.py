@@ -224,6 +224,8 @@ class _EmbedBatcher:
                 batch, queue.pending = queue.pending, []
                 await self._run(batch)
         finally:
+            # A finished task still references its loop, the queue's weak key: drop it.
+            queue.worker = None
             # Requests are left only when this task was cancelled (the loop is closing).
             left, queue.pending = queue.pending, []
             for request in left:
