@@ -15,7 +15,8 @@ For each size it measures
   ticker filter (1 of 50 tickers).
 
 Then, on the first size, the embedding path with the packaged all-MiniLM-L6-v2: medians of
-several repetitions, at torch's default intra-op threads (`t2` on 2 cores) and at 1 (`t1`),
+several repetitions, at torch's default intra-op threads (`t2` on 2 cores) and at 1 (`t1`), set in
+the thread that runs each pass (torch's thread count is per calling thread), in blocks,
 `quiet` (no other process of the benchmark's) and `busy` (two CPU-bound processes running beside
 it, as a busy chain-analysis pool or a parallel sweep would); load from elsewhere is not controlled:
 - `reflect8_*_ms`: the reflect node's 8 situation texts, one embedder call per text in a thread
@@ -51,6 +52,7 @@ from rich.table import Table  # noqa: E402
 
 from domain.decision import Candidate, Regime, Signal  # noqa: E402
 from memory.recall import RunMemory  # noqa: E402
+from memory.embeddings import MiniLMEmbedder  # noqa: E402
 from memory.store import EMBEDDING_DIM, MemoryStore, situation_text  # noqa: E402
 from storage.database import connect  # noqa: E402
 
@@ -124,26 +126,30 @@ def reflect_texts(as_of: datetime) -> list[str]:
 def recall_requests(as_of: datetime) -> list[tuple[Candidate, list[Signal]]]:
     return [(Candidate(ticker=t, price_view="bullish", vol_view="rich", conviction=0.55, score=0.4, vol_score=0.3,
                        sources=["flow", "technical"],
-                       reasons=[f"flow bullish {0.5 + 0.04 * i:.2f} dealer_short_gamma", f"technical bullish trend"]),
+                       reasons=[f"flow bullish {0.5 + 0.04 * i:.2f} dealer_short_gamma", "technical bullish trend"]),
              _signals(t, i, as_of)) for i, t in enumerate(EMBED_TICKERS)]
 
 
-async def _median_ms(run, repeats: int = EMBED_REPEATS) -> float:
-    await run()  # warm: the model is loaded and the pool's connections are open
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        await run()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.median(times))
+class ThreadsEmbedder:
+    """The packaged model with torch's intra-op threads set in the thread that runs each call:
+    `torch.set_num_threads` is per calling thread (OpenMP), and the store embeds in a worker thread."""
+
+    def __init__(self, inner: MiniLMEmbedder, threads: int) -> None:
+        self.inner, self.threads, self.dim = inner, threads, inner.dim
+
+    def embed(self, texts):
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return self.inner.embed(texts)
 
 
-async def measure_embedding(store: MemoryStore, as_of: datetime) -> dict[str, float]:
-    """The embedding figures described in the module docstring, for the current torch threads."""
+def embedding_scenarios(store: MemoryStore, as_of: datetime) -> dict[str, object]:
+    """name -> coroutine function: the reflect and recall figures of the module docstring."""
     texts = reflect_texts(as_of)
     requests = recall_requests(as_of)
 
-    async def reflect_one_by_one():
+    async def reflect_one_by_one():  # MemoryStore._embed before batching, once per situation
         for text in texts:
             await asyncio.to_thread(store.embedder.embed, [text])
 
@@ -157,44 +163,49 @@ async def measure_embedding(store: MemoryStore, as_of: datetime) -> dict[str, fl
         vector = (await asyncio.to_thread(store.embedder.embed, [query]))[0]
         return await store.similar(vector, as_of=as_of, k=3)
 
-    async def recalls_unbatched():
+    async def recall_unbatched_all():
         await asyncio.gather(*(recall_unbatched(c, s) for c, s in requests))
 
-    async def recalls_batched():
+    async def recall_batched_all():
         memory = RunMemory(store, as_of)
         found = await asyncio.gather(*(memory.recall(c, s, REGIME) for c, s in requests))
         assert all(len(f) == 3 for f in found)
 
-    return {"reflect8_one_by_one_ms": await _median_ms(reflect_one_by_one),
-            "reflect8_batched_ms": await _median_ms(reflect_batched),
-            "recall8_unbatched_ms": await _median_ms(recalls_unbatched),
-            "recall8_batched_ms": await _median_ms(recalls_batched)}
+    return {"reflect8_one_by_one": reflect_one_by_one, "reflect8_batched": reflect_batched,
+            "recall8_unbatched": recall_unbatched_all, "recall8_batched": recall_batched_all}
 
 
 BUSY_LOOP = "import time\nend = time.time() + 600\nwhile time.time() < end: pass"
 
 
-async def embedding_figures(store: MemoryStore, as_of: datetime) -> str:
-    """`measure_embedding` at torch's default threads and at 1, quiet and next to 2 busy processes."""
+async def embedding_figures(pool, as_of: datetime) -> str:
+    """Median ms of each scenario at torch's default threads and at 1, quiet and beside 2 busy
+    processes. Each thread count runs as a block after a warm-up round: the first pass after
+    torch's thread count changes pays for resizing its thread team (~100 ms on 2 cores)."""
     import torch
 
-    default_threads = torch.get_num_threads()
+    model = MiniLMEmbedder()
+    model.embed(["warm up"])  # the model loads once, outside the timings
+    thread_counts = sorted({torch.get_num_threads(), 1}, reverse=True)
     figures: dict[str, float] = {}
-    try:
-        for load in ("quiet", "busy"):
-            busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(2 if load == "busy" else 0)]
-            try:
-                for threads in sorted({default_threads, 1}, reverse=True):
-                    torch.set_num_threads(threads)
-                    for key, value in (await measure_embedding(store, as_of)).items():
-                        figures[f"{key.removesuffix('_ms')}_{load}_t{threads}_ms"] = value
-            finally:
-                for process in busy:
-                    process.kill()
-                    process.wait()
-    finally:
-        torch.set_num_threads(default_threads)
-    return f"embed torch_threads={default_threads} " + " ".join(f"{k}={v:.1f}" for k, v in figures.items())
+    for load in ("quiet", "busy"):
+        busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(2 if load == "busy" else 0)]
+        try:
+            for n in thread_counts:
+                scenarios = embedding_scenarios(MemoryStore(pool, ThreadsEmbedder(model, n)), as_of)
+                times: dict[str, list[float]] = {}
+                for repeat in range(EMBED_REPEATS + 1):  # the first round warms threads and connections
+                    for name, run in scenarios.items():
+                        t0 = time.perf_counter()
+                        await run()
+                        if repeat:
+                            times.setdefault(f"{name}_{load}_t{n}_ms", []).append((time.perf_counter() - t0) * 1000.0)
+                figures.update({key: float(np.median(values)) for key, values in times.items()})
+        finally:
+            for process in busy:
+                process.kill()
+                process.wait()
+    return f"embed torch_threads={thread_counts[0]} " + " ".join(f"{k}={v:.1f}" for k, v in figures.items())
 
 
 STAGING_COLUMNS = ["ticker", "regime", "as_of", "situation", "thesis", "run_id", "embedding", "horizon_days",
@@ -317,7 +328,7 @@ async def main(sizes: tuple[int, ...] = SIZES) -> None:
                     "SELECT id, situation FROM memories WHERE run_id = $1", BENCH_RUN_ID)}
             assert len(id_of) == n
             if not lines:
-                embed_line = await embedding_figures(store, HISTORY_START + timedelta(days=HISTORY_DAYS))
+                embed_line = await embedding_figures(db.pool, HISTORY_START + timedelta(days=HISTORY_DAYS))
             bulk_rows, loaded = n - LIVE_ROWS - loaded, n
             plain = await measure_queries(store, data, n, id_of, seed=n, with_ticker=False)
             by_ticker = await measure_queries(store, data, n, id_of, seed=n + 1, with_ticker=True)
