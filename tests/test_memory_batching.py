@@ -77,6 +77,18 @@ class OneRowEmbedder:
         return np.ones((1, EMBEDDING_DIM), dtype=np.float32)
 
 
+class ZeroForEmptyThesisEmbedder:
+    """A zero vector for texts that say `thesis: none`, unit vectors otherwise."""
+
+    dim = EMBEDDING_DIM
+
+    def embed(self, texts):
+        out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i, len(text) % EMBEDDING_DIM] = 0.0 if "thesis: none" in text else 1.0
+        return out
+
+
 @pytest.fixture(scope="module")
 def tiny_384_model(tmp_path_factory):
     return _write_tiny_bert(tmp_path_factory.mktemp("tiny-bert-384"), hidden=EMBEDDING_DIM, heads=6, seed=1)
@@ -143,6 +155,13 @@ async def test_a_result_of_the_wrong_shape_fails_every_caller(db):
         await store.embed(TEXTS[:2])
     with pytest.raises(TypeError, match="not a single string"):
         await store.embed("one text")
+
+
+async def test_an_unusable_row_fails_only_its_own_caller(db):
+    store = MemoryStore(db.pool, ZeroForEmptyThesisEmbedder())
+    outcomes = await asyncio.gather(*(store.embed([text]) for text in TEXTS[:3]), return_exceptions=True)
+    assert "thesis: none" in TEXTS[1] and isinstance(outcomes[1], ValueError) and "zero vector" in str(outcomes[1])
+    assert outcomes[0].shape == outcomes[2].shape == (1, EMBEDDING_DIM)
 
 
 async def test_a_cancelled_caller_does_not_break_its_batch(db, tiny_384_model):
