@@ -14,14 +14,26 @@ For each size it measures
   recall@10 against an exact NumPy ranking, and how each search was answered; the same with a
   ticker filter (1 of 50 tickers).
 
+Then, on the first size, the embedding path with the packaged all-MiniLM-L6-v2: medians of
+several repetitions, at torch's default intra-op threads (`t2` on 2 cores) and at 1 (`t1`), set in
+the thread that runs each pass (torch's thread count is per calling thread), in blocks,
+`quiet` (no other process of the benchmark's) and `busy` (two CPU-bound processes running beside
+it, as a busy chain-analysis pool or a parallel sweep would); load from elsewhere is not controlled:
+- `reflect8_*_ms`: the reflect node's 8 situation texts, one embedder call per text in a thread
+  (`one_by_one`, as before batching) and all in one `MemoryStore.embed` call (`batched`);
+- `recall8_*_ms`: 8 recalls at once, as the debate makes them, end to end through the pool: each
+  embedding its own query in its own thread (`unbatched`, as before), and `RunMemory.recall`,
+  whose queries are embedded in one forward pass (`batched`).
+
 Ends with one line per size, the 100,000 one last:
-`n=100000 insert_per_s=... query_p50_ms=... query_p95_ms=...`.
+`n=100000 insert_per_s=... query_p50_ms=... query_p95_ms=...`, after an `embed ...` line.
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from memory.store import EMBEDDING_DIM, MemoryStore  # noqa: E402
+from domain.decision import Candidate, Regime, Signal  # noqa: E402
+from memory.recall import RunMemory  # noqa: E402
+from memory.embeddings import MiniLMEmbedder  # noqa: E402
+from memory.store import EMBEDDING_DIM, MemoryStore, situation_text  # noqa: E402
 from storage.database import connect  # noqa: E402
 
 SIZES = (10_000, 100_000)
@@ -74,8 +89,123 @@ class Synthetic:
             known = None if np.isnan(self.known_s[i]) else HISTORY_START + timedelta(seconds=float(self.known_s[i]))
             out.append((str(self.tickers[i]), "neutral", as_of, f"{self.tickers[i]} synthetic situation {i}", "synthetic",
                         BENCH_RUN_ID, self.vectors[i], int(self.horizon_days[i]),
-                        None if known is None else '{"pnl": "1.00"}', None if known is None else "synthetic", known))
+                        None if known is None else '{"pnl": 1.0}', None if known is None else "synthetic", known))
         return out
+
+
+EMBED_TICKERS = ("SPY", "QQQ", "IWM", "AAPL", "MSFT", "NVDA", "AMZN", "TSLA")
+EMBED_REPEATS = 7
+REGIME = Regime(name="neutral", vix=17.4, vix3m=19.1, term_ratio=0.91)
+
+
+def _signals(ticker: str, i: int, as_of: datetime) -> list[Signal]:
+    return [Signal(ticker=ticker, source="flow", direction="bullish", conviction=0.5 + 0.04 * i,
+                   edge_type="dealer_short_gamma", horizon_days=5, as_of=as_of),
+            Signal(ticker=ticker, source="technical", direction="bullish", conviction=0.3 + 0.05 * i,
+                   edge_type="trend", horizon_days=10, as_of=as_of),
+            Signal(ticker=ticker, source="vol_surface", direction="rich", conviction=0.4, edge_type="iv_rich_vs_realized",
+                   horizon_days=21, as_of=as_of)]
+
+
+def reflect_texts(as_of: datetime) -> list[str]:
+    """What the reflect node embeds for 8 debated tickers: the deterministic debate's rationale as
+    the thesis, half of them with a traded vertical."""
+    texts = []
+    for i, ticker in enumerate(EMBED_TICKERS):
+        thesis = (f"Regime neutral (VIX 17.4, VIX/VIX3M 0.91). Bull evidence weight {0.9 + 0.1 * i:.2f} vs bear "
+                  f"{0.2 + 0.03 * i:.2f} (margin +0.{60 - i}); volatility view rich. Verdict: bullish. "
+                  "Deterministic debate from the evidence; no LLM.")
+        trade = None if i % 2 else {
+            "structure": "bull_put_spread", "dte": 35, "net_debit": -1.25 - 0.05 * i,
+            "legs": [{"side": "sell", "strike": 400 + 5 * i, "right": "P", "expiry": "2024-02-16"},
+                     {"side": "buy", "strike": 395 + 5 * i, "right": "P", "expiry": "2024-02-16"}]}
+        texts.append(situation_text(ticker, REGIME, _signals(ticker, i, as_of), thesis, trade))
+    return texts
+
+
+def recall_requests(as_of: datetime) -> list[tuple[Candidate, list[Signal]]]:
+    return [(Candidate(ticker=t, price_view="bullish", vol_view="rich", conviction=0.55, score=0.4, vol_score=0.3,
+                       sources=["flow", "technical"],
+                       reasons=[f"flow bullish {0.5 + 0.04 * i:.2f} dealer_short_gamma", "technical bullish trend"]),
+             _signals(t, i, as_of)) for i, t in enumerate(EMBED_TICKERS)]
+
+
+class ThreadsEmbedder:
+    """The packaged model with torch's intra-op threads set in the thread that runs each call:
+    `torch.set_num_threads` is per calling thread (OpenMP), and the store embeds in a worker thread."""
+
+    def __init__(self, inner: MiniLMEmbedder, threads: int) -> None:
+        self.inner, self.threads, self.dim = inner, threads, inner.dim
+
+    def embed(self, texts):
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return self.inner.embed(texts)
+
+
+def embedding_scenarios(store: MemoryStore, as_of: datetime) -> dict[str, object]:
+    """name -> coroutine function: the reflect and recall figures of the module docstring."""
+    texts = reflect_texts(as_of)
+    requests = recall_requests(as_of)
+
+    async def reflect_one_by_one():  # MemoryStore._embed before batching, once per situation
+        for text in texts:
+            await asyncio.to_thread(store.embedder.embed, [text])
+
+    async def reflect_batched():
+        await store.embed(texts)
+
+    async def recall_unbatched(candidate, signals):  # RunMemory.recall before batching
+        if not await store.memories.count_known(as_of):
+            return []
+        query = situation_text(candidate.ticker, REGIME, signals, " ".join(candidate.reasons), None)
+        vector = (await asyncio.to_thread(store.embedder.embed, [query]))[0]
+        return await store.similar(vector, as_of=as_of, k=3)
+
+    async def recall_unbatched_all():
+        await asyncio.gather(*(recall_unbatched(c, s) for c, s in requests))
+
+    async def recall_batched_all():
+        memory = RunMemory(store, as_of)
+        found = await asyncio.gather(*(memory.recall(c, s, REGIME) for c, s in requests))
+        assert all(len(f) == 3 for f in found)
+
+    return {"reflect8_one_by_one": reflect_one_by_one, "reflect8_batched": reflect_batched,
+            "recall8_unbatched": recall_unbatched_all, "recall8_batched": recall_batched_all}
+
+
+BUSY_LOOP = "import time\nend = time.time() + 600\nwhile time.time() < end: pass"
+
+
+async def embedding_figures(pool, as_of: datetime) -> str:
+    """Median ms of each scenario at torch's default threads and at 1, quiet and beside 2 busy
+    processes. Each thread count runs as a block after a warm-up round: the first pass after
+    torch's thread count changes pays for resizing its thread team (~100 ms on 2 cores)."""
+    import torch
+
+    model = MiniLMEmbedder()
+    model.embed(["warm up"])  # the model loads once, outside the timings
+    thread_counts = sorted({torch.get_num_threads(), 1}, reverse=True)
+    figures: dict[str, float] = {}
+    for load in ("quiet", "busy"):
+        busy = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(2 if load == "busy" else 0)]
+        try:
+            for n in thread_counts:
+                scenarios = embedding_scenarios(MemoryStore(pool, ThreadsEmbedder(model, n)), as_of)
+                times: dict[str, list[float]] = {}
+                for repeat in range(EMBED_REPEATS + 1):  # the first round warms threads and connections
+                    for name, run in scenarios.items():
+                        t0 = time.perf_counter()
+                        await run()
+                        if repeat:
+                            times.setdefault(f"{name}_{load}_t{n}_ms", []).append((time.perf_counter() - t0) * 1000.0)
+                figures.update({key: float(np.median(values)) for key, values in times.items()})
+        finally:
+            for process in busy:
+                process.kill()
+                process.wait()
+    return f"embed torch_threads={thread_counts[0]} " + " ".join(f"{k}={v:.1f}" for k, v in figures.items())
 
 
 STAGING_COLUMNS = ["ticker", "regime", "as_of", "situation", "thesis", "run_id", "embedding", "horizon_days",
@@ -108,7 +238,7 @@ async def bulk_load(conn, data: Synthetic, start: int, stop: int) -> tuple[float
 
 async def live_insert(conn, data: Synthetic, start: int, stop: int) -> float:
     """Rows per second through a batched INSERT while the HNSW index is maintained."""
-    rows = [r[:8] + (None if r[8] is None else {"pnl": "1.00"},) + r[9:] for r in data.records(start, stop)]
+    rows = [r[:8] + (None if r[8] is None else {"pnl": 1.0},) + r[9:] for r in data.records(start, stop)]
     t0 = time.perf_counter()
     for lo in range(0, len(rows), 100):
         await conn.executemany(
@@ -197,6 +327,8 @@ async def main(sizes: tuple[int, ...] = SIZES) -> None:
                 id_of = {r["id"]: int(r["situation"].rsplit(" ", 1)[1]) for r in await conn.fetch(
                     "SELECT id, situation FROM memories WHERE run_id = $1", BENCH_RUN_ID)}
             assert len(id_of) == n
+            if not lines:
+                embed_line = await embedding_figures(db.pool, HISTORY_START + timedelta(days=HISTORY_DAYS))
             bulk_rows, loaded = n - LIVE_ROWS - loaded, n
             plain = await measure_queries(store, data, n, id_of, seed=n, with_ticker=False)
             by_ticker = await measure_queries(store, data, n, id_of, seed=n + 1, with_ticker=True)
@@ -221,6 +353,7 @@ async def main(sizes: tuple[int, ...] = SIZES) -> None:
         if server is not None:
             server.cleanup()
             shutil.rmtree(tempdir, ignore_errors=True)
+    print(embed_line)
     for line in lines:
         print(line)
 

@@ -80,6 +80,13 @@ def _load(model_dir: Path) -> _LoadedModel:
         model = AutoModel.from_pretrained(model_dir, local_files_only=True)
         model.eval()
         model.to(torch.device("cpu"))
+        # torch keeps its default intra-op threads (one per core) rather than 1. The store runs one
+        # forward pass at a time (memory.store._EmbedBatcher), and the graph embeds in debate and
+        # reflect, after the analysts' chain-analysis pool has gone idle. Measured on the 2-core
+        # machine, 8 situation texts in one pass: ~110-140 ms with 2 threads vs ~200-215 ms with 1
+        # when nothing else runs; about equal beside one CPU-bound process; with two, 1 thread wins
+        # (~300 ms vs 0.5-1.1 s: OpenMP's 2 threads wait on each other's time slices). So 1 is
+        # faster only on a contended machine; a parallel sweep can set OMP_NUM_THREADS=1.
         loaded = _LoadedModel(tokenizer, model, int(config.hidden_size), _max_tokens(model_dir, config))
         _cache[model_dir] = loaded
         return loaded

@@ -6,6 +6,7 @@ a run dated before any outcome costs one cheap count, not a model load.
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 from domain.decision import Candidate, Regime, Signal
@@ -23,14 +24,23 @@ class RunMemory:
         self.store = store
         self.as_of = as_of
         self.k = k
+        self._counting: asyncio.Future[int] | None = None
 
     async def recall(self, candidate: Candidate, signals: list[Signal], regime: Regime) -> list[str]:
-        known = await self.store.memories.count_known(self.as_of)
-        if not known:
+        if not await self._known():
             return []
         query = situation_text(candidate.ticker, regime, signals, " ".join(candidate.reasons), None)
         found = await self.store.similar(query, as_of=self.as_of, k=self.k)
         return [describe(m) for m in found]
+
+    async def _known(self) -> int:
+        """Memories known at `as_of`. Recalls made while a count is in flight (the debate recalls
+        for every candidate at once) share it, so they also resume together and reach the store's
+        embedder in the same event-loop turn: their queries are embedded in one forward pass."""
+        if self._counting is None or self._counting.done():
+            self._counting = asyncio.ensure_future(self.store.memories.count_known(self.as_of))
+        # shield: one cancelled recall must not cancel the count the others are waiting for
+        return await asyncio.shield(self._counting)
 
 
 def describe(memory) -> str:

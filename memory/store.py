@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -36,6 +37,7 @@ import numpy as np
 from memory.embeddings import Embedder, MiniLMEmbedder
 from storage.database import dumps
 from storage.memories import Memory, MemoryRepository
+from tools.text_batch import text_list
 
 EMBEDDING_DIM = 384  # the `vector(384)` column; all-MiniLM-L6-v2's width
 MAX_EF_SEARCH = 1_000  # pgvector's upper bound for hnsw.ef_search
@@ -169,6 +171,95 @@ def ef_search_for(k: int, eligible: float, total: float, max_ef: int = MAX_EF_SE
     return int(min(max_ef, max(40, 2 * k, wanted)))
 
 
+class _EmbedRequest:
+    __slots__ = ("texts", "future")
+
+    def __init__(self, texts: list[str], future: asyncio.Future) -> None:
+        self.texts, self.future = texts, future
+
+
+class _EmbedQueue:
+    """One event loop's waiting requests and the task that drains them."""
+
+    __slots__ = ("pending", "worker")
+
+    def __init__(self) -> None:
+        self.pending: list[_EmbedRequest] = []
+        self.worker: asyncio.Task | None = None
+
+
+class _EmbedBatcher:
+    """Coalesces embedding requests into as few embedder calls (forward passes) as possible.
+
+    The debate recalls for every candidate at once; embedded one text per thread, those forward
+    passes ran side by side, each with torch's own intra-op threads, on 2 cores. Here requests
+    made in the same event-loop turn, and all those made while a pass is running, become the next
+    single `embedder.embed(texts)` call, run in a thread, one at a time per loop. Each caller gets
+    its own rows; an embedder error, or a result of the wrong shape, is raised to every caller of
+    that batch. Padding within a batch moves a vector by ~1e-7 (attention-masked mean pooling), so
+    results equal one-by-one embedding within float tolerance, not bit for bit.
+    """
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        # Per event loop: a loop's futures and tasks cannot be awaited from another loop.
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _EmbedQueue] = (
+            weakref.WeakKeyDictionary())
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _EmbedQueue()
+        request = _EmbedRequest(texts, loop.create_future())
+        queue.pending.append(request)
+        if queue.worker is None or queue.worker.done():
+            queue.worker = loop.create_task(self._drain(queue))
+        return await request.future
+
+    async def _drain(self, queue: _EmbedQueue) -> None:
+        try:
+            await asyncio.sleep(0)  # one more turn: requests made in this one join the batch
+            while queue.pending:
+                batch, queue.pending = queue.pending, []
+                await self._run(batch)
+        finally:
+            # A finished task still references its loop, the queue's weak key: drop it.
+            queue.worker = None
+            # Requests are left only when this task was cancelled (the loop is closing).
+            left, queue.pending = queue.pending, []
+            for request in left:
+                request.future.cancel()
+
+    async def _run(self, batch: list[_EmbedRequest]) -> None:
+        texts = [text for request in batch for text in request.texts]
+        try:
+            # A model forward pass takes milliseconds of CPU: off the event loop.
+            vectors = np.asarray(await asyncio.to_thread(self.embedder.embed, texts))
+            if vectors.shape != (len(texts), EMBEDDING_DIM):
+                raise ValueError(f"embedder returned shape {vectors.shape} for {len(texts)} texts; the "
+                                 f"memories table stores {EMBEDDING_DIM}-d vectors")
+        except Exception as exc:
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            return
+        except BaseException:
+            for request in batch:
+                request.future.cancel()
+            raise
+        start = 0
+        for request in batch:
+            rows = vectors[start:start + len(request.texts)]
+            start += len(request.texts)
+            if request.future.done():  # its caller was cancelled
+                continue
+            try:
+                request.future.set_result(np.stack([_unit_vector(row) for row in rows]))
+            except ValueError as exc:  # a zero or non-finite row fails only the text it belongs to
+                request.future.set_exception(exc)
+
+
 class MemoryStore:
     """Situations, outcomes and as-of similarity search over the `memories` table."""
 
@@ -188,16 +279,20 @@ class MemoryStore:
         self.max_ef_search = max_ef_search
         # How searches were answered: "exact", "index", or "index_short" (index, then exact).
         self.search_paths: Counter[str] = Counter()
+        self._batcher = _EmbedBatcher(self.embedder)
 
     situation_text = staticmethod(situation_text)
 
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit 384-d float32 rows, one per text, from one embedder call shared with every other
+        embedding requested meanwhile on this event loop (see `_EmbedBatcher`)."""
+        texts = text_list(texts, "embed")
+        if not texts:
+            return np.empty((0, EMBEDDING_DIM), dtype=np.float32)
+        return await self._batcher.embed(texts)
+
     async def _embed(self, text: str) -> np.ndarray:
-        # A model forward pass takes milliseconds of CPU: off the event loop.
-        vectors = np.asarray(await asyncio.to_thread(self.embedder.embed, [text]))
-        if vectors.shape != (1, EMBEDDING_DIM):
-            raise ValueError(f"embedder returned shape {vectors.shape}; the memories table stores "
-                             f"{EMBEDDING_DIM}-d vectors")
-        return _unit_vector(vectors[0])
+        return (await self.embed([text]))[0]
 
     async def add(self, *, ticker: str, regime: Any, as_of: datetime, signals: Sequence[Any], thesis: str,
                   trade: Any, horizon_days: int, run_id: str | None = None,
