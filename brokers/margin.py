@@ -62,8 +62,11 @@ def _pair(holdings: list[tuple[OptionContract, int]]):
     naked: list[tuple[OptionContract, int]] = []
     for right in ("C", "P"):
         longs = [[c, q] for c, q in holdings if c.right == right and q > 0]
+        # Latest expiry first: a long covers a short expiring on or before it, so the longs a later
+        # short may use are a subset of those an earlier one may. Taking the earliest first let it
+        # use up the only cover of a later short (a covered book came out "naked").
         shorts = sorted(((c, -q) for c, q in holdings if c.right == right and q < 0),
-                        key=lambda cq: (cq[0].expiry, cq[0].strike))
+                        key=lambda cq: (-cq[0].expiry.toordinal(), cq[0].strike))
         for contract, count in shorts:
             while count > 0:
                 eligible = [lq for lq in longs if lq[1] > 0 and lq[0].expiry >= contract.expiry]

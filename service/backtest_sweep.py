@@ -86,7 +86,7 @@ def run_sweep(specs: Sequence[BacktestSpec], results_root: Path, *, workers: int
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     results: list[dict[str, Any] | None] = [None] * len(specs)
-    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(specs))),
+    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(specs))), initializer=_one_torch_thread,
                              mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_one, spec, str(results_root)): i for i, spec in enumerate(specs)}
         for future in as_completed(futures):
@@ -94,6 +94,13 @@ def run_sweep(specs: Sequence[BacktestSpec], results_root: Path, *, workers: int
             if on_done is not None:
                 on_done(results[futures[future]])
     return [r for r in results if r is not None]
+
+
+def _one_torch_thread() -> None:
+    # Members run side by side on few cores: torch's default of one spinning OpenMP thread per core
+    # in each of them makes the memory embeddings several times slower than one thread each
+    # (measured: benchmarks/memory.py "beside two busy processes"). Ray sets this itself per task.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def _run_ray(specs, results_root: Path, workers: int, on_done) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 import asyncio
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -139,6 +139,33 @@ def test_margin_of_calendars_and_diagonals_pairs_across_expiries():
     short_far = [(contract("100", "C", "XYZ", far), -1), (contract("100", "C", "XYZ", near), 1)]
     with pytest.raises(MarginUnavailable):
         margin_requirement(short_far, D("-100"))
+
+
+def test_a_book_of_covered_spreads_has_no_naked_short():
+    """Regression (a 20-ticker simulated backtest, BAC, February 2022): a March 4 short paired with
+    the only long of March 18 and left that expiry's short "naked" (and unpriceable)."""
+    feb25, mar4, mar18 = date(2022, 2, 25), date(2022, 3, 4), date(2022, 3, 18)
+    held = [(contract("480", "C", "BAC", feb25), 5), (contract("500", "C", "BAC", feb25), -10),
+            (contract("510", "C", "BAC", feb25), 5), (contract("575", "C", "BAC", mar4), 8),
+            (contract("585", "C", "BAC", mar4), -8), (contract("585", "C", "BAC", mar18), 2),
+            (contract("595", "C", "BAC", mar18), -2)]
+    result = margin_requirement(held, D("1000"))
+    # Only the fly's upper half risks anything: 5 x (510 - 500) per share; the bull spreads none.
+    assert result.naked == () and result.requirement == D("5000") + D("1000")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["C", "P"]), st.integers(80, 120),
+                          st.integers(1, 10), st.integers(1, 5)), min_size=1, max_size=6))
+def test_spreads_each_covered_within_its_expiry_never_make_a_naked_short(spreads):
+    held = []
+    for week, right, strike, width, count in spreads:
+        expiry = date(2026, 12, 4) + timedelta(weeks=week)
+        # A debit spread: the long is nearer the money than the short.
+        long_strike, short_strike = (strike, strike + width) if right == "C" else (strike + width, strike)
+        held += [(contract(str(long_strike), right, "XYZ", expiry), count),
+                 (contract(str(short_strike), right, "XYZ", expiry), -count)]
+    assert margin_requirement(held, D(0)).naked == ()
 
 
 # ------------------------------------------------------------------ the approval gate
