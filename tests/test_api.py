@@ -2,7 +2,7 @@
 risk halt/resume, health, metrics, the OpenAPI schema, and a schemathesis sweep for server errors.
 
 One decision run (simulated market, seed 7, AMZN/JPM/XLE as of 2026-11-20 15:30 New York, which
-stages one 15-contract AMZN order) is made once into a template database; each test that changes
+stages one AMZN order of more than 10 contracts) is made once into a template database; each test that changes
 state gets its own copy (`CREATE DATABASE ... TEMPLATE`), so the tests are independent and fast.
 """
 from __future__ import annotations
@@ -53,6 +53,7 @@ class Seeded:
     template: str
     run_id: str
     order_id: str
+    quantity: int  # the staged order's contracts (more than 10: approving needs an acknowledgement)
     tokens: dict[str, str]  # role -> plaintext token
 
     def auth(self, role: str) -> dict[str, str]:
@@ -71,11 +72,11 @@ async def seeded(pg_server):
     try:
         outcome = await operations.run_decision(db, SimulatedMarket(seed=7), watchlist="adhoc", tickers=TICKERS,
                                                 as_of=AS_OF, seed=7)
-        assert [o.ticker for o in outcome.orders] == ["AMZN"]
+        assert [o.ticker for o in outcome.orders] == ["AMZN"] and outcome.orders[0].quantity > 10
         tokens = {role: await TokenRepository(db.pool).create(person, role) for role, person in TOKEN_NAMES.items()}
     finally:
         await db.close()  # a template database must have no connections when it is copied
-    yield Seeded(name, outcome.run.run_id, outcome.orders[0].order_id, tokens)
+    yield Seeded(name, outcome.run.run_id, outcome.orders[0].order_id, outcome.orders[0].quantity, tokens)
     pg_server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
 
 
@@ -194,7 +195,7 @@ async def test_reads_need_a_live_token_and_return_the_run_and_its_order(seeded, 
         assert [o["order_id"] for o in run["orders"]] == [seeded.order_id]
 
         staged = (await api.get("/orders", params={"state": "STAGED"}, headers=viewer)).json()
-        assert [(o["order_id"], o["ticker"], o["quantity"]) for o in staged] == [(seeded.order_id, "AMZN", 15)]
+        assert [(o["order_id"], o["ticker"], o["quantity"]) for o in staged] == [(seeded.order_id, "AMZN", seeded.quantity)]
         assert (await api.get("/orders", params={"state": "FILLED"}, headers=viewer)).json() == []
         assert (await api.get("/orders", params={"run_id": "nope"}, headers=viewer)).json() == []
         bad_state = await api.get("/orders", params={"state": "WHATEVER"}, headers=viewer)
@@ -206,7 +207,7 @@ async def test_reads_need_a_live_token_and_return_the_run_and_its_order(seeded, 
         assert Decimal(review["limit_price"]) == Decimal(stored["proposal"]["net_debit"])
         units = stored["proposal"]["multiplier"] * stored["quantity"]
         assert review["greeks_impact"]["delta"] == pytest.approx(stored["proposal"]["delta"] * units)
-        assert Decimal(review["margin_what_if"]["initial_margin_change"]) == Decimal(stored["proposal"]["max_loss"]) * 15
+        assert Decimal(review["margin_what_if"]["initial_margin_change"]) == Decimal(stored["proposal"]["max_loss"]) * seeded.quantity
         assert {d["stage"] for d in review["risk"]} == {"pre_trade", "post_trade"}
         assert review["debate"]["transcript"] and review["requires_acknowledgement"] is True
         assert datetime.fromisoformat(review["expires_at"]) > datetime.fromisoformat(review["created_at"])
@@ -300,11 +301,11 @@ async def test_roles_and_malformed_requests_are_refused_and_change_nothing(seede
         r = await api.post(f"{order}/approve", content=b"{not json", headers=approver | {"content-type": "application/json"})
         assert r.status_code == 422 and "json" in r.json()["detail"].lower()
 
-        # The service's own refusals: 15 contracts need an acknowledgement; resize must shrink.
+        # The service's own refusals: more than 10 contracts need an acknowledgement; resize must shrink.
         r = await api.post(f"{order}/approve", json={}, headers=approver)
         assert r.status_code == 422 and "acknowledge" in r.json()["detail"]
-        r = await api.post(f"{order}/resize", json={"quantity": 15}, headers=approver)
-        assert r.status_code == 422 and "1 to 14" in r.json()["detail"]
+        r = await api.post(f"{order}/resize", json={"quantity": seeded.quantity}, headers=approver)
+        assert r.status_code == 422 and f"1 to {seeded.quantity - 1}" in r.json()["detail"]
         r = await api.post("/orders/ord_00000000000000000000/approve", json={"acknowledge": True}, headers=approver)
         assert r.status_code == 404 and "no order" in r.json()["detail"]
 
@@ -319,7 +320,7 @@ async def test_roles_and_malformed_requests_are_refused_and_change_nothing(seede
         assert resumed.status_code == 200 and resumed.json()["halted"] is False and resumed.json()["actor"] == "root"
 
         review = (await api.get(order, headers=viewer)).json()
-        assert review["state"] == "STAGED" and review["quantity"] == 15 and review["decision"] is None
+        assert review["state"] == "STAGED" and review["quantity"] == seeded.quantity and review["decision"] is None
 
 
 @pytest.mark.parametrize("action, body", [
@@ -334,14 +335,14 @@ async def test_a_decision_is_recorded_under_the_token_name_and_only_once(seeded,
         assert r.status_code == 200, r.text
         review = r.json()
         decided = review["decision"]
-        assert decided["approver"] == "alice" and decided["action"] == action and decided["original_quantity"] == 15
+        assert decided["approver"] == "alice" and decided["action"] == action and decided["original_quantity"] == seeded.quantity
         assert decided["seen"]["limit_price"] == review["limit_price"]
         moved_by_alice = [h for h in review["history"] if h["actor"] == "alice"]
         if action == "reject":
             assert review["state"] == "REJECTED" and decided["reason"] == "earnings next week"
             assert [h["to_state"] for h in moved_by_alice] == ["REJECTED"] and review["execution"] is None
         else:
-            assert review["quantity"] == (15 if action == "approve" else 5)
+            assert review["quantity"] == (seeded.quantity if action == "approve" else 5)
             assert [h["to_state"] for h in moved_by_alice] == ["APPROVED"]
             # Re-checked against fresh quotes five minutes on, the order goes to the paper broker.
             assert review["state"] in ("SUBMITTED", "PARTIALLY_FILLED", "FILLED"), review["history"]

@@ -109,10 +109,11 @@ async def test_orders_expire_after_thirty_market_minutes(staged, db):
 
 
 async def test_recheck_refuses_a_stale_price(db):
-    # A run whose re-check tolerates almost no move: 25 minutes later the quote has moved more.
+    # A run whose re-check tolerates almost no move: 20 minutes later the spread's mid is 0.95
+    # against its 0.90 limit (the simulated market, seed 7).
     config = DecisionConfig(stale_price_tolerance=0.001, stale_price_floor=0.0)
     ctx, order, _ = await stage(db, config)
-    ctx.clock.at = AS_OF + timedelta(minutes=25)
+    ctx.clock.at = AS_OF + timedelta(minutes=20)
     result = await approvals.decide(ctx, order.order_id, Decision("approve", "alice", acknowledge=True))
     assert result["state"] == "REJECTED", result["execution"]
     assert result["execution"]["outcome"] == "refused"

@@ -61,7 +61,8 @@ HISTORY_SESSIONS = 504  # two years: enough for 252-day IV rank and a 200-day mo
 SOCIAL_DAYS = 90
 POST_DAYS = 3
 TRADING_DAYS = 252.0
-MODEL_VERSION = "regime-switching/1"
+MODEL_VERSION = "regime-switching/2"  # 2: strikes stay listed (LISTING_SESSIONS)
+LISTING_SESSIONS = 63  # a strike listed while the underlying traded near it in the last 3 months stays listed
 # (symbol, as_of) pairs whose data a market keeps: a slot of 20 tickers at a few times, several slots.
 TICKER_CACHE_SIZE = 160
 
@@ -893,6 +894,10 @@ class SimulatedMarket:
     def __repr__(self) -> str:
         return f"SimulatedMarket(seed={self.seed})"
 
+    def fingerprint(self) -> str:
+        """What this market's data is a function of: a backtest on another seed or model is another backtest."""
+        return f"simulated:{self.seed}:{MODEL_VERSION}"
+
     # -- public ----------------------------------------------------------------------------
 
     def snapshot(self, tickers: Sequence[str], as_of: datetime) -> MarketSnapshot:
@@ -1048,14 +1053,22 @@ class SimulatedMarket:
         profile = path.profile
         surface = self._surface(path, clock, spot, vix_now)
         expiries, t_exp = surface.expiries, surface.t
-        step = _strike_step(spot)
+        # Strikes stay listed once listed, as on an exchange: the grid spans the range the underlying
+        # traded over the last LISTING_SESSIONS (not today's price only) at every strike interval
+        # that range's prices used. Listed from today's spot alone, a short leg's strike vanished
+        # when spot moved away or crossed an interval boundary (595 is not on a $10 grid), and the
+        # position could be neither marked, nor closed, nor margined (found by a 20-ticker backtest).
+        traded = path.bars.close[max(clock.complete - LISTING_SESSIONS, 0):clock.complete]
+        low, high = float(min(spot, traded.min(initial=spot))), float(max(spot, traded.max(initial=spot)))
+        steps = sorted({_strike_step(low), _strike_step(high), _strike_step(spot)})
         rows_k, rows_e = [], []
         for e, (t, w0) in enumerate(zip(t_exp, surface.atm_total_variance)):
             half = float(np.clip(3.0 * math.sqrt(w0), 0.30, 0.60))  # wider strike range for longer/volatile
-            lo = max(math.floor(spot * (1 - half) / step), 1)
-            hi = math.ceil(spot * (1 + half) / step)
-            rows_k.append(np.arange(lo, hi + 1) * step)
-            rows_e.append(np.full(hi - lo + 1, e))
+            grid = np.unique(np.concatenate([
+                np.arange(max(math.floor(low * (1 - half) / step), 1), math.ceil(high * (1 + half) / step) + 1) * step
+                for step in steps]))
+            rows_k.append(grid)
+            rows_e.append(np.full(len(grid), e))
         strike_1 = np.concatenate(rows_k)
         exp_1 = np.concatenate(rows_e)
         strike = np.concatenate((strike_1, strike_1))
@@ -1092,6 +1105,7 @@ class SimulatedMarket:
         sd_prev = float(path.iv30_base[last]) * np.sqrt(t_prev)
         x_prev = (np.log(strike / prev_close) - (RISK_FREE_RATE - q) * t_prev) / sd_prev
         monthly = np.array([_is_monthly(d) for d in expiries])[e_idx]
+        step = _strike_step(spot)  # today's interval: strikes on twice and ten times it draw more open interest
         round_strike = (1.0 + (np.abs(np.remainder(strike, 2 * step)) < 1e-9)
                         + 2.0 * (np.abs(np.remainder(strike, 10 * step)) < 1e-9))
         otm_put_tilt = np.where(~is_call & (strike < prev_close), 1.4 if profile.kind != "stock" else 1.1, 1.0)
