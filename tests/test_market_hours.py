@@ -24,3 +24,16 @@ def test_adding_market_minutes_skips_the_closed_hours():
     assert add_market_minutes(ny(2026, 11, 21, 8, 0), 30) == ny(2026, 11, 23, 10, 0)  # Saturday
     with pytest.raises(ValueError):
         add_market_minutes(datetime(2026, 11, 20, 12), 30)
+
+
+def test_open_and_next_open_respect_half_days_holidays_and_time_zones():
+    from datetime import timezone
+
+    from tools.market_hours import is_open, next_open
+
+    assert is_open(ny(2026, 11, 27, 12, 59)) and not is_open(ny(2026, 11, 27, 13, 0))  # half day
+    assert not is_open(ny(2026, 11, 26, 11, 0))  # Thanksgiving
+    assert next_open(ny(2026, 11, 25, 16, 0)) == ny(2026, 11, 27, 9, 30)
+    assert next_open(ny(2026, 11, 20, 10, 0)) == ny(2026, 11, 20, 10, 0)  # trading: now
+    # 01:00 UTC on Saturday is still Friday evening in New York: closed, next open Monday.
+    assert next_open(datetime(2026, 11, 21, 1, 0, tzinfo=timezone.utc)) == ny(2026, 11, 23, 9, 30)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 import exchange_calendars
-import pandas as pd
+import numpy as np
 
 
 @lru_cache(maxsize=1)
@@ -17,13 +17,23 @@ def _calendar() -> exchange_calendars.ExchangeCalendar:
     return exchange_calendars.get_calendar("XNYS")
 
 
+@lru_cache(maxsize=1)
+def _session_table() -> tuple[np.ndarray, list[datetime], list[datetime]]:
+    """Every session's date with its open and close (UTC), read from the calendar once: asking
+    the calendar session by session cost a pandas lookup per session on every approval-window,
+    is-open and next-open question (tens of thousands a backtest)."""
+    schedule = _calendar().schedule
+    return (schedule.index.values.astype("datetime64[D]"), [t.to_pydatetime() for t in schedule["open"]],
+            [t.to_pydatetime() for t in schedule["close"]])
+
+
 def _sessions(start: datetime, end: datetime):
-    cal = _calendar()
-    first = pd.Timestamp(start.date()) - pd.Timedelta(days=1)
-    last = pd.Timestamp(end.date()) + pd.Timedelta(days=1)
-    first, last = max(first, cal.first_session), min(last, cal.last_session)
-    for session in cal.sessions_in_range(first, last):
-        yield cal.session_open(session).to_pydatetime(), cal.session_close(session).to_pydatetime()
+    """(open, close) of the sessions from the day before `start`'s date to the day after `end`'s."""
+    days, opens, closes = _session_table()
+    first = np.datetime64(start.date(), "D") - np.timedelta64(1, "D")
+    last = np.datetime64(end.date(), "D") + np.timedelta64(1, "D")
+    for k in range(int(np.searchsorted(days, first, "left")), int(np.searchsorted(days, last, "right"))):
+        yield opens[k], closes[k]
 
 
 def market_minutes_between(start: datetime, end: datetime) -> float:
