@@ -28,7 +28,8 @@ TICKERS_20 = ("SPY", "QQQ", "IWM", "AAPL", "MSFT", "NVDA", "AMZN", "TSLA", "JPM"
 
 async def measure(market, tickers, days: int) -> float:
     from config.settings import Settings
-    from service.backtest import BacktestSpec, run_backtest, sessions_between
+    from service.backtest import BacktestSpec, run_backtest
+    from tools.market_hours import sessions_between
     from storage.database import open_database
 
     sessions = sessions_between(date(2022, 1, 3), date(2023, 12, 31))[:days]

@@ -94,20 +94,6 @@ class BacktestSpec:
         return "bt_" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def sessions_between(start: date, end: date) -> list[tuple[date, datetime, datetime]]:
-    """NYSE sessions in [start, end] with their open and close (New York)."""
-    import pandas as pd
-
-    from tools.market_hours import _calendar
-
-    cal = _calendar()
-    first, last = max(pd.Timestamp(start), cal.first_session), min(pd.Timestamp(end), cal.last_session)
-    if last < first:
-        return []
-    return [(s.date(), cal.session_open(s).to_pydatetime().astimezone(NEW_YORK),
-             cal.session_close(s).to_pydatetime().astimezone(NEW_YORK)) for s in cal.sessions_in_range(first, last)]
-
-
 def slot_time(day: date, slot: time, opens: datetime, closes: datetime) -> datetime:
     """The slot on `day`, kept inside the session (a half day closes at 13:00)."""
     at = datetime.combine(day, slot, tzinfo=NEW_YORK)
@@ -229,6 +215,7 @@ async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResu
     `reuse=False` starts afresh even when it already completed or can continue (benchmarks)."""
     from storage.backtests import BacktestRepository, database_exists, database_url, recreate_database
     from storage.database import LockBusy
+    from tools.market_hours import sessions_between  # the calendar loads in ~0.3 s: not for `backtest list`
     from tools.providers.history import HistoricalMarket
 
     sessions = sessions_between(spec.start, spec.end)

@@ -32,7 +32,7 @@ ASSUMPTIONS = [
 
 
 async def build_report(db, result, market=None) -> dict[str, Any]:
-    from service.backtest import sessions_between
+    from tools.market_hours import sessions_between
     from storage.backtests import closed_positions, traded_premium
     from tools.providers.history import HistoricalMarket
 

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.backtest import policy_decision, sessions_between
+from service.backtest import policy_decision
+from tools.market_hours import sessions_between
 from service.backtest_baselines import (COMMISSION_PER_CONTRACT, EXIT_DTE, MAX_LOSS_NLV, buy_and_hold, condor_chains,
                                         mechanical_condor)
 from service.backtest_attribution import Valuation, attribute, explain

@@ -304,7 +304,7 @@ def test_a_strike_once_listed_stays_listed_as_the_expiry_nears_and_spot_moves(ma
     """The 2020 backtest sold a 257 put for 2020-02-28 on 2020-01-28; as spot rose 2% and time
     passed, a range drawn from today's spot and time to expiry alone dropped it (the position
     could not be marked, no exit fired). Exchanges do not delist strikes: it is quoted every day."""
-    from service.backtest import sessions_between
+    from tools.market_hours import sessions_between
 
     expiry = np.datetime64("2020-02-28")
     for day, _, close in sessions_between(date(2020, 1, 28), date(2020, 2, 27)):

@@ -5,8 +5,9 @@ not expired by the next morning's open: the night does not count.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 import exchange_calendars
 import numpy as np
@@ -15,6 +16,9 @@ import numpy as np
 @lru_cache(maxsize=1)
 def _calendar() -> exchange_calendars.ExchangeCalendar:
     return exchange_calendars.get_calendar("XNYS")
+
+
+NEW_YORK = ZoneInfo("America/New_York")
 
 
 @lru_cache(maxsize=1)
@@ -34,6 +38,15 @@ def _sessions(start: datetime, end: datetime):
     last = np.datetime64(end.date(), "D") + np.timedelta64(1, "D")
     for k in range(int(np.searchsorted(days, first, "left")), int(np.searchsorted(days, last, "right"))):
         yield opens[k], closes[k]
+
+
+def sessions_between(start: date, end: date) -> list[tuple[date, datetime, datetime]]:
+    """NYSE sessions in [start, end] with their open and close (New York)."""
+    days, opens, closes = _session_table()
+    first = int(np.searchsorted(days, np.datetime64(start, "D"), "left"))
+    last = int(np.searchsorted(days, np.datetime64(end, "D"), "right"))
+    return [(days[k].astype(object), opens[k].astimezone(NEW_YORK), closes[k].astimezone(NEW_YORK))
+            for k in range(first, last)]
 
 
 def market_minutes_between(start: datetime, end: datetime) -> float:

@@ -35,7 +35,7 @@ BUCKETS = [0, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.7, 10]
 
 
 def ivrv(start: date, end: date) -> pd.DataFrame:
-    from service.backtest import sessions_between
+    from tools.market_hours import sessions_between
     from tools.providers.history import HistoricalMarket
     from tools.volstats import close_to_close_vol
 
@@ -61,7 +61,7 @@ def ivrv(start: date, end: date) -> pd.DataFrame:
 def grid(start: date, end: date, rules: list[tuple[float, int, float]]) -> list[dict]:
     import empyrical
 
-    from service.backtest import sessions_between
+    from tools.market_hours import sessions_between
     from service.backtest_baselines import CondorRule, condor_chains, mechanical_condor
     from tools.providers.history import HistoricalMarket
 
