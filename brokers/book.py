@@ -336,7 +336,7 @@ class Book:
         return True
 
     async def _book_closing(self, conn, row, legs: list[ComboLeg]) -> bool:
-        units, price, commission = row["quantity"], row["price"], row["commission"]
+        units, commission = row["quantity"], row["commission"]
         position = await self.store.lock_position(conn, position_id=row["closes_position_id"])
         if position is None:
             raise BookError(f"fill {row['fill_id']} closes unknown position {row['closes_position_id']}")
@@ -349,12 +349,8 @@ class Book:
             raise BookError(f"fill {row['fill_id']} closes {units} units of position {p.position_id}, "
                             f"which has only {p.units_open} open")
         released = _share(p.entry_cost, units, p.units_open)
-        gross = _money(-(released + price * units) * p.multiplier)
-        realized = gross - commission
-        if not await self.store.insert_position_fill(
-                conn, fill_id=row["fill_id"], position_id=p.position_id, order_id=row["order_id"], kind="close",
-                units=units, price=price, commission=commission, gross_pnl=gross, realized_pnl=realized,
-                at=row["filled_at"]):
+        realized = await self._book_reducing_fill(conn, row, p.position_id, "close", released, p.multiplier)
+        if realized is None:
             return False
         left = p.units_open - units
         await self.store.update_position(conn, p.position_id, {
@@ -367,7 +363,7 @@ class Book:
 
     async def _book_shares(self, conn, row, leg: ComboLeg) -> bool:
         """A fill of the order that flattens a position's delivered shares (the module doc)."""
-        units, price, commission = row["quantity"], row["price"], row["commission"]
+        units, commission = row["quantity"], row["commission"]
         position = None
         if row["closes_position_id"] is not None:
             position = await self.store.lock_position(conn, position_id=row["closes_position_id"])
@@ -383,12 +379,8 @@ class Book:
             raise BookError(f"fill {row['fill_id']} closes {units} shares of position {p.position_id}, "
                             f"which holds only {abs(held)}")
         released = _share(p.shares_cost, units, abs(held))
-        gross = _money(-(released + price * units))
-        realized = gross - commission
-        if not await self.store.insert_position_fill(
-                conn, fill_id=row["fill_id"], position_id=p.position_id, order_id=row["order_id"], kind="shares",
-                units=units, price=price, commission=commission, gross_pnl=gross, realized_pnl=realized,
-                at=row["filled_at"]):
+        realized = await self._book_reducing_fill(conn, row, p.position_id, "shares", released, 1)
+        if realized is None:
             return False
         left = held + leg.sign * units
         await self.store.update_position(conn, p.position_id, {
@@ -396,6 +388,21 @@ class Book:
             "realized_pnl": p.realized_pnl + realized, "commissions": p.commissions + commission,
             **({"closed_at": row["filled_at"]} if left == 0 else {})})
         return True
+
+    async def _book_reducing_fill(self, conn, row, position_id: str, kind: str, released: Decimal,
+                                  multiplier: int) -> Decimal | None:
+        """Record a fill that takes `row['quantity']` units (or shares) off a position whose cost
+        basis for them is `released`: realized = -(released + price x units) x multiplier -
+        commission. Returns it, or None when the fill was already booked."""
+        units, price, commission = row["quantity"], row["price"], row["commission"]
+        gross = _money(-(released + price * units) * multiplier)
+        realized = gross - commission
+        if not await self.store.insert_position_fill(
+                conn, fill_id=row["fill_id"], position_id=position_id, order_id=row["order_id"], kind=kind,
+                units=units, price=price, commission=commission, gross_pnl=gross, realized_pnl=realized,
+                at=row["filled_at"]):
+            return None
+        return realized
 
     async def positions(self, status: str | None = "open") -> list[StrategyPosition]:
         return [StrategyPosition.from_row(r) for r in await self.store.positions(status=status)]
