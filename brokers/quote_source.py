@@ -75,28 +75,28 @@ class ChainQuotes:
         # Greeks only for its expiry: a broker or a valuation asks for a handful of the thousands
         # of rows of a chain, in one or two expiries.
         self._index: dict[tuple[str, int, float, bool], tuple[int, int]] = {}
-        self._chains: list[tuple[OptionChain, Any, Decimal]] = []
+        self._chains: list[tuple[OptionChain, Any, Decimal, np.ndarray]] = []  # chain, curve, spot, expiry days
         self._greeks: dict[tuple[int, int], tuple[np.ndarray, Any, np.ndarray]] = {}
         self._built: dict[tuple[int, int], LegQuote] = {}
         for ticker, chain in chains.items():
             k = len(self._chains)
-            self._chains.append((chain, (curves or {}).get(ticker), _price(chain.spot)))
+            expiry_days = chain.expiry.astype("datetime64[D]").astype(np.int64)
+            self._chains.append((chain, (curves or {}).get(ticker), _price(chain.spot), expiry_days))
             problems = quote_problems(chain.bid, chain.ask, chain.strike, chain.time_to_expiry)
             # A row nobody bids for (bid 0, ask > 0) is still a market: a far wing held in the book
             # is worth 0 to its ask, and without that quote the position could not be marked or
             # closed (the 2011-2019 backtest held such condors to expiry and into assignment).
             ok = np.flatnonzero((problems == QuoteProblem.OK) | (problems == QuoteProblem.NO_BID))
-            days = chain.expiry[ok].astype("datetime64[D]").astype(np.int64)
             strikes = np.round(chain.strike[ok], 4)
-            for i, day, strike, call in zip(ok.tolist(), days.tolist(), strikes.tolist(), chain.is_call[ok].tolist()):
+            for i, day, strike, call in zip(ok.tolist(), expiry_days[ok].tolist(), strikes.tolist(), chain.is_call[ok].tolist()):
                 self._index.setdefault((ticker, day, strike, bool(call)), (k, i))  # the first valid row wins
 
     def _expiry_greeks(self, k: int, day: int) -> tuple[np.ndarray, Any, np.ndarray]:
         """(rows, Greeks, implied vols) of chain `k`'s expiry `day` (days since the epoch)."""
         cached = self._greeks.get((k, day))
         if cached is None:
-            chain, curve, _ = self._chains[k]
-            rows = np.flatnonzero(chain.expiry.astype("datetime64[D]").astype(np.int64) == day)
+            chain, curve, _, expiry_days = self._chains[k]
+            rows = np.flatnonzero(expiry_days == day)
             part = chain.select(rows)
             civ = chain_implied_vol(part, curve.forwards_by_expiry() if curve else None,
                                     curve.discounts_by_expiry() if curve else None)
@@ -111,7 +111,7 @@ class ChainQuotes:
         return cached
 
     def _quote(self, k: int, i: int, day: int) -> LegQuote:
-        chain, _, spot = self._chains[k]
+        chain, _, spot, _ = self._chains[k]
         rows, greeks, vol = self._expiry_greeks(k, day)
         j = int(np.searchsorted(rows, i))
         return LegQuote(
