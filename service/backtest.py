@@ -300,8 +300,10 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
                 # The next run's chains are analysed in the worker pool while this one's orders are
                 # decided and the close is kept, on the event loop.
                 following = next((t for t in upcoming if t > clock.at), None)
-                if following is not None:
-                    prefetching = asyncio.create_task(_prefetch_analyses(market, spec.tickers, following))
+                if prefetching is not None:
+                    await prefetching  # long done by now; the loop keeps only a weak reference to a task
+                prefetching = None if following is None else asyncio.create_task(
+                    _prefetch_analyses(market, spec.tickers, following))
                 run_ids.append(outcome.run.run_id)
                 context = outcome.state.get("context")
                 if context is not None and any("modelled" in line for lines in context.data_quality.values()
