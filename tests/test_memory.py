@@ -112,8 +112,8 @@ def test_mean_pooling_ignores_padding_and_matches_a_direct_computation(tiny_mode
     from transformers import AutoModel, AutoTokenizer
 
     short, long = "spy rally", "dealer short gamma the vix rich skew long call spread"
-    alone = MiniLMEmbedder(tiny_model).embed([short])[0]
-    padded = MiniLMEmbedder(tiny_model, batch_size=8).embed([long, short])[1]  # short is padded here
+    alone = MiniLMEmbedder(tiny_model, precision="float32").embed([short])[0]
+    padded = MiniLMEmbedder(tiny_model, batch_size=8, precision="float32").embed([long, short])[1]  # short is padded here
     np.testing.assert_allclose(padded, alone, atol=1e-5)
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
@@ -122,6 +122,26 @@ def test_mean_pooling_ignores_padding_and_matches_a_direct_computation(tiny_mode
         hidden = model(**tokenizer([short], return_tensors="pt")).last_hidden_state[0].numpy()
     expected = hidden.mean(axis=0)
     np.testing.assert_allclose(alone, expected / np.linalg.norm(expected), atol=1e-5)
+
+
+def test_bfloat16_embeddings_stay_within_a_rounding_of_float32_and_auto_follows_the_cpu(tiny_model):
+    """bfloat16 (what "auto" picks on a CPU with native bfloat16) keeps each vector's direction: a
+    cosine of at least 0.999 to float32 on the packaged model, and the same nearest neighbour."""
+    from memory.embeddings import native_bfloat16
+
+    texts = ["SPY bull put spread in a calm market, dealers long gamma, implied volatility rich",
+             "Selling a SPY put credit spread while volatility is elevated and dealers are long gamma",
+             "QQQ bear call spread after a breakdown, volatility cheap",
+             "A recipe for banana bread with walnuts and cinnamon"]
+    full = MiniLMEmbedder(precision="float32").embed(texts)
+    half = MiniLMEmbedder(precision="bfloat16").embed(texts)
+    assert half.dtype == np.float32 and half.shape == full.shape
+    np.testing.assert_allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-6)
+    assert np.min(np.sum(full * half, axis=1)) >= 0.999
+    assert np.array_equal(np.argsort(-(half @ half[0]))[:2], np.argsort(-(full @ full[0]))[:2])
+    assert MiniLMEmbedder(tiny_model).precision == ("bfloat16" if native_bfloat16() else "float32")
+    with pytest.raises(ValueError, match="precision must be"):
+        MiniLMEmbedder(tiny_model, precision="float16")
 
 
 def test_embedder_rejects_bad_input(tiny_model, tmp_path):
@@ -149,7 +169,7 @@ def test_packaged_minilm_matches_sentence_transformers_and_ranks_finance_text():
         "Selling a SPY put credit spread while volatility is elevated and dealers are long gamma",
         "A recipe for banana bread with walnuts and cinnamon",
     ]
-    ours = MiniLMEmbedder().embed(texts)
+    ours = MiniLMEmbedder(precision="float32").embed(texts)
     assert ours.shape == (3, 384)
     reference = SentenceTransformer(str(model_dir), device="cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(ours, reference, atol=2e-5)

@@ -42,9 +42,11 @@ TEXTS = [
 
 
 class CountingEmbedder(MiniLMEmbedder):
-    """The real embedder, recording the texts of every call it gets."""
+    """The real embedder, recording the texts of every call it gets. In float32: BATCH_TOLERANCE
+    is float32 rounding (bfloat16 moves a padded text's vector by ~1e-3)."""
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("precision", "float32")
         super().__init__(*args, **kwargs)
         self.calls: list[list[str]] = []
 
