@@ -256,17 +256,47 @@ async def broker_preview(ctx: ServiceContext, order, record) -> dict[str, Any]:
 
 async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resume: bool = True) -> dict[str, Any]:
     """Record one decision on a staged order, then continue its run (re-check and transmit).
+    Returns the order's review after it, and announces the decision (`notify.notify_decision`).
 
     `resume=False` records only (the run continues on the next `recover_pending`)."""
+    _check(decision)
+    review = await order_facts(ctx, order_id)  # 404 for unknown orders; and what the approver saw
+    note = await _record_and_continue(ctx, order_id, decision, review, resume)
+    review = await order_review(ctx, order_id)
+    notify.notify_decision(ctx.db, review)
+    return review | ({"note": note} if note else {})
+
+
+async def decide_by_policy(ctx: ServiceContext, order_id: str,
+                           policy: Callable[[dict[str, Any]], Decision]) -> Decision | None:
+    """An approval policy standing in for the human (a backtest): `policy(facts)` decides on the
+    facts a human is shown (`order_facts`, read once), and the decision is recorded and the run
+    continued exactly as `decide` does. The review is not rebuilt afterwards and nothing is
+    announced: nobody waits on a policy's decision. None when the order is no longer STAGED."""
+    review = await order_facts(ctx, order_id)
+    if review["state"] != OrderState.STAGED:
+        return None
+    decision = policy(review)
+    _check(decision)
+    await _record_and_continue(ctx, order_id, decision, review, True)
+    return decision
+
+
+def _check(decision: Decision) -> None:
     if decision.action not in ("approve", "reject", "resize"):
         raise InvalidDecision(f"unknown action {decision.action!r}")
     if not decision.approver:
         raise InvalidDecision("a decision needs an approver")
     if decision.action == "reject" and not (decision.reason or "").strip():
         raise InvalidDecision("a rejection needs a reason")
+
+
+async def _record_and_continue(ctx: ServiceContext, order_id: str, decision: Decision, review: dict[str, Any],
+                               resume: bool) -> str | None:
+    """Record `decision` on the order `review` describes (see the module docstring), then, with
+    `resume`, re-check, transmit and continue its run. Returns a note when that is left for later."""
     if decision.action != "reject" and (await RiskControls(ctx.db.pool).state()).halted:
         raise TradingHalted("trading is halted: nothing can be approved until it is resumed")
-    review = await order_facts(ctx, order_id)  # 404 for unknown orders; and what the approver saw
 
     def judge(row) -> ApprovalEntry:  # under the order's row lock
         if row["state"] != OrderState.STAGED:
@@ -292,10 +322,7 @@ async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resu
                 f"resized {row['quantity']} -> {quantity}" if decision.action == "resize" else None))
 
     row, _ = await ApprovalRepository(ctx.db.pool).decide(order_id, judge)
-    note = await _transmit_and_continue(ctx, row["run_id"], order_id) if resume else None
-    review = await order_review(ctx, order_id)
-    notify.notify_decision(ctx.db, review)
-    return review | ({"note": note} if note else {})
+    return await _transmit_and_continue(ctx, row["run_id"], order_id) if resume else None
 
 
 async def _transmit_and_continue(ctx: ServiceContext, run_id: str, order_id: str) -> str | None:

@@ -119,8 +119,7 @@ class PolicyDecision:
     reason: str | None = None
 
 
-def policy_decision(review: dict[str, Any], approve: str, *, expected_pnl: Any = None,
-                    min_probability: float = 0.5) -> PolicyDecision:
+def policy_decision(review: dict[str, Any], approve: str, *, min_probability: float = 0.5) -> PolicyDecision:
     """What the approval policy decides on an order review (what a human would see).
 
     `all`: approve every order (more than 10 contracts acknowledged). `policy`: exits are always
@@ -130,7 +129,7 @@ def policy_decision(review: dict[str, Any], approve: str, *, expected_pnl: Any =
     if approve == "all" or review.get("closes_position_id"):
         return PolicyDecision("approve")
     proposal_pop = review.get("probability_of_profit")
-    expected = expected_pnl
+    expected = review.get("expected_pnl_per_unit")
     if proposal_pop is not None and float(proposal_pop) < min_probability:
         return PolicyDecision("reject", reason=f"policy: probability of profit {float(proposal_pop):.2f} "
                                                f"< {min_probability:.2f}")
@@ -176,18 +175,15 @@ class BacktestResult:
 
 async def _decide_all(ctx, order_ids: list[str], approve: str) -> None:
     from service import approvals
-    from storage.orders import OrderRepository
+
+    def policy(review: dict[str, Any]) -> approvals.Decision:
+        choice = policy_decision(review, approve)
+        return approvals.Decision(action=choice.action, approver=APPROVER, quantity=choice.quantity,
+                                  reason=choice.reason, acknowledge=True)
 
     for order_id in order_ids:
-        review = await approvals.order_facts(ctx, order_id)
-        if review["state"] != "STAGED":
-            continue
-        order = await OrderRepository(ctx.db.pool).get(order_id)
-        choice = policy_decision(review, approve, expected_pnl=order.proposal.get("expected_pnl"))
         try:
-            await approvals.decide(ctx, order_id, approvals.Decision(
-                action=choice.action, approver=APPROVER, quantity=choice.quantity, reason=choice.reason,
-                acknowledge=True))
+            await approvals.decide_by_policy(ctx, order_id, policy)
         except approvals.ApprovalError as exc:  # as for a human: the order stays staged and expires
             log.warning("backtest: order %s could not be decided: %s", order_id, exc)
 
@@ -214,6 +210,7 @@ async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResu
     `market`: the historical market to drive (default: `HistoricalMarket(spec.data_dir, spec.chains_dir)`);
     `reuse=False` starts afresh even when it already completed or can continue (benchmarks)."""
     from storage.backtests import BacktestRepository, database_exists, database_url, recreate_database
+    from service import notify
     from storage.database import LockBusy
     from tools.market_hours import sessions_between  # the calendar loads in ~0.3 s: not for `backtest list`
     from tools.providers.history import HistoricalMarket
@@ -247,8 +244,9 @@ async def run_backtest(main_db, spec: BacktestSpec, *, on_day: Callable[[DayResu
                 recorded = []
                 await recreate_database(main_db.pool, database)
                 await repo.start(backtest_id, spec.params(), database, account_id)
-            return await _drive(main_db, spec, market, config, sessions, backtest_id, database, url, account_id,
-                                recorded, on_day)
+            with notify.silenced():  # the runs, fills and exits of a backtest are announced to nobody
+                return await _drive(main_db, spec, market, config, sessions, backtest_id, database, url,
+                                    account_id, recorded, on_day)
     except LockBusy as exc:
         raise BacktestError(f"backtest {backtest_id} is running in another process") from exc
 

@@ -18,6 +18,8 @@ event is announced once per channel, however many processes sweep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import os
 import smtplib
@@ -181,9 +183,27 @@ def _spawn(coroutine: Awaitable[None], timeout: float, what: str) -> None:
     task.add_done_callback(_pending.discard)
 
 
+_silenced: contextvars.ContextVar[bool] = contextvars.ContextVar("hedgegraph_notifications_silenced", default=False)
+
+
+@contextlib.contextmanager
+def silenced():
+    """Nothing is announced inside this block, nor by tasks started in it: a backtest's simulated
+    runs, fills, exits and settlements are nobody's news, and must never reach the channels the
+    live desk configured (a year of history would be thousands of messages)."""
+    token = _silenced.set(True)
+    try:
+        yield
+    finally:
+        _silenced.reset(token)
+
+
 def send(db: Database, event: str, subject: str, body: str, payload: dict[str, Any] | None = None, *,
          dedupe_key: str | None = None, config: NotificationConfig | None = None) -> None:
-    """Announce `event` on its configured channels, in the background. Returns at once."""
+    """Announce `event` on its configured channels, in the background. Returns at once. Inside
+    `silenced()`, nothing."""
+    if _silenced.get():
+        return
     try:
         config = config or NotificationConfig.load()
         if not config.channels(event):

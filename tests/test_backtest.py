@@ -16,6 +16,7 @@ from storage.backtests import BacktestRepository, book_history
 from service.cli import app
 from storage.database import connect
 from tests.conftest import SHARED_DATA
+from tests.test_notify import channels, smtp  # noqa: F401 (fixtures: a local webhook receiver and SMTP server)
 from tools.chain import NEW_YORK
 from tools.providers.base import LookAheadError
 from tools.providers.history import HistoricalMarket
@@ -66,7 +67,10 @@ def test_bad_backtest_input_is_one_line(cli_env):
     assert out.exit_code != 0 and "no NYSE session" in out.output
 
 
-async def test_trades_fill_through_approvals_and_the_kelly_journal_reads_only_the_backtest_account(db, pg_server):
+async def test_trades_fill_through_approvals_and_the_kelly_journal_reads_only_the_backtest_account(
+        db, pg_server, channels):
+    from service import notify
+
     spec = BacktestSpec(date(2022, 1, 3), date(2022, 1, 14), ("SPY",), str(HISTORY),
                         overrides={"min_agreeing_sources": 1, "conviction_threshold": 0.2})
     result = await run_backtest(db, spec)
@@ -74,6 +78,12 @@ async def test_trades_fill_through_approvals_and_the_kelly_journal_reads_only_th
         assert sum(d.filled for d in result.days) >= 1
         bt = await connect(result.database_url, max_size=2)
         try:
+            # The desk's webhook and email are configured, yet the backtest's staged orders, fills
+            # and exits were announced to nobody (and nothing was recorded as sent).
+            await notify.drain()
+            httpserver, inbox = channels
+            assert list(httpserver.log) == [] and inbox.messages == []
+            assert await bt.pool.fetchval("SELECT count(*) FROM notifications") == 0
             fills = await bt.pool.fetch("SELECT DISTINCT account_id FROM broker_fills")
             assert [r["account_id"] for r in fills] == [result.account_id]
             approvers = {r["approver"] for r in await bt.pool.fetch("SELECT approver FROM approvals")}

@@ -58,9 +58,9 @@ def test_trade_metrics_turnover_calibration_and_groups_by_hand():
 def test_the_approval_policy_rejects_poor_odds_and_resizes_large_orders():
     review = {"quantity": 12, "probability_of_profit": "0.7", "closes_position_id": None}
     assert policy_decision(review, "all").action == "approve"
-    assert policy_decision(review, "policy", expected_pnl="5").action == "resize"
+    assert policy_decision(review | {"expected_pnl_per_unit": "5"}, "policy").action == "resize"
     assert policy_decision(review | {"probability_of_profit": "0.4"}, "policy").action == "reject"
-    assert policy_decision(review, "policy", expected_pnl="-1").action == "reject"
+    assert policy_decision(review | {"expected_pnl_per_unit": "-1"}, "policy").action == "reject"
     assert policy_decision(review | {"probability_of_profit": "0.1", "closes_position_id": "p"}, "policy").action == "approve"
 
 

@@ -89,6 +89,18 @@ async def test_staged_orders_and_a_rejection_reach_webhook_and_email_and_are_rec
     assert [(r["channel"], r["status"], r["attempts"]) for r in rejected] == [("webhook", "sent", 1), ("email", "sent", 1)]
 
 
+async def test_nothing_is_announced_inside_silenced_and_everything_after_it(db, channels):
+    httpserver, inbox = channels
+    with notify.silenced():
+        notify.send(db, "risk_halted", "Trading halted", "a backtest halted its own account")
+        await notify.drain()
+    assert list(httpserver.log) == [] and inbox.messages == [] and await _recorded(db) == []
+    notify.send(db, "risk_halted", "Trading halted", "alice halted trading")
+    await notify.drain()
+    assert [(r["channel"], r["status"]) for r in await _recorded(db)] == [("webhook", "sent"), ("email", "sent")]
+    assert "alice halted trading" in _hooks(httpserver)[0]["text"]
+
+
 async def test_a_fill_and_a_halt_are_announced_once(db, channels):
     httpserver, _ = channels
     ctx, order, _ = await stage(db)
