@@ -316,8 +316,7 @@ class PaperBroker:
         if not limit.is_finite() or limit != limit.quantize(CENT):
             raise ValueError(f"limit_price must be a finite price on a cent tick, got {limit_price}")
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._lock_working(conn, order_id)
-            bo = await self.ledger.order_row(conn, order_id, lock=True)
+            bo = await self._lock_working(conn, order_id)
             if bo["limit_price"] != limit:
                 await self.ledger.set_limit(conn, bo["broker_order_id"], limit.quantize(CENT), self._now(), bo["limit_price"])
         return await self.status(order_id)
@@ -325,20 +324,21 @@ class PaperBroker:
     async def cancel(self, order_id: str, *, reason: str | None = None) -> BrokerOrderStatus:
         """Cancel a working order (SUBMITTED / PARTIALLY_FILLED); filled contracts stay filled."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._lock_working(conn, order_id)
-            bo = await self.ledger.order_row(conn, order_id, lock=True)
+            bo = await self._lock_working(conn, order_id)
             await self._cancel_locked(conn, bo, reason or "cancelled", "cancelled")
         return await self.status(order_id)
 
-    async def _lock_working(self, conn: asyncpg.Connection, order_id: str) -> str:
+    async def _lock_working(self, conn: asyncpg.Connection, order_id: str) -> asyncpg.Record:
+        """The working order's broker order row, it and the order locked until the transaction ends."""
         state = await self.orders.lock_state(conn, order_id)
         if state is None:
             raise UnknownOrder(order_id)
-        if not await self.ledger.broker_order_id(order_id, conn=conn):
+        bo = await self.ledger.order_row(conn, order_id, lock=True)
+        if bo is None or bo["account_id"] != self.account_id:
             raise UnknownBrokerOrder(f"order {order_id} was never placed with paper account {self.account_id}")
         if state not in WORKING:
             raise OrderNotWorking(f"order {order_id} is {state}: it is no longer working")
-        return state
+        return bo
 
     async def _cancel_locked(self, conn: asyncpg.Connection, bo: asyncpg.Record, reason: str, kind: str) -> None:
         now = self._now()
@@ -426,14 +426,24 @@ class PaperBroker:
         await self._ensure_account()
         now = self._now()
         new_fills = []
-        for order_id in await self.ledger.order_ids_in_states(sorted(WORKING)):
-            fill = await self._step_order(order_id, now)
+        for listed in await self.ledger.orders_in_states(sorted(WORKING)):
+            fill = await self._step_order(listed, now)
             if fill is not None:
                 new_fills.append(fill)
         await self._deliver(new_fills)
         return new_fills
 
-    async def _step_order(self, order_id: str, now: datetime) -> Fill | None:
+    async def _step_order(self, listed: asyncpg.Record, now: datetime) -> Fill | None:
+        """Fill or expire one working order, as `listed` (its unlocked row) says it may. Most steps
+        of a limit walk cannot fill: those are decided on the listed row, with no transaction. A
+        step that may fill or expire takes the order's locks and decides on the locked row; the
+        model price drawn on the listed row stands when that row is unchanged (one slippage draw
+        per step, as before), and is drawn again only if the order changed in between."""
+        expired = listed["good_till"] is not None and now >= listed["good_till"]
+        priced = None if expired else self._marketable_price(listed)
+        if not expired and priced is None:
+            return None
+        order_id = listed["order_id"]
         async with self.pool.acquire() as conn, conn.transaction():
             state = await self.orders.lock_state(conn, order_id)
             if state not in WORKING:
@@ -442,13 +452,11 @@ class PaperBroker:
             if bo["good_till"] is not None and now >= bo["good_till"]:
                 await self._cancel_locked(conn, bo, f"DAY order expired at the close {bo['good_till'].isoformat()}", "expired")
                 return None
-            legs = [ComboLeg.from_any(leg) for leg in bo["legs"]]
-            quotes = self._leg_quotes(bo["ticker"], legs, bo["multiplier"])
-            if quotes is None:
-                return None  # no two-sided market in some leg: nothing can fill this step
-            price, leg_prices = model_fill_price(legs, quotes, self._slippage_fraction())
-            if not is_marketable(price, bo["limit_price"]):
-                return None
+            if priced is None or any(bo[k] != listed[k] for k in ("limit_price", "filled_quantity", "quantity")):
+                priced = self._marketable_price(bo)
+                if priced is None:
+                    return None
+            legs, price, leg_prices = priced
             remaining = bo["quantity"] - bo["filled_quantity"]
             quantity = remaining if self.max_contracts_per_fill is None else min(remaining, self.max_contracts_per_fill)
             sequence = await self.ledger.fill_count(conn, bo["broker_order_id"]) + 1
@@ -457,6 +465,16 @@ class PaperBroker:
                         leg_prices=leg_prices, at=now, commission=self.commission_for(legs, quantity))
             await self._apply_locked(conn, fill, bo)
             return fill
+
+    def _marketable_price(self, bo) -> tuple[list[ComboLeg], Decimal, tuple[Decimal, ...]] | None:
+        """(legs, model fill price, leg prices) when the order's limit is marketable against the
+        quotes now; None when it is not, or some leg has no two-sided quote."""
+        legs = [ComboLeg.from_any(leg) for leg in bo["legs"]]
+        quotes = self._leg_quotes(bo["ticker"], legs, bo["multiplier"])
+        if quotes is None:
+            return None  # no two-sided market in some leg: nothing can fill this step
+        price, leg_prices = model_fill_price(legs, quotes, self._slippage_fraction())
+        return (legs, price, leg_prices) if is_marketable(price, bo["limit_price"]) else None
 
     async def record_fill(self, fill: Fill) -> bool:
         """Apply a fill report (e.g. replayed from the broker's execution feed).

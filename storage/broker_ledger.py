@@ -103,11 +103,15 @@ class BrokerLedger:
 
     async def order_ids_in_states(self, states: list[str]) -> list[str]:
         """This account's placed orders whose `orders` state is one of `states`, oldest placed first."""
-        rows = await self.pool.fetch(
-            """SELECT bo.order_id FROM broker_orders bo JOIN orders o USING (order_id)
+        return [r["order_id"] for r in await self.orders_in_states(states)]
+
+    async def orders_in_states(self, states: list[str]) -> list[asyncpg.Record]:
+        """The broker order rows (with the `orders` state as `state`) of `order_ids_in_states`, as
+        they stand now, unlocked."""
+        return await self.pool.fetch(
+            """SELECT bo.*, o.state FROM broker_orders bo JOIN orders o USING (order_id)
                WHERE bo.account_id = $1 AND o.state = ANY($2::text[])
                ORDER BY bo.placed_at, bo.order_id""", self.account_id, states)
-        return [r["order_id"] for r in rows]
 
     @staticmethod
     async def touch(conn: asyncpg.Connection, broker_order_id: str, at: datetime) -> None:

@@ -361,6 +361,32 @@ async def test_cancel_from_submitted_and_from_partially_filled(db):
         await broker.cancel(never_placed.order_id)
 
 
+async def test_a_venue_step_decides_on_the_locked_row_when_the_order_changed_after_it_was_listed(db):
+    """`process()` lists the working orders unlocked and takes an order's locks only when it may
+    fill. A limit replaced (or a cancel) between the listing and the lock is what counts."""
+    await run_row(db)
+    p, q = bull_call_spread(), bull_call_spread()
+    a = await approve(db, (await stage(db, p)).order_id)
+    await run_row(db, "run-2")
+    b = await approve(db, (await stage(db, q, run_id="run-2")).order_id)
+    broker = broker_for(db, book_for(p))
+    await broker.place(replace(a, limit_price=D("3.60")))  # marketable at 3.59
+    await broker.place(replace(b, limit_price=D("3.60")))
+    listed = {r["order_id"]: r for r in await broker.ledger.orders_in_states(["SUBMITTED"])}
+    await broker.replace_limit(a.order_id, D("3.50"))  # no longer marketable
+    await broker.cancel(b.order_id, reason="withdrawn")
+    now = broker.clock()
+    assert await broker._step_order(listed[a.order_id], now) is None
+    assert await broker._step_order(listed[b.order_id], now) is None
+    assert await broker.fills(a.order_id) == [] and await broker.fills(b.order_id) == []
+    assert (await broker.status(a.order_id)).state == OrderState.SUBMITTED
+    # Unchanged since it was listed, the order fills at the price drawn on the listed row.
+    await broker.replace_limit(a.order_id, D("3.60"))
+    listed = {r["order_id"]: r for r in await broker.ledger.orders_in_states(["SUBMITTED"])}
+    fill = await broker._step_order(listed[a.order_id], now)
+    assert fill is not None and fill.price == D("3.59") and (await broker.status(a.order_id)).state == OrderState.FILLED
+
+
 async def test_day_orders_are_cancelled_at_the_close(db):
     await run_row(db)
     p = bull_put_spread()
