@@ -322,7 +322,7 @@ class OrderManager:
                        late: bool = False) -> None:
         """Journal each fill with the market context and the book's Greeks before and after, then
         snapshot the account. Idempotent per fill id."""
-        context = await self.context([order.ticker])
+        regime = regime_of(self.quotes.snapshot(order.ticker), self.risk_matrix)  # the market's, now
         data = self.quotes.ticker_data(order.ticker)
         spx = self._spx_price()
         post = await self._greeks(order)
@@ -330,13 +330,13 @@ class OrderManager:
         approver = await self.executions.approver(order.order_id)
         for fill in fills:
             await journal.record_fill(fill, JournalContext(
-                approver=approver, rationale=order.proposal.get("rationale", ""), vix=context.regime.vix,
-                regime=context.regime.name,
+                approver=approver, rationale=order.proposal.get("rationale", ""), vix=regime.vix,
+                regime=regime.name,
                 underlying_price=Decimal(str(round(data.spot, 4))) if data is not None else None,
                 spx_price=Decimal(str(round(spx, 2))), pre_greeks=pre or {}, post_greeks=post,
                 run_id=order.run_id, extra={"journaled_late": True} if late else {},
             ), broker=self.broker.name)
         account = await self.broker.account()
         await journal.record_snapshot(AccountSnapshot.build(
-            account, post, broker=self.broker.name, vix=context.regime.vix, spx_price=Decimal(str(round(spx, 2))),
-            regime=context.regime.name))
+            account, post, broker=self.broker.name, vix=regime.vix, spx_price=Decimal(str(round(spx, 2))),
+            regime=regime.name))
