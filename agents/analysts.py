@@ -254,7 +254,7 @@ def social_signal(data: TickerData, as_of: datetime) -> Signal:
 
 
 def _missing(task: AnalystTask) -> Signal:
-    why = task["context"].data_quality.get(task["ticker"], ["no data"])
+    why = task["data_quality"]
     return Signal(source=task["analyst"], ticker=task["ticker"], direction="neutral", conviction=0.0,
                   edge_type="no_data", horizon_days=0, as_of=task["run"].as_of, data_quality=list(why))
 

@@ -31,7 +31,8 @@ from graph.state import AnalystTask, DecisionState
 def fan_out_analysts(state: DecisionState) -> list[Send]:
     """One task per (ticker, analyst): 4 × N tasks that run in the same superstep."""
     return [
-        Send(name, AnalystTask(run=state["run"], context=state["context"], ticker=ticker, analyst=name))
+        Send(name, AnalystTask(run=state["run"], ticker=ticker, analyst=name,
+                               data_quality=state["context"].data_quality.get(ticker, ["no data"])))
         for ticker in state["run"].tickers
         for name in ANALYSTS
     ]

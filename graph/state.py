@@ -47,9 +47,11 @@ class DecisionState(TypedDict, total=False):
 
 
 class AnalystTask(TypedDict):
-    """The input of one analyst task, sent per (ticker, analyst) by the fan-out."""
+    """The input of one analyst task, sent per (ticker, analyst) by the fan-out. Only what an
+    analyst reads: every task is stored with the run's checkpoints (4 x N per run), so the whole
+    MarketContext (account, book, Kelly journal) in each made them grow with the book's history."""
 
     run: RunInfo
-    context: MarketContext
     ticker: str
     analyst: AnalystName
+    data_quality: list[str]  # what load_context said of this ticker's data (["no data"]: nothing)
