@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from graph.compare import compare_states, detailed_differences
-from graph.graph import build_graph
+from graph.graph import compiled_graph
 from storage.database import Database
 from storage.runs import RunRecord, RunRepository
 
@@ -52,7 +52,7 @@ async def diff_runs(db: Database, a_id: str, b_id: str) -> RunDiff:
             raise RunDiffError(f"no run {run_id}")
         records.append(record)
     a, b = records
-    app = build_graph().compile(checkpointer=db.checkpointer)
+    app = compiled_graph(db.checkpointer)
     states = [dict((await app.aget_state({"configurable": {"thread_id": r.run_id}})).values) for r in records]
     inputs = [{"field": name, "a": getattr(a, name), "b": getattr(b, name)}
               for name in RUN_FIELDS if getattr(a, name) != getattr(b, name)]

@@ -26,7 +26,7 @@ from agents.llm_debate import RecordedChatBackend, ReplayDivergence, make_replay
 from config.settings import DecisionConfig, defaults
 from graph.compare import COMPARED_NODES, NodeComparison, compare_states
 from graph.deps import MarketCache
-from graph.graph import build_graph
+from graph.graph import build_graph, compiled_graph
 from graph.runner import RunFailed, _advance, make_deps
 from domain.decision import AccountState, Candidate, Regime, RunInfo, Signal, Verdict
 from storage.database import Database, LockBusy
@@ -210,7 +210,7 @@ def _thread(run_id: str) -> dict:
 
 
 def _app(db: Database):
-    return build_graph().compile(checkpointer=db.checkpointer)
+    return compiled_graph(db.checkpointer)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from langgraph.types import Command
 
 from config.settings import DecisionConfig
 from graph.deps import MarketCache, RunDeps, registered
-from graph.graph import build_graph
+from graph.graph import compiled_graph
 from domain.decision import AccountState, Position, RunInfo
 from domain.orders import Order
 from storage.database import CONNECTION_ERRORS, Database, DatabaseUnavailable, LockBusy, is_connection_error
@@ -130,7 +130,7 @@ async def execute_run(
         config=request.config.model_dump(mode="json"), mode=request.mode, debater=request.debater,
         market_source=request.market_source,
     )
-    app = build_graph().compile(checkpointer=db.checkpointer)
+    app = compiled_graph(db.checkpointer)
     thread = {"configurable": {"thread_id": run_id}}
     if record.status in FINISHED:
         return await _outcome(runs, orders, app, thread, run_id, executed=False, resumed=False)
@@ -148,14 +148,15 @@ async def execute_run(
                     run_id=run_id, slot_key=record.slot_key, watchlist=record.watchlist, as_of=record.as_of,
                     tickers=list(record.tickers), seed=record.seed, provider=record.provider, mode=record.mode,
                 )
-                await _advance(app, runs, {"run": info}, thread, deps, on_node)
+                final = await _advance(app, runs, {"run": info}, thread, deps, on_node)
             elif checkpoint.next or checkpoint.tasks:
                 # Not at the end: continue from the last checkpoint. (A step whose tasks all wrote
                 # but whose next checkpoint was never saved shows no `next`, only its tasks.)
-                await _advance(app, runs, None, thread, deps, on_node)
+                final = await _advance(app, runs, None, thread, deps, on_node)
             else:
+                final = checkpoint
                 await runs.mark_finished(run_id, "completed")
-            return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=resumed)
+            return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=resumed, state=final)
     except LockBusy as exc:
         raise RunBusy(f"run {run_id} is being executed by another process") from exc
 
@@ -164,7 +165,7 @@ async def resume_run(db: Database, run_id: str, deps: RunDeps, resume: Any, wait
     """Continue a run paused at `await_approval` with `Command(resume=resume)` (one writer at a time:
     concurrent decisions on one run queue on the run's lock)."""
     runs, orders = RunRepository(db.pool), OrderRepository(db.pool)
-    app = build_graph().compile(checkpointer=db.checkpointer)
+    app = compiled_graph(db.checkpointer)
     thread = {"configurable": {"thread_id": run_id}}
     try:
         async with db.advisory_lock(f"run:{run_id}", wait_seconds=wait_seconds):
@@ -173,14 +174,15 @@ async def resume_run(db: Database, run_id: str, deps: RunDeps, resume: Any, wait
                 if paused.values:
                     await runs.mark_finished(run_id, "completed")
                 return await _outcome(runs, orders, app, thread, run_id, executed=False, resumed=False)
-            await _advance(app, runs, Command(resume=resume), thread, deps, None)
-            return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=True)
+            final = await _advance(app, runs, Command(resume=resume), thread, deps, None)
+            return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=True, state=final)
     except LockBusy as exc:
         raise RunBusy(f"run {run_id} is being executed by another process") from exc
 
 
-async def _advance(app, runs: RunRepository, graph_input, thread, deps: RunDeps, on_node) -> None:
-    """Drive the graph until it ends or pauses, and record where the run stands."""
+async def _advance(app, runs: RunRepository, graph_input, thread, deps: RunDeps, on_node):
+    """Drive the graph until it ends or pauses, and record where the run stands. Returns the
+    graph's state there (a `StateSnapshot`)."""
     run_id = thread["configurable"]["thread_id"]
     try:
         await _drive(app, graph_input, thread, deps, on_node)
@@ -199,6 +201,7 @@ async def _advance(app, runs: RunRepository, graph_input, thread, deps: RunDeps,
         await runs.set_status(run_id, "awaiting_approval")
     else:
         await runs.mark_finished(run_id, "completed")
+    return final
 
 
 async def _drive(app, graph_input, thread, deps: RunDeps, on_node) -> None:
@@ -209,8 +212,9 @@ async def _drive(app, graph_input, thread, deps: RunDeps, on_node) -> None:
                     on_node(node, update or {})
 
 
-async def _outcome(runs, orders, app, thread, run_id, *, executed: bool, resumed: bool) -> RunOutcome:
-    state = (await app.aget_state(thread)).values
+async def _outcome(runs, orders, app, thread, run_id, *, executed: bool, resumed: bool, state=None) -> RunOutcome:
+    """`state`: the graph's state snapshot when the caller has just read it (else it is read)."""
+    state = (state or await app.aget_state(thread)).values
     return RunOutcome(
         run=await runs.get(run_id), executed=executed, resumed=resumed,
         orders=await orders.list(run_id=run_id), state=dict(state),

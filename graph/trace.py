@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from graph.graph import build_graph
+from graph.graph import compiled_graph
 from graph.state import DecisionState
 from storage.database import Database
 
@@ -115,7 +115,7 @@ def _cid(snapshot) -> str:
 async def _line(db: Database, run_id: str) -> list:
     """The run's checkpoints from the first to the current one, following parent links (a thread
     that was branched lists only the branch the run stands on)."""
-    app = build_graph().compile(checkpointer=db.checkpointer)
+    app = compiled_graph(db.checkpointer)
     history = [s async for s in app.aget_state_history({"configurable": {"thread_id": run_id}})]
     if not history:
         raise TraceError(f"run {run_id} has no checkpoints")

@@ -91,8 +91,8 @@ async def test_trades_fill_through_approvals_and_the_kelly_journal_reads_only_th
             assert await db.pool.fetchval("SELECT count(*) FROM orders") == 0  # the main database saw no order
             # Every run's Kelly journal held exactly the positions closed by its as-of time, in this account.
             closed = await bt.pool.fetch("SELECT closed_at FROM strategy_positions WHERE status <> 'open'")
-            from graph.runner import build_graph
-            app_ = build_graph().compile(checkpointer=bt.checkpointer)
+            from graph.graph import compiled_graph
+            app_ = compiled_graph(bt.checkpointer)
             for day in result.days:
                 state = (await app_.aget_state({"configurable": {"thread_id": day.run_ids[0]}})).values
                 as_of = state["run"].as_of
