@@ -363,8 +363,9 @@ class PaperBroker:
         """Cash, marks (quote mids), margin of the open positions and realized P&L."""
         await self._ensure_account()
         now = self._now()
-        cash = await self.ledger.cash()
-        positions = await self.ledger.positions()
+        day_start = datetime.combine(now.astimezone(NEW_YORK).date(), time(0), tzinfo=NEW_YORK)
+        books = await self.ledger.account_figures(day_start)
+        cash, positions = books.cash, books.positions
         value, unmarked = Decimal(0), []
         by_ticker: dict[str, list[BrokerPosition]] = {}
         for p in positions:
@@ -378,18 +379,17 @@ class PaperBroker:
             by_ticker.setdefault(p.contract.ticker, []).append(p)
         margin = sum((margin_requirement([(p.contract, p.quantity) for p in group], premium_basis(group), self.quotes).requirement
                       for group in by_ticker.values()), Decimal(0))
-        for holding in await self.ledger.share_positions():
+        for holding in books.shares:
             price = self.share_prices(holding.ticker) if self.share_prices is not None else None
             if price is None:
                 price = holding.avg_price
                 unmarked.append(f"{holding.ticker} shares")
             value += holding.quantity * Decimal(price)
         nlv = cash + value
-        day_start = datetime.combine(now.astimezone(NEW_YORK).date(), time(0), tzinfo=NEW_YORK)
         return BrokerAccount(
             account_id=self.account_id, cash=cash, net_liquidation=nlv, positions_value=value, margin_used=margin,
-            free_margin=nlv - margin, realized_pnl=await self.ledger.realized_pnl(),
-            realized_pnl_today=await self.ledger.realized_pnl(day_start), as_of=now, unmarked=tuple(unmarked))
+            free_margin=nlv - margin, realized_pnl=books.realized_pnl, realized_pnl_today=books.realized_pnl_since,
+            as_of=now, unmarked=tuple(unmarked))
 
     async def settle_expiries(self, now: datetime, underlying_price: Callable[[str], Decimal]) -> list[dict[str, Any]]:
         """Take every option expired at `now` off the books (`brokers.expiry` rules), in one
