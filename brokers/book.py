@@ -501,7 +501,7 @@ class Book:
         before `daily_reset`, when given). Safe to repeat at the same instant (nothing doubles)."""
         _aware(now)
         books = await self._read(daily_reset)
-        positions = [StrategyPosition.from_row(r) for r in books.positions]
+        positions = _open(books)
         spx, spx_notes = self._spx(spx_price, quotes, positions)
         marks, rows = [], []
         for p in positions:
@@ -726,7 +726,8 @@ class Book:
         trades_today: opening orders filled since the reset."""
         _aware(now)
         _aware(daily_reset)
-        return self._account_state(await self._read(daily_reset), quotes, share_prices, halted, halt_reason)
+        books = await self._read(daily_reset)
+        return self._account_state(books, _open(books), quotes, share_prices, halted, halt_reason)
 
     async def open_positions(self, *, quotes: QuoteSource | None = None,
                              share_prices: Callable[[str], Decimal | None] | None = None) -> list[Position]:
@@ -734,7 +735,8 @@ class Book:
         proposal's when a position has no mark with a Greek yet), max loss for the open units;
         and the shares exercises and assignments delivered (`_shares_position`), priced from
         `share_prices` or the quote source (`share_prices_of`)."""
-        return self._open_positions(await self._read(None), quotes, share_prices)
+        books = await self._read(None)
+        return self._open_positions(books, _open(books), quotes, share_prices)
 
     async def account_and_positions(self, now: datetime, daily_reset: datetime, *, quotes: QuoteSource | None = None,
                                     share_prices: Callable[[str], Decimal | None] | None = None, halted: bool = False,
@@ -743,13 +745,13 @@ class Book:
         _aware(now)
         _aware(daily_reset)
         books = await self._read(daily_reset)
-        return (self._account_state(books, quotes, share_prices, halted, halt_reason),
-                self._open_positions(books, quotes, share_prices))
+        positions = _open(books)
+        return (self._account_state(books, positions, quotes, share_prices, halted, halt_reason),
+                self._open_positions(books, positions, quotes, share_prices))
 
-    def _account_state(self, books: BookRead, quotes: QuoteSource | None,
+    def _account_state(self, books: BookRead, positions: Sequence[StrategyPosition], quotes: QuoteSource | None,
                        share_prices: Callable[[str], Decimal | None] | None, halted: bool,
                        halt_reason: str | None) -> AccountState:
-        positions = [StrategyPosition.from_row(r) for r in books.positions]
         latest = books.latest_marks
         value = unrealized = ZERO
         for p in positions:
@@ -773,10 +775,9 @@ class Book:
             daily_unrealized_pnl=_money(unrealized - base_unrealized), last_loss_at=books.last_loss_at,
             trades_today=books.trades_since_reset, halted=halted, halt_reason=halt_reason)
 
-    def _open_positions(self, books: BookRead, quotes: QuoteSource | None,
+    def _open_positions(self, books: BookRead, positions: Sequence[StrategyPosition], quotes: QuoteSource | None,
                         share_prices: Callable[[str], Decimal | None] | None) -> list[Position]:
         share_prices = share_prices_of(quotes, share_prices)
-        positions = [StrategyPosition.from_row(r) for r in books.positions]
         latest, proposals = books.latest_marks, books.proposals
         out = []
         for p in positions:
@@ -926,6 +927,10 @@ class Book:
 
 
 # ------------------------------------------------------------------ helpers
+def _open(books: BookRead) -> list[StrategyPosition]:
+    return [StrategyPosition.from_row(r) for r in books.positions]
+
+
 def _aware(value: datetime) -> None:
     if value.tzinfo is None:
         raise ValueError("times must be timezone-aware")

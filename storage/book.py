@@ -26,8 +26,8 @@ CLOSING_KINDS = ("close", "settle", "expire", "shares")
 
 # The columns of a position's latest mark that `BookRead.latest_marks` carries.
 MARK_FIELDS = ("units", "value", "underlying_price", "delta", "gamma", "vega", "theta")
-# The keys of an opening proposal that `BookRead.proposals` carries (the gate's fallback Greeks and
-# underlying price for a position without a mark): the whole proposal is large to decode.
+# The keys of an opening proposal that `BookRead.proposals` carries: the gate's fallback Greeks and
+# underlying price for a position whose latest mark lacks them (the whole proposal is large to decode).
 PROPOSAL_FIELDS = ("delta", "gamma", "vega", "theta", "underlying_price")
 
 
@@ -39,7 +39,9 @@ class BookRead:
     positions: list[asyncpg.Record]  # open strategy positions, by opened_at, position_id
     holding_shares: list[asyncpg.Record]  # positions still holding delivered shares, by closed_at, position_id
     latest_marks: dict[str, dict[str, Any]]  # open position id -> its latest mark's MARK_FIELDS
-    proposals: dict[str, dict[str, Any]]  # an open position's opening order id -> its proposal's PROPOSAL_FIELDS present
+    # An open position's opening order id -> the PROPOSAL_FIELDS its proposal has; only for a position
+    # whose latest mark is missing, is for other units, or lacks a Greek or a (non-zero) underlying price.
+    proposals: dict[str, dict[str, Any]]
     shares: list[asyncpg.Record]  # the broker's share holdings (ticker, quantity, avg_price), by ticker
     cash: Decimal
     realized_since_reset: Decimal  # position_fills realized at or after the reset
@@ -201,8 +203,11 @@ class BookStore:
                    SELECT 1 AS book_part, p.* FROM strategy_positions p WHERE p.account_id = $1 AND p.shares_open <> 0)
                SELECT f.*, b.*, m.units AS mark_units, m.value AS mark_value, m.underlying_price AS mark_underlying_price,
                       m.delta AS mark_delta, m.gamma AS mark_gamma, m.vega AS mark_vega, m.theta AS mark_theta,
-                      (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o.proposal) e
-                        WHERE e.key = ANY($4::text[])) AS opening_proposal
+                      CASE WHEN m.units IS NULL OR m.units <> b.units_open OR m.underlying_price IS NULL
+                                OR m.underlying_price = 0 OR m.delta IS NULL OR m.gamma IS NULL OR m.vega IS NULL
+                                OR m.theta IS NULL
+                           THEN (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o.proposal) e
+                                  WHERE e.key = ANY($4::text[])) END AS opening_proposal
                FROM figures f
                LEFT JOIN book b ON true
                LEFT JOIN LATERAL (SELECT * FROM position_marks pm WHERE b.book_part = 0 AND pm.position_id = b.position_id
