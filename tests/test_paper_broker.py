@@ -26,7 +26,7 @@ from storage.broker_ledger import FillRejected, apply_to_position
 from storage.orders import OrderRepository
 from tools.chain import NEW_YORK
 from tests.broker_factories import (
-    D, EXPIRY, Clock, approve, book_for, bull_call_spread, bull_put_spread, contract, quote, run_row, stage,
+    D, EXPIRY, T0, Clock, approve, book_for, bull_call_spread, bull_put_spread, contract, quote, run_row, stage,
 )
 
 
@@ -262,6 +262,19 @@ async def test_place_partial_fill_fill_updates_positions_and_cash(db):
     assert account.free_margin == account.net_liquidation - D("1239")
     assert account.realized_pnl == 0 and account.unmarked == ()
     assert account.to_account_state().net_liquidation == D("99981.10")
+
+
+async def test_the_account_opens_once_with_one_deposit_even_when_opened_concurrently(db):
+    ledger = PaperBroker(db, book_for(bull_put_spread()), opening_cash=D("25000")).ledger
+    created = await asyncio.gather(*(ledger.ensure_account(D("25000"), T0) for _ in range(4)))
+    assert sorted(created) == [False, False, False, True]
+    assert await ledger.ensure_account(D("99"), T0) is False  # an open account keeps its opening cash
+    assert [(e["kind"], e["amount"], e["at"]) for e in await ledger.cash_entries()] == [("deposit", D("25000"), T0)]
+    assert await ledger.cash() == D("25000")
+    # Each broker (a new one per run) opens its account once, and its books start from the deposit.
+    broker = broker_for(db, book_for(bull_put_spread()), opening_cash=D("25000"))
+    await broker.ensure_connected()
+    assert (await broker.account()).net_liquidation == D("25000")
 
 
 async def test_account_realized_pnl_in_all_and_since_new_york_midnight(db):
