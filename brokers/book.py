@@ -50,7 +50,7 @@ from brokers.portfolio import portfolio_greeks
 from brokers.quote_source import share_prices_of
 from config.settings import BookConfig
 from domain.decision import AccountState, OptionLeg, Position
-from storage.book import LIVE_ORDER_STATES, BookStore
+from storage.book import LIVE_ORDER_STATES, BookRead, BookStore
 from storage.broker_ledger import ShareHolding
 from storage.journal import AccountSnapshot, Journal
 from storage.orders import OrderRepository
@@ -415,6 +415,16 @@ class Book:
         """Positions whose expired options delivered shares the book still holds."""
         return [StrategyPosition.from_row(r) for r in await self.store.holding_shares()]
 
+    async def _read(self, daily_reset: datetime | None) -> BookRead:
+        """The book and the account figures at one instant (`BookStore.read`), with every broker
+        fill booked: `ingest_fills` runs (and the book is read again) only when the read finds a
+        fill not booked yet."""
+        books = await self.store.read(daily_reset)
+        if books.unbooked_fills:
+            await self.ingest_fills()
+            books = await self.store.read(daily_reset)
+        return books
+
     # -------------------------------------------------------------- 2. marks and snapshots
     def _value(self, p: StrategyPosition, quotes: QuoteSource | None) -> tuple[Decimal, Decimal | None, list[str]]:
         """(mark per share per unit, underlying price, missing) at the legs' mids; a leg without a
@@ -452,10 +462,13 @@ class Book:
                                      math.nan, greeks.theta_vega_ratio, greeks.missing)
         return greeks
 
-    async def _shares_value(self, share_prices: Callable[[str], Decimal | None] | None) -> tuple[Decimal, Decimal, list[str]]:
-        """(value, unrealized P&L, missing) of the shares held from exercises and assignments."""
+    @staticmethod
+    def _shares_value(shares: Sequence[Mapping[str, Any]],
+                      share_prices: Callable[[str], Decimal | None] | None) -> tuple[Decimal, Decimal, list[str]]:
+        """(value, unrealized P&L, missing) of the shares held from exercises and assignments
+        (`shares`: the broker's holdings, `BookRead.shares`)."""
         value, unrealized, missing = ZERO, ZERO, []
-        for row in await self.store.shares():
+        for row in shares:
             price = share_prices(row["ticker"]) if share_prices is not None else None
             if price is None:
                 price = row["avg_price"]
@@ -487,8 +500,8 @@ class Book:
         (NLV = cash + marks + shares; `daily_pnl` = NLV change since the last snapshot at or
         before `daily_reset`, when given). Safe to repeat at the same instant (nothing doubles)."""
         _aware(now)
-        await self.ingest_fills()
-        positions = await self.positions()
+        books = await self._read(daily_reset)
+        positions = _open(books)
         spx, spx_notes = self._spx(spx_price, quotes, positions)
         marks, rows = [], []
         for p in positions:
@@ -502,18 +515,18 @@ class Book:
                          *(_finite(getattr(greeks, g)) for g in ("delta", "gamma", "vega", "theta")),
                          list(missing) + list(greeks.missing)))
         await self.store.insert_marks(rows)
-        cash = await self.store.cash()
-        shares_value, shares_unrealized, share_notes = await self._shares_value(share_prices_of(quotes, share_prices))
+        cash = books.cash
+        shares_value, shares_unrealized, share_notes = self._shares_value(books.shares, share_prices_of(quotes, share_prices))
         margin, margin_notes = self._margin(positions, quotes)
-        holders = await self.holding_shares()
+        holders = [StrategyPosition.from_row(r) for r in books.holding_shares]
         book_greeks = self._greeks([h for p in positions for h in p.holdings()]
                                    + [h for p in holders for h in p.share_holdings()], quotes, spx)
         nlv = cash + sum((m.value for m in marks), ZERO) + shares_value
         unrealized = sum((m.unrealized_pnl for m in marks), ZERO) + _money(shares_unrealized)
         daily_pnl = None
         if daily_reset is not None:
-            base = await self.store.snapshot_at_or_before(daily_reset)
-            daily_pnl = nlv - (base["net_liquidation"] if base is not None else await self.store.opening_cash())
+            base = books.reset_net_liquidation
+            daily_pnl = nlv - (base if base is not None else books.opening_cash)
         snapshot = AccountSnapshot(
             account_id=self.account_id, broker=self.broker, captured_at=now, net_liquidation=nlv, cash=cash,
             margin_used=margin, delta=book_greeks.delta, gamma=book_greeks.gamma, vega=book_greeks.vega,
@@ -521,7 +534,7 @@ class Book:
             theta_vega_ratio=book_greeks.theta_vega_ratio, vix=vix,
             spx_price=None if spx is None else Decimal(repr(spx)).quantize(MONEY_PLACES), regime=regime,
             missing=tuple(spx_notes + share_notes + margin_notes) + book_greeks.missing,
-            realized_pnl=await self.store.realized_between(None), daily_pnl=daily_pnl, unrealized_pnl=unrealized,
+            realized_pnl=books.realized_total, daily_pnl=daily_pnl, unrealized_pnl=unrealized,
             shares_value=shares_value)
         await self.journal.record_snapshot(snapshot)
         return MarkReport(tuple(marks), snapshot)
@@ -713,9 +726,33 @@ class Book:
         trades_today: opening orders filled since the reset."""
         _aware(now)
         _aware(daily_reset)
-        await self.ingest_fills()
-        positions = await self.positions()
-        latest = await self.store.latest_marks([p.position_id for p in positions])
+        books = await self._read(daily_reset)
+        return self._account_state(books, _open(books), quotes, share_prices, halted, halt_reason)
+
+    async def open_positions(self, *, quotes: QuoteSource | None = None,
+                             share_prices: Callable[[str], Decimal | None] | None = None) -> list[Position]:
+        """The open book as the risk gate sees it: Greeks from the latest marks (the opening
+        proposal's when a position has no mark with a Greek yet), max loss for the open units;
+        and the shares exercises and assignments delivered (`_shares_position`), priced from
+        `share_prices` or the quote source (`share_prices_of`)."""
+        books = await self._read(None)
+        return self._open_positions(books, _open(books), quotes, share_prices)
+
+    async def account_and_positions(self, now: datetime, daily_reset: datetime, *, quotes: QuoteSource | None = None,
+                                    share_prices: Callable[[str], Decimal | None] | None = None, halted: bool = False,
+                                    halt_reason: str | None = None) -> tuple[AccountState, list[Position]]:
+        """`account_state` and `open_positions` (same arguments) from one read of the book."""
+        _aware(now)
+        _aware(daily_reset)
+        books = await self._read(daily_reset)
+        positions = _open(books)
+        return (self._account_state(books, positions, quotes, share_prices, halted, halt_reason),
+                self._open_positions(books, positions, quotes, share_prices))
+
+    def _account_state(self, books: BookRead, positions: Sequence[StrategyPosition], quotes: QuoteSource | None,
+                       share_prices: Callable[[str], Decimal | None] | None, halted: bool,
+                       halt_reason: str | None) -> AccountState:
+        latest = books.latest_marks
         value = unrealized = ZERO
         for p in positions:
             if quotes is not None:
@@ -727,29 +764,21 @@ class Book:
                 position_value = p.entry_cost * p.multiplier
             value += position_value
             unrealized += position_value - p.entry_cost * p.multiplier
-        shares_value, shares_unrealized, _ = await self._shares_value(share_prices_of(quotes, share_prices))
+        shares_value, shares_unrealized, _ = self._shares_value(books.shares, share_prices_of(quotes, share_prices))
         unrealized += shares_unrealized
-        cash = await self.store.cash()
+        cash = books.cash
         margin, _ = self._margin(positions, quotes)
-        base = await self.store.snapshot_at_or_before(daily_reset)
-        base_unrealized = (base["unrealized_pnl"] or ZERO) if base is not None else ZERO
+        base_unrealized = books.reset_unrealized_pnl or ZERO
         return AccountState(
             net_liquidation=_money(cash + value + shares_value), cash=cash, margin_used=_money(margin),
-            daily_realized_pnl=await self.store.realized_between(daily_reset),
-            daily_unrealized_pnl=_money(unrealized - base_unrealized), last_loss_at=await self.store.last_loss_at(),
-            trades_today=await self.store.trades_since(daily_reset), halted=halted, halt_reason=halt_reason)
+            daily_realized_pnl=books.realized_since_reset,
+            daily_unrealized_pnl=_money(unrealized - base_unrealized), last_loss_at=books.last_loss_at,
+            trades_today=books.trades_since_reset, halted=halted, halt_reason=halt_reason)
 
-    async def open_positions(self, *, quotes: QuoteSource | None = None,
-                             share_prices: Callable[[str], Decimal | None] | None = None) -> list[Position]:
-        """The open book as the risk gate sees it: Greeks from the latest marks (the opening
-        proposal's when a position has no mark with a Greek yet), max loss for the open units;
-        and the shares exercises and assignments delivered (`_shares_position`), priced from
-        `share_prices` or the quote source (`share_prices_of`)."""
+    def _open_positions(self, books: BookRead, positions: Sequence[StrategyPosition], quotes: QuoteSource | None,
+                        share_prices: Callable[[str], Decimal | None] | None) -> list[Position]:
         share_prices = share_prices_of(quotes, share_prices)
-        await self.ingest_fills()
-        positions = await self.positions()
-        latest = await self.store.latest_marks([p.position_id for p in positions])
-        proposals = await self.store.proposals([p.order_id for p in positions])
+        latest, proposals = books.latest_marks, books.proposals
         out = []
         for p in positions:
             m = latest.get(p.position_id)
@@ -766,8 +795,8 @@ class Book:
                 market_value=m["value"] if m is not None and m["units"] == p.units_open else p.entry_cost * p.multiplier,
                 underlying_price=float(underlying), has_naked_short=p.has_naked_short(),
                 beta=float(self.betas.get(p.ticker, 1.0)), **greeks))
-        for p in await self.holding_shares():
-            out.append(self._shares_position(p, share_prices))
+        for r in books.holding_shares:
+            out.append(self._shares_position(StrategyPosition.from_row(r), share_prices))
         return out
 
     def _shares_position(self, p: StrategyPosition, share_prices: Callable[[str], Decimal | None] | None) -> Position:
@@ -898,6 +927,10 @@ class Book:
 
 
 # ------------------------------------------------------------------ helpers
+def _open(books: BookRead) -> list[StrategyPosition]:
+    return [StrategyPosition.from_row(r) for r in books.positions]
+
+
 def _aware(value: datetime) -> None:
     if value.tzinfo is None:
         raise ValueError("times must be timezone-aware")

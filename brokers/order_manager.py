@@ -111,11 +111,11 @@ class OrderManager:
         reset = last_daily_reset(now, self.risk_matrix.daily_reset.at, self.risk_matrix.daily_reset.timezone)
         # The book supplies what only a record of fills knows (P&L since the reset, the last loss,
         # trades today); balances come from the broker (the paper broker's equal the book's).
-        account = (await self.book.account_state(now, reset, quotes=self.quotes, halted=halt.halted,
-                                                 halt_reason=halt.reason)).model_copy(update={
+        account, positions = await self.book.account_and_positions(now, reset, quotes=self.quotes, halted=halt.halted,
+                                                                   halt_reason=halt.reason)
+        account = account.model_copy(update={
             "net_liquidation": balances.net_liquidation, "cash": balances.cash, "margin_used": balances.margin_used})
-        return MarketContext(regime=regime_of(snapshot, self.risk_matrix), account=account,
-                             positions=await self.book.open_positions(quotes=self.quotes),
+        return MarketContext(regime=regime_of(snapshot, self.risk_matrix), account=account, positions=positions,
                              sectors={t: d.sector for t, d in snapshot.tickers.items()}, snapshot_sha256="")
 
     @property

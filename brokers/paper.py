@@ -62,7 +62,7 @@ from brokers.expiry import latest_expired_date, settlement
 from brokers.margin import margin_requirement
 from brokers.quote_source import share_prices_of
 from domain.order_state import OrderState
-from storage.broker_ledger import AVG_PLACES, BrokerLedger, premium_basis
+from storage.broker_ledger import AVG_PLACES, AccountFigures, BrokerLedger, premium_basis
 from storage.controls import RiskControls
 from storage.orders import OrderRepository, UnknownOrder
 from tools.chain import NEW_YORK
@@ -117,6 +117,11 @@ def session_close(at: datetime) -> datetime:
     """16:00 New York on the New York calendar day of `at`."""
     local = at.astimezone(NEW_YORK)
     return datetime.combine(local.date(), SESSION_CLOSE, tzinfo=NEW_YORK)
+
+
+def day_start(at: datetime) -> datetime:
+    """Midnight New York of the New York calendar day of `at` (where "today" starts for realized P&L)."""
+    return datetime.combine(at.astimezone(NEW_YORK).date(), time(0), tzinfo=NEW_YORK)
 
 
 def model_fill_price(legs: Sequence[ComboLeg], quotes: Sequence[LegQuote],
@@ -244,7 +249,10 @@ class PaperBroker:
     async def what_if(self, order: Order) -> WhatIfMargin:
         """Margin before/after this order for its underlying, at its limit price (no side effects)."""
         await self._ensure_account()
-        held = await self.ledger.positions(order.ticker)
+        return self._what_if(order, await self.ledger.positions(order.ticker))
+
+    def _what_if(self, order: Order, held: Sequence[BrokerPosition]) -> WhatIfMargin:
+        """`what_if` given `held`, the account's open positions in the order's underlying."""
         before = [(p.contract, p.quantity) for p in held]
         if order.is_shares:  # shares move cash, not the option margin
             margin = margin_requirement(before, premium_basis(held), self.quotes)
@@ -277,8 +285,11 @@ class PaperBroker:
         shortfall: str | None = None
         if self.check_buying_power:
             if await self.orders.state(order.order_id) == OrderState.APPROVED.value:
-                need = await self.what_if(order)
-                free = (await self.account()).free_margin
+                # One read of the books for both the order's margin need and the free margin.
+                checked_at = self._now()
+                books = await self.ledger.account_figures(day_start(checked_at))
+                need = self._what_if(order, [p for p in books.positions if p.contract.ticker == order.ticker])
+                free = self._account(books, checked_at).free_margin
                 if need.initial_margin_change > 0 and need.initial_margin_change + need.commission > free:
                     shortfall = (f"margin need {need.initial_margin_change} + commission {need.commission} "
                                  f"exceeds free margin {free}")
@@ -363,8 +374,11 @@ class PaperBroker:
         """Cash, marks (quote mids), margin of the open positions and realized P&L."""
         await self._ensure_account()
         now = self._now()
-        cash = await self.ledger.cash()
-        positions = await self.ledger.positions()
+        return self._account(await self.ledger.account_figures(day_start(now)), now)
+
+    def _account(self, books: AccountFigures, now: datetime) -> BrokerAccount:
+        """`account` from one read of the books (`BrokerLedger.account_figures` since `day_start(now)`)."""
+        cash, positions = books.cash, books.positions
         value, unmarked = Decimal(0), []
         by_ticker: dict[str, list[BrokerPosition]] = {}
         for p in positions:
@@ -378,18 +392,17 @@ class PaperBroker:
             by_ticker.setdefault(p.contract.ticker, []).append(p)
         margin = sum((margin_requirement([(p.contract, p.quantity) for p in group], premium_basis(group), self.quotes).requirement
                       for group in by_ticker.values()), Decimal(0))
-        for holding in await self.ledger.share_positions():
+        for holding in books.shares:
             price = self.share_prices(holding.ticker) if self.share_prices is not None else None
             if price is None:
                 price = holding.avg_price
                 unmarked.append(f"{holding.ticker} shares")
             value += holding.quantity * Decimal(price)
         nlv = cash + value
-        day_start = datetime.combine(now.astimezone(NEW_YORK).date(), time(0), tzinfo=NEW_YORK)
         return BrokerAccount(
             account_id=self.account_id, cash=cash, net_liquidation=nlv, positions_value=value, margin_used=margin,
-            free_margin=nlv - margin, realized_pnl=await self.ledger.realized_pnl(),
-            realized_pnl_today=await self.ledger.realized_pnl(day_start), as_of=now, unmarked=tuple(unmarked))
+            free_margin=nlv - margin, realized_pnl=books.realized_pnl, realized_pnl_today=books.realized_pnl_since,
+            as_of=now, unmarked=tuple(unmarked))
 
     async def settle_expiries(self, now: datetime, underlying_price: Callable[[str], Decimal]) -> list[dict[str, Any]]:
         """Take every option expired at `now` off the books (`brokers.expiry` rules), in one

@@ -56,12 +56,12 @@ async def book_account(db: Database, provider: MarketDataProvider, at: datetime,
                       account_id=account_id).ensure_connected()
     book = Book(db, account_id=account_id, config=defaults().book)
     matrix = load_risk_matrix()
-    account = await book.account_state(at, last_daily_reset(at, matrix.daily_reset.at, matrix.daily_reset.timezone),
-                                       quotes=quotes)
+    account, positions = await book.account_and_positions(
+        at, last_daily_reset(at, matrix.daily_reset.at, matrix.daily_reset.timezone), quotes=quotes)
     pending = await OrderRepository(db.pool).open_exposures()
     reserved = sum((p.max_loss for p in pending), Decimal("0"))
     account = account.model_copy(update={"margin_used": account.margin_used + reserved})
-    return account, await book.open_positions(quotes=quotes) + pending
+    return account, positions + pending
 
 
 async def run_decision(

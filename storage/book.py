@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -21,6 +22,35 @@ from storage.database import took_session_lock
 # Orders in these states are a live exit: a position has at most one at a time.
 LIVE_ORDER_STATES = ("DRAFT", "STAGED", "APPROVED", "SUBMITTED", "PARTIALLY_FILLED", "UNKNOWN")
 CLOSING_KINDS = ("close", "settle", "expire", "shares")
+
+
+# The columns of a position's latest mark that `BookRead.latest_marks` carries.
+MARK_FIELDS = ("units", "value", "underlying_price", "delta", "gamma", "vega", "theta")
+# The keys of an opening proposal that `BookRead.proposals` carries: the gate's fallback Greeks and
+# underlying price for a position whose latest mark lacks them (the whole proposal is large to decode).
+PROPOSAL_FIELDS = ("delta", "gamma", "vega", "theta", "underlying_price")
+
+
+@dataclass(frozen=True)
+class BookRead:
+    """The book and the account figures at one instant (`BookStore.read`)."""
+
+    unbooked_fills: bool  # broker fills of the account not in the book yet (book them, then read again)
+    positions: list[asyncpg.Record]  # open strategy positions, by opened_at, position_id
+    holding_shares: list[asyncpg.Record]  # positions still holding delivered shares, by closed_at, position_id
+    latest_marks: dict[str, dict[str, Any]]  # open position id -> its latest mark's MARK_FIELDS
+    # An open position's opening order id -> the PROPOSAL_FIELDS its proposal has; only for a position
+    # whose latest mark is missing, is for other units, or lacks a Greek or a (non-zero) underlying price.
+    proposals: dict[str, dict[str, Any]]
+    shares: list[asyncpg.Record]  # the broker's share holdings (ticker, quantity, avg_price), by ticker
+    cash: Decimal
+    realized_since_reset: Decimal  # position_fills realized at or after the reset
+    realized_total: Decimal  # position_fills realized since the account opened
+    last_loss_at: datetime | None  # the last close (in part or whole) at a loss
+    trades_since_reset: int  # opening orders with a fill at or after the reset
+    reset_net_liquidation: Decimal | None  # of the last snapshot at or before the reset (None: there is none)
+    reset_unrealized_pnl: Decimal | None
+    opening_cash: Decimal
 
 
 class BookStore:
@@ -138,48 +168,78 @@ class BookStore:
                ORDER BY position_id, marked_at DESC""", list(position_ids))
         return {r["position_id"]: r for r in rows}
 
-    # ---------------------------------------------------------------- cash, shares, account figures
-    async def cash(self) -> Decimal:
-        return await self.pool.fetchval(
-            "SELECT COALESCE(sum(amount), 0) FROM broker_cash_ledger WHERE account_id = $1", self.account_id)
+    # ---------------------------------------------------------------- the book and the account in one read
+    async def read(self, daily_reset: datetime | None) -> BookRead:
+        """Everything the account and the open book are computed from (`BookRead`), in one
+        statement: one round trip, one snapshot. `daily_reset` None: no reset snapshot, and
+        `realized_since_reset` is all realized, `trades_since_reset` 0."""
+        rows = await self.pool.fetch(
+            """WITH figures AS (
+                   SELECT EXISTS (SELECT 1 FROM broker_fills f
+                                  JOIN orders o USING (order_id)
+                                  JOIN broker_orders bo USING (broker_order_id)
+                                  LEFT JOIN position_fills pf USING (fill_id)
+                                  WHERE pf.fill_id IS NULL AND f.account_id = $1) AS book_unbooked_fills,
+                          (SELECT COALESCE(sum(amount), 0) FROM broker_cash_ledger WHERE account_id = $1) AS book_cash,
+                          (SELECT array_agg(s ORDER BY s.ticker) FROM broker_share_positions s
+                            WHERE s.account_id = $1 AND s.quantity <> 0) AS book_shares,
+                          (SELECT COALESCE(sum(pf.realized_pnl), 0) FROM position_fills pf JOIN strategy_positions p USING (position_id)
+                            WHERE p.account_id = $1 AND ($2::timestamptz IS NULL OR pf.at >= $2)) AS book_realized_since_reset,
+                          (SELECT COALESCE(sum(pf.realized_pnl), 0) FROM position_fills pf JOIN strategy_positions p USING (position_id)
+                            WHERE p.account_id = $1) AS book_realized_total,
+                          (SELECT max(pf.at) FROM position_fills pf JOIN strategy_positions p USING (position_id)
+                            WHERE p.account_id = $1 AND pf.kind = ANY($3::text[]) AND pf.realized_pnl < 0) AS book_last_loss_at,
+                          (SELECT count(DISTINCT pf.order_id) FROM position_fills pf JOIN strategy_positions p USING (position_id)
+                            WHERE p.account_id = $1 AND pf.kind = 'open' AND pf.at >= $2) AS book_trades_since_reset,
+                          base.net_liquidation AS book_reset_net_liquidation, base.unrealized_pnl AS book_reset_unrealized_pnl,
+                          (SELECT opening_cash FROM broker_accounts WHERE account_id = $1) AS book_opening_cash
+                   FROM (SELECT 1) one
+                   LEFT JOIN LATERAL (SELECT net_liquidation, unrealized_pnl FROM account_snapshots
+                                      WHERE account_id = $1 AND captured_at <= $2
+                                      ORDER BY captured_at DESC LIMIT 1) base ON true),
+               book AS (
+                   SELECT 0 AS book_part, p.* FROM strategy_positions p WHERE p.account_id = $1 AND p.status = 'open'
+                   UNION ALL
+                   SELECT 1 AS book_part, p.* FROM strategy_positions p WHERE p.account_id = $1 AND p.shares_open <> 0)
+               SELECT f.*, b.*, m.units AS mark_units, m.value AS mark_value, m.underlying_price AS mark_underlying_price,
+                      m.delta AS mark_delta, m.gamma AS mark_gamma, m.vega AS mark_vega, m.theta AS mark_theta,
+                      CASE WHEN m.units IS NULL OR m.units <> b.units_open OR m.underlying_price IS NULL
+                                OR m.underlying_price = 0 OR m.delta IS NULL OR m.gamma IS NULL OR m.vega IS NULL
+                                OR m.theta IS NULL
+                           THEN (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o.proposal) e
+                                  WHERE e.key = ANY($4::text[])) END AS opening_proposal
+               FROM figures f
+               LEFT JOIN book b ON true
+               LEFT JOIN LATERAL (SELECT * FROM position_marks pm WHERE b.book_part = 0 AND pm.position_id = b.position_id
+                                  ORDER BY pm.marked_at DESC LIMIT 1) m ON true
+               LEFT JOIN orders o ON b.book_part = 0 AND o.order_id = b.order_id
+               ORDER BY b.book_part, CASE WHEN b.book_part = 0 THEN b.opened_at ELSE b.closed_at END, b.position_id""",
+            self.account_id, daily_reset, list(CLOSING_KINDS), list(PROPOSAL_FIELDS))
+        f = rows[0]
+        open_rows = [r for r in rows if r["book_part"] == 0]
+        return BookRead(
+            unbooked_fills=f["book_unbooked_fills"], positions=open_rows,
+            holding_shares=[r for r in rows if r["book_part"] == 1],
+            latest_marks={r["position_id"]: {k: r["mark_" + k] for k in MARK_FIELDS}
+                          for r in open_rows if r["mark_units"] is not None},
+            proposals={r["order_id"]: r["opening_proposal"] for r in open_rows if r["opening_proposal"] is not None},
+            shares=list(f["book_shares"] or ()), cash=f["book_cash"],
+            realized_since_reset=f["book_realized_since_reset"], realized_total=f["book_realized_total"],
+            last_loss_at=f["book_last_loss_at"], trades_since_reset=f["book_trades_since_reset"],
+            reset_net_liquidation=f["book_reset_net_liquidation"], reset_unrealized_pnl=f["book_reset_unrealized_pnl"],
+            opening_cash=f["book_opening_cash"] or Decimal(0))
 
-    async def shares(self) -> list[asyncpg.Record]:
-        return await self.pool.fetch(
-            """SELECT ticker, quantity, avg_price FROM broker_share_positions
-               WHERE account_id = $1 AND quantity <> 0 ORDER BY ticker""", self.account_id)
-
+    # ---------------------------------------------------------------- account figures
     async def realized_between(self, since: datetime | None, until: datetime | None = None) -> Decimal:
         return await self.pool.fetchval(
             """SELECT COALESCE(sum(pf.realized_pnl), 0) FROM position_fills pf JOIN strategy_positions p USING (position_id)
                WHERE p.account_id = $1 AND ($2::timestamptz IS NULL OR pf.at >= $2)
                  AND ($3::timestamptz IS NULL OR pf.at < $3)""", self.account_id, since, until)
 
-    async def last_loss_at(self) -> datetime | None:
-        """When a position was last closed (in part or whole) at a loss."""
-        return await self.pool.fetchval(
-            """SELECT max(pf.at) FROM position_fills pf JOIN strategy_positions p USING (position_id)
-               WHERE p.account_id = $1 AND pf.kind = ANY($2::text[]) AND pf.realized_pnl < 0""",
-            self.account_id, list(CLOSING_KINDS))
-
-    async def trades_since(self, since: datetime) -> int:
-        """Opening orders with a fill at or after `since` (a trade filled in parts counts once)."""
-        return await self.pool.fetchval(
-            """SELECT count(DISTINCT pf.order_id) FROM position_fills pf JOIN strategy_positions p USING (position_id)
-               WHERE p.account_id = $1 AND pf.kind = 'open' AND pf.at >= $2""", self.account_id, since)
-
     async def snapshot_at_or_before(self, at: datetime) -> asyncpg.Record | None:
         return await self.pool.fetchrow(
             """SELECT * FROM account_snapshots WHERE account_id = $1 AND captured_at <= $2
                ORDER BY captured_at DESC LIMIT 1""", self.account_id, at)
-
-    async def opening_cash(self) -> Decimal:
-        return await self.pool.fetchval(
-            "SELECT opening_cash FROM broker_accounts WHERE account_id = $1", self.account_id) or Decimal(0)
-
-    async def proposals(self, order_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        rows = await self.pool.fetch("SELECT order_id, proposal FROM orders WHERE order_id = ANY($1::text[])",
-                                     list(order_ids))
-        return {r["order_id"]: r["proposal"] or {} for r in rows}
 
     # ---------------------------------------------------------------- exit orders
     async def exit_orders_of(self, position_id: str) -> list[asyncpg.Record]:

@@ -68,6 +68,15 @@ def apply_to_position(quantity: int, avg_price: Decimal, change: int, price: Dec
     return new_qty, price.quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN), realized
 
 
+def _realized_since(since: str) -> str:
+    """SQL: dollars account $1 realized by closing fills and expiries since `since` (a placeholder
+    such as "$2", or "NULL": since the account opened)."""
+    return f"""COALESCE((SELECT sum(realized_pnl) FROM broker_fills
+                          WHERE account_id = $1 AND ({since}::timestamptz IS NULL OR filled_at >= {since})), 0)
+             + COALESCE((SELECT sum(realized_pnl) FROM broker_expiries
+                          WHERE account_id = $1 AND ({since}::timestamptz IS NULL OR at >= {since})), 0)"""
+
+
 class BrokerLedger:
     def __init__(self, pool: asyncpg.Pool, account_id: str, broker: str):
         self.pool = pool
@@ -75,16 +84,19 @@ class BrokerLedger:
         self.broker = broker
 
     async def ensure_account(self, opening_cash: Decimal, at: datetime) -> bool:
-        """Create the account with its opening deposit once; True if this call created it."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            created = await conn.fetchval(
-                """INSERT INTO broker_accounts (account_id, broker, opening_cash) VALUES ($1, $2, $3)
-                   ON CONFLICT (account_id) DO NOTHING RETURNING account_id""",
-                self.account_id, self.broker, opening_cash)
-            if created:
-                await conn.execute(
-                    "INSERT INTO broker_cash_ledger (account_id, at, amount, kind, note) VALUES ($1, $2, $3, 'deposit', $4)",
-                    self.account_id, at, opening_cash, "opening balance")
+        """Create the account with its opening deposit once; True if this call created it.
+
+        One statement (one round trip, atomic): the deposit is inserted only from the account row
+        this statement created, so the account and its deposit are written together or not at all."""
+        created = await self.pool.fetchval(
+            """WITH created AS (
+                   INSERT INTO broker_accounts (account_id, broker, opening_cash) VALUES ($1, $2, $3)
+                   ON CONFLICT (account_id) DO NOTHING RETURNING account_id),
+               deposit AS (
+                   INSERT INTO broker_cash_ledger (account_id, at, amount, kind, note)
+                   SELECT account_id, $4, $3, 'deposit', $5 FROM created RETURNING account_id)
+               SELECT count(*) FROM deposit""",
+            self.account_id, self.broker, opening_cash, at, "opening balance")
         return bool(created)
 
     # ---------------------------------------------------------------- orders
@@ -274,12 +286,24 @@ class BrokerLedger:
 
     async def realized_pnl(self, since: datetime | None = None) -> Decimal:
         """Dollars realized by closing fills and by expiries (settlements, exercises, assignments)."""
-        return await self.pool.fetchval(
-            """SELECT COALESCE((SELECT sum(realized_pnl) FROM broker_fills
-                                 WHERE account_id = $1 AND ($2::timestamptz IS NULL OR filled_at >= $2)), 0)
-                    + COALESCE((SELECT sum(realized_pnl) FROM broker_expiries
-                                 WHERE account_id = $1 AND ($2::timestamptz IS NULL OR at >= $2)), 0)""",
-            self.account_id, since)
+        return await self.pool.fetchval(f"SELECT {_realized_since('$2')}", self.account_id, since)
+
+    async def account_figures(self, day_start: datetime) -> AccountFigures:
+        """Cash, open option positions, shares held, and realized P&L in all and since `day_start`
+        (`realized_pnl`), read in one statement: one round trip, one snapshot of the books."""
+        row = await self.pool.fetchrow(
+            f"""SELECT (SELECT COALESCE(sum(amount), 0) FROM broker_cash_ledger WHERE account_id = $1) AS cash,
+                       (SELECT array_agg(p ORDER BY p.ticker, p.expiry, p.strike, p.option_right) FROM broker_positions p
+                         WHERE p.account_id = $1 AND p.quantity <> 0) AS positions,
+                       (SELECT array_agg(s ORDER BY s.ticker) FROM broker_share_positions s
+                         WHERE s.account_id = $1 AND s.quantity <> 0) AS shares,
+                       {_realized_since("NULL")} AS realized_pnl,
+                       {_realized_since("$2")} AS realized_pnl_since""",
+            self.account_id, day_start)
+        return AccountFigures(
+            cash=row["cash"], positions=tuple(position_from_row(r) for r in row["positions"] or ()),
+            shares=tuple(ShareHolding(r["ticker"], r["quantity"], r["avg_price"]) for r in row["shares"] or ()),
+            realized_pnl=row["realized_pnl"], realized_pnl_since=row["realized_pnl_since"])
 
     # ---------------------------------------------------------------- expiries and shares (migration 0007)
     async def positions_expiring(self, conn: asyncpg.Connection, on_or_before: date) -> list[asyncpg.Record]:
@@ -366,6 +390,17 @@ class ShareHolding:
     ticker: str
     quantity: int
     avg_price: Decimal
+
+
+@dataclass(frozen=True)
+class AccountFigures:
+    """What an account's books say at one instant (`BrokerLedger.account_figures`)."""
+
+    cash: Decimal
+    positions: tuple[BrokerPosition, ...]  # open option positions, by ticker, expiry, strike, right
+    shares: tuple[ShareHolding, ...]  # shares held, by ticker
+    realized_pnl: Decimal  # since the account opened
+    realized_pnl_since: Decimal  # since the day start asked for
 
 
 def premium_basis(positions: Sequence[BrokerPosition]) -> Decimal:

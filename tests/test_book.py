@@ -288,6 +288,39 @@ async def test_account_rules_act_on_real_fills(db):
     assert not {"daily_loss_halt", "daily_loss_lockout", "cooldown"} & {v.code for v in decision.vetoes}
 
 
+async def test_gate_view_from_the_opening_proposal_until_marked_then_from_the_mark(db):
+    """Until a position is marked the gate sees its opening proposal's Greeks (scaled to the open
+    units) and underlying price, then its latest mark's. `account_and_positions` is `account_state`
+    and `open_positions` from one read, and books a fill that is not booked yet first."""
+    await run_row(db)
+    clock = Clock()
+    p = bull_put_spread()  # proposal: delta 0.1, gamma -0.001, vega -0.05, theta 0.02 per share, SPY at 600
+    quotes = book_for(p)
+    broker = paper(db, quotes, clock)
+    book = Book(db)
+    record = await stage(db, p, 3)
+    await approve(db, record.order_id)
+    await broker.place(record)
+    assert await broker.process()  # filled, not booked yet
+    reset = clock.now - timedelta(hours=1)
+    state, [view] = await book.account_and_positions(clock.now, reset, quotes=quotes)
+    assert state.trades_today == 1 and state.net_liquidation == (await broker.account()).net_liquidation
+    assert (view.delta, view.gamma, view.vega, view.theta) == pytest.approx((30.0, -0.3, -15.0, 6.0))
+    assert view.underlying_price == 600.0
+    assert (state, [view]) == (await book.account_state(clock.now, reset, quotes=quotes),
+                               await book.open_positions(quotes=quotes))
+
+    clock.advance(hours=1)
+    set_quote(quotes, "SPY", "580", "P", "0.60", "0.70", underlying="605", delta=-0.10, gamma=0.01, vega=0.25, theta=-0.05)
+    set_quote(quotes, "SPY", "575", "P", "0.30", "0.40", underlying="605", delta=-0.06, gamma=0.008, vega=0.15, theta=-0.04)
+    await book.mark(clock.now, quotes)
+    state, [view] = await book.account_and_positions(clock.now, reset, quotes=quotes)
+    assert (view.delta, view.gamma, view.vega, view.theta) == pytest.approx((12.0, -0.6, -30.0, 3.0))
+    assert view.underlying_price == 605.0 and view.market_value == D("-90.00")  # the mark, -0.30 x 300
+    assert (state, [view]) == (await book.account_state(clock.now, reset, quotes=quotes),
+                               await book.open_positions(quotes=quotes))
+
+
 async def test_trades_per_day_counts_opening_orders_filled_since_the_reset(db):
     matrix = load_risk_matrix()
     clock = Clock()

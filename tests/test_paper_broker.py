@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 import asyncio
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
 import pytest
@@ -24,8 +24,9 @@ from domain.order_state import OrderState
 from brokers.paper import InsufficientBuyingPower, PaperBroker, SlippageModel, is_marketable, model_fill_price
 from storage.broker_ledger import FillRejected, apply_to_position
 from storage.orders import OrderRepository
+from tools.chain import NEW_YORK
 from tests.broker_factories import (
-    D, EXPIRY, Clock, approve, book_for, bull_call_spread, bull_put_spread, contract, quote, run_row, stage,
+    D, EXPIRY, T0, Clock, approve, book_for, bull_call_spread, bull_put_spread, contract, quote, run_row, stage,
 )
 
 
@@ -261,6 +262,41 @@ async def test_place_partial_fill_fill_updates_positions_and_cash(db):
     assert account.free_margin == account.net_liquidation - D("1239")
     assert account.realized_pnl == 0 and account.unmarked == ()
     assert account.to_account_state().net_liquidation == D("99981.10")
+
+
+async def test_the_account_opens_once_with_one_deposit_even_when_opened_concurrently(db):
+    ledger = PaperBroker(db, book_for(bull_put_spread()), opening_cash=D("25000")).ledger
+    created = await asyncio.gather(*(ledger.ensure_account(D("25000"), T0) for _ in range(4)))
+    assert sorted(created) == [False, False, False, True]
+    assert await ledger.ensure_account(D("99"), T0) is False  # an open account keeps its opening cash
+    assert [(e["kind"], e["amount"], e["at"]) for e in await ledger.cash_entries()] == [("deposit", D("25000"), T0)]
+    assert await ledger.cash() == D("25000")
+    # Each broker (a new one per run) opens its account once, and its books start from the deposit.
+    broker = broker_for(db, book_for(bull_put_spread()), opening_cash=D("25000"))
+    await broker.ensure_connected()
+    assert (await broker.account()).net_liquidation == D("25000")
+
+
+async def test_account_realized_pnl_in_all_and_since_new_york_midnight(db):
+    await run_row(db)
+    p = bull_call_spread()  # buy 600C, sell 610C: debit 3.55 at the mid
+    record = await approve(db, (await stage(db, p, contracts=2)).order_id)
+    clock = Clock()
+    broker = broker_for(db, book_for(p), clock, slippage=SlippageModel(fraction=D(0)))
+    await broker.place(record)
+    assert [f.price for f in await broker.process()] == [D("3.55")]
+    opened = await broker.account()
+    assert (opened.realized_pnl, opened.realized_pnl_today) == (0, 0)
+    # Three days after expiry, 09:00 New York: both calls settle in the money, 10 wide.
+    clock.now = datetime.combine(EXPIRY + timedelta(days=3), time(9, 0), tzinfo=NEW_YORK)
+    await broker.settle_expiries(clock.now, lambda t: D("620"))
+    settled = await broker.account()
+    assert settled.realized_pnl == settled.realized_pnl_today == D("1290.00")  # (10 - 3.55) x 2 x 100
+    assert settled.cash == opened.cash + D("2000") and settled.positions_value == 0
+    clock.now = datetime.combine(EXPIRY + timedelta(days=4), time(0, 0), tzinfo=NEW_YORK)  # the next day begins
+    next_day = await broker.account()
+    assert (next_day.realized_pnl, next_day.realized_pnl_today) == (D("1290.00"), 0)
+    assert next_day.cash == settled.cash and next_day.as_of == clock.now
 
 
 async def test_a_repeated_fill_report_is_ignored_and_an_overfill_refused(db):
