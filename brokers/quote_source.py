@@ -121,10 +121,10 @@ class ChainQuotes:
             cached = self._greeks[(k, day)] = (greeks, civ.vol)
         return cached
 
-    def _quote(self, k: int, i: int, day: int) -> LegQuote:
+    def _quote(self, k: int, i: int, day: int, rows: np.ndarray) -> LegQuote:
         chain, _, spot, _ = self._chains[k]
         greeks, vol = self._expiry_greeks(k, day)
-        j = int(np.searchsorted(self._expiry_rows(k, day)[0], i))
+        j = int(np.searchsorted(rows, i))
         return LegQuote(
             bid=_price(chain.bid[i]), ask=_price(chain.ask[i]), underlying_price=spot,
             delta=_maybe(greeks.delta[j]), gamma=_maybe(greeks.gamma[j]),
@@ -145,11 +145,12 @@ class ChainQuotes:
         if k is None or contract.right not in ("C", "P"):
             return None
         day = contract.expiry.toordinal() - _EPOCH_ORDINAL
-        i = self._expiry_rows(k, day)[1].get((round(float(contract.strike), 4), contract.right == "C"))
+        rows, usable = self._expiry_rows(k, day)
+        i = usable.get((round(float(contract.strike), 4), contract.right == "C"))
         if i is None:
             return None
         if (k, i) not in self._built:
-            self._built[(k, i)] = self._quote(k, i, day)
+            self._built[(k, i)] = self._quote(k, i, day, rows)
         return self._built[(k, i)]
 
 
