@@ -22,6 +22,7 @@ from tools.quotes import QuoteProblem, quote_problems
 
 _PRICE_PLACES = Decimal("0.0001")
 CENT = Decimal("0.01")
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 def share_quote(price: Decimal) -> LegQuote:
@@ -71,33 +72,43 @@ class ChainQuotes:
     """
 
     def __init__(self, chains: Mapping[str, OptionChain], curves: Mapping[str, Any] | None = None):
-        # A row's LegQuote (Decimals) is built only when it is asked for, and its implied vol and
-        # Greeks only for its expiry: a broker or a valuation asks for a handful of the thousands
-        # of rows of a chain, in one or two expiries.
-        self._index: dict[tuple[str, int, float, bool], tuple[int, int]] = {}
+        # Everything is built on demand, per expiry: a broker or a valuation asks for a handful of
+        # the thousands of rows of a chain, in one or two expiries. A row's LegQuote (Decimals) is
+        # built when it is asked for, and its expiry's implied vols and Greeks with it.
+        self._tickers = {ticker: k for k, ticker in enumerate(chains)}
         self._chains: list[tuple[OptionChain, Any, Decimal, np.ndarray]] = []  # chain, curve, spot, expiry days
-        self._greeks: dict[tuple[int, int], tuple[np.ndarray, Any, np.ndarray]] = {}
-        self._built: dict[tuple[int, int], LegQuote] = {}
         for ticker, chain in chains.items():
-            k = len(self._chains)
             expiry_days = chain.expiry.astype("datetime64[D]").astype(np.int64)
             self._chains.append((chain, (curves or {}).get(ticker), _price(chain.spot), expiry_days))
-            problems = quote_problems(chain.bid, chain.ask, chain.strike, chain.time_to_expiry)
+        self._expiries: dict[tuple[int, int], tuple[np.ndarray, dict[tuple[float, bool], int]]] = {}
+        self._greeks: dict[tuple[int, int], tuple[Any, np.ndarray]] = {}
+        self._built: dict[tuple[int, int], LegQuote] = {}  # by (chain, row): contracts naming one row share its quote
+        self._quotes: dict[OptionContract, LegQuote | None] = {}
+
+    def _expiry_rows(self, k: int, day: int) -> tuple[np.ndarray, dict[tuple[float, bool], int]]:
+        """Chain `k`'s rows of expiry `day` (days since the epoch), and its usable rows by
+        (strike rounded to 4 places, is call)."""
+        cached = self._expiries.get((k, day))
+        if cached is None:
+            chain, _, _, expiry_days = self._chains[k]
+            rows = np.flatnonzero(expiry_days == day)
+            problems = quote_problems(chain.bid[rows], chain.ask[rows], chain.strike[rows], chain.time_to_expiry[rows])
             # A row nobody bids for (bid 0, ask > 0) is still a market: a far wing held in the book
             # is worth 0 to its ask, and without that quote the position could not be marked or
             # closed (the 2011-2019 backtest held such condors to expiry and into assignment).
-            ok = np.flatnonzero((problems == QuoteProblem.OK) | (problems == QuoteProblem.NO_BID))
-            strikes = np.round(chain.strike[ok], 4)
-            for i, day, strike, call in zip(ok.tolist(), expiry_days[ok].tolist(), strikes.tolist(), chain.is_call[ok].tolist()):
-                self._index.setdefault((ticker, day, strike, bool(call)), (k, i))  # the first valid row wins
+            ok = rows[(problems == QuoteProblem.OK) | (problems == QuoteProblem.NO_BID)]
+            usable: dict[tuple[float, bool], int] = {}
+            for i, strike, call in zip(ok.tolist(), np.round(chain.strike[ok], 4).tolist(), chain.is_call[ok].tolist()):
+                usable.setdefault((strike, bool(call)), i)  # the first valid row wins
+            cached = self._expiries[(k, day)] = (rows, usable)
+        return cached
 
-    def _expiry_greeks(self, k: int, day: int) -> tuple[np.ndarray, Any, np.ndarray]:
-        """(rows, Greeks, implied vols) of chain `k`'s expiry `day` (days since the epoch)."""
+    def _expiry_greeks(self, k: int, day: int) -> tuple[Any, np.ndarray]:
+        """(Greeks, implied vols) of chain `k`'s expiry `day`, in the order of its `_expiry_rows`."""
         cached = self._greeks.get((k, day))
         if cached is None:
-            chain, curve, _, expiry_days = self._chains[k]
-            rows = np.flatnonzero(expiry_days == day)
-            part = chain.select(rows)
+            chain, curve, _, _ = self._chains[k]
+            part = chain.select(self._expiry_rows(k, day)[0])
             civ = chain_implied_vol(part, curve.forwards_by_expiry() if curve else None,
                                     curve.discounts_by_expiry() if curve else None)
             t = part.time_to_expiry
@@ -107,12 +118,12 @@ class ChainQuotes:
                 rate = np.where(live, -np.log(civ.discount) / t_l, chain.rate)
                 div_yield = np.where(live, rate - np.log(civ.forward / chain.spot) / t_l, chain.dividend_yield)
             greeks = bsm_greeks(chain.spot, part.strike, t, rate, div_yield, civ.vol, part.is_call)
-            cached = self._greeks[(k, day)] = (rows, greeks, civ.vol)
+            cached = self._greeks[(k, day)] = (greeks, civ.vol)
         return cached
 
-    def _quote(self, k: int, i: int, day: int) -> LegQuote:
+    def _quote(self, k: int, i: int, day: int, rows: np.ndarray) -> LegQuote:
         chain, _, spot, _ = self._chains[k]
-        rows, greeks, vol = self._expiry_greeks(k, day)
+        greeks, vol = self._expiry_greeks(k, day)
         j = int(np.searchsorted(rows, i))
         return LegQuote(
             bid=_price(chain.bid[i]), ask=_price(chain.ask[i]), underlying_price=spot,
@@ -121,15 +132,26 @@ class ChainQuotes:
             iv=_maybe(vol[j]), as_of=chain.as_of)
 
     def __call__(self, contract: OptionContract) -> LegQuote | None:
-        if contract.right not in ("C", "P"):
+        # A contract's quote is a function of the contract (chains are read-only): asked again, as a
+        # book is valued, its Greeks summed and its margin figured many times a day, it is a lookup.
+        try:
+            return self._quotes[contract]
+        except KeyError:
+            quote = self._quotes[contract] = self._lookup(contract)
+            return quote
+
+    def _lookup(self, contract: OptionContract) -> LegQuote | None:
+        k = self._tickers.get(contract.ticker)
+        if k is None or contract.right not in ("C", "P"):
             return None
-        day = (np.datetime64(contract.expiry, "D") - np.datetime64(0, "D")).astype(np.int64)
-        where = self._index.get((contract.ticker, int(day), round(float(contract.strike), 4), contract.right == "C"))
-        if where is None:
+        day = contract.expiry.toordinal() - _EPOCH_ORDINAL
+        rows, usable = self._expiry_rows(k, day)
+        i = usable.get((round(float(contract.strike), 4), contract.right == "C"))
+        if i is None:
             return None
-        if where not in self._built:
-            self._built[where] = self._quote(*where, int(day))
-        return self._built[where]
+        if (k, i) not in self._built:
+            self._built[(k, i)] = self._quote(k, i, day, rows)
+        return self._built[(k, i)]
 
 
 # ChainQuotes per chain object, shared by every ProviderQuotes: a provider that returns the same
@@ -163,10 +185,14 @@ class ProviderQuotes:
         self.provider = provider
         self.clock = clock
         self.refresh_seconds = refresh_seconds
-        self._cache: dict[str, tuple[Any, ChainQuotes, Any]] = {}
+        self._cache: dict[str, tuple[Any, ChainQuotes | None, Any]] = {}
 
     def snapshot(self, ticker: str):
         """The provider's snapshot holding `ticker` now (VIX, VIX3M and SPY come with it)."""
+        return self._current(ticker)[2]
+
+    def _current(self, ticker: str) -> tuple[Any, ChainQuotes | None, Any]:
+        """(when fetched, quotes of its chain, snapshot) for `ticker`, refetched on the clock."""
         now = self.clock()
         cached = self._cache.get(ticker)
         if cached is None or (now - cached[0]).total_seconds() >= self.refresh_seconds:
@@ -174,7 +200,7 @@ class ProviderQuotes:
             data = snapshot.tickers.get(ticker)
             quotes = _chain_quotes(ticker, data.chain) if data is not None and data.chain is not None else None
             cached = self._cache[ticker] = (now, quotes, snapshot)
-        return cached[2]
+        return cached
 
     def share_price(self, ticker: str) -> Decimal | None:
         """The underlying's price now: what shares delivered by an exercise or assignment are worth."""
@@ -190,8 +216,7 @@ class ProviderQuotes:
         if contract.is_shares:
             price = self.share_price(contract.ticker)
             return None if price is None else share_quote(price)
-        self.snapshot(contract.ticker)
-        quotes = self._cache[contract.ticker][1]
+        quotes = self._current(contract.ticker)[1]
         return None if quotes is None else quotes(contract)
 
 

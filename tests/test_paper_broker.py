@@ -578,3 +578,45 @@ def test_a_zero_bid_under_a_positive_ask_is_a_quote_a_held_wing_can_be_marked_by
     assert no_bid is not None and no_bid.bid == 0 and no_bid.ask == Decimal("0.01")
     assert quotes(contract(1)) is None
     assert np.isfinite(chain.bid[2]) and quotes(contract(2)) is not None
+
+
+def test_chain_quotes_take_the_first_valid_row_where_spx_and_spxw_share_a_strike(shared_data):
+    """SPX and SPXW list some of the same expiries and strikes: the first row with a valid quote is
+    the quote, an expiry's rows are found whichever expiry is asked first, and an equal contract
+    asked again gets the same quote back."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from brokers.quote_source import ChainQuotes
+    from domain.orders import OptionContract
+    from tools.cboe import read_cboe_quote_table
+
+    chain = read_cboe_quote_table(shared_data / "cboe" / "spx_quotedata_2022-02-04.csv")
+    days = chain.expiry.astype("datetime64[D]")
+    first_rows = {}
+    for i, key in enumerate(zip(days.tolist(), chain.strike.tolist(), chain.is_call.tolist())):
+        first_rows.setdefault(key, []).append(i)
+    # Two roots quoting one contract differently, both quotes valid; the last such pair is in a later expiry.
+    pairs = [rows for rows in first_rows.values() if len(rows) == 2 and chain.bid[rows[0]] > 0
+             and chain.ask[rows[0]] > chain.bid[rows[0]] and chain.bid[rows[1]] > 0
+             and chain.ask[rows[1]] > chain.bid[rows[1]] and chain.ask[rows[0]] != chain.ask[rows[1]]]
+    (i, j), (later, _) = pairs[0], pairs[-1]
+    assert chain.root[i] != chain.root[j] and days[later] > days[i]
+
+    def contract(row, strike=None):
+        return OptionContract(chain.underlying, days[row].astype(object), strike or Decimal(repr(float(chain.strike[row]))),
+                              "C" if chain.is_call[row] else "P")
+
+    def prices(row):
+        return Decimal(repr(float(chain.bid[row]))), Decimal(repr(float(chain.ask[row])))
+
+    quotes = ChainQuotes({chain.underlying: chain})
+    assert (quotes(contract(later)).bid, quotes(contract(later)).ask) == prices(later)
+    first = quotes(contract(i))
+    assert (first.bid, first.ask) == prices(i) and prices(i) != prices(j)
+    assert quotes(contract(i, Decimal(repr(float(chain.strike[i]))) + Decimal("0.000"))) is first
+    bid = np.array(chain.bid)
+    bid[i] = chain.ask[i] + 1.0  # the first root's quote crossed: the second root's is the quote
+    crossed = ChainQuotes({chain.underlying: replace(chain, bid=bid)})(contract(i))
+    assert (crossed.bid, crossed.ask) == prices(j)

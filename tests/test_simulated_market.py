@@ -133,6 +133,26 @@ def test_returned_arrays_are_read_only_so_the_cache_cannot_be_corrupted(market):
     assert np.all(again.atm_iv_history > 0)
 
 
+def test_a_snapshot_is_assembled_once_per_tickers_and_time(monkeypatch):
+    """Every quote source asks for its ticker's snapshot: the same (tickers, as_of) is one shared
+    snapshot (read-only), the same instant in another zone is another snapshot carrying that
+    zone, and the cache is bounded."""
+    from datetime import timezone
+
+    monkeypatch.setattr(sim, "SNAPSHOT_CACHE_SIZE", 2)
+    market = SimulatedMarket(seed=7)
+    first = market.snapshot(["MSFT"], AS_OF)
+    assert market.snapshot(["msft", "MSFT"], AS_OF) is first
+    with pytest.raises(ValueError, match="read-only"):
+        first.vix.close[:] = -1.0
+    in_utc = market.snapshot(["MSFT"], AS_OF.astimezone(timezone.utc))
+    assert in_utc is not first and in_utc.as_of.tzinfo is timezone.utc and in_utc.as_of == AS_OF
+    assert in_utc.tickers["MSFT"] is first.tickers["MSFT"] and np.array_equal(in_utc.vix.close, first.vix.close)
+    assert market.snapshot(["MSFT", "SPY"], AS_OF) is not first  # a third entry: the first is evicted
+    again = market.snapshot(["MSFT"], AS_OF)
+    assert again is not first and _snapshot_digest(again) == _snapshot_digest(first) and again.meta == first.meta
+
+
 # ----------------------------------------------------------------------------- no look-ahead
 
 

@@ -65,6 +65,9 @@ MODEL_VERSION = "regime-switching/2"  # 2: strikes stay listed (LISTING_SESSIONS
 LISTING_SESSIONS = 63  # a strike listed while the underlying traded near it in the last 3 months stays listed
 # (symbol, as_of) pairs whose data a market keeps: a slot of 20 tickers at a few times, several slots.
 TICKER_CACHE_SIZE = 160
+# Assembled snapshots a market keeps, by (symbols, as_of): each quote source asks for its ticker's
+# snapshot, and a slot has several quote sources (brokers, re-checks, previews, marks) per ticker.
+SNAPSHOT_CACHE_SIZE = 64
 
 REGIMES = ("calm", "choppy", "stress")
 CALM, CHOPPY, STRESS = 0, 1, 2
@@ -889,7 +892,8 @@ class SimulatedMarket:
         # A ticker's data is a pure function of (seed, symbol, as_of); brokers, re-checks, marks and
         # previews ask for the same (symbol, time) many times a slot, each costing a chain and its IVs.
         self._ticker_cache: OrderedDict[tuple[str, datetime], TickerData] = OrderedDict()
-        self._ticker_cache_lock = threading.Lock()  # snapshots are taken from several threads at once
+        self._cache_lock = threading.Lock()  # snapshots are taken from several threads at once
+        self._snapshot_cache: OrderedDict[tuple, MarketSnapshot] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"SimulatedMarket(seed={self.seed})"
@@ -910,15 +914,36 @@ class SimulatedMarket:
         yield) and a `SocialFeed` (90 calendar days of mentions ending with today's partial count,
         0..100 search interest scaled to its window, posts from the last 3 days before `as_of`).
         `meta` carries the seed, the model version and VIX/VIX3M at `as_of`.
+
+        Snapshots are cached and shared: the same (tickers, as_of) gives the same object, whose
+        arrays are read-only; its dicts must not be written to either.
         """
         if isinstance(tickers, str):
             raise TypeError("tickers must be a sequence of symbols, not one string")
         symbols = list(dict.fromkeys(normalize_ticker(t) for t in tickers))
+        if not isinstance(as_of, datetime):
+            raise TypeError(f"as_of must be a datetime, got {type(as_of).__name__}")
+        # Equal instants in other zones are other snapshots: the snapshot carries the as_of it was asked with.
+        key = (tuple(symbols), as_of, as_of.tzinfo, as_of.fold)
+        with self._cache_lock:
+            snapshot = self._snapshot_cache.get(key)
+            if snapshot is not None:
+                self._snapshot_cache.move_to_end(key)
+                return snapshot
+        snapshot = self._snapshot(symbols, as_of)
+        with self._cache_lock:
+            snapshot = self._snapshot_cache.setdefault(key, snapshot)
+            while len(self._snapshot_cache) > SNAPSHOT_CACHE_SIZE:
+                self._snapshot_cache.popitem(last=False)
+        return snapshot
+
+    def _snapshot(self, symbols: list[str], as_of: datetime) -> MarketSnapshot:
         clock = _clock(as_of, self.history_sessions)
         market = _market_path(self.seed)
         window = slice(clock.complete - self.history_sessions, clock.complete)
-        vix = _slice(market.vix, window)
-        vix3m = _slice(market.vix3m, window)
+        # Read-only, as the ticker data: the snapshot is cached and shared by every caller.
+        vix = _read_only(_slice(market.vix, window))
+        vix3m = _read_only(_slice(market.vix3m, window))
         vix_now = _intraday_price(market.vix, clock, (self.seed, "VIX"))
         vix3m_now = _intraday_price(market.vix3m, clock, (self.seed, "VIX3M"))
         data: dict[str, TickerData] = {}
@@ -929,7 +954,7 @@ class SimulatedMarket:
                                           data_quality=("no simulated option chain for a volatility index",))
             else:
                 data[symbol] = self._cached_ticker_data(symbol, as_of, clock, window, vix_now)
-        benchmark = _slice(_ticker_path(self.seed, BENCHMARK).bars, window)
+        benchmark = _read_only(_slice(_ticker_path(self.seed, BENCHMARK).bars, window))
         return MarketSnapshot(
             as_of=as_of,
             provider=self.name,
@@ -989,14 +1014,14 @@ class SimulatedMarket:
     def _cached_ticker_data(self, symbol: str, as_of: datetime, clock: _Clock, window: slice,
                             vix_now: float) -> TickerData:
         key = (symbol, as_of)
-        with self._ticker_cache_lock:
+        with self._cache_lock:
             data = self._ticker_cache.get(key)
             if data is not None:
                 self._ticker_cache.move_to_end(key)
                 return data
         # Generated outside the lock (two threads may both generate it: the result is the same).
         data = _read_only(self._ticker_data(symbol, clock, window, vix_now))
-        with self._ticker_cache_lock:
+        with self._cache_lock:
             data = self._ticker_cache.setdefault(key, data)
             while len(self._ticker_cache) > TICKER_CACHE_SIZE:
                 self._ticker_cache.popitem(last=False)
