@@ -54,6 +54,20 @@ def test_compute_workers_die_when_their_run_is_killed():
             child.kill()
 
 
+def test_compute_workers_yield_the_cpu_to_the_process_that_owns_them():
+    child = _python("""
+        import os
+        from graph import compute
+
+        compute.workers = lambda: 2  # a process pool even on a one-core machine
+        print(os.nice(0), compute.compute_pool().submit(os.nice, 0).result(), flush=True)
+        compute.compute_pool().shutdown()
+    """)
+    owner, worker = (int(n) for n in child.communicate(timeout=60)[0].split())
+    from graph.compute import WORKER_NICENESS
+    assert worker == owner + WORKER_NICENESS
+
+
 def _postmaster_pid(data_dir: Path) -> int:
     return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
 
