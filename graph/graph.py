@@ -10,9 +10,10 @@ load_context
 """
 from __future__ import annotations
 
-import functools
+from collections import OrderedDict
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Send
 
 from agents.aggregate import aggregate_signals, select_candidates
@@ -77,13 +78,22 @@ def build_graph() -> StateGraph:
     return builder
 
 
-@functools.cache
-def _built() -> StateGraph:
-    return build_graph()
+# The graph compiled per checkpointer (the last few; each entry holds its checkpointer, so the
+# identity check below can never match a reused id). Compiling inspects every node's closure and
+# signature (~12 ms); a backtest starts and resumes run graphs several times a simulated day.
+_COMPILED: OrderedDict[int, tuple[object, CompiledStateGraph]] = OrderedDict()
+_COMPILED_KEPT = 4
 
 
-def compiled_graph(checkpointer):
-    """The decision graph compiled on `checkpointer`. The graph is built once per process: building
-    inspects every node's signature and types (~11 ms), and a backtest starts and resumes run
-    graphs several times a simulated day."""
-    return _built().compile(checkpointer=checkpointer)
+def compiled_graph(checkpointer) -> CompiledStateGraph:
+    """The decision graph compiled on `checkpointer`, compiled once per checkpointer (the graph is
+    stateless: one compiled graph serves every run and thread)."""
+    hit = _COMPILED.get(id(checkpointer))
+    if hit is not None and hit[0] is checkpointer:
+        _COMPILED.move_to_end(id(checkpointer))
+        return hit[1]
+    app = build_graph().compile(checkpointer=checkpointer)
+    _COMPILED[id(checkpointer)] = (checkpointer, app)
+    while len(_COMPILED) > _COMPILED_KEPT:
+        _COMPILED.popitem(last=False)
+    return app
