@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -193,10 +193,16 @@ async def _prefetch_analyses(market, tickers: tuple[str, ...], at: datetime) -> 
     content, so only the identical chain can take one). The market serves `at` exactly as it will
     to that run; nothing reaches the runs before it."""
     from agents.chain_analyses import prefetch
+    from storage.snapshots import encode_snapshot
 
     try:
-        snapshot = await asyncio.to_thread(market.snapshot, list(tickers), at)
+        # Asked as the run will ask: its as_of comes back from Postgres in UTC, and a market may keep
+        # one snapshot object per (tickers, instant, zone).
+        snapshot = await asyncio.to_thread(market.snapshot, list(tickers), at.astimezone(timezone.utc))
         prefetch(data.chain for data in snapshot.tickers.values() if data.chain is not None)
+        # The run records this snapshot; a market that serves it again as the same object (the
+        # simulated one) finds it encoded already (`storage.snapshots.encode_snapshot`).
+        await asyncio.to_thread(encode_snapshot, snapshot)
     except Exception as exc:  # only a head start: that run asks the market itself and reports any error
         log.debug("backtest: no head start on the chains at %s: %s", at.isoformat(), exc)
 

@@ -119,6 +119,11 @@ def test_snapshots_record_and_decode(market):
     back = decode_snapshot(encode_snapshot(snapshot))
     assert np.array_equal(back.tickers["SPY"].chain.bid, snapshot.tickers["SPY"].chain.bid)
     assert back.meta["last_session"] == "2022-03-08"
+    # One object is encoded once (a backtest encodes the next run's snapshot ahead of it); an
+    # equal copy is encoded afresh, to the same bytes.
+    assert encode_snapshot(snapshot) is encode_snapshot(snapshot)
+    copy = replace(snapshot)
+    assert encode_snapshot(copy) is not encode_snapshot(snapshot) and encode_snapshot(copy) == encode_snapshot(snapshot)
 
 
 def test_the_chain_report_of_a_modelled_day(market):
