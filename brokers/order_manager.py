@@ -219,8 +219,13 @@ class OrderManager:
         fills: list[Fill] = []
         for at, _ in walker.schedule:
             step = await walker.step(at)
-            fills += await self._venue_step(order.order_id, level_seconds if step.outcome == "working" else 0.0)
-            if step.outcome != "working" or (await self.broker.status(order.order_id)).state == OrderState.FILLED:
+            new = await self._venue_step(order.order_id, level_seconds if step.outcome == "working" else 0.0)
+            fills += new
+            if step.outcome != "working":
+                break
+            # On the paper venue only a fill completes the order, so its status is read after one
+            # (else the next level's step reads it); a live venue's fills arrive on their own.
+            if (new or live) and (await self.broker.status(order.order_id)).state == OrderState.FILLED:
                 break
         else:
             await walker.step(deadline)  # unfilled at the end of the walk: cancel the rest
