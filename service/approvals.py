@@ -270,16 +270,25 @@ async def decide(ctx: ServiceContext, order_id: str, decision: Decision, *, resu
 async def decide_by_policy(ctx: ServiceContext, order_id: str,
                            policy: Callable[[dict[str, Any]], Decision]) -> Decision | None:
     """An approval policy standing in for the human (a backtest): `policy(facts)` decides on the
-    facts a human is shown (`order_facts`, read once), and the decision is recorded and the run
-    continued exactly as `decide` does. The review is not rebuilt afterwards and nothing is
+    facts a human is shown (`order_facts`, read once), and the decision is recorded and the order
+    re-checked and transmitted exactly as `decide` does. Finishing the run once its last order is
+    decided (its graph's execution report and reflection) is left to the caller (`finish_run`),
+    who may do other work meanwhile. The review is not rebuilt afterwards and nothing is
     announced: nobody waits on a policy's decision. None when the order is no longer STAGED."""
     review = await order_facts(ctx, order_id)
     if review["state"] != OrderState.STAGED:
         return None
     decision = policy(review)
     _check(decision)
-    await _record_and_continue(ctx, order_id, decision, review, True)
+    await _record_and_continue(ctx, order_id, decision, review, True, finish=False)
     return decision
+
+
+async def finish_run(ctx: ServiceContext, run_id: str) -> str | None:
+    """Let a run whose orders are all decided finish (its graph reports the executions and
+    reflects; a graph-less run is marked completed); nothing while an order is undecided. Returns
+    a note when that is left for later (`recover_pending` finishes it)."""
+    return await _finish_if_decided(ctx, run_id)
 
 
 def _check(decision: Decision) -> None:
@@ -292,9 +301,10 @@ def _check(decision: Decision) -> None:
 
 
 async def _record_and_continue(ctx: ServiceContext, order_id: str, decision: Decision, review: dict[str, Any],
-                               resume: bool) -> str | None:
+                               resume: bool, *, finish: bool = True) -> str | None:
     """Record `decision` on the order `review` describes (see the module docstring), then, with
-    `resume`, re-check, transmit and continue its run. Returns a note when that is left for later."""
+    `resume`, re-check and transmit it and (with `finish`) let its run finish once every order is
+    decided. Returns a note when that is left for later."""
     if decision.action != "reject" and (await RiskControls(ctx.db.pool).state()).halted:
         raise TradingHalted("trading is halted: nothing can be approved until it is resumed")
 
@@ -322,10 +332,10 @@ async def _record_and_continue(ctx: ServiceContext, order_id: str, decision: Dec
                 f"resized {row['quantity']} -> {quantity}" if decision.action == "resize" else None))
 
     row, _ = await ApprovalRepository(ctx.db.pool).decide(order_id, judge)
-    return await _transmit_and_continue(ctx, row["run_id"], order_id) if resume else None
+    return await _transmit_and_continue(ctx, row["run_id"], order_id, finish=finish) if resume else None
 
 
-async def _transmit_and_continue(ctx: ServiceContext, run_id: str, order_id: str) -> str | None:
+async def _transmit_and_continue(ctx: ServiceContext, run_id: str, order_id: str, *, finish: bool = True) -> str | None:
     """Send a just-approved order now (the order manager re-checks it, or holds it while the market
     is closed or trading is halted), then, once no order of its run is left undecided, let the run
     finish: its graph reports the executions and reflects; a graph-less run is marked completed.
@@ -336,7 +346,7 @@ async def _transmit_and_continue(ctx: ServiceContext, run_id: str, order_id: str
     except Exception as exc:  # the decision is recorded; recovery owns the order from here
         log.warning("order %s approved; transmission will be retried: %s", order_id, exc)
         return f"decision recorded; transmission will be retried: {type(exc).__name__}: {exc}"
-    return await _finish_if_decided(ctx, run_id, deps)
+    return await _finish_if_decided(ctx, run_id, deps) if finish else None
 
 
 async def _finish_if_decided(ctx: ServiceContext, run_id: str, deps=None) -> str | None:

@@ -32,7 +32,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -173,10 +173,15 @@ class BacktestResult:
                          "continued_after": self.continued_after})
 
 
-async def _decide_all(ctx, order_ids: list[str], approve: str) -> None:
+async def _decide_all(ctx, order_ids: list[str], approve: str) -> set[str]:
+    """The approval policy's decision on each order, transmitted as approved. Returns the runs of
+    the orders it decided: the caller finishes them (`approvals.finish_run`)."""
     from service import approvals
 
+    runs: set[str] = set()
+
     def policy(review: dict[str, Any]) -> approvals.Decision:
+        runs.add(review["run_id"])
         choice = policy_decision(review, approve)
         return approvals.Decision(action=choice.action, approver=APPROVER, quantity=choice.quantity,
                                   reason=choice.reason, acknowledge=True)
@@ -186,6 +191,22 @@ async def _decide_all(ctx, order_ids: list[str], approve: str) -> None:
             await approvals.decide_by_policy(ctx, order_id, policy)
         except approvals.ApprovalError as exc:  # as for a human: the order stays staged and expires
             log.warning("backtest: order %s could not be decided: %s", order_id, exc)
+    return runs
+
+
+async def _settle(*tasks: asyncio.Task | None) -> None:
+    """Wait for the driver's side tasks; what failed in one is already being raised, or is reported
+    by the run that finishes it later (`approvals.recover_pending`)."""
+    for task in tasks:
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def _finish(ctx, run_ids: set[str]) -> None:
+    from service import approvals
+
+    for run_id in sorted(run_ids):
+        await approvals.finish_run(ctx, run_id)
 
 
 async def _prefetch_analyses(market, tickers: tuple[str, ...], at: datetime) -> None:
@@ -290,12 +311,16 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
     slot_times = [slot_time(day, slot, opens, closes) for day, opens, closes in sessions for slot in spec.slots]
     upcoming = iter(slot_times[1:])
     prefetching: asyncio.Task | None = None
+    finishing: asyncio.Task | None = None
     try:
         for n, (day, opens, closes) in enumerate(sessions, 1):
             if last is not None and day <= last:
                 continue
             run_ids, staged, modelled = [], 0, False
             for slot in spec.slots:
+                if finishing is not None:  # a run has finished before the next one starts
+                    await finishing
+                    finishing = None
                 clock.at = slot_time(day, slot, opens, closes)
                 await approvals.recover_pending(ctx)  # exits approved at the last close go out now
                 outcome = await run_decision(db, market, watchlist=WATCHLIST, tickers=list(spec.tickers),
@@ -314,11 +339,19 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
                                                for line in lines):
                     modelled = True
                 staged += await run_order_count(db.pool, outcome.run.run_id)
-                await _decide_all(ctx, await staged_order_ids(db.pool, outcome.run.run_id), spec.approve)
+                decided = await _decide_all(ctx, await staged_order_ids(db.pool, outcome.run.run_id), spec.approve)
+                # The run finishes (its graph's execution report and reflection, whose embeddings
+                # run in a thread) at the instant its last order was decided, while the loop goes
+                # on to the close's housekeeping, which reads and writes none of what a finishing
+                # run does (in production, too, a run's last approval may come in at the close).
+                finishing = asyncio.create_task(_finish(replace(ctx, clock=SimulatedClock(clock.at)), decided))
             clock.at = closes
             report = await housekeeping(ctx, mark=True)
+            if finishing is not None:
+                await finishing
+                finishing = None
             exit_ids = [e["order_id"] for e in report.exits_staged if e["order_id"] and e["created"]]
-            await _decide_all(ctx, exit_ids, spec.approve)
+            await _finish(ctx, await _decide_all(ctx, exit_ids, spec.approve))
             nlv = Decimal(report.net_liquidation) if report.net_liquidation is not None else None
             result = DayResult(day, run_ids, staged, await filled_orders(db.pool, run_ids), len(exit_ids),
                                len(report.settled), nlv, modelled)
@@ -328,12 +361,12 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
             if on_day is not None:
                 on_day(result, n, len(sessions))
     except Exception as exc:
+        await _settle(prefetching, finishing)  # nothing left working on the pool that closes next
         await repo.finish(backtest_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
         await db.close()
         raise
     finally:
-        if prefetching is not None:
-            await prefetching
+        await _settle(prefetching, finishing)
     await db.close()
     return BacktestResult(backtest_id, database, url, account_id, spec, days,
                           [d.session.isoformat() for d in days if d.modelled_chains], continued_after=last)
