@@ -217,13 +217,13 @@ async def _prefetch_analyses(market, tickers: tuple[str, ...], at: datetime) -> 
     from storage.snapshots import encode_snapshot
 
     try:
-        # Asked as the run will ask: its as_of comes back from Postgres in UTC, and a market may keep
-        # one snapshot object per (tickers, instant, zone).
-        snapshot = await asyncio.to_thread(market.snapshot, list(tickers), at.astimezone(timezone.utc))
+        snapshot = await asyncio.to_thread(market.snapshot, list(tickers), at)
         prefetch(data.chain for data in snapshot.tickers.values() if data.chain is not None)
-        # The run records this snapshot; a market that serves it again as the same object (the
-        # simulated one) finds it encoded already (`storage.snapshots.encode_snapshot`).
-        await asyncio.to_thread(encode_snapshot, snapshot)
+        # The run records its snapshot, asked for at its as_of, which comes back from Postgres in
+        # UTC. A market that keeps one snapshot object per (tickers, instant, zone), the simulated
+        # one, serves the run this very object, encoded already (`storage.snapshots`).
+        recorded = await asyncio.to_thread(market.snapshot, list(tickers), at.astimezone(timezone.utc))
+        await asyncio.to_thread(encode_snapshot, recorded)
     except Exception as exc:  # only a head start: that run asks the market itself and reports any error
         log.debug("backtest: no head start on the chains at %s: %s", at.isoformat(), exc)
 
