@@ -24,6 +24,14 @@ LIVE_ORDER_STATES = ("DRAFT", "STAGED", "APPROVED", "SUBMITTED", "PARTIALLY_FILL
 CLOSING_KINDS = ("close", "settle", "expire", "shares")
 
 
+# Account $1's broker fills not in the book yet (f: the fill, o: its order, bo: its broker order):
+# what `unbooked_fills` books and what `read` reports, so the two can never disagree.
+_UNBOOKED_FILLS = """FROM broker_fills f
+                     JOIN orders o USING (order_id)
+                     JOIN broker_orders bo USING (broker_order_id)
+                     LEFT JOIN position_fills pf USING (fill_id)
+                     WHERE pf.fill_id IS NULL AND f.account_id = $1"""
+
 # The columns of a position's latest mark that `BookRead.latest_marks` carries.
 MARK_FIELDS = ("units", "value", "underlying_price", "delta", "gamma", "vega", "theta")
 # The keys of an opening proposal that `BookRead.proposals` carries: the gate's fallback Greeks and
@@ -93,14 +101,10 @@ class BookStore:
     async def unbooked_fills(self) -> list[asyncpg.Record]:
         """Broker fills of this account not yet in the book, oldest first, with their order."""
         return await self.pool.fetch(
-            """SELECT f.*, o.run_id, o.ticker, o.sector, o.structure, o.proposal, o.closes_position_id,
-                      bo.legs AS broker_legs, bo.multiplier
-               FROM broker_fills f
-               JOIN orders o USING (order_id)
-               JOIN broker_orders bo USING (broker_order_id)
-               LEFT JOIN position_fills pf USING (fill_id)
-               WHERE pf.fill_id IS NULL AND f.account_id = $1
-               ORDER BY f.filled_at, f.fill_id""", self.account_id)
+            f"""SELECT f.*, o.run_id, o.ticker, o.sector, o.structure, o.proposal, o.closes_position_id,
+                       bo.legs AS broker_legs, bo.multiplier
+                {_UNBOOKED_FILLS}
+                ORDER BY f.filled_at, f.fill_id""", self.account_id)
 
     async def fill_booked(self, conn: asyncpg.Connection, fill_id: str) -> bool:
         return bool(await conn.fetchval("SELECT 1 FROM position_fills WHERE fill_id = $1", fill_id))
@@ -174,12 +178,8 @@ class BookStore:
         statement: one round trip, one snapshot. `daily_reset` None: no reset snapshot, and
         `realized_since_reset` is all realized, `trades_since_reset` 0."""
         rows = await self.pool.fetch(
-            """WITH figures AS (
-                   SELECT EXISTS (SELECT 1 FROM broker_fills f
-                                  JOIN orders o USING (order_id)
-                                  JOIN broker_orders bo USING (broker_order_id)
-                                  LEFT JOIN position_fills pf USING (fill_id)
-                                  WHERE pf.fill_id IS NULL AND f.account_id = $1) AS book_unbooked_fills,
+            f"""WITH figures AS (
+                   SELECT EXISTS (SELECT 1 {_UNBOOKED_FILLS}) AS book_unbooked_fills,
                           (SELECT COALESCE(sum(amount), 0) FROM broker_cash_ledger WHERE account_id = $1) AS book_cash,
                           (SELECT array_agg(s ORDER BY s.ticker) FROM broker_share_positions s
                             WHERE s.account_id = $1 AND s.quantity <> 0) AS book_shares,

@@ -37,12 +37,18 @@ def set_quote(book, ticker, strike, right, bid, ask, underlying="600", expiry=EX
              LegQuote(bid=D(bid), ask=D(ask), underlying_price=D(underlying), **greeks))
 
 
-async def open_position(db, broker, p, contracts=3, run_id="run-1"):
+async def filled_at_the_broker(db, broker, p, contracts=3, run_id="run-1"):
+    """Stage, approve, place and fill `p` in full at the paper broker; the book is not told yet."""
     record = await stage(db, p, contracts, run_id=run_id)
     await approve(db, record.order_id)
     await broker.place(record)
     fills = await broker.process()
     assert fills and sum(f.quantity for f in fills) == contracts
+    return record
+
+
+async def open_position(db, broker, p, contracts=3, run_id="run-1"):
+    record = await filled_at_the_broker(db, broker, p, contracts, run_id)
     await Book(db).ingest_fills()
     return record
 
@@ -298,10 +304,7 @@ async def test_gate_view_from_the_opening_proposal_until_marked_then_from_the_ma
     quotes = book_for(p)
     broker = paper(db, quotes, clock)
     book = Book(db)
-    record = await stage(db, p, 3)
-    await approve(db, record.order_id)
-    await broker.place(record)
-    assert await broker.process()  # filled, not booked yet
+    await filled_at_the_broker(db, broker, p, 3)  # not booked yet
     reset = clock.now - timedelta(hours=1)
     state, [view] = await book.account_and_positions(clock.now, reset, quotes=quotes)
     assert state.trades_today == 1 and state.net_liquidation == (await broker.account()).net_liquidation
