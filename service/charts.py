@@ -23,11 +23,10 @@ from service.svg import Chart, Marker, Series
 from storage.database import Database
 from storage.runs import RunRepository
 from tools import flow
-from tools.chain import NEW_YORK, expiry_datetime
+from tools.chain import NEW_YORK, SECONDS_PER_YEAR, seconds_to_expiry
 from tools.chain_analysis import ChainAnalysis, analyze_chain
 from tools.pricing import bsm_price
 
-SECONDS_PER_YEAR = 365.0 * 24 * 3600
 PAYOFF_POINTS = 161
 _CACHE_SIZE = 16
 _analyses: OrderedDict[tuple[str, str], tuple[Any, ChainAnalysis | None]] = OrderedDict()
@@ -55,7 +54,7 @@ def payoff_chart(order: dict[str, Any], as_of: datetime, rate: float = 0.0) -> C
     for leg in legs:
         intrinsic = np.maximum(grid - leg["strike"], 0) if leg["is_call"] else np.maximum(leg["strike"] - grid, 0)
         at_expiry += leg["sign"] * leg["ratio"] * intrinsic
-        t = max((expiry_datetime(leg["expiry"]) - as_of).total_seconds() / SECONDS_PER_YEAR, 0.0)
+        t = max(seconds_to_expiry(leg["expiry"], as_of) / SECONDS_PER_YEAR, 0.0)
         vol = float(leg["iv"]) if leg["iv"] else 0.3
         today += leg["sign"] * leg["ratio"] * bsm_price(grid, leg["strike"], t, rate, 0.0, vol, leg["is_call"])
     markers = [Marker(spot, f"spot {spot:,.2f}", "m-spot")]

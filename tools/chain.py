@@ -7,7 +7,7 @@ whole chain at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timezone
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -22,14 +22,23 @@ def expiry_datetime(expiry: date) -> datetime:
     return datetime.combine(expiry, EXPIRY_CLOSE, tzinfo=NEW_YORK)
 
 
+def seconds_to_expiry(expiry: date, as_of: datetime) -> float:
+    """Elapsed seconds from a tz-aware `as_of` to the expiry's 16:00 New York close.
+
+    `as_of` goes to UTC first: Python subtracts two datetimes that share one tzinfo object as
+    wall clocks, so a New York `as_of` would be an hour off for an expiry across a DST change.
+    """
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware")
+    return (expiry_datetime(expiry) - as_of.astimezone(timezone.utc)).total_seconds()
+
+
 def years_to_expiry(expiries: np.ndarray, as_of: datetime) -> np.ndarray:
     """ACT/365 year fractions from a tz-aware `as_of` to each expiry's 16:00 New York close."""
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
     unique, inverse = np.unique(expiries.astype("datetime64[D]"), return_inverse=True)
-    seconds = np.array(
-        [(expiry_datetime(d.astype(object)) - as_of).total_seconds() for d in unique], dtype=float
-    )
+    seconds = np.array([seconds_to_expiry(d.astype(object), as_of) for d in unique], dtype=float)
     return (seconds / SECONDS_PER_YEAR)[inverse]
 
 
