@@ -50,8 +50,9 @@ APPROVER = "backtest-policy"
 # Bump when a fix changes what a backtest computes (book, quotes, fills, exits): the same command
 # then runs afresh instead of reporting a result the old code made. 2: zero-bid wings are quoted,
 # assigned shares are valued at market (the 2011-2019 study). 3: delivered shares are flattened by
-# an exit the session after delivery, and their P&L is the position's.
-RESULTS_VERSION = 3
+# an exit the session after delivery, and their P&L is the position's. 4: time to expiry is elapsed
+# time (a modelled chain's 16:00 New York as_of was an hour off in T across a DST change).
+RESULTS_VERSION = 4
 
 
 class BacktestError(ValueError):
