@@ -205,6 +205,14 @@ class BrokerLedger:
                                        FROM broker_fills f WHERE f.broker_order_id = locked.broker_order_id) fills ON true""",
             order_id, limit_price, at, self.account_id, list(working))
 
+    async def set_limit(self, conn: asyncpg.Connection, broker_order_id: str, limit_price: Decimal, at: datetime,
+                        previous: Decimal) -> None:
+        """Record a limit the broker accepted (a live broker's mirror; the paper venue's limits move
+        with `replace_limit`)."""
+        await conn.execute("UPDATE broker_orders SET limit_price = $2, updated_at = $3 WHERE broker_order_id = $1",
+                           broker_order_id, limit_price, at)
+        await self.event(conn, broker_order_id, "limit_replaced", at, limit_price, {"previous": str(previous)})
+
     @staticmethod
     async def end_order(conn: asyncpg.Connection, broker_order_id: str, kind: str, at: datetime,
                         detail: dict[str, Any]) -> None:
