@@ -290,7 +290,7 @@ class PaperBroker:
                 return existing
             if approved.state != OrderState.APPROVED.value:
                 raise OrderNotApproved(order.order_id, approved.state)
-            shortfall = await self._margin_shortfall(order) if self.check_buying_power else None
+            shortfall = await self._margin_shortfall(conn, order) if self.check_buying_power else None
             now = self._now()
             halt = await RiskControls(self.pool).state(conn)
             if halt.halted:
@@ -309,11 +309,12 @@ class PaperBroker:
             raise InsufficientBuyingPower(f"order {order.order_id}: {shortfall}")
         return broker_order_id
 
-    async def _margin_shortfall(self, order: Order) -> str | None:
+    async def _margin_shortfall(self, conn: asyncpg.Connection, order: Order) -> str | None:
         """Why the account cannot carry `order` (its margin need and commission exceed the free
-        margin), or None. One read of the books for both the need and the free margin."""
+        margin), or None. One read of the books (on `conn`, the placing transaction's connection)
+        for both the need and the free margin."""
         checked_at = self._now()
-        books = await self.ledger.account_figures(day_start(checked_at))
+        books = await self.ledger.account_figures(day_start(checked_at), conn=conn)
         need = self._what_if(order, [p for p in books.positions if p.contract.ticker == order.ticker])
         free = self._account(books, checked_at).free_margin
         if need.initial_margin_change > 0 and need.initial_margin_change + need.commission > free:

@@ -356,10 +356,10 @@ class BrokerLedger:
         """Dollars realized by closing fills and by expiries (settlements, exercises, assignments)."""
         return await self.pool.fetchval(f"SELECT {_realized_since('$2')}", self.account_id, since)
 
-    async def account_figures(self, day_start: datetime) -> AccountFigures:
+    async def account_figures(self, day_start: datetime, *, conn: asyncpg.Connection | None = None) -> AccountFigures:
         """Cash, open option positions, shares held, and realized P&L in all and since `day_start`
         (`realized_pnl`), read in one statement: one round trip, one snapshot of the books."""
-        row = await self.pool.fetchrow(
+        row = await (conn or self.pool).fetchrow(
             f"""SELECT (SELECT COALESCE(sum(amount), 0) FROM broker_cash_ledger WHERE account_id = $1) AS cash,
                        (SELECT array_agg(p ORDER BY p.ticker, p.expiry, p.strike, p.option_right) FROM broker_positions p
                          WHERE p.account_id = $1 AND p.quantity <> 0) AS positions,
