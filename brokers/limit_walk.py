@@ -93,9 +93,24 @@ class LimitWalker:
                     start: datetime, deadline: datetime) -> "LimitWalker":
         return cls(broker, order_id, limit_schedule(mid, natural, steps, start, deadline), deadline)
 
-    async def step(self, now: datetime) -> WalkStep:
+    async def step(self, now: datetime, known: BrokerOrderStatus | None = None) -> WalkStep:
+        """One tick at `now`. `known`: the order's status as the caller last saw it, given only when
+        nothing can have filled it since (the paper venue between its own steps) and only for a
+        broker whose `replace_limit` re-checks, under the order's lock, that the order still works
+        (else `OrderNotWorking`) and changes nothing at the working limit. A step that only moves
+        the limit then sends it without reading the status first: what the read would decide, the
+        replace decides (an order ended meanwhile raises, and is reported as below)."""
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
+        limit = limit_at(self.schedule, now)
+        if known is not None and now < self.deadline and limit is not None and limit != known.limit_price:
+            try:
+                status = await self.broker.replace_limit(self.order_id, limit)
+            except OrderNotWorking:
+                return await self._ended()
+            if status.state not in (OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED):
+                return WalkStep("ended", status.limit_price, status)
+            return WalkStep("working", status.limit_price, status)
         status = await self.broker.status(self.order_id)
         if status.state == OrderState.FILLED:
             return WalkStep("filled", status.limit_price, status)
@@ -107,12 +122,14 @@ class LimitWalker:
             if now >= self.deadline:
                 status = await self.broker.cancel(self.order_id, reason=f"limit walk deadline {self.deadline.isoformat()} passed")
                 return WalkStep("cancelled", status.limit_price, status)
-            limit = limit_at(self.schedule, now)
             if limit is not None and limit != status.limit_price:
                 status = await self.broker.replace_limit(self.order_id, limit)
         except OrderNotWorking:
             # Filled or cancelled between our status read and the change: report where it ended.
-            status = await self.broker.status(self.order_id)
-            outcome = {OrderState.FILLED: "filled", OrderState.CANCELLED: "cancelled"}.get(status.state, "ended")
-            return WalkStep(outcome, status.limit_price, status)
+            return await self._ended()
         return WalkStep("working", status.limit_price, status)
+
+    async def _ended(self) -> WalkStep:
+        status = await self.broker.status(self.order_id)
+        outcome = {OrderState.FILLED: "filled", OrderState.CANCELLED: "cancelled"}.get(status.state, "ended")
+        return WalkStep(outcome, status.limit_price, status)

@@ -96,7 +96,7 @@ class LiveOrderBook:
             await self.ledger.insert_order(conn, order, broker_order_id, at, None)
             if state == OrderState.APPROVED.value:
                 await self.orders.transition(order.order_id, OrderState.SUBMITTED, actor=self.actor, conn=conn,
-                                             reason=detail)
+                                             locked_state=state, reason=detail)
 
     async def record_rejected_before_placing(self, order_id: str, reason: str) -> None:
         await self.orders.transition(order_id, OrderState.REJECTED, actor=self.actor, reason=reason)
@@ -125,7 +125,7 @@ class LiveOrderBook:
                 # is real and stays recorded; the order's final state does not move.
                 log.warning("fill %s for %s arrived after it was %s", fill.fill_id, fill.order_id, state)
             else:
-                await self.orders.transition(fill.order_id, target, actor=self.actor, conn=conn,
+                await self.orders.transition(fill.order_id, target, actor=self.actor, conn=conn, locked_state=state,
                                              reason=f"{self.broker} fill {fill.fill_id}: {fill.quantity} @ {fill.price} "
                                                     f"({filled}/{bo['quantity']})")
         for callback in self.callbacks:
@@ -141,7 +141,8 @@ class LiveOrderBook:
             state = await self.orders.lock_state(conn, order_id)
             if state is None or state == target.value or not can_transition(state, target):
                 return False
-            await self.orders.transition(order_id, target, actor=self.actor, conn=conn, reason=reason)
+            await self.orders.transition(order_id, target, actor=self.actor, conn=conn, locked_state=state,
+                                         reason=reason)
             if target in (OrderState.CANCELLED, OrderState.REJECTED):
                 bo = await self.ledger.order_row(conn, order_id)
                 if bo is not None:

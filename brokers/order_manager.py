@@ -217,16 +217,20 @@ class OrderManager:
         seen = await self._fill_ids(order.order_id) if seen is None else seen
         level_seconds = self.walk_minutes * 60 / (WALK_STEPS + 1)
         fills: list[Fill] = []
+        known = None  # the paper order's status as last seen, when nothing can have filled it since
         for at, _ in walker.schedule:
-            step = await walker.step(at)
+            step = await walker.step(at, known)
             new = await self._venue_step(order.order_id, level_seconds if step.outcome == "working" else 0.0)
             fills += new
             if step.outcome != "working":
                 break
             # On the paper venue only a fill completes the order, so its status is read after one
-            # (else the next level's step reads it); a live venue's fills arrive on their own.
-            if (new or live) and (await self.broker.status(order.order_id)).state == OrderState.FILLED:
+            # (else the next level's step reads it, or moves the limit, which re-checks it under the
+            # order's lock); a live venue's fills arrive on their own, so its status is read each level.
+            status = await self.broker.status(order.order_id) if new or live else step.status
+            if status.state == OrderState.FILLED:
                 break
+            known = None if live else status
         else:
             await walker.step(deadline)  # unfilled at the end of the walk: cancel the rest
         if live:  # everything the live venue reported during the walk, the cancel included

@@ -62,7 +62,7 @@ from brokers.expiry import latest_expired_date, settlement
 from brokers.margin import margin_requirement
 from brokers.quote_source import share_prices_of
 from domain.order_state import OrderState
-from storage.broker_ledger import AVG_PLACES, AccountFigures, BrokerLedger, premium_basis
+from storage.broker_ledger import AVG_PLACES, AccountFigures, BrokerLedger, premium_basis, status_from_row
 from storage.controls import RiskControls
 from storage.orders import OrderRepository, UnknownOrder
 from tools.chain import NEW_YORK
@@ -279,32 +279,19 @@ class PaperBroker:
     async def place(self, order: Order) -> str:
         """Transmit an APPROVED order; return its broker order id (the same one on every retry)."""
         await self._ensure_account()
-        existing = await self.ledger.broker_order_id(order.order_id, any_account=True)
-        if existing:
-            return existing
-        shortfall: str | None = None
-        if self.check_buying_power:
-            if await self.orders.state(order.order_id) == OrderState.APPROVED.value:
-                # One read of the books for both the order's margin need and the free margin.
-                checked_at = self._now()
-                books = await self.ledger.account_figures(day_start(checked_at))
-                need = self._what_if(order, [p for p in books.positions if p.contract.ticker == order.ticker])
-                free = self._account(books, checked_at).free_margin
-                if need.initial_margin_change > 0 and need.initial_margin_change + need.commission > free:
-                    shortfall = (f"margin need {need.initial_margin_change} + commission {need.commission} "
-                                 f"exceeds free margin {free}")
-        now = self._now()
         broker_order_id = f"PAPER-{order.order_id}"
         async with self.pool.acquire() as conn, conn.transaction():
             approved = await self.orders.lock(conn, order.order_id)
             if approved is None:
                 raise UnknownOrder(order.order_id)
-            # Re-read under the order's row lock: a concurrent place() may have won the race.
+            # Read under the order's row lock: a concurrent place() may have won the race.
             existing = await self.ledger.broker_order_id(order.order_id, conn=conn, any_account=True)
             if existing:
                 return existing
             if approved.state != OrderState.APPROVED.value:
                 raise OrderNotApproved(order.order_id, approved.state)
+            shortfall = await self._margin_shortfall(conn, order) if self.check_buying_power else None
+            now = self._now()
             halt = await RiskControls(self.pool).state(conn)
             if halt.halted:
                 raise TradingHalted(f"order {order.order_id} not sent: trading is halted ({halt.reason})")
@@ -313,24 +300,40 @@ class PaperBroker:
                 good_till = session_close(now) if order.time_in_force == "DAY" else None
                 await self.ledger.insert_order(conn, order, broker_order_id, now, good_till)
                 await self.orders.transition(order.order_id, OrderState.SUBMITTED, actor=self.actor, conn=conn,
+                                             locked_state=approved.state,
                                              reason=f"placed with paper broker as {broker_order_id} at limit {order.limit_price}")
             else:
                 await self.orders.transition(order.order_id, OrderState.REJECTED, actor=self.actor, conn=conn,
-                                             reason=f"paper broker rejected: {shortfall}")
+                                             locked_state=approved.state, reason=f"paper broker rejected: {shortfall}")
         if shortfall is not None:
             raise InsufficientBuyingPower(f"order {order.order_id}: {shortfall}")
         return broker_order_id
 
+    async def _margin_shortfall(self, conn: asyncpg.Connection, order: Order) -> str | None:
+        """Why the account cannot carry `order` (its margin need and commission exceed the free
+        margin), or None. One read of the books (on `conn`, the placing transaction's connection)
+        for both the need and the free margin."""
+        checked_at = self._now()
+        books = await self.ledger.account_figures(day_start(checked_at), conn=conn)
+        need = self._what_if(order, [p for p in books.positions if p.contract.ticker == order.ticker])
+        free = self._account(books, checked_at).free_margin
+        if need.initial_margin_change > 0 and need.initial_margin_change + need.commission > free:
+            return f"margin need {need.initial_margin_change} + commission {need.commission} exceeds free margin {free}"
+        return None
+
     async def replace_limit(self, order_id: str, limit_price: Decimal) -> BrokerOrderStatus:
-        """Change a working order's limit (cent tick); the order keeps its id, fills and state."""
+        """Change a working order's limit (cent tick); the order keeps its id, fills and state.
+
+        One statement (`BrokerLedger.replace_limit`) takes the order's locks, moves the limit and
+        writes its event, and returns the order's status."""
         limit = Decimal(limit_price)
         if not limit.is_finite() or limit != limit.quantize(CENT):
             raise ValueError(f"limit_price must be a finite price on a cent tick, got {limit_price}")
-        async with self.pool.acquire() as conn, conn.transaction():
-            bo = await self._lock_working(conn, order_id)
-            if bo["limit_price"] != limit:
-                await self.ledger.set_limit(conn, bo["broker_order_id"], limit.quantize(CENT), self._now(), bo["limit_price"])
-        return await self.status(order_id)
+        row = await self.ledger.replace_limit(order_id, limit.quantize(CENT), self._now(), sorted(WORKING))
+        self._check_working(order_id, row)
+        if row["fills_quantity"] != row["filled_quantity"]:
+            return await self.status(order_id)  # a fill committed while the lock was awaited
+        return status_from_row(order_id, row)
 
     async def cancel(self, order_id: str, *, reason: str | None = None) -> BrokerOrderStatus:
         """Cancel a working order (SUBMITTED / PARTIALLY_FILLED); filled contracts stay filled."""
@@ -340,23 +343,28 @@ class PaperBroker:
         return await self.status(order_id)
 
     async def _lock_working(self, conn: asyncpg.Connection, order_id: str) -> asyncpg.Record:
-        """The working order's broker order row, it and the order locked until the transaction ends."""
-        state = await self.orders.lock_state(conn, order_id)
-        if state is None:
-            raise UnknownOrder(order_id)
-        bo = await self.ledger.order_row(conn, order_id, lock=True)
-        if bo is None or bo["account_id"] != self.account_id:
-            raise UnknownBrokerOrder(f"order {order_id} was never placed with paper account {self.account_id}")
-        if state not in WORKING:
-            raise OrderNotWorking(f"order {order_id} is {state}: it is no longer working")
+        """The working order's broker order row with its `orders` state (`state`), it and the order
+        locked until the transaction ends."""
+        bo = await self.ledger.lock_order(conn, order_id)
+        self._check_working(order_id, bo)
         return bo
 
+    def _check_working(self, order_id: str, row: asyncpg.Record | None) -> None:
+        """Raise unless `row` (`BrokerLedger.lock_order`'s) is a working order of this account."""
+        if row is None:
+            raise UnknownOrder(order_id)
+        if row["broker_order_id"] is None or row["account_id"] != self.account_id:
+            raise UnknownBrokerOrder(f"order {order_id} was never placed with paper account {self.account_id}")
+        if row["state"] not in WORKING:
+            raise OrderNotWorking(f"order {order_id} is {row['state']}: it is no longer working")
+
     async def _cancel_locked(self, conn: asyncpg.Connection, bo: asyncpg.Record, reason: str, kind: str) -> None:
+        """Cancel the order of `bo` (`BrokerLedger.lock_order`'s row, locked in `conn`)."""
         now = self._now()
-        await self.orders.transition(bo["order_id"], OrderState.CANCELLED, actor=self.actor, reason=reason, conn=conn)
-        await self.ledger.event(conn, bo["broker_order_id"], kind, now, None,
-                                {"reason": reason, "filled_quantity": bo["filled_quantity"]})
-        await self.ledger.touch(conn, bo["broker_order_id"], now)
+        await self.orders.transition(bo["order_id"], OrderState.CANCELLED, actor=self.actor, reason=reason, conn=conn,
+                                     locked_state=bo["state"])
+        await self.ledger.end_order(conn, bo["broker_order_id"], kind, now,
+                                    {"reason": reason, "filled_quantity": bo["filled_quantity"]})
 
     async def status(self, order_id: str) -> BrokerOrderStatus:
         status = await self.ledger.order_status(order_id)
@@ -458,10 +466,9 @@ class PaperBroker:
             return None
         order_id = listed["order_id"]
         async with self.pool.acquire() as conn, conn.transaction():
-            state = await self.orders.lock_state(conn, order_id)
-            if state not in WORKING:
+            bo = await self.ledger.lock_order(conn, order_id)
+            if bo is None or bo["state"] not in WORKING:
                 return None  # cancelled or filled since the list was read
-            bo = await self.ledger.order_row(conn, order_id, lock=True)
             if bo["good_till"] is not None and now >= bo["good_till"]:
                 await self._cancel_locked(conn, bo, f"DAY order expired at the close {bo['good_till'].isoformat()}", "expired")
                 return None
@@ -496,27 +503,27 @@ class PaperBroker:
         order that is no longer working raises `OrderNotWorking`.
         """
         async with self.pool.acquire() as conn, conn.transaction():
-            state = await self.orders.lock_state(conn, fill.order_id)
-            if state is None:
+            bo = await self.ledger.lock_order(conn, fill.order_id)
+            if bo is None:
                 raise UnknownOrder(fill.order_id)
             if await self.ledger.fill_exists(conn, fill.fill_id):
                 return False
-            bo = await self.ledger.order_row(conn, fill.order_id, lock=True)
-            if bo is None or bo["account_id"] != self.account_id:
+            if bo["broker_order_id"] is None or bo["account_id"] != self.account_id:
                 raise UnknownBrokerOrder(f"order {fill.order_id} was never placed with paper account {self.account_id}")
-            if state not in WORKING:
-                raise OrderNotWorking(f"order {fill.order_id} is {state}: fill {fill.fill_id} cannot apply")
+            if bo["state"] not in WORKING:
+                raise OrderNotWorking(f"order {fill.order_id} is {bo['state']}: fill {fill.fill_id} cannot apply")
             applied = await self._apply_locked(conn, fill, bo)
         if applied:
             await self._deliver([fill])
         return applied
 
     async def _apply_locked(self, conn: asyncpg.Connection, fill: Fill, bo: asyncpg.Record) -> bool:
+        """Record `fill` against `bo` (`BrokerLedger.lock_order`'s row, locked in `conn`)."""
         filled = await self.ledger.apply_fill(conn, fill, bo)
         if filled is None:
             return False
         target = OrderState.FILLED if filled == bo["quantity"] else OrderState.PARTIALLY_FILLED
-        await self.orders.transition(fill.order_id, target, actor=self.actor, conn=conn,
+        await self.orders.transition(fill.order_id, target, actor=self.actor, conn=conn, locked_state=bo["state"],
                                      reason=f"fill {fill.fill_id}: {fill.quantity} @ {fill.price} ({filled}/{bo['quantity']})")
         return True
 

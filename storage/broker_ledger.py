@@ -39,6 +39,17 @@ def fill_from_row(row: asyncpg.Record) -> Fill:
                 commission=row["commission"])
 
 
+def status_from_row(order_id: str, row: asyncpg.Record) -> BrokerOrderStatus:
+    """The status of a broker order row carrying its `orders` state (`state`) and the average
+    price of its fills (`avg_fill_price`, None before the first)."""
+    avg = row["avg_fill_price"]
+    return BrokerOrderStatus(
+        order_id=order_id, broker_order_id=row["broker_order_id"], state=OrderState(row["state"]),
+        quantity=row["quantity"], filled_quantity=row["filled_quantity"], limit_price=row["limit_price"],
+        avg_fill_price=None if avg is None else avg.quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN),
+        placed_at=row["placed_at"], updated_at=row["updated_at"])
+
+
 def position_from_row(row: asyncpg.Record) -> BrokerPosition:
     contract = OptionContract(row["ticker"], row["expiry"], row["strike"], row["option_right"], row["multiplier"])
     return BrokerPosition(contract=contract, quantity=row["quantity"], avg_price=row["avg_price"],
@@ -75,6 +86,14 @@ def _realized_since(since: str) -> str:
                           WHERE account_id = $1 AND ({since}::timestamptz IS NULL OR filled_at >= {since})), 0)
              + COALESCE((SELECT sum(realized_pnl) FROM broker_expiries
                           WHERE account_id = $1 AND ({since}::timestamptz IS NULL OR at >= {since})), 0)"""
+
+
+# The statement head that locks an order's `orders` row, then its broker order row ($1: order id):
+# the lateral subquery runs only once the `orders` row is locked, the lock order of every writer.
+_LOCKED_ORDER = """WITH locked AS (
+        SELECT o.state, bo.*
+        FROM (SELECT order_id, state FROM orders WHERE order_id = $1 FOR UPDATE) o
+             LEFT JOIN LATERAL (SELECT * FROM broker_orders b WHERE b.order_id = o.order_id FOR UPDATE) bo ON true)"""
 
 
 class BrokerLedger:
@@ -125,30 +144,84 @@ class BrokerLedger:
                WHERE bo.account_id = $1 AND o.state = ANY($2::text[])
                ORDER BY bo.placed_at, bo.order_id""", self.account_id, states)
 
-    @staticmethod
-    async def touch(conn: asyncpg.Connection, broker_order_id: str, at: datetime) -> None:
-        await conn.execute("UPDATE broker_orders SET updated_at = $2 WHERE broker_order_id = $1", broker_order_id, at)
-
     async def order_row(self, conn: asyncpg.Connection, order_id: str, *, lock: bool = False) -> asyncpg.Record | None:
         sql = "SELECT * FROM broker_orders WHERE order_id = $1" + (" FOR UPDATE" if lock else "")
         return await conn.fetchrow(sql, order_id)
 
+    @staticmethod
+    async def lock_order(conn: asyncpg.Connection, order_id: str) -> asyncpg.Record | None:
+        """The order's `orders` state (`state`) and its broker order row (all NULL when it was never
+        placed), both rows locked until the caller's transaction ends: the `orders` row first, as
+        every writer of an order locks them (one round trip). None: there is no such order.
+
+        The rows are the latest committed versions (a lock waited for re-reads them), so a cancel or
+        a replace that committed meanwhile is seen."""
+        return await conn.fetchrow(_LOCKED_ORDER + " SELECT * FROM locked", order_id)
+
     async def insert_order(self, conn: asyncpg.Connection, order: Order, broker_order_id: str,
                            placed_at: datetime, good_till: datetime | None) -> None:
+        """The broker order row and its `placed` event, in one statement."""
         await conn.execute(
-            """INSERT INTO broker_orders (broker_order_id, order_id, account_id, broker, ticker, legs, multiplier,
-                                          quantity, limit_price, time_in_force, good_till, placed_at, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)""",
+            """WITH placed AS (
+                   INSERT INTO broker_orders (broker_order_id, order_id, account_id, broker, ticker, legs, multiplier,
+                                              quantity, limit_price, time_in_force, good_till, placed_at, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING broker_order_id)
+               INSERT INTO broker_order_events (broker_order_id, kind, at, limit_price)
+               SELECT broker_order_id, 'placed', $12, $9 FROM placed""",
             broker_order_id, order.order_id, self.account_id, self.broker, order.ticker,
             [leg.to_json() for leg in order.legs], order.multiplier, order.quantity, order.limit_price,
             order.time_in_force, good_till, placed_at)
-        await self.event(conn, broker_order_id, "placed", placed_at, order.limit_price)
+
+    async def replace_limit(self, order_id: str, limit_price: Decimal, at: datetime,
+                            working: Sequence[str]) -> asyncpg.Record | None:
+        """Move a working order's limit to `limit_price` in one statement (one round trip, atomic).
+
+        The `orders` row and then the broker order row are locked (`lock_order`); only when the
+        order is in one of the `working` states, in this account, and its limit differs is the
+        limit set and a `limit_replaced` event written. Returns the locked row (None: no such
+        order) with the limit and `updated_at` as they stand after the statement, and
+        `avg_fill_price` / `fills_quantity` from the fills visible to the statement: when
+        `fills_quantity` differs from `filled_quantity`, a fill committed while the lock was
+        awaited and the average must be read again (`order_status`)."""
+        return await self.pool.fetchrow(
+            _LOCKED_ORDER + """,
+               moved AS (
+                   UPDATE broker_orders bo SET limit_price = $2, updated_at = $3 FROM locked
+                   WHERE bo.broker_order_id = locked.broker_order_id AND locked.account_id = $4
+                     AND locked.state = ANY($5::text[]) AND locked.limit_price <> $2
+                   RETURNING bo.broker_order_id, bo.limit_price, bo.updated_at, locked.limit_price AS previous),
+               event AS (
+                   INSERT INTO broker_order_events (broker_order_id, kind, at, limit_price, detail)
+                   SELECT broker_order_id, 'limit_replaced', $3, limit_price,
+                          jsonb_build_object('previous', previous::text) FROM moved)
+               SELECT locked.state, locked.order_id, locked.broker_order_id, locked.account_id, locked.quantity,
+                      locked.filled_quantity, locked.placed_at,
+                      COALESCE(moved.limit_price, locked.limit_price) AS limit_price,
+                      COALESCE(moved.updated_at, locked.updated_at) AS updated_at,
+                      fills.avg_fill_price, fills.fills_quantity
+               FROM locked LEFT JOIN moved ON true
+                    LEFT JOIN LATERAL (SELECT sum(f.price * f.quantity) / sum(f.quantity) AS avg_fill_price,
+                                              COALESCE(sum(f.quantity), 0) AS fills_quantity
+                                       FROM broker_fills f WHERE f.broker_order_id = locked.broker_order_id) fills ON true""",
+            order_id, limit_price, at, self.account_id, list(working))
 
     async def set_limit(self, conn: asyncpg.Connection, broker_order_id: str, limit_price: Decimal, at: datetime,
                         previous: Decimal) -> None:
+        """Record a limit the broker accepted (a live broker's mirror; the paper venue's limits move
+        with `replace_limit`)."""
         await conn.execute("UPDATE broker_orders SET limit_price = $2, updated_at = $3 WHERE broker_order_id = $1",
                            broker_order_id, limit_price, at)
         await self.event(conn, broker_order_id, "limit_replaced", at, limit_price, {"previous": str(previous)})
+
+    @staticmethod
+    async def end_order(conn: asyncpg.Connection, broker_order_id: str, kind: str, at: datetime,
+                        detail: dict[str, Any]) -> None:
+        """Record that a broker order ended (`kind`: cancelled, expired): its event and its
+        `updated_at`, in one statement."""
+        await conn.execute(
+            """WITH touched AS (UPDATE broker_orders SET updated_at = $3 WHERE broker_order_id = $1)
+               INSERT INTO broker_order_events (broker_order_id, kind, at, detail) VALUES ($1, $2, $3, $4::jsonb)""",
+            broker_order_id, kind, at, detail)
 
     async def event(self, conn: asyncpg.Connection, broker_order_id: str, kind: str, at: datetime,
                     limit_price: Decimal | None = None, detail: dict[str, Any] | None = None) -> None:
@@ -203,18 +276,20 @@ class BrokerLedger:
             realized += await self._trade_contract(conn, leg.contract(ticker, multiplier),
                                                    leg.sign * leg.ratio * fill.quantity, price, fill.at)
         realized = realized.quantize(MONEY_PLACES, rounding=ROUND_HALF_EVEN)
-        await conn.execute("UPDATE broker_fills SET realized_pnl = $2 WHERE fill_id = $1", fill.fill_id, realized)
         premium = -fill.price * fill.quantity * multiplier
-        await conn.executemany(
-            "INSERT INTO broker_cash_ledger (account_id, at, amount, kind, fill_id, note) VALUES ($1, $2, $3, $4, $5, $6)",
-            [(self.account_id, fill.at, premium, "premium", fill.fill_id, f"{fill.quantity} x {fill.price} {ticker}"),
-             (self.account_id, fill.at, -fill.commission, "commission", fill.fill_id, None)])
         filled = order_row["filled_quantity"] + fill.quantity
+        # The fill's realized P&L, its cash (premium, then commission), the order's filled quantity
+        # and its `fill` event: one statement.
         await conn.execute(
-            "UPDATE broker_orders SET filled_quantity = $2, updated_at = $3 WHERE broker_order_id = $1",
-            fill.broker_order_id, filled, fill.at)
-        await self.event(conn, fill.broker_order_id, "fill", fill.at, None,
-                         {"fill_id": fill.fill_id, "quantity": fill.quantity, "price": str(fill.price)})
+            """WITH realized AS (UPDATE broker_fills SET realized_pnl = $2 WHERE fill_id = $1),
+               cash AS (
+                   INSERT INTO broker_cash_ledger (account_id, at, amount, kind, fill_id, note)
+                   VALUES ($3, $4, $5, 'premium', $1, $6), ($3, $4, $7, 'commission', $1, NULL)),
+               filled AS (UPDATE broker_orders SET filled_quantity = $9, updated_at = $4 WHERE broker_order_id = $8)
+               INSERT INTO broker_order_events (broker_order_id, kind, at, detail) VALUES ($8, 'fill', $4, $10::jsonb)""",
+            fill.fill_id, realized, self.account_id, fill.at, premium, f"{fill.quantity} x {fill.price} {ticker}",
+            -fill.commission, fill.broker_order_id, filled,
+            {"fill_id": fill.fill_id, "quantity": fill.quantity, "price": str(fill.price)})
         return filled
 
     async def _trade_contract(self, conn: asyncpg.Connection, contract: OptionContract, change: int,
@@ -251,14 +326,7 @@ class BrokerLedger:
                         WHERE f.broker_order_id = bo.broker_order_id) AS avg_fill_price
                FROM broker_orders bo JOIN orders o USING (order_id)
                WHERE bo.order_id = $1 AND bo.account_id = $2""", order_id, self.account_id)
-        if row is None:
-            return None
-        avg = row["avg_fill_price"]
-        return BrokerOrderStatus(
-            order_id=order_id, broker_order_id=row["broker_order_id"], state=OrderState(row["state"]),
-            quantity=row["quantity"], filled_quantity=row["filled_quantity"], limit_price=row["limit_price"],
-            avg_fill_price=None if avg is None else avg.quantize(AVG_PLACES, rounding=ROUND_HALF_EVEN),
-            placed_at=row["placed_at"], updated_at=row["updated_at"])
+        return None if row is None else status_from_row(order_id, row)
 
     async def fills(self, order_id: str | None = None) -> list[Fill]:
         rows = await self.pool.fetch(
@@ -288,10 +356,10 @@ class BrokerLedger:
         """Dollars realized by closing fills and by expiries (settlements, exercises, assignments)."""
         return await self.pool.fetchval(f"SELECT {_realized_since('$2')}", self.account_id, since)
 
-    async def account_figures(self, day_start: datetime) -> AccountFigures:
+    async def account_figures(self, day_start: datetime, *, conn: asyncpg.Connection | None = None) -> AccountFigures:
         """Cash, open option positions, shares held, and realized P&L in all and since `day_start`
         (`realized_pnl`), read in one statement: one round trip, one snapshot of the books."""
-        row = await self.pool.fetchrow(
+        row = await (conn or self.pool).fetchrow(
             f"""SELECT (SELECT COALESCE(sum(amount), 0) FROM broker_cash_ledger WHERE account_id = $1) AS cash,
                        (SELECT array_agg(p ORDER BY p.ticker, p.expiry, p.strike, p.option_right) FROM broker_positions p
                          WHERE p.account_id = $1 AND p.quantity <> 0) AS positions,

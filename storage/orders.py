@@ -74,16 +74,18 @@ class OrderRepository:
         return order_from_row(row), bool(created)
 
     async def transition(self, order_id: str, target: OrderState | str, *, actor: str, reason: str | None = None,
-                         conn: asyncpg.Connection | None = None) -> Order:
+                         conn: asyncpg.Connection | None = None, locked_state: str | None = None) -> Order:
         """Move an order to `target` if the state machine allows it (row-locked against races).
 
         With `conn` (a connection inside the caller's transaction) the move commits or rolls back
-        together with the caller's other writes, e.g. a broker recording a fill.
+        together with the caller's other writes, e.g. a broker recording a fill. A caller that
+        already holds the order's row lock in `conn`'s transaction passes the state it read under
+        that lock as `locked_state`, and the state is not read again.
         """
         if conn is not None:
-            return await self._transition(conn, order_id, target, actor, reason)
+            return await self._transition(conn, order_id, target, actor, reason, locked_state)
         async with self.pool.acquire() as own, own.transaction():
-            return await self._transition(own, order_id, target, actor, reason)
+            return await self._transition(own, order_id, target, actor, reason, None)
 
     @staticmethod
     async def lock_state(conn: asyncpg.Connection, order_id: str) -> str | None:
@@ -100,18 +102,20 @@ class OrderRepository:
         return await self.pool.fetchval("SELECT state FROM orders WHERE order_id = $1", order_id)
 
     async def _transition(self, conn: asyncpg.Connection, order_id: str, target: OrderState | str, actor: str,
-                          reason: str | None) -> Order:
-        current = await self.lock_state(conn, order_id)
+                          reason: str | None, locked_state: str | None) -> Order:
+        current = locked_state if locked_state is not None else await self.lock_state(conn, order_id)
         if current is None:
             raise UnknownOrder(order_id)
         new_state = transition(current, target)
+        # The new state and its history row in one statement (one round trip).
         row = await conn.fetchrow(
-            "UPDATE orders SET state = $2, updated_at = now() WHERE order_id = $1 RETURNING *",
-            order_id, new_state.value,
-        )
-        await conn.execute(
-            "INSERT INTO order_state_history (order_id, from_state, to_state, actor, reason) VALUES ($1, $2, $3, $4, $5)",
-            order_id, current, new_state.value, actor, reason,
+            """WITH moved AS (
+                   UPDATE orders SET state = $2, updated_at = now() WHERE order_id = $1 RETURNING *),
+               logged AS (
+                   INSERT INTO order_state_history (order_id, from_state, to_state, actor, reason)
+                   SELECT order_id, $3, $2, $4, $5 FROM moved)
+               SELECT * FROM moved""",
+            order_id, new_state.value, current, actor, reason,
         )
         return order_from_row(row)
 

@@ -104,3 +104,37 @@ async def test_walk_cancels_at_the_deadline_when_nothing_fills(db):
     assert (await broker.status(record.order_id)).state == OrderState.CANCELLED
     assert await broker.fills(record.order_id) == []
     assert (await walker.step(clock.now)).outcome == "cancelled"  # a finished walk stays finished
+
+
+async def test_a_step_that_knows_the_status_moves_the_limit_in_one_statement_and_still_sees_a_cancel(db):
+    """Given the status it last saw (the paper venue, nothing filled since), a step that moves the
+    limit sends it without reading the status first; the replace re-checks the order under its
+    lock, so an order cancelled meanwhile ends the walk with nothing written."""
+    await run_row(db)
+    p = bull_call_spread()  # mid 3.55, natural 3.70: nothing fills below 3.59
+    record = await approve(db, (await stage(db, p, contracts=1)).order_id)
+    clock = Clock(T0)
+    broker = PaperBroker(db, book_for(p), clock=clock)
+    await broker.place(record)
+    walker = LimitWalker.from_quotes(broker, record.order_id, mid=p.net_debit, natural=p.natural_debit, steps=3,
+                                     start=T0, deadline=T0 + timedelta(minutes=4))
+    reads = []
+    read_status = broker.status
+
+    async def counted_status(order_id):
+        reads.append(order_id)
+        return await read_status(order_id)
+
+    broker.status = counted_status
+    first = await walker.step(clock.now)
+    assert (first.outcome, first.limit_price, len(reads)) == ("working", D("3.55"), 1)
+    clock.advance(minutes=1)
+    second = await walker.step(clock.now, first.status)
+    assert (second.outcome, second.limit_price, second.status.limit_price, len(reads)) == ("working", D("3.60"), D("3.60"), 1)
+    assert second.status == await read_status(record.order_id)
+    clock.advance(minutes=1)
+    await broker.cancel(record.order_id, reason="withdrawn")
+    third = await walker.step(clock.now, second.status)
+    assert (third.outcome, third.status.state, third.limit_price) == ("cancelled", OrderState.CANCELLED, D("3.60"))
+    events = [(e["kind"], e["limit_price"]) for e in await broker.ledger.events(record.order_id)]
+    assert events == [("placed", D("3.55")), ("limit_replaced", D("3.60")), ("cancelled", None)]

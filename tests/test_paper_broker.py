@@ -23,7 +23,7 @@ from brokers.margin import margin_requirement, reg_t_naked_per_share
 from domain.order_state import OrderState
 from brokers.paper import InsufficientBuyingPower, PaperBroker, SlippageModel, is_marketable, model_fill_price
 from storage.broker_ledger import FillRejected, apply_to_position
-from storage.orders import OrderRepository
+from storage.orders import OrderRepository, UnknownOrder
 from tools.chain import NEW_YORK
 from tests.broker_factories import (
     D, EXPIRY, T0, Clock, approve, book_for, bull_call_spread, bull_put_spread, contract, quote, run_row, stage,
@@ -620,3 +620,114 @@ def test_chain_quotes_take_the_first_valid_row_where_spx_and_spxw_share_a_strike
     bid[i] = chain.ask[i] + 1.0  # the first root's quote crossed: the second root's is the quote
     crossed = ChainQuotes({chain.underlying: replace(chain, bid=bid)})(contract(i))
     assert (crossed.bid, crossed.ask) == prices(j)
+
+
+# ------------------------------------------------------------------ one statement per walk level
+async def test_a_limit_replace_writes_its_event_and_returns_the_status_in_one_statement(db):
+    """`replace_limit` is one statement: it moves the limit, writes the `limit_replaced` event (with
+    the previous limit) and returns the order's status; an unchanged limit writes nothing."""
+    await run_row(db)
+    p = bull_put_spread()
+    record = await approve(db, (await stage(db, p, contracts=2)).order_id)
+    clock = Clock()
+    broker = broker_for(db, book_for(p), clock, max_contracts_per_fill=1)
+    await broker.place(replace(record, limit_price=D("-0.87")))  # marketable: one contract fills
+    await broker.process()
+    clock.advance(seconds=5)
+    status = await broker.replace_limit(record.order_id, D("-0.95"))
+    assert status == await broker.status(record.order_id)
+    assert (status.limit_price, status.state, status.filled_quantity, status.avg_fill_price, status.updated_at) == (
+        D("-0.95"), OrderState.PARTIALLY_FILLED, 1, D("-0.87"), clock.now)
+    events = await broker.ledger.events(record.order_id)
+    assert [(e["kind"], e["limit_price"], e["at"]) for e in events] == [
+        ("placed", D("-0.87"), T0), ("fill", None, T0), ("limit_replaced", D("-0.95"), clock.now)]
+    assert events[-1]["detail"] == {"previous": "-0.8700"}
+    clock.advance(seconds=5)
+    assert await broker.replace_limit(record.order_id, D("-0.95")) == status  # unchanged: no write at all
+    assert len(await broker.ledger.events(record.order_id)) == 3
+    assert await broker.process() == []  # -0.95 is not marketable against 0.87
+    await broker.cancel(record.order_id)
+    with pytest.raises(OrderNotWorking):
+        await broker.replace_limit(record.order_id, D("-0.80"))
+    assert (await broker.status(record.order_id)).limit_price == D("-0.95")
+    assert [e["kind"] for e in await broker.ledger.events(record.order_id)][-1] == "cancelled"
+    # Another account's order, and an order that does not exist, are refused by the same statement.
+    other = broker_for(db, book_for(p), clock, account_id="paper-2")
+    await run_row(db, "run-2")
+    placed_elsewhere = await approve(db, (await stage(db, p, run_id="run-2")).order_id)
+    await broker.place(placed_elsewhere)
+    with pytest.raises(UnknownBrokerOrder):
+        await other.replace_limit(placed_elsewhere.order_id, D("-0.90"))
+    with pytest.raises(UnknownOrder):
+        await broker.replace_limit("no-such-order", D("-0.90"))
+    assert [e["kind"] for e in await broker.ledger.events(placed_elsewhere.order_id)] == ["placed"]
+
+
+async def test_a_limit_replace_waits_for_a_concurrent_cancel_and_sees_it(db):
+    """The statement locks the order before it decides: a replace that arrives while a cancel
+    holds the locks waits for it, then finds the order cancelled and changes nothing."""
+    await run_row(db)
+    p = bull_put_spread()
+    record = await approve(db, (await stage(db, p)).order_id)
+    broker = broker_for(db, book_for(p))
+    await broker.place(record)
+    async with db.pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        bo = await broker._lock_working(conn, record.order_id)
+        replacing = asyncio.create_task(broker.replace_limit(record.order_id, D("-0.80")))
+        await asyncio.sleep(0.3)
+        assert not replacing.done()  # waiting for the order's lock
+        await broker._cancel_locked(conn, bo, "withdrawn", "cancelled")
+        await tx.commit()
+    with pytest.raises(OrderNotWorking):
+        await replacing
+    status = await broker.status(record.order_id)
+    assert status.state == OrderState.CANCELLED and status.limit_price == D("-0.92")
+    assert [e["kind"] for e in await broker.ledger.events(record.order_id)] == ["placed", "cancelled"]
+
+
+async def test_a_limit_replace_that_waited_for_a_fill_reports_the_fill(db):
+    """A fill committed while the replace waited for the lock is in the status it returns."""
+    await run_row(db)
+    p = bull_put_spread()
+    record = await approve(db, (await stage(db, p, contracts=2)).order_id)
+    broker = broker_for(db, book_for(p), max_contracts_per_fill=1)
+    broker_order_id = await broker.place(record)
+    fill = Fill(order_id=record.order_id, broker_order_id=broker_order_id, fill_id=f"{broker_order_id}-F001",
+                quantity=1, price=D("-0.90"), leg_prices=(D("3.10"), D("2.20")), at=T0, commission=D("1.30"))
+    async with db.pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        bo = await broker._lock_working(conn, record.order_id)
+        replacing = asyncio.create_task(broker.replace_limit(record.order_id, D("-0.88")))
+        await asyncio.sleep(0.3)
+        assert not replacing.done()
+        await broker._apply_locked(conn, fill, bo)
+        await tx.commit()
+    status = await replacing
+    assert (status.state, status.filled_quantity, status.avg_fill_price, status.limit_price) == (
+        OrderState.PARTIALLY_FILLED, 1, D("-0.90"), D("-0.88"))
+
+
+async def test_a_venue_step_that_waits_for_a_concurrent_replace_decides_on_the_new_limit(db):
+    """A step that may fill takes the order's locks; a limit replaced while it waited for them is
+    the limit it decides on (here: no longer marketable, so nothing fills)."""
+    await run_row(db)
+    p = bull_call_spread()
+    record = await approve(db, (await stage(db, p)).order_id)
+    broker = broker_for(db, book_for(p))
+    await broker.place(replace(record, limit_price=D("3.60")))  # marketable at 3.59
+    [listed] = await broker.ledger.orders_in_states(["SUBMITTED"])
+    async with db.pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await broker._lock_working(conn, record.order_id)
+        await conn.execute("UPDATE broker_orders SET limit_price = 3.50 WHERE order_id = $1", record.order_id)
+        stepping = asyncio.create_task(broker._step_order(listed, broker.clock()))
+        await asyncio.sleep(0.3)
+        assert not stepping.done()
+        await tx.commit()
+    assert await stepping is None
+    assert await broker.fills(record.order_id) == []
+    assert (await broker.status(record.order_id)).state == OrderState.SUBMITTED
