@@ -247,10 +247,13 @@ class BookStore:
             """SELECT order_id, state, exit_rule, created_at FROM orders WHERE closes_position_id = $1
                ORDER BY created_at, order_id""", position_id)
 
-    async def link_exit(self, order_id: str, position_id: str, rule: str) -> None:
-        await self.pool.execute(
+    async def link_exit(self, order_id: str, position_id: str, rule: str) -> asyncpg.Record | None:
+        """Mark the order as the exit of `position_id` by `rule`; returns its row as linked (None
+        when the order closes another position, or is not there)."""
+        return await self.pool.fetchrow(
             """UPDATE orders SET closes_position_id = $2, exit_rule = $3
-               WHERE order_id = $1 AND (closes_position_id IS NULL OR closes_position_id = $2)""",
+               WHERE order_id = $1 AND (closes_position_id IS NULL OR closes_position_id = $2)
+               RETURNING *""",
             order_id, position_id, rule)
 
     # ---------------------------------------------------------------- reports
