@@ -692,11 +692,8 @@ class Book:
                 opened = True
             return run_id
 
-        staged = []
-        for exit_trade in exits:
-            async with self.store.position_lock(exit_trade.position_id):
-                staged.append(await self._stage_one(now, open_run, exit_trade, repo, actor))
-        return staged
+        async with self.store.position_locks([e.position_id for e in exits]):
+            return [await self._stage_one(now, open_run, exit_trade, repo, actor) for exit_trade in exits]
 
     async def _stage_one(self, now: datetime, open_run, exit_trade: ExitTrade, repo: OrderRepository,
                          actor: str) -> StagedExit:

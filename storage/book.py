@@ -86,16 +86,20 @@ class BookStore:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def position_lock(self, position_id: str) -> AsyncIterator[None]:
-        """A session advisory lock per position (across processes) while an exit is staged."""
-        key = int.from_bytes(hashlib.sha256(f"book-exit|{position_id}".encode()).digest()[:8], "big", signed=True)
+    async def position_locks(self, position_ids: Sequence[str]) -> AsyncIterator[None]:
+        """A session advisory lock per position (across processes) while their exits are staged:
+        all taken in one round trip, in key order, so two stagers never wait on each other in a
+        cycle; all let go in one."""
+        keys = sorted({int.from_bytes(hashlib.sha256(f"book-exit|{p}".encode()).digest()[:8], "big", signed=True)
+                       for p in position_ids})
         async with self.pool.acquire() as conn:
             took_session_lock(conn)
-            await conn.execute("SELECT pg_advisory_lock($1)", key)
+            # A function scan yields the array in order, and each row's lock is taken as it is yielded.
+            await conn.execute("SELECT pg_advisory_lock(k) FROM unnest($1::bigint[]) AS k", keys)
             try:
                 yield
             finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                await conn.execute("SELECT pg_advisory_unlock(k) FROM unnest($1::bigint[]) AS k", keys)
 
     # ---------------------------------------------------------------- fills to book
     async def unbooked_fills(self) -> list[asyncpg.Record]:
