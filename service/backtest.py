@@ -195,12 +195,11 @@ async def _decide_all(ctx, order_ids: list[str], approve: str) -> set[str]:
     return runs
 
 
-async def _settle(*tasks: asyncio.Task | None) -> None:
-    """Wait for the driver's side tasks; what failed in one is already being raised, or is reported
-    by the run that finishes it later (`approvals.recover_pending`)."""
-    for task in tasks:
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
+async def _settle(task: asyncio.Task | None) -> None:
+    """Wait for the driver's side task (the next run's head start, which reports nothing: that run
+    asks the market itself)."""
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _finish(ctx, run_ids: set[str]) -> None:
