@@ -53,7 +53,7 @@ from domain.decision import AccountState, OptionLeg, Position
 from storage.book import LIVE_ORDER_STATES, BookRead, BookStore
 from storage.broker_ledger import ShareHolding
 from storage.journal import AccountSnapshot, Journal
-from storage.orders import OrderRepository
+from storage.orders import OrderRepository, order_from_row
 from storage.runs import RunRepository
 from tools.chain import NEW_YORK
 
@@ -677,20 +677,23 @@ class Book:
         run_id = f"exits-{now.astimezone(NEW_YORK):%Y%m%d-%H%M%S}"
         runs, repo = RunRepository(self.pool), OrderRepository(self.pool)
 
+        opened = False
+
         async def open_run() -> str:
-            # Created only when an order is about to be staged: a slot with nothing new leaves no run.
-            await runs.create_if_absent(run_id=run_id, slot_key=f"exits|{now.isoformat()}", watchlist="exits",
-                                        as_of=now, tickers=sorted({e.order.ticker for e in exits}), seed=seed,
-                                        provider=provider, config=dict(config or {}),
-                                        market_source=None if market_source is None else dict(market_source))
-            await runs.set_status(run_id, "awaiting_approval")
+            # Created only when an order is about to be staged (a slot with nothing new leaves no
+            # run), and once: the slot's later exits are staged into the same run.
+            nonlocal opened
+            if not opened:
+                await runs.create_if_absent(run_id=run_id, slot_key=f"exits|{now.isoformat()}", watchlist="exits",
+                                            as_of=now, tickers=sorted({e.order.ticker for e in exits}), seed=seed,
+                                            provider=provider, config=dict(config or {}),
+                                            market_source=None if market_source is None else dict(market_source))
+                await runs.set_status(run_id, "awaiting_approval")
+                opened = True
             return run_id
 
-        staged = []
-        for exit_trade in exits:
-            async with self.store.position_lock(exit_trade.position_id):
-                staged.append(await self._stage_one(now, open_run, exit_trade, repo, actor))
-        return staged
+        async with self.store.position_locks([e.position_id for e in exits]):
+            return [await self._stage_one(now, open_run, exit_trade, repo, actor) for exit_trade in exits]
 
     async def _stage_one(self, now: datetime, open_run, exit_trade: ExitTrade, repo: OrderRepository,
                          actor: str) -> StagedExit:
@@ -711,8 +714,9 @@ class Book:
             order_id=f"ord_{key[:20]}", idempotency_key=key, run_id=await open_run(), trade=trade, sector=position.sector,
             limit_price=exit_trade.order.limit_price, requires_acknowledgement=exit_trade.order.quantity > 10,
             actor=actor, created_at=now)
-        await self.store.link_exit(record.order_id, exit_trade.position_id, exit_trade.rule)
-        return StagedExit(exit_trade.position_id, exit_trade.rule, await repo.get(record.order_id), created)
+        linked = await self.store.link_exit(record.order_id, exit_trade.position_id, exit_trade.rule)
+        order = order_from_row(linked) if linked is not None else await repo.get(record.order_id)
+        return StagedExit(exit_trade.position_id, exit_trade.rule, order, created)
 
     # -------------------------------------------------------------- 5. the account the gate reads
     async def account_state(self, now: datetime, daily_reset: datetime, *, quotes: QuoteSource | None = None,

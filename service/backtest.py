@@ -195,12 +195,11 @@ async def _decide_all(ctx, order_ids: list[str], approve: str) -> set[str]:
     return runs
 
 
-async def _settle(*tasks: asyncio.Task | None) -> None:
-    """Wait for the driver's side tasks; what failed in one is already being raised, or is reported
-    by the run that finishes it later (`approvals.recover_pending`)."""
-    for task in tasks:
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
+async def _settle(task: asyncio.Task | None) -> None:
+    """Wait for the driver's side task (the next run's head start, which reports nothing: that run
+    asks the market itself)."""
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _finish(ctx, run_ids: set[str]) -> None:
@@ -312,16 +311,12 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
     slot_times = [slot_time(day, slot, opens, closes) for day, opens, closes in sessions for slot in spec.slots]
     upcoming = iter(slot_times[1:])
     prefetching: asyncio.Task | None = None
-    finishing: asyncio.Task | None = None
     try:
         for n, (day, opens, closes) in enumerate(sessions, 1):
             if last is not None and day <= last:
                 continue
             run_ids, staged, modelled = [], 0, False
             for slot in spec.slots:
-                if finishing is not None:  # a run has finished before the next one starts
-                    await finishing
-                    finishing = None
                 clock.at = slot_time(day, slot, opens, closes)
                 await approvals.recover_pending(ctx)  # exits approved at the last close go out now
                 outcome = await run_decision(db, market, watchlist=WATCHLIST, tickers=list(spec.tickers),
@@ -341,16 +336,14 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
                     modelled = True
                 staged += await run_order_count(db.pool, outcome.run.run_id)
                 decided = await _decide_all(ctx, await staged_order_ids(db.pool, outcome.run.run_id), spec.approve)
-                # The run finishes (its graph's execution report and reflection, whose embeddings
-                # run in a thread) at the instant its last order was decided, while the loop goes
-                # on to the close's housekeeping, which reads and writes none of what a finishing
-                # run does (in production, too, a run's last approval may come in at the close).
-                finishing = asyncio.create_task(_finish(replace(ctx, clock=SimulatedClock(clock.at)), decided))
+                # The run finishes (its graph's execution report and reflection) at the instant its
+                # last order was decided, before the close: run beside the close's housekeeping, it
+                # overlapped nothing, as housekeeping's first step (`approvals.expire_due`) resumes
+                # every run awaiting approval and so waited on the run's lock, or finished the run
+                # itself at the close while this finish waited to find it done.
+                await _finish(replace(ctx, clock=SimulatedClock(clock.at)), decided)
             clock.at = closes
             report = await housekeeping(ctx, mark=True)
-            if finishing is not None:
-                await finishing
-                finishing = None
             exit_ids = [e["order_id"] for e in report.exits_staged if e["order_id"] and e["created"]]
             await _finish(ctx, await _decide_all(ctx, exit_ids, spec.approve))
             nlv = Decimal(report.net_liquidation) if report.net_liquidation is not None else None
@@ -362,12 +355,12 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
             if on_day is not None:
                 on_day(result, n, len(sessions))
     except Exception as exc:
-        await _settle(prefetching, finishing)  # nothing left working on the pool that closes next
+        await _settle(prefetching)  # nothing left working on the pool that closes next
         await repo.finish(backtest_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
         await db.close()
         raise
     finally:
-        await _settle(prefetching, finishing)
+        await _settle(prefetching)
     await db.close()
     return BacktestResult(backtest_id, database, url, account_id, spec, days,
                           [d.session.isoformat() for d in days if d.modelled_chains], continued_after=last)

@@ -86,16 +86,20 @@ class BookStore:
             yield conn
 
     @contextlib.asynccontextmanager
-    async def position_lock(self, position_id: str) -> AsyncIterator[None]:
-        """A session advisory lock per position (across processes) while an exit is staged."""
-        key = int.from_bytes(hashlib.sha256(f"book-exit|{position_id}".encode()).digest()[:8], "big", signed=True)
+    async def position_locks(self, position_ids: Sequence[str]) -> AsyncIterator[None]:
+        """A session advisory lock per position (across processes) while their exits are staged:
+        all taken in one round trip, in key order, so two stagers never wait on each other in a
+        cycle; all let go in one."""
+        keys = sorted({int.from_bytes(hashlib.sha256(f"book-exit|{p}".encode()).digest()[:8], "big", signed=True)
+                       for p in position_ids})
         async with self.pool.acquire() as conn:
             took_session_lock(conn)
-            await conn.execute("SELECT pg_advisory_lock($1)", key)
+            # A function scan yields the array in order, and each row's lock is taken as it is yielded.
+            await conn.execute("SELECT pg_advisory_lock(k) FROM unnest($1::bigint[]) AS k", keys)
             try:
                 yield
             finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                await conn.execute("SELECT pg_advisory_unlock(k) FROM unnest($1::bigint[]) AS k", keys)
 
     # ---------------------------------------------------------------- fills to book
     async def unbooked_fills(self) -> list[asyncpg.Record]:
@@ -247,10 +251,13 @@ class BookStore:
             """SELECT order_id, state, exit_rule, created_at FROM orders WHERE closes_position_id = $1
                ORDER BY created_at, order_id""", position_id)
 
-    async def link_exit(self, order_id: str, position_id: str, rule: str) -> None:
-        await self.pool.execute(
+    async def link_exit(self, order_id: str, position_id: str, rule: str) -> asyncpg.Record | None:
+        """Mark the order as the exit of `position_id` by `rule`; returns its row as linked (None
+        when the order closes another position, or is not there)."""
+        return await self.pool.fetchrow(
             """UPDATE orders SET closes_position_id = $2, exit_rule = $3
-               WHERE order_id = $1 AND (closes_position_id IS NULL OR closes_position_id = $2)""",
+               WHERE order_id = $1 AND (closes_position_id IS NULL OR closes_position_id = $2)
+               RETURNING *""",
             order_id, position_id, rule)
 
     # ---------------------------------------------------------------- reports

@@ -50,18 +50,19 @@ class OrderRepository:
                              sector=sector, limit_price=limit_price, requires_acknowledgement=requires_acknowledgement,
                              created_at=created_at)
         async with self.pool.acquire() as conn, conn.transaction():
-            created = await conn.fetchval(
+            row = await conn.fetchrow(
                 """INSERT INTO orders (order_id, idempotency_key, run_id, ticker, sector, structure, legs, quantity,
                                        limit_price, state, requires_acknowledgement, proposal, sizing,
                                        created_at, updated_at)
                    VALUES ($1, $2, $3, $4, $13, $5, $6, $7, $8, $9, $10, $11, $12,
                            COALESCE($14, now()), COALESCE($14, now()))
                    ON CONFLICT (idempotency_key) DO NOTHING
-                   RETURNING order_id""",
+                   RETURNING *""",
                 order.order_id, order.idempotency_key, order.run_id, order.ticker, order.structure,
                 order.proposal["legs"], order.quantity, order.limit_price, order.state,
                 order.requires_acknowledgement, order.proposal, order.sizing, order.sector, order.created_at,
             )
+            created = row is not None
             if created:
                 # An order is born a DRAFT and staged in the same transaction: both steps are history.
                 transition(OrderState.DRAFT, OrderState.STAGED)
@@ -70,8 +71,9 @@ class OrderRepository:
                     [(order_id, None, OrderState.DRAFT.value, actor, "created"),
                      (order_id, OrderState.DRAFT.value, OrderState.STAGED.value, actor, f"staged by run {run_id}")],
                 )
-            row = await conn.fetchrow("SELECT * FROM orders WHERE idempotency_key = $1", idempotency_key)
-        return order_from_row(row), bool(created)
+            else:  # staged before (its key is the trade's): that order, as it is now
+                row = await conn.fetchrow("SELECT * FROM orders WHERE idempotency_key = $1", idempotency_key)
+        return order_from_row(row), created
 
     async def transition(self, order_id: str, target: OrderState | str, *, actor: str, reason: str | None = None,
                          conn: asyncpg.Connection | None = None, locked_state: str | None = None) -> Order:

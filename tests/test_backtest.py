@@ -68,14 +68,24 @@ def test_bad_backtest_input_is_one_line(cli_env):
 
 
 async def test_trades_fill_through_approvals_and_the_kelly_journal_reads_only_the_backtest_account(
-        db, pg_server, channels):
-    from service import notify
+        db, pg_server, channels, monkeypatch):
+    from service import housekeeping as housekeeping_module, notify
 
+    # Each day's runs have finished (their orders all decided at the slot) when the close's
+    # housekeeping starts: none is left for it to resume at the close.
+    awaiting_at_close, keep = [], housekeeping_module.housekeeping
+
+    async def housekeeping(ctx, *, mark):
+        awaiting_at_close.append(await ctx.db.pool.fetchval("SELECT count(*) FROM runs WHERE status = 'awaiting_approval'"))
+        return await keep(ctx, mark=mark)
+
+    monkeypatch.setattr(housekeeping_module, "housekeeping", housekeeping)
     spec = BacktestSpec(date(2022, 1, 3), date(2022, 1, 14), ("SPY",), str(HISTORY),
                         overrides={"min_agreeing_sources": 1, "conviction_threshold": 0.2})
     result = await run_backtest(db, spec)
     try:
         assert sum(d.filled for d in result.days) >= 1
+        assert awaiting_at_close == [0] * len(result.days)
         bt = await connect(result.database_url, max_size=2)
         try:
             # The desk's webhook and email are configured, yet the backtest's staged orders, fills

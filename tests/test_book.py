@@ -417,3 +417,44 @@ async def test_a_crash_between_staging_and_linking_an_exit_restages_the_same_ord
     assert await db.pool.fetchval("SELECT count(*) FROM orders WHERE structure = 'close_bull_put_spread'") == 1
     linked = await db.pool.fetchval("SELECT closes_position_id FROM orders WHERE order_id = $1", first.order.order_id)
     assert linked == exits[0].position_id
+
+
+async def test_the_exits_of_one_slot_are_staged_into_one_run_awaiting_approval_each_order_linked(db):
+    await run_row(db)
+    clock, put_spread, call_spread = Clock(), bull_put_spread(), bull_call_spread()
+    quotes = book_for(put_spread, call_spread)
+    broker, book = paper(db, quotes, clock), Book(db, config=BookConfig(close_at_dte=30))  # 28 DTE: both exit
+    for p in (put_spread, call_spread):
+        await open_position(db, broker, p, 2)
+    exits = await book.exit_orders(clock.now, quotes)
+    assert [e.rule for e in exits] == ["dte", "dte"]
+    staged = await book.stage_exits(clock.now, exits, provider="simulated")
+    assert [s.created for s in staged] == [True, True]
+    for s, e in zip(staged, exits):  # the order returned is the order as linked to its position
+        assert (s.order.closes_position_id, s.order.exit_rule) == (e.position_id, "dte")
+        assert s.order == await OrderRepository(db.pool).get(s.order.order_id)
+    [run] = await db.pool.fetch("SELECT run_id, status FROM runs WHERE watchlist = 'exits'")
+    assert run["status"] == "awaiting_approval" and {s.order.run_id for s in staged} == {run["run_id"]}
+
+
+async def test_exit_stagers_at_one_instant_take_turns_per_position_and_stage_each_exit_once(db):
+    await run_row(db)
+    clock, put_spread, call_spread = Clock(), bull_put_spread(), bull_call_spread()
+    quotes = book_for(put_spread, call_spread)
+    broker, book = paper(db, quotes, clock), Book(db, config=BookConfig(close_at_dte=30))
+    for p in (put_spread, call_spread):
+        await open_position(db, broker, p, 2)
+    exits = await book.exit_orders(clock.now, quotes)
+    # A stager holding one position's lock holds off another stager of that position until it lets go.
+    async with book.store.position_locks([exits[0].position_id]):
+        waiting = asyncio.create_task(Book(db).stage_exits(clock.now, list(reversed(exits)), provider="simulated"))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        assert await db.pool.fetchval("SELECT count(*) FROM orders WHERE closes_position_id IS NOT NULL") == 0
+    first = await asyncio.wait_for(waiting, 10)
+    # Stagers of overlapping positions at once, locks taken in opposite orders: no deadlock, one order each.
+    results = await asyncio.gather(*(Book(db).stage_exits(clock.now, order, provider="simulated")
+                                     for order in (exits, list(reversed(exits)), exits)))
+    assert [s.created for s in first] == [True, True]
+    assert not any(s.created for r in results for s in r)
+    assert await db.pool.fetchval("SELECT count(*) FROM orders WHERE closes_position_id IS NOT NULL") == 2

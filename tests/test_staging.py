@@ -77,6 +77,7 @@ async def test_staging_the_same_trade_twice_leaves_one_order(db):
     first, created = await _stage(repo, proposal())
     again, created_again = await _stage(repo, proposal(legs=list(reversed(proposal().legs))))
     assert created and not created_again and again.order_id == first.order_id
+    assert first == again == await repo.get(first.order_id)  # the order as stored, created or found
     # concurrently, too
     results = await asyncio.gather(*(_stage(repo, proposal(ticker="QQQ")) for _ in range(5)))
     assert sum(created for _, created in results) == 1
