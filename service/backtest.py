@@ -217,13 +217,12 @@ async def _prefetch_analyses(market, tickers: tuple[str, ...], at: datetime) -> 
     from storage.snapshots import encode_snapshot
 
     try:
-        snapshot = await asyncio.to_thread(market.snapshot, list(tickers), at)
+        # Asked for as the run will ask: at its as_of, which comes back from Postgres in UTC. A
+        # market that keeps one snapshot object per (tickers, instant, zone), the simulated one,
+        # serves the run this very object, encoded already (`storage.snapshots`).
+        snapshot = await asyncio.to_thread(market.snapshot, list(tickers), at.astimezone(timezone.utc))
         prefetch(data.chain for data in snapshot.tickers.values() if data.chain is not None)
-        # The run records its snapshot, asked for at its as_of, which comes back from Postgres in
-        # UTC. A market that keeps one snapshot object per (tickers, instant, zone), the simulated
-        # one, serves the run this very object, encoded already (`storage.snapshots`).
-        recorded = await asyncio.to_thread(market.snapshot, list(tickers), at.astimezone(timezone.utc))
-        await asyncio.to_thread(encode_snapshot, recorded)
+        await asyncio.to_thread(encode_snapshot, snapshot)
     except Exception as exc:  # only a head start: that run asks the market itself and reports any error
         log.debug("backtest: no head start on the chains at %s: %s", at.isoformat(), exc)
 
