@@ -175,11 +175,12 @@ async def resume_run(db: Database, run_id: str, deps: RunDeps, resume: Any, wait
             # `completed` is recorded only once the graph has ended: nothing to load or resume.
             if (await runs.get(run_id)).status == "completed":
                 return
-            paused = await app.aget_state(thread)
-            if not paused.next and not paused.tasks:  # the graph already ended: the run is complete
-                if paused.values:
-                    await runs.mark_finished(run_id, "completed")
-                return
+            if not await runs.paused_at_interrupt(run_id):  # else: the checkpoint says where it stands
+                stopped = await app.aget_state(thread)
+                if not stopped.next and not stopped.tasks:  # the graph already ended: the run is complete
+                    if stopped.values:
+                        await runs.mark_finished(run_id, "completed")
+                    return
             await _advance(app, runs, Command(resume=resume), thread, deps, None)
     except LockBusy as exc:
         raise RunBusy(f"run {run_id} is being executed by another process") from exc
