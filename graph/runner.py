@@ -173,7 +173,8 @@ async def resume_run(db: Database, run_id: str, deps: RunDeps, resume: Any, wait
     try:
         async with db.advisory_lock(f"run:{run_id}", wait_seconds=wait_seconds):
             # `completed` is recorded only once the graph has ended: nothing to load or resume.
-            if (await runs.get(run_id)).status == "completed":
+            record = await runs.get(run_id)
+            if record is not None and record.status == "completed":
                 return
             if not await runs.paused_at_interrupt(run_id):  # else: the checkpoint says where it stands
                 stopped = await app.aget_state(thread)
