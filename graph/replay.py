@@ -364,7 +364,7 @@ async def _run_sandbox(
                         raise
                     graph_input = None
                 try:
-                    await _advance(app, runs, graph_input, thread, deps, on_node)
+                    final = await _advance(app, runs, graph_input, thread, deps, on_node)
                 except RunFailed as failed:
                     if isinstance(failed.cause, ReplayDivergence):
                         raise ReplayError(
@@ -372,7 +372,7 @@ async def _run_sandbox(
                             f"recording cannot answer it ({failed.cause}); fork again with --live-llm to debate "
                             "with the configured LLM (new calls, recorded under the fork)") from failed
                     raise
-                return await runs.get(run_id), dict((await app.aget_state(thread)).values)
+                return await runs.get(run_id), dict(final)
         except LockBusy:
             continue
     raise AssertionError("unreachable")  # count() never ends

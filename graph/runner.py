@@ -141,8 +141,10 @@ async def execute_run(
                 return await _outcome(runs, orders, app, thread, run_id, executed=False, resumed=False)
             deps = make_deps(db, record, provider, account=account, **dep_options)
             await runs.mark_started(run_id)
-            checkpoint = await app.aget_state(thread)
-            resumed = bool(checkpoint.values)
+            # A run without a checkpoint starts from the top; only one started before (it failed, or
+            # its process died) has a checkpoint to read (one query instead of loading it).
+            checkpoint = await app.aget_state(thread) if await runs.has_graph(run_id) else None
+            resumed = checkpoint is not None and bool(checkpoint.values)
             if not resumed:
                 info = RunInfo(
                     run_id=run_id, slot_key=record.slot_key, watchlist=record.watchlist, as_of=record.as_of,
@@ -154,41 +156,48 @@ async def execute_run(
                 # but whose next checkpoint was never saved shows no `next`, only its tasks.)
                 final = await _advance(app, runs, None, thread, deps, on_node)
             else:
-                final = checkpoint
+                final = checkpoint.values
                 await runs.mark_finished(run_id, "completed")
             return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=resumed, state=final)
     except LockBusy as exc:
         raise RunBusy(f"run {run_id} is being executed by another process") from exc
 
 
-async def resume_run(db: Database, run_id: str, deps: RunDeps, resume: Any, wait_seconds: float = 30.0) -> RunOutcome:
+async def resume_run(db: Database, run_id: str, deps: RunDeps, resume: Any, wait_seconds: float = 30.0) -> None:
     """Continue a run paused at `await_approval` with `Command(resume=resume)` (one writer at a time:
-    concurrent decisions on one run queue on the run's lock)."""
-    runs, orders = RunRepository(db.pool), OrderRepository(db.pool)
+    concurrent decisions on one run queue on the run's lock). A run already completed (another
+    resume finished it while this one waited) is left as it is."""
+    runs = RunRepository(db.pool)
     app = compiled_graph(db.checkpointer)
     thread = {"configurable": {"thread_id": run_id}}
     try:
         async with db.advisory_lock(f"run:{run_id}", wait_seconds=wait_seconds):
-            paused = await app.aget_state(thread)
-            if not paused.next and not paused.tasks:  # the graph already ended: the run is complete
-                if paused.values:
-                    await runs.mark_finished(run_id, "completed")
-                return await _outcome(runs, orders, app, thread, run_id, executed=False, resumed=False)
-            final = await _advance(app, runs, Command(resume=resume), thread, deps, None)
-            return await _outcome(runs, orders, app, thread, run_id, executed=True, resumed=True, state=final)
+            # `completed` is recorded only once the graph has ended: nothing to load or resume.
+            record = await runs.get(run_id)
+            if record is not None and record.status == "completed":
+                return
+            if not await runs.paused_at_interrupt(run_id):  # else: the checkpoint says where it stands
+                stopped = await app.aget_state(thread)
+                if not stopped.next and not stopped.tasks:  # the graph already ended: the run is complete
+                    if stopped.values:
+                        await runs.mark_finished(run_id, "completed")
+                    return
+            await _advance(app, runs, Command(resume=resume), thread, deps, None)
     except LockBusy as exc:
         raise RunBusy(f"run {run_id} is being executed by another process") from exc
 
 
-async def _advance(app, runs: RunRepository, graph_input, thread, deps: RunDeps, on_node):
+async def _advance(app, runs: RunRepository, graph_input, thread, deps: RunDeps, on_node) -> dict:
     """Drive the graph until it ends or pauses, and record where the run stands. Returns the
-    graph's state there (a `StateSnapshot`)."""
+    graph's state values there."""
     run_id = thread["configurable"]["thread_id"]
     try:
-        await _drive(app, graph_input, thread, deps, on_node)
-        final = await app.aget_state(thread)
+        final, paused = await _drive(app, graph_input, thread, deps, on_node)
+        if final is None:  # nothing ran, so nothing was streamed: the checkpoint says where it stands
+            snapshot = await app.aget_state(thread)
+            final, paused = snapshot.values, bool(snapshot.next)
         await runs.record_timings(run_id, [
-            (t.node, t.ticker, t.started_at, t.duration_ms) for t in final.values.get("node_timings", [])
+            (t.node, t.ticker, t.started_at, t.duration_ms) for t in final.get("node_timings", [])
         ])
     except Exception as exc:
         if is_connection_error(exc):
@@ -197,24 +206,41 @@ async def _advance(app, runs: RunRepository, graph_input, thread, deps: RunDeps,
         with contextlib.suppress(*CONNECTION_ERRORS):  # with the database gone, there is no row to mark
             await runs.mark_finished(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
         raise RunFailed(run_id, exc) from exc
-    if final.next:
+    if paused:
         await runs.set_status(run_id, "awaiting_approval")
     else:
         await runs.mark_finished(run_id, "completed")
     return final
 
 
-async def _drive(app, graph_input, thread, deps: RunDeps, on_node) -> None:
+# The key under which a stream reports that the graph paused at an `interrupt`, in the `updates`
+# chunk and in the state (`values`) chunk that comes with it.
+INTERRUPTED = "__interrupt__"
+
+
+async def _drive(app, graph_input, thread, deps: RunDeps, on_node) -> tuple[dict | None, bool]:
+    """Run the graph; returns its state values where it stopped (the last `values` chunk: what
+    reading the checkpoint back would give; None when no step ran) and whether it stopped at an
+    `interrupt` (else it ended: the graph pauses nowhere else)."""
+    values, paused = None, False
     with registered(deps) as context:  # the graph gets configuration; its nodes find these live deps by key
-        async for chunk in app.astream(graph_input, thread, context=context, stream_mode="updates"):
+        async for mode, chunk in app.astream(graph_input, thread, context=context, stream_mode=["updates", "values"]):
+            if mode == "values":
+                values = chunk
+                continue
+            paused = paused or INTERRUPTED in chunk
             if on_node is not None:
                 for node, update in chunk.items():
                     on_node(node, update or {})
+    if values is not None and INTERRUPTED in values:
+        values = {k: v for k, v in values.items() if k != INTERRUPTED}
+    return values, paused
 
 
 async def _outcome(runs, orders, app, thread, run_id, *, executed: bool, resumed: bool, state=None) -> RunOutcome:
-    """`state`: the graph's state snapshot when the caller has just read it (else it is read)."""
-    state = (state or await app.aget_state(thread)).values
+    """`state`: the graph's state values when the caller has them (else they are read)."""
+    if state is None:
+        state = (await app.aget_state(thread)).values
     return RunOutcome(
         run=await runs.get(run_id), executed=executed, resumed=resumed,
         orders=await orders.list(run_id=run_id), state=dict(state),

@@ -1,5 +1,5 @@
-"""One handle on the database: the asyncpg pool for our tables and the psycopg pool LangGraph's
-`AsyncPostgresSaver` checkpoints through. Both point at the same database.
+"""One handle on the database: the asyncpg pool for our tables and the psycopg pool the LangGraph
+checkpointer (`storage.checkpoints.CheckpointSaver`) writes through. Both point at the same database.
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from typing import Any
 
 import asyncpg
 import psycopg
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from pgvector.asyncpg import register_vector
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from config.settings import Settings
+from storage.checkpoints import CheckpointSaver
 from storage.embedded import embedded_database_url, redact
 from storage.migrate import apply_migrations
 from storage.serde import checkpoint_serializer
@@ -107,7 +107,7 @@ class Database:
     url: str
     pool: asyncpg.Pool
     checkpoint_pool: AsyncConnectionPool
-    checkpointer: AsyncPostgresSaver
+    checkpointer: CheckpointSaver
     _server: Any = field(default=None, repr=False)  # keeps an embedded server alive
 
     @contextlib.asynccontextmanager
@@ -198,7 +198,7 @@ async def connect(url: str, server: Any = None, min_size: int = 1, max_size: int
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     )
     await checkpoint_pool.open(wait=True)
-    saver = AsyncPostgresSaver(checkpoint_pool, serde=checkpoint_serializer())
+    saver = CheckpointSaver(checkpoint_pool, serde=checkpoint_serializer())
     async with pool.acquire() as conn:
         took_session_lock(conn)  # the migration and checkpointer-setup locks
         await apply_migrations(conn)

@@ -103,6 +103,17 @@ class RunRepository:
         """Whether the run is a LangGraph thread (it has a checkpoint); flatten runs are not."""
         return bool(await self.pool.fetchval("SELECT 1 FROM checkpoints WHERE thread_id = $1 LIMIT 1", run_id))
 
+    async def paused_at_interrupt(self, run_id: str) -> bool:
+        """Whether the run's graph waits at an `interrupt` (await_approval): LangGraph stores the
+        interrupt as a write on the thread's latest checkpoint, and a step that goes on saves a
+        newer checkpoint. Tells it without loading the checkpoint's channel values."""
+        return bool(await self.pool.fetchval(
+            """SELECT 1 FROM checkpoint_writes
+               WHERE thread_id = $1 AND checkpoint_ns = '' AND channel = '__interrupt__'
+                 AND checkpoint_id = (SELECT max(checkpoint_id) FROM checkpoints
+                                      WHERE thread_id = $1 AND checkpoint_ns = '')
+               LIMIT 1""", run_id))
+
     async def set_status(self, run_id: str, status: str) -> None:
         await self.pool.execute("UPDATE runs SET status = $2 WHERE run_id = $1", run_id, status)
 

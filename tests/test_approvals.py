@@ -192,3 +192,55 @@ async def test_flatten_stages_buy_to_close_orders_that_go_through_approval(db):
     broker = ctx.broker_for(SimulatedMarket(7))
     assert all(p.quantity >= 0 for p in await broker.positions())  # no short option left
     assert await approvals.stage_flatten(ctx, "risk-desk") == []
+
+
+async def test_a_run_reports_the_state_its_checkpoint_holds_when_it_pauses_and_when_it_ends(db):
+    """The runner takes a run's state from the graph's stream instead of reading the checkpoint
+    back: it must be the checkpoint's, value for value and type for type, paused or ended."""
+    from graph.graph import compiled_graph
+    from graph.runner import resume_run
+    from storage.runs import RunRepository
+
+    clock = Clock(AS_OF)
+    outcome = await run_decision(db, SimulatedMarket(7), watchlist="core", tickers=["AMZN", "JPM", "XLE"],
+                                 as_of=AS_OF, seed=7, now=clock)
+    app, thread = compiled_graph(db.checkpointer), {"configurable": {"thread_id": outcome.run.run_id}}
+    saved = await app.aget_state(thread)
+    assert saved.next == ("await_approval",) and outcome.run.status == "awaiting_approval"
+    assert {k: repr(v) for k, v in outcome.state.items()} == {k: repr(v) for k, v in saved.values.items()}
+
+    runs = RunRepository(db.pool)
+    assert await runs.paused_at_interrupt(outcome.run.run_id)
+
+    # Woken before anything is decided or due, the run pauses again where it was.
+    clock.at = AS_OF + timedelta(minutes=5)
+    ctx = ServiceContext(db=db, clock=clock)
+    assert await approvals.expire_due(ctx) == [outcome.run.run_id]
+    assert await run_status(db, outcome.run.run_id) == "awaiting_approval"
+    assert await runs.paused_at_interrupt(outcome.run.run_id)
+    assert (await app.aget_state(thread)).next == ("await_approval",)
+
+    await approvals.decide(ctx, outcome.orders[0].order_id, Decision("approve", "alice", acknowledge=True))
+    ended = await app.aget_state(thread)
+    assert ended.next == () and await run_status(db, outcome.run.run_id) == "completed"
+    assert not await runs.paused_at_interrupt(outcome.run.run_id)
+    # The timings are recorded from the streamed final state: every node's, the last ones included.
+    recorded = await db.pool.fetch("SELECT node, ticker, started_at, duration_ms FROM node_timings WHERE run_id = $1",
+                                   outcome.run.run_id)
+    assert sorted((r["node"], r["ticker"], r["started_at"]) for r in recorded) == \
+        sorted((t.node, t.ticker, t.started_at) for t in ended.values["node_timings"])
+    assert {"execute_approved", "reflect"} <= {r["node"] for r in recorded}
+
+    # Resuming a completed run again (a late second resume) loads and writes nothing.
+    stored = "SELECT (SELECT count(*) FROM checkpoints) + (SELECT count(*) FROM checkpoint_writes)"
+    before = await db.pool.fetchval(stored)
+    deps = await approvals._deps_for_run(ctx, outcome.run.run_id)
+    await resume_run(db, outcome.run.run_id, deps, {"decided": True})
+    assert await db.pool.fetchval(stored) == before
+    assert await run_status(db, outcome.run.run_id) == "completed"
+    # A process that died after the graph ended, before it recorded so: resuming records it, and
+    # drives nothing.
+    await runs.set_status(outcome.run.run_id, "awaiting_approval")
+    await resume_run(db, outcome.run.run_id, deps, {"decided": True})
+    assert await db.pool.fetchval(stored) == before
+    assert await run_status(db, outcome.run.run_id) == "completed"
