@@ -56,6 +56,7 @@ from storage.journal import AccountSnapshot, Journal
 from storage.orders import OrderRepository, order_from_row
 from storage.runs import RunRepository
 from tools.chain import NEW_YORK
+from tools.market_hours import day_start
 
 COST_PLACES = Decimal("0.00000001")
 MONEY_PLACES = Decimal("0.0001")
@@ -880,7 +881,7 @@ class Book:
     async def pnl_by_day(self, start: date, end: date) -> list[dict[str, Any]]:
         """One row per New York day in [start, end]: realized P&L of the day and the unrealized P&L
         at the day's last snapshot (and its change from the previous snapshot day)."""
-        since, until = _day_start(start), _day_start(end + timedelta(days=1))
+        since, until = day_start(start), day_start(end + timedelta(days=1))
         realized = {r["day"]: r["realized_pnl"] for r in await self.store.realized_by_day(since, until, "America/New_York")}
         snaps = {r["day"]: r for r in await self.store.last_snapshot_by_day(since, until, "America/New_York")}
         before = await self.store.snapshot_at_or_before(since)
@@ -901,7 +902,7 @@ class Book:
     async def pnl_by_strategy(self, start: date, end: date) -> list[dict[str, Any]]:
         """Per structure: P&L realized between the New York days [start, end] and the unrealized
         P&L of its open positions at their latest marks."""
-        since, until = _day_start(start), _day_start(end + timedelta(days=1))
+        since, until = day_start(start), day_start(end + timedelta(days=1))
         rows = {r["structure"]: {"structure": r["structure"], "realized_pnl": r["realized_pnl"],
                                  "unrealized_pnl": ZERO, "positions": r["positions"], "open_positions": 0}
                 for r in await self.store.realized_by_strategy(since, until)}
@@ -947,9 +948,6 @@ def _finite(value: float | None) -> float | None:
 def _optional_decimal(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
-
-def _day_start(day: date) -> datetime:
-    return datetime.combine(day, datetime.min.time(), tzinfo=NEW_YORK)
 
 
 def _next_expiry_session(today: date, expiry: date) -> date | None:

@@ -66,6 +66,7 @@ from storage.broker_ledger import AVG_PLACES, AccountFigures, BrokerLedger, prem
 from storage.controls import RiskControls
 from storage.orders import OrderRepository, UnknownOrder
 from tools.chain import NEW_YORK
+from tools.market_hours import day_start
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +119,6 @@ def session_close(at: datetime) -> datetime:
     local = at.astimezone(NEW_YORK)
     return datetime.combine(local.date(), SESSION_CLOSE, tzinfo=NEW_YORK)
 
-
-def day_start(at: datetime) -> datetime:
-    """Midnight New York of the New York calendar day of `at` (where "today" starts for realized P&L)."""
-    return datetime.combine(at.astimezone(NEW_YORK).date(), time(0), tzinfo=NEW_YORK)
 
 
 def model_fill_price(legs: Sequence[ComboLeg], quotes: Sequence[LegQuote],

@@ -28,7 +28,7 @@ from graph.compare import COMPARED_NODES, NodeComparison, compare_states
 from graph.deps import MarketCache
 from graph.graph import build_graph, compiled_graph
 from graph.runner import RunFailed, _advance, make_deps
-from domain.decision import AccountState, Candidate, Regime, RunInfo, Signal, Verdict
+from domain.decision import AccountState, Candidate, Regime, Signal, Verdict
 from storage.database import Database, LockBusy
 from storage.decisions import DecisionRepository
 from storage.llm_calls import LLMCallRepository
@@ -342,9 +342,7 @@ async def _run_sandbox(
                 if record.status != "pending":
                     continue
                 thread = _thread(run_id)
-                info = RunInfo(run_id=run_id, slot_key=record.slot_key, watchlist=record.watchlist,
-                               as_of=record.as_of, tickers=list(record.tickers), seed=record.seed,
-                               provider=record.provider, mode="sandbox")
+                info = record.info()  # mode "sandbox": created so above
                 market = MarketCache(db)
                 deps = make_deps(db, record, provider, account=account, positions=positions, debater=debater,
                                  market=market, broker=None)

@@ -20,7 +20,7 @@ from langgraph.types import Command
 from config.settings import DecisionConfig
 from graph.deps import MarketCache, RunDeps, registered
 from graph.graph import compiled_graph
-from domain.decision import AccountState, Position, RunInfo
+from domain.decision import AccountState, Position
 from domain.orders import Order
 from storage.database import CONNECTION_ERRORS, Database, DatabaseUnavailable, LockBusy, is_connection_error
 from storage.orders import OrderRepository
@@ -146,11 +146,7 @@ async def execute_run(
             checkpoint = await app.aget_state(thread) if await runs.has_graph(run_id) else None
             resumed = checkpoint is not None and bool(checkpoint.values)
             if not resumed:
-                info = RunInfo(
-                    run_id=run_id, slot_key=record.slot_key, watchlist=record.watchlist, as_of=record.as_of,
-                    tickers=list(record.tickers), seed=record.seed, provider=record.provider, mode=record.mode,
-                )
-                final = await _advance(app, runs, {"run": info}, thread, deps, on_node)
+                final = await _advance(app, runs, {"run": record.info()}, thread, deps, on_node)
             elif checkpoint.next or checkpoint.tasks:
                 # Not at the end: continue from the last checkpoint. (A step whose tasks all wrote
                 # but whose next checkpoint was never saved shows no `next`, only its tasks.)

@@ -35,7 +35,7 @@ from config.settings import load_yaml
 from storage.database import Database
 from storage.notifications import NotificationRepository
 from tools.chain import NEW_YORK
-from tools.market_hours import add_market_minutes
+from tools.market_hours import add_market_minutes, day_start
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ async def _sweep(db: Database, now: datetime, config: NotificationConfig) -> Non
                                  f"attempt(s): {r['error']}", {"run_id": r["run_id"]}, r["run_id"]))
     local = now.astimezone(NEW_YORK)
     if config.channels("daily_summary") and local.time() >= config.daily_summary_after:
-        start = datetime.combine(local.date(), time(0), tzinfo=NEW_YORK)
+        start = day_start(local)
         counts = await repo.daily_counts(start, start + timedelta(days=1))
         runs = ", ".join(f"{k} {v}" for k, v in sorted(counts["runs"].items())) or "none"
         orders = ", ".join(f"{k} {v}" for k, v in sorted(counts["orders"].items())) or "none"

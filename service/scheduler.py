@@ -43,6 +43,7 @@ from config.settings import CONFIG_DIR
 from storage import schedule_slots
 from storage.database import Database, advisory_key
 from service import notify
+from tools.market_hours import day_start
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +348,7 @@ def lookback_start(now: datetime) -> datetime:
     """
     _require_aware(now, "now")
     day = previous_session(now.astimezone(MARKET_TZ).date())
-    return datetime.combine(day, time(0, 0), tzinfo=MARKET_TZ)
+    return day_start(day)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from domain.decision import RunInfo
 from storage.snapshots import decode_snapshot, encode_snapshot, snapshot_sha256
 from tools.providers.base import MarketSnapshot
 
@@ -35,6 +36,11 @@ class RunRecord:
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> "RunRecord":
         return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+    def info(self) -> RunInfo:
+        """Who this run is, as its graph state carries it (the row adds its progress and config)."""
+        return RunInfo(run_id=self.run_id, slot_key=self.slot_key, watchlist=self.watchlist, as_of=self.as_of,
+                       tickers=list(self.tickers), seed=self.seed, provider=self.provider, mode=self.mode)
 
 
 class RunRepository:

@@ -37,3 +37,18 @@ def test_open_and_next_open_respect_half_days_holidays_and_time_zones():
     assert next_open(ny(2026, 11, 20, 10, 0)) == ny(2026, 11, 20, 10, 0)  # trading: now
     # 01:00 UTC on Saturday is still Friday evening in New York: closed, next open Monday.
     assert next_open(datetime(2026, 11, 21, 1, 0, tzinfo=timezone.utc)) == ny(2026, 11, 23, 9, 30)
+
+
+def test_day_start_is_new_york_midnight_of_the_new_york_date():
+    from datetime import date, timezone
+
+    from tools.market_hours import day_start
+
+    # 02:30 UTC on 9 March is still 8 March in New York (21:30 EST)
+    assert day_start(datetime(2022, 3, 9, 2, 30, tzinfo=timezone.utc)) == datetime(2022, 3, 8, tzinfo=NEW_YORK)
+    # the spring-forward Sunday starts at 00:00 EST, 05:00 UTC; the next day at 00:00 EDT, 04:00 UTC
+    assert day_start(date(2022, 3, 13)).astimezone(timezone.utc) == datetime(2022, 3, 13, 5, tzinfo=timezone.utc)
+    assert day_start(date(2022, 3, 14)).astimezone(timezone.utc) == datetime(2022, 3, 14, 4, tzinfo=timezone.utc)
+    assert day_start(datetime(2022, 3, 14, 23, 59, tzinfo=NEW_YORK)) == day_start(date(2022, 3, 14))
+    with pytest.raises(ValueError, match="timezone-aware"):
+        day_start(datetime(2022, 3, 14, 12, 0))

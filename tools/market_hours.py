@@ -5,7 +5,7 @@ not expired by the next morning's open: the night does not count.
 """
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -19,6 +19,16 @@ def _calendar() -> exchange_calendars.ExchangeCalendar:
 
 
 NEW_YORK = ZoneInfo("America/New_York")
+
+
+def day_start(day: date | datetime) -> datetime:
+    """00:00 New York on `day` (for a datetime, on its New York calendar date): where a trading
+    day's figures begin (today's realized P&L, a daily summary, a `--since` date)."""
+    if isinstance(day, datetime):
+        if day.tzinfo is None:
+            raise ValueError("a datetime must be timezone-aware to have a New York date")
+        day = day.astimezone(NEW_YORK).date()
+    return datetime.combine(day, time(0), tzinfo=NEW_YORK)
 
 
 @lru_cache(maxsize=1)

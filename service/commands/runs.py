@@ -37,12 +37,12 @@ def _day(value: Optional[str]):
     """A New York date (YYYY-MM-DD) as the start of that day."""
     if value is None:
         return None
-    from datetime import date, datetime
+    from datetime import date
 
-    from tools.chain import NEW_YORK
+    from tools.market_hours import day_start
 
     try:
-        return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=NEW_YORK)
+        return day_start(date.fromisoformat(value))
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a date like 2026-11-20") from None
 
