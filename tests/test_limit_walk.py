@@ -59,15 +59,21 @@ def test_schedule_hand_example_and_bad_input():
         limit_schedule(D("NaN"), D(2), 3, START, START + timedelta(minutes=1))
 
 
-async def test_walk_raises_the_limit_until_the_paper_broker_fills(db):
+async def placed_with_walker(db, p, contracts):
+    """`p` staged, approved and placed at the paper broker, with a 3-step, 4-minute walk from T0."""
     await run_row(db)
-    p = bull_put_spread()  # mid -0.92, natural -0.74; the paper fill price is -0.87
-    record = await approve(db, (await stage(db, p, contracts=2)).order_id)
+    record = await approve(db, (await stage(db, p, contracts=contracts)).order_id)
     clock = Clock(T0)
     broker = PaperBroker(db, book_for(p), clock=clock)
     await broker.place(record)
     walker = LimitWalker.from_quotes(broker, record.order_id, mid=p.net_debit, natural=p.natural_debit, steps=3,
                                      start=T0, deadline=T0 + timedelta(minutes=4))
+    return record, clock, broker, walker
+
+
+async def test_walk_raises_the_limit_until_the_paper_broker_fills(db):
+    p = bull_put_spread()  # mid -0.92, natural -0.74; the paper fill price is -0.87
+    record, clock, broker, walker = await placed_with_walker(db, p, contracts=2)
     seen = []
     for _ in range(4):
         step = await walker.step(clock.now)
@@ -110,14 +116,8 @@ async def test_a_step_that_knows_the_status_moves_the_limit_in_one_statement_and
     """Given the status it last saw (the paper venue, nothing filled since), a step that moves the
     limit sends it without reading the status first; the replace re-checks the order under its
     lock, so an order cancelled meanwhile ends the walk with nothing written."""
-    await run_row(db)
     p = bull_call_spread()  # mid 3.55, natural 3.70: nothing fills below 3.59
-    record = await approve(db, (await stage(db, p, contracts=1)).order_id)
-    clock = Clock(T0)
-    broker = PaperBroker(db, book_for(p), clock=clock)
-    await broker.place(record)
-    walker = LimitWalker.from_quotes(broker, record.order_id, mid=p.net_debit, natural=p.natural_debit, steps=3,
-                                     start=T0, deadline=T0 + timedelta(minutes=4))
+    record, clock, broker, walker = await placed_with_walker(db, p, contracts=1)
     reads = []
     read_status = broker.status
 
