@@ -69,7 +69,9 @@ def valid_mid(bid, ask, codes) -> np.ndarray:
     """(bid + ask) / 2 where the quote is OK, NaN elsewhere."""
     bid, ask, codes = np.broadcast_arrays(np.asarray(bid, dtype=float), np.asarray(ask, dtype=float), codes)
     with np.errstate(invalid="ignore"):
-        return np.where(codes == QuoteProblem.OK, 0.5 * (bid + ask), np.nan)
+        # Halved before adding: the same number (halving is exact), and a rejected quote near the
+        # float maximum cannot overflow to inf on the way to its NaN.
+        return np.where(codes == QuoteProblem.OK, 0.5 * bid + 0.5 * ask, np.nan)
 
 
 def summarize_rejections(codes) -> dict[str, int]:
