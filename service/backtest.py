@@ -32,7 +32,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -340,7 +340,7 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
                 # overlapped nothing, as housekeeping's first step (`approvals.expire_due`) resumes
                 # every run awaiting approval and so waited on the run's lock, or finished the run
                 # itself at the close while this finish waited to find it done.
-                await _finish(replace(ctx, clock=SimulatedClock(clock.at)), decided)
+                await _finish(ctx, decided)
             clock.at = closes
             report = await housekeeping(ctx, mark=True)
             exit_ids = [e["order_id"] for e in report.exits_staged if e["order_id"] and e["created"]]
@@ -354,12 +354,11 @@ async def _drive(main_db, spec: BacktestSpec, market, config: DecisionConfig, se
             if on_day is not None:
                 on_day(result, n, len(sessions))
     except Exception as exc:
-        await _settle(prefetching)  # nothing left working on the pool that closes next
         await repo.finish(backtest_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
         await db.close()
         raise
     finally:
-        await _settle(prefetching)
+        await _settle(prefetching)  # nothing left working on the pool that closes next
     await db.close()
     return BacktestResult(backtest_id, database, url, account_id, spec, days,
                           [d.session.isoformat() for d in days if d.modelled_chains], continued_after=last)
