@@ -60,6 +60,7 @@ def limit_at(schedule: list[tuple[datetime, Decimal]], now: datetime) -> Decimal
 
 
 WalkOutcome = Literal["working", "filled", "cancelled", "ended"]
+_WORKING = (OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ class WalkStep:
     outcome: WalkOutcome  # "ended": the order left the working states some other way (rejected...)
     limit_price: Decimal | None
     status: BrokerOrderStatus
+
+    @classmethod
+    def ended(cls, status: BrokerOrderStatus) -> "WalkStep":
+        """The step that reports how an order no longer working left the walk."""
+        outcome = {OrderState.FILLED: "filled", OrderState.CANCELLED: "cancelled"}.get(status.state, "ended")
+        return cls(outcome, status.limit_price, status)
 
 
 class LimitWalker:
@@ -107,17 +114,13 @@ class LimitWalker:
             try:
                 status = await self.broker.replace_limit(self.order_id, limit)
             except OrderNotWorking:
-                return await self._ended()
-            if status.state not in (OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED):
-                return WalkStep("ended", status.limit_price, status)
+                return WalkStep.ended(await self.broker.status(self.order_id))
+            if status.state not in _WORKING:
+                return WalkStep.ended(status)
             return WalkStep("working", status.limit_price, status)
         status = await self.broker.status(self.order_id)
-        if status.state == OrderState.FILLED:
-            return WalkStep("filled", status.limit_price, status)
-        if status.state == OrderState.CANCELLED:
-            return WalkStep("cancelled", status.limit_price, status)
-        if status.state not in (OrderState.SUBMITTED, OrderState.PARTIALLY_FILLED):
-            return WalkStep("ended", status.limit_price, status)
+        if status.state not in _WORKING:
+            return WalkStep.ended(status)
         try:
             if now >= self.deadline:
                 status = await self.broker.cancel(self.order_id, reason=f"limit walk deadline {self.deadline.isoformat()} passed")
@@ -126,10 +129,5 @@ class LimitWalker:
                 status = await self.broker.replace_limit(self.order_id, limit)
         except OrderNotWorking:
             # Filled or cancelled between our status read and the change: report where it ended.
-            return await self._ended()
+            return WalkStep.ended(await self.broker.status(self.order_id))
         return WalkStep("working", status.limit_price, status)
-
-    async def _ended(self) -> WalkStep:
-        status = await self.broker.status(self.order_id)
-        outcome = {OrderState.FILLED: "filled", OrderState.CANCELLED: "cancelled"}.get(status.state, "ended")
-        return WalkStep(outcome, status.limit_price, status)
