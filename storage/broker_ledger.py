@@ -88,6 +88,11 @@ def _realized_since(since: str) -> str:
                           WHERE account_id = $1 AND ({since}::timestamptz IS NULL OR at >= {since})), 0)"""
 
 
+# A broker order's average fill price over its fills `f` (None before the first): the one
+# definition `order_status` and `replace_limit` both report.
+_AVG_FILL_PRICE = "sum(f.price * f.quantity) / sum(f.quantity)"
+
+
 # The statement head that locks an order's `orders` row, then its broker order row ($1: order id):
 # the lateral subquery runs only once the `orders` row is locked, the lock order of every writer.
 _LOCKED_ORDER = """WITH locked AS (
@@ -184,7 +189,7 @@ class BrokerLedger:
         `fills_quantity` differs from `filled_quantity`, a fill committed while the lock was
         awaited and the average must be read again (`order_status`)."""
         return await self.pool.fetchrow(
-            _LOCKED_ORDER + """,
+            _LOCKED_ORDER + f""",
                moved AS (
                    UPDATE broker_orders bo SET limit_price = $2, updated_at = $3 FROM locked
                    WHERE bo.broker_order_id = locked.broker_order_id AND locked.account_id = $4
@@ -200,7 +205,7 @@ class BrokerLedger:
                       COALESCE(moved.updated_at, locked.updated_at) AS updated_at,
                       fills.avg_fill_price, fills.fills_quantity
                FROM locked LEFT JOIN moved ON true
-                    LEFT JOIN LATERAL (SELECT sum(f.price * f.quantity) / sum(f.quantity) AS avg_fill_price,
+                    LEFT JOIN LATERAL (SELECT {_AVG_FILL_PRICE} AS avg_fill_price,
                                               COALESCE(sum(f.quantity), 0) AS fills_quantity
                                        FROM broker_fills f WHERE f.broker_order_id = locked.broker_order_id) fills ON true""",
             order_id, limit_price, at, self.account_id, list(working))
@@ -321,8 +326,8 @@ class BrokerLedger:
     async def order_status(self, order_id: str) -> BrokerOrderStatus | None:
         """Where this account's broker order for `order_id` stands (None: never placed here)."""
         row = await self.pool.fetchrow(
-            """SELECT bo.*, o.state,
-                      (SELECT sum(f.price * f.quantity) / sum(f.quantity) FROM broker_fills f
+            f"""SELECT bo.*, o.state,
+                      (SELECT {_AVG_FILL_PRICE} FROM broker_fills f
                         WHERE f.broker_order_id = bo.broker_order_id) AS avg_fill_price
                FROM broker_orders bo JOIN orders o USING (order_id)
                WHERE bo.order_id = $1 AND bo.account_id = $2""", order_id, self.account_id)
