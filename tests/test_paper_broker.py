@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 import asyncio
+import contextlib
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
@@ -663,6 +664,22 @@ async def test_a_limit_replace_writes_its_event_and_returns_the_status_in_one_st
     assert [e["kind"] for e in await broker.ledger.events(placed_elsewhere.order_id)] == ["placed"]
 
 
+@contextlib.asynccontextmanager
+async def holding_the_order_locks(db, broker, order_id):
+    """A concurrent writer's transaction holding the working order's locks (`conn`, its locked row);
+    it commits when the block ends."""
+    async with db.pool.acquire() as conn, conn.transaction():
+        yield conn, await broker._lock_working(conn, order_id)
+
+
+async def waiting_for_the_locks(coro):
+    """`coro` started as a task, checked to be waiting (on the locks held around it)."""
+    task = asyncio.create_task(coro)
+    await asyncio.sleep(0.3)
+    assert not task.done()  # waiting for the order's lock
+    return task
+
+
 async def test_a_limit_replace_waits_for_a_concurrent_cancel_and_sees_it(db):
     """The statement locks the order before it decides: a replace that arrives while a cancel
     holds the locks waits for it, then finds the order cancelled and changes nothing."""
@@ -671,15 +688,9 @@ async def test_a_limit_replace_waits_for_a_concurrent_cancel_and_sees_it(db):
     record = await approve(db, (await stage(db, p)).order_id)
     broker = broker_for(db, book_for(p))
     await broker.place(record)
-    async with db.pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        bo = await broker._lock_working(conn, record.order_id)
-        replacing = asyncio.create_task(broker.replace_limit(record.order_id, D("-0.80")))
-        await asyncio.sleep(0.3)
-        assert not replacing.done()  # waiting for the order's lock
+    async with holding_the_order_locks(db, broker, record.order_id) as (conn, bo):
+        replacing = await waiting_for_the_locks(broker.replace_limit(record.order_id, D("-0.80")))
         await broker._cancel_locked(conn, bo, "withdrawn", "cancelled")
-        await tx.commit()
     with pytest.raises(OrderNotWorking):
         await replacing
     status = await broker.status(record.order_id)
@@ -696,15 +707,9 @@ async def test_a_limit_replace_that_waited_for_a_fill_reports_the_fill(db):
     broker_order_id = await broker.place(record)
     fill = Fill(order_id=record.order_id, broker_order_id=broker_order_id, fill_id=f"{broker_order_id}-F001",
                 quantity=1, price=D("-0.90"), leg_prices=(D("3.10"), D("2.20")), at=T0, commission=D("1.30"))
-    async with db.pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        bo = await broker._lock_working(conn, record.order_id)
-        replacing = asyncio.create_task(broker.replace_limit(record.order_id, D("-0.88")))
-        await asyncio.sleep(0.3)
-        assert not replacing.done()
+    async with holding_the_order_locks(db, broker, record.order_id) as (conn, bo):
+        replacing = await waiting_for_the_locks(broker.replace_limit(record.order_id, D("-0.88")))
         await broker._apply_locked(conn, fill, bo)
-        await tx.commit()
     status = await replacing
     assert (status.state, status.filled_quantity, status.avg_fill_price, status.limit_price) == (
         OrderState.PARTIALLY_FILLED, 1, D("-0.90"), D("-0.88"))
@@ -719,15 +724,9 @@ async def test_a_venue_step_that_waits_for_a_concurrent_replace_decides_on_the_n
     broker = broker_for(db, book_for(p))
     await broker.place(replace(record, limit_price=D("3.60")))  # marketable at 3.59
     [listed] = await broker.ledger.orders_in_states(["SUBMITTED"])
-    async with db.pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        await broker._lock_working(conn, record.order_id)
+    async with holding_the_order_locks(db, broker, record.order_id) as (conn, _):
         await conn.execute("UPDATE broker_orders SET limit_price = 3.50 WHERE order_id = $1", record.order_id)
-        stepping = asyncio.create_task(broker._step_order(listed, broker.clock()))
-        await asyncio.sleep(0.3)
-        assert not stepping.done()
-        await tx.commit()
+        stepping = await waiting_for_the_locks(broker._step_order(listed, broker.clock()))
     assert await stepping is None
     assert await broker.fills(record.order_id) == []
     assert (await broker.status(record.order_id)).state == OrderState.SUBMITTED
